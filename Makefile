@@ -1,0 +1,41 @@
+# radloop: every command a person runs often. Each target that needs the environment runs `make setup` first.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.setup-stamp
+APT_PACKAGES := dcmtk
+export PYTHONPATH := $(CURDIR)
+
+.PHONY: setup up demo test lint bench docs clean help
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
+
+setup: $(STAMP) ## create .venv and install everything pinned (idempotent, fast when done)
+
+$(STAMP): pyproject.toml constraints.txt scripts/setup-system.sh
+	bash scripts/setup-system.sh $(APT_PACKAGES)
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q -c constraints.txt -e ".[train,sagemaker,dev]"
+	touch $(STAMP)
+
+up: setup ## start the embedded AWS endpoint and every service (Ctrl-C stops)
+	$(BIN)/radloop up
+
+demo: setup ## run the whole triage-and-learning loop on generated data and write demo-report/
+	$(BIN)/radloop up
+
+test: setup ## run the full test suite
+	$(BIN)/pytest -q -p no:cacheprovider
+
+lint: setup ## ruff and mypy
+	$(BIN)/ruff check shared services radloop training tests bench
+	$(BIN)/mypy shared
+
+bench: setup ## run the benchmarks; JSON results in bench/results/
+	mkdir -p bench/results
+	@for b in bench/*.py; do [ "$$(basename $$b)" = "__init__.py" ] && continue; echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean: ## remove local state (traces, logs, reports)
+	rm -rf var demo-report bench/results

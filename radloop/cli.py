@@ -1,0 +1,281 @@
+"""``radloop``: run the platform on one machine, inspect it, and mint development tokens.
+
+Every command reads the same settings as the services (``RADLOOP_*`` variables; see docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.tree import Tree
+
+from shared.settings import DEFAULT_PORTS, Settings
+
+app = typer.Typer(
+    help=(
+        "radloop: rapid remote triage of medical images and continuous model improvement.\n\n"
+        "Quick start: `radloop up` starts everything on this machine (an embedded AWS endpoint and every service); "
+        "`radloop status` shows their health; `radloop token --role viewer` mints a token for the APIs."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+console = Console()
+err = Console(stderr=True)
+
+
+def _settings(**overrides: Any) -> Settings:
+    try:
+        return Settings(**overrides)
+    except ValueError as exc:
+        err.print(f"[red]invalid settings:[/] {exc}")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def aws(
+    port: Annotated[int, typer.Option(help="Port of the embedded endpoint on 127.0.0.1.")] = DEFAULT_PORTS["aws"],
+) -> None:
+    """Start the embedded AWS endpoint (moto server) and create the topology. Ctrl-C stops it."""
+    import asyncio
+
+    from radloop.local.embedded_aws import start_embedded_aws
+    from radloop.local.platform import _bootstrap
+
+    s = _settings()
+    try:
+        emb = start_embedded_aws(port)
+    except RuntimeError as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
+    with emb:
+        asyncio.run(_bootstrap(s.model_copy(update={"aws_endpoint_url": emb.endpoint})))
+        console.print(f"embedded AWS endpoint: [bold]{emb.endpoint}[/] (prefix {s.prefix!r}), topology created")
+        console.print(f"use it with: export AWS_ENDPOINT_URL={emb.endpoint}")
+        _wait_for_signal(lambda: emb.process.poll() is None)
+
+
+def _wait_for_signal(alive: Any, tick: Any = None) -> None:
+    stop = {"flag": False}
+
+    def handler(signum: int, frame: Any) -> None:
+        stop["flag"] = True
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    while not stop["flag"] and alive():
+        if tick:
+            tick()
+        time.sleep(0.5)
+
+
+@app.command()
+def up(
+    wait: Annotated[float, typer.Option(help="Seconds to wait for every service to become ready.")] = 120.0,
+) -> None:
+    """Start the embedded AWS endpoint (unless AWS_ENDPOINT_URL is set) and every service, then supervise them.
+
+    Each service runs as its own process on its own port; the entry point on :8080 routes by path like the ALB
+    (/dicomweb, /viewer, /verification, /registry, /orchestrator). A crashed service is restarted and reported.
+    Ctrl-C stops everything.
+    """
+    from radloop.local.platform import LocalPlatform
+
+    s = _settings()
+    platform = LocalPlatform(settings=s)
+    try:
+        with console.status("starting radloop") as st:
+            platform.start(progress=lambda m: st.update(m))
+            st.update("waiting for every service to be ready")
+            platform.wait_healthy(wait)
+    except RuntimeError as exc:
+        err.print(f"[red]radloop did not start:[/] {exc}")
+        platform.stop()
+        raise typer.Exit(1) from None
+    _print_urls(platform)
+    console.print("supervising; Ctrl-C stops everything")
+
+    def tick() -> None:
+        for name in platform.supervise_once():
+            err.print(f"[yellow]{name} exited; restarted (restart #{platform.processes[name].restarts})[/]")
+
+    try:
+        _wait_for_signal(lambda: True, tick)
+    finally:
+        console.print("stopping…")
+        platform.stop()
+        console.print("stopped")
+
+
+def _print_urls(platform: Any) -> None:
+    t = Table(title="radloop is up")
+    t.add_column("what")
+    t.add_column("where")
+    t.add_row("DICOMweb (STOW, QIDO, WADO)", f"{platform.entry_url}/dicomweb")
+    t.add_row("viewer", f"{platform.entry_url}/viewer")
+    t.add_row("verification API", f"{platform.entry_url}/verification")
+    t.add_row("registry API", f"{platform.entry_url}/registry")
+    t.add_row("orchestrator API", f"{platform.entry_url}/orchestrator")
+    t.add_row("DIMSE C-STORE SCP", f"127.0.0.1:{platform.ports['dimse']} (AE title RADLOOP)")
+    t.add_row("embedded AWS", platform.endpoint)
+    for n, p in platform.processes.items():
+        t.add_row(f"{n} (pid {p.pid})", platform.url(n))
+    console.print(t)
+
+
+def collect_status(s: Settings) -> dict[str, Any]:
+    """Health of every service and the depth of every queue and DLQ."""
+    from radloop.local.platform import fetch_json, read_state
+    from shared.aws import boto3_client
+
+    state = read_state(s.var_dir) or {}
+    ports = {**DEFAULT_PORTS, **state.get("ports", {})}
+    endpoint = s.aws_endpoint_url or state.get("endpoint", "")
+    out: dict[str, Any] = {"endpoint": endpoint or "aws", "prefix": s.prefix, "services": {}, "queues": {}}
+    from shared.topology import SERVICES
+
+    for name in (*SERVICES, "entry"):
+        url = f"http://127.0.0.1:{ports[name]}"
+        code, body = fetch_json(url + ("/readyz" if name != "entry" else "/healthz"))
+        out["services"][name] = {
+            "url": url,
+            "healthy": code == 200,
+            "status": code,
+            "detail": body if code != 200 else None,
+            "pid": state.get("pids", {}).get(name),
+        }
+    out["dimse_port"] = ports["dimse"]
+    out["dimse_ae_title"] = "RADLOOP"
+    try:
+        sqs = boto3_client(s.model_copy(update={"aws_endpoint_url": endpoint}), "sqs")
+        for service, q in s.topology.queues.items():
+            depths = {}
+            for label, qname in (("queue", q.name), ("dlq", q.dlq_name)):
+                url = sqs.get_queue_url(QueueName=qname)["QueueUrl"]
+                a = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=[
+                    "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
+                depths[label] = int(a["ApproximateNumberOfMessages"])
+                depths[f"{label}_in_flight"] = int(a["ApproximateNumberOfMessagesNotVisible"])
+            out["queues"][service] = depths
+    except Exception as exc:
+        out["queues_error"] = f"{type(exc).__name__}: {exc}"
+    out["healthy"] = all(v["healthy"] for v in out["services"].values()) and "queues_error" not in out
+    return out
+
+
+@app.command()
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+) -> None:
+    """Show each service's health and URL and every queue's depth (DLQs included). Exits 1 if anything is unhealthy."""
+    s = _settings()
+    st = collect_status(s)
+    if as_json:
+        print(json.dumps(st, indent=2))
+    else:
+        t = Table(title=f"radloop services (AWS: {st['endpoint']})")
+        for c in ("service", "url", "health", "pid"):
+            t.add_column(c)
+        for name, v in st["services"].items():
+            t.add_row(name, v["url"], "[green]ready[/]" if v["healthy"] else f"[red]down ({v['status']})[/]",
+                      str(v["pid"] or "-"))
+        console.print(t)
+        q = Table(title="queues")
+        for c in ("consumer", "waiting", "in flight", "DLQ"):
+            q.add_column(c)
+        for name, d in st["queues"].items():
+            q.add_row(name, str(d["queue"]), str(d["queue_in_flight"]),
+                      f"[red]{d['dlq']}[/]" if d["dlq"] else "0")
+        console.print(q)
+        if "queues_error" in st:
+            err.print(f"[red]queues unavailable:[/] {st['queues_error']}")
+        console.print(f"DIMSE SCP: 127.0.0.1:{st['dimse_port']} AE {st['dimse_ae_title']}")
+    raise typer.Exit(0 if st["healthy"] else 1)
+
+
+@app.command()
+def token(
+    role: Annotated[str, typer.Option(help="pacs | viewer | radiologist | ml | admin")] = "viewer",
+    subject: Annotated[str | None, typer.Option(help="The user id in the token (default local-ROLE).")] = None,
+    ttl: Annotated[int, typer.Option(help="Lifetime in seconds.")] = 12 * 3600,
+) -> None:
+    """Mint a local development token (signed with the development key; refused outside environment=local)."""
+    from shared.auth import mint_token
+
+    s = _settings()
+    if s.environment != "local":
+        err.print("[red]tokens are minted only for environment=local; use your OIDC provider elsewhere[/]")
+        raise typer.Exit(2)
+    try:
+        print(mint_token(s, role, subject=subject, ttl_s=ttl))
+    except ValueError as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from None
+
+
+def build_trace_trees(spans: list[dict[str, Any]], trace_id: str | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Group spans by trace id, each list ordered by start time."""
+    traces: dict[str, list[dict[str, Any]]] = {}
+    for sp in spans:
+        if trace_id and sp["trace_id"] != trace_id:
+            continue
+        traces.setdefault(sp["trace_id"], []).append(sp)
+    return traces
+
+
+def render_trace(spans: list[dict[str, Any]]) -> Tree:
+    by_id = {s["span_id"]: s for s in spans}
+    children: dict[str | None, list[dict[str, Any]]] = {}
+    for sp in spans:
+        parent = sp.get("parent_span_id") if sp.get("parent_span_id") in by_id else None
+        children.setdefault(parent, []).append(sp)
+    t0 = min(s["start_ns"] for s in spans)
+    root = Tree(f"trace [bold]{spans[0]['trace_id']}[/] ({len(spans)} spans)")
+
+    def add(node: Tree, sp: dict[str, Any]) -> None:
+        dur = ((sp.get("end_ns") or sp["start_ns"]) - sp["start_ns"]) / 1e6
+        off = (sp["start_ns"] - t0) / 1e6
+        mark = "[red]✗[/] " if sp.get("status") == "ERROR" else ""
+        child = node.add(f"{mark}[cyan]{sp.get('service')}[/] {sp['name']} [dim]+{off:.1f} ms, {dur:.1f} ms[/]")
+        for c in sorted(children.get(sp["span_id"], []), key=lambda x: x["start_ns"]):
+            add(child, c)
+
+    for r in sorted(children.get(None, []), key=lambda x: x["start_ns"]):
+        add(root, r)
+    return root
+
+
+@app.command()
+def traces(
+    trace_id: Annotated[str | None, typer.Argument(help="Show only this trace (32 hex digits).")] = None,
+    last: Annotated[int, typer.Option(help="How many recent traces to show.")] = 5,
+) -> None:
+    """Print recent traces from the local sink (var/traces) as trees."""
+    from shared.telemetry import read_local_spans
+
+    s = _settings()
+    spans = read_local_spans(s.traces_dir)
+    groups = build_trace_trees(spans, trace_id)
+    if not groups:
+        err.print(f"no traces{' with id ' + trace_id if trace_id else ''} in {s.traces_dir}")
+        raise typer.Exit(1)
+    ordered = sorted(groups.values(), key=lambda g: max(x["start_ns"] for x in g))
+    for g in ordered[-last:] if not trace_id else ordered:
+        console.print(render_trace(g))
+
+
+def main() -> None:  # pragma: no cover - console script entry
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(app())

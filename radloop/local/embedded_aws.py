@@ -1,0 +1,85 @@
+"""The embedded AWS endpoint: moto server as a child process on loopback.
+
+moto keeps state in memory only, so the topology is bootstrapped each time the endpoint starts.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.3)
+        return s.connect_ex((host, port)) == 0
+
+
+@dataclass
+class EmbeddedAws:
+    """A running moto server; stop it with :meth:`stop` (by PID)."""
+
+    port: int
+    process: subprocess.Popen[bytes]
+    log_path: Path | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout_s)
+
+    def __enter__(self) -> EmbeddedAws:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def moto_command(port: int) -> list[str]:
+    exe = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or shutil.which("moto_server")
+    if exe:
+        return [exe, "-H", "127.0.0.1", "-p", str(port)]
+    return [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+
+
+def start_embedded_aws(port: int | None = None, *, log_path: Path | None = None, timeout_s: float = 30.0) -> EmbeddedAws:
+    """Start moto server on 127.0.0.1 and wait until it answers (bounded by ``timeout_s``)."""
+    port = port or free_port()
+    if port_open(port):
+        raise RuntimeError(f"port {port} on 127.0.0.1 is already in use; choose another with --port")
+    out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
+    env = dict(os.environ, MOTO_ALLOW_NONEXISTENT_REGION="true")
+    proc = subprocess.Popen(moto_command(port), stdout=out, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"moto server exited with status {proc.returncode} while starting")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/", timeout=1):
+                return EmbeddedAws(port, proc, log_path)
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"moto server did not answer on port {port} within {timeout_s:.0f}s")

@@ -1,0 +1,260 @@
+"""The local platform: embedded AWS, every service as its own process, the entry proxy, and a supervisor.
+
+:class:`LocalPlatform` is used by ``radloop up``, ``radloop demo`` and the end-to-end tests. It records what it
+started in ``{var_dir}/run/state.json`` (PIDs, ports, endpoint) so ``radloop status`` can find it, and it stops every
+process it started by PID.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from radloop.local.embedded_aws import EmbeddedAws, port_open, start_embedded_aws
+from shared.settings import DEFAULT_PORTS, Settings
+from shared.topology import SERVICES
+
+HTTP_SERVICES = SERVICES  # every service process serves /healthz and /readyz
+
+
+@dataclass
+class ManagedProcess:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log_path: Path
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    last_start: float = 0.0
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        out = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
+        self.process = subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+        out.close()
+        self.last_start = time.monotonic()
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def terminate(self) -> None:
+        if self.alive():
+            assert self.process is not None
+            self.process.send_signal(signal.SIGTERM)
+
+    def wait_or_kill(self, timeout_s: float) -> None:
+        if self.process is None:
+            return
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+
+
+@dataclass
+class LocalPlatform:
+    settings: Settings = field(default_factory=Settings)
+    ports: dict[str, int] = field(default_factory=dict)
+    aws_port: int | None = None
+    services: tuple[str, ...] = SERVICES
+    extra_env: dict[str, str] = field(default_factory=dict)
+    embedded: EmbeddedAws | None = None
+    processes: dict[str, ManagedProcess] = field(default_factory=dict)
+    endpoint: str = ""
+
+    def __post_init__(self) -> None:
+        self.ports = {**DEFAULT_PORTS, **self.ports}
+
+    @property
+    def run_dir(self) -> Path:
+        return self.settings.var_dir / "run"
+
+    @property
+    def state_path(self) -> Path:
+        return self.run_dir / "state.json"
+
+    def url(self, service: str) -> str:
+        return f"http://127.0.0.1:{self.ports[service]}"
+
+    @property
+    def entry_url(self) -> str:
+        return self.url("entry")
+
+    # -- start -------------------------------------------------------------------------------------------------------
+    def start(self, *, progress: Any = None) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        busy = [f"{s}:{self.ports[s]}" for s in (*self.services, "entry") if port_open(self.ports[s])]
+        if busy:
+            raise RuntimeError(
+                f"ports already in use ({', '.join(busy)}): is another radloop running? Stop it, or set other ports"
+            )
+        self.endpoint = self.settings.aws_endpoint_url
+        if not self.endpoint:
+            self._say(progress, "starting the embedded AWS endpoint (moto server)")
+            self.embedded = start_embedded_aws(self.aws_port or self.ports["aws"], log_path=self.run_dir / "aws.log")
+            self.endpoint = self.embedded.endpoint
+        self._say(progress, "creating the topology (bus, rules, queues, buckets, tables)")
+        settings = self.settings.model_copy(update={"aws_endpoint_url": self.endpoint})
+        asyncio.run(_bootstrap(settings))
+        env = self.child_env()
+        for name in self.services:
+            argv = [sys.executable, "-m", f"services.{name}"]
+            penv = dict(env, RADLOOP_PORT=str(self.ports[name]), RADLOOP_SERVICE_NAME=name)
+            self.processes[name] = ManagedProcess(name, argv, penv, self.run_dir / f"{name}.log", self.ports[name])
+        self.processes["entry"] = ManagedProcess(
+            "entry", [sys.executable, "-m", "radloop.local.proxy"], dict(env, RADLOOP_PORT=str(self.ports["entry"])),
+            self.run_dir / "entry.log", self.ports["entry"],
+        )
+        for p in self.processes.values():
+            self._say(progress, f"starting {p.name} on port {p.port}")
+            p.start()
+        self.write_state()
+
+    def child_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(self.extra_env)
+        env["AWS_ENDPOINT_URL"] = self.endpoint
+        env.setdefault("AWS_ACCESS_KEY_ID", "testing")
+        env.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+        env["AWS_DEFAULT_REGION"] = self.settings.region
+        env["RADLOOP_PREFIX"] = self.settings.prefix
+        env["RADLOOP_ENVIRONMENT"] = self.settings.environment
+        env["RADLOOP_VAR_DIR"] = str(self.settings.var_dir.resolve())
+        env["RADLOOP_DIMSE_PORT"] = str(self.ports["dimse"])
+        for s in (*SERVICES, "entry"):
+            env[f"RADLOOP_PORT_{s.upper()}"] = str(self.ports[s])
+        root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        return env
+
+    def write_state(self) -> None:
+        state = {
+            "endpoint": self.endpoint,
+            "embedded_aws_pid": self.embedded.process.pid if self.embedded else None,
+            "prefix": self.settings.prefix,
+            "ports": self.ports,
+            "pids": {n: p.pid for n, p in self.processes.items()},
+            "started_at": time.time(),
+            "supervisor_pid": os.getpid(),
+        }
+        self.state_path.write_text(json.dumps(state, indent=2))
+
+    def wait_healthy(self, timeout_s: float = 90.0, *, ready: bool = True) -> dict[str, bool]:
+        """Poll every service until healthy (``/readyz`` when ``ready``), bounded by ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        status: dict[str, bool] = {}
+        while time.monotonic() < deadline:
+            status = {n: check_http(self.url(n) + ("/readyz" if ready and n != "entry" else "/healthz"))
+                      for n in self.processes}
+            if all(status.values()):
+                return status
+            dead = [n for n, p in self.processes.items() if not p.alive()]
+            if dead:
+                logs = {n: tail(self.processes[n].log_path, 15) for n in dead}
+                raise RuntimeError(f"service(s) exited while starting: {', '.join(dead)}\n" +
+                                   "\n".join(f"--- {n}.log ---\n{t}" for n, t in logs.items()))
+            time.sleep(0.25)
+        bad = [n for n, ok in status.items() if not ok]
+        raise RuntimeError(f"not healthy after {timeout_s:.0f}s: {', '.join(bad)} (logs in {self.run_dir})")
+
+    # -- supervise ---------------------------------------------------------------------------------------------------
+    def supervise_once(self) -> list[str]:
+        """Restart crashed processes (with backoff); return the names restarted."""
+        restarted = []
+        for p in self.processes.values():
+            if p.process is not None and p.process.poll() is not None:
+                backoff = min(30.0, 2.0 ** min(p.restarts, 5))
+                if time.monotonic() - p.last_start >= backoff:
+                    p.restarts += 1
+                    p.start()
+                    restarted.append(p.name)
+        if restarted:
+            self.write_state()
+        return restarted
+
+    # -- stop --------------------------------------------------------------------------------------------------------
+    def stop(self, timeout_s: float = 30.0) -> None:
+        for p in self.processes.values():
+            p.terminate()
+        deadline = time.monotonic() + timeout_s
+        for p in self.processes.values():
+            p.wait_or_kill(max(0.1, deadline - time.monotonic()))
+        if self.embedded:
+            self.embedded.stop()
+        if self.state_path.exists():
+            self.state_path.unlink()
+
+    def __enter__(self) -> LocalPlatform:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @staticmethod
+    def _say(progress: Any, msg: str) -> None:
+        if progress is not None:
+            progress(msg)
+
+
+async def _bootstrap(settings: Settings) -> None:
+    from shared.aws import AwsClients
+    from shared.bootstrap import bootstrap_topology
+
+    async with AwsClients(settings) as clients:
+        await bootstrap_topology(clients)
+
+
+def check_http(url: str, timeout_s: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as r:
+            return bool(200 <= r.status < 300)
+    except OSError:
+        return False
+
+
+def fetch_json(url: str, timeout_s: float = 3.0) -> tuple[int, Any]:
+    import urllib.error
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as r:
+            return r.status, json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as e:
+        try:
+            return e.code, json.loads(e.read() or b"null")
+        except ValueError:
+            return e.code, None
+    except OSError as e:
+        return 0, {"error": f"{type(e).__name__}: {e}"}
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def read_state(var_dir: Path) -> dict[str, Any] | None:
+    p = var_dir / "run" / "state.json"
+    if not p.exists():
+        return None
+    try:
+        return json.loads(p.read_text())  # type: ignore[no-any-return]
+    except ValueError:
+        return None

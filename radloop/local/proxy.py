@@ -1,0 +1,94 @@
+"""The local entry point: a lean streaming reverse proxy that routes by path and method as the ALB does in AWS.
+
+One DICOMweb base URL (``http://127.0.0.1:8080/dicomweb``) serves STOW (POST → ingestion) and QIDO/WADO (GET →
+streaming_gateway). Request and response bodies are streamed chunk by chunk, never held whole in memory. Paths are
+not rewritten (an ALB cannot rewrite either), so each service serves its routes under its own prefix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import httpx
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from shared.settings import DEFAULT_PORTS
+
+#: (path prefix, methods or None for any, service): first match wins. Mirrored by the ALB listener rules in infra/.
+ROUTES: tuple[tuple[str, frozenset[str] | None, str], ...] = (
+    ("/dicomweb", frozenset({"POST"}), "ingestion"),
+    ("/dicomweb", None, "streaming_gateway"),
+    ("/viewer", None, "streaming_gateway"),
+    ("/verification", None, "verification"),
+    ("/registry", None, "registry"),
+    ("/orchestrator", None, "pipeline_orchestrator"),
+)
+
+_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
+        "transfer-encoding", "upgrade", "host", "content-length"}
+
+
+def route_for(path: str, method: str) -> str | None:
+    for prefix, methods, service in ROUTES:
+        if (path == prefix or path.startswith(prefix + "/")) and (methods is None or method in methods):
+            return service
+    return None
+
+
+def create_proxy(ports: dict[str, int] | None = None) -> Starlette:
+    ports = {**DEFAULT_PORTS, **(ports or {})}
+    client = httpx.AsyncClient(timeout=httpx.Timeout(300.0, connect=5.0), limits=httpx.Limits(max_connections=256))
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok", "service": "entry"})
+
+    async def proxy(request: Request) -> Response:
+        service = route_for(request.url.path, request.method)
+        if service is None:
+            return JSONResponse({"detail": f"no service serves {request.url.path}"}, status_code=404)
+        url = httpx.URL(f"http://127.0.0.1:{ports[service]}{request.url.path}", query=request.url.query.encode())
+        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP]
+        headers.append(("x-forwarded-for", request.client.host if request.client else ""))
+        headers.append(("x-forwarded-host", request.headers.get("host", "")))
+        body: AsyncIterator[bytes] | None = request.stream() if request.method in ("POST", "PUT", "PATCH") else None
+        upstream_req = client.build_request(request.method, url, headers=headers, content=body)
+        try:
+            upstream = await client.send(upstream_req, stream=True)
+        except httpx.HTTPError as exc:
+            return JSONResponse({"detail": f"{service} unavailable: {type(exc).__name__}"}, status_code=502)
+        out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP}
+        return StreamingResponse(
+            upstream.aiter_raw(), status_code=upstream.status_code, headers=out_headers,
+            background=BackgroundTask(upstream.aclose),
+        )
+
+    methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await client.aclose()
+
+    return Starlette(
+        routes=[Route("/healthz", healthz), Route("/{path:path}", proxy, methods=methods)], lifespan=lifespan
+    )
+
+
+def main() -> None:
+    import os
+
+    import uvicorn
+
+    port = int(os.environ.get("RADLOOP_PORT", DEFAULT_PORTS["entry"]))
+    ports = {s: int(os.environ[f"RADLOOP_PORT_{s.upper()}"]) for s in DEFAULT_PORTS if f"RADLOOP_PORT_{s.upper()}" in os.environ}
+    uvicorn.run(create_proxy(ports), host="127.0.0.1", port=port, log_config=None, access_log=False)
+
+
+if __name__ == "__main__":
+    main()

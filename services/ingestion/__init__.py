@@ -1,0 +1,3 @@
+"""radloop ingestion service."""
+
+SERVICE = "ingestion"

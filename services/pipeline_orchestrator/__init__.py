@@ -1,0 +1,3 @@
+"""radloop pipeline orchestrator service."""
+
+SERVICE = "pipeline_orchestrator"

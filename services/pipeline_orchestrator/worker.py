@@ -1,0 +1,13 @@
+"""`python -m services.pipeline_orchestrator.worker`: the pipeline orchestrator SQS worker alone, without HTTP.
+
+``radloop up`` runs the worker inside the service's HTTP process (one process per service); this entry point is for
+deployments that scale the worker separately.
+"""
+
+from services.pipeline_orchestrator import SERVICE
+from services.pipeline_orchestrator.bootstrap import startup
+from services.pipeline_orchestrator.handlers import handlers
+from shared.worker import main
+
+if __name__ == "__main__":
+    main(SERVICE, handlers, startup)

@@ -1,0 +1,3 @@
+"""radloop registry service."""
+
+SERVICE = "registry"

@@ -1,0 +1,3 @@
+"""radloop streaming gateway service."""
+
+SERVICE = "streaming_gateway"

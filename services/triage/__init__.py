@@ -1,0 +1,3 @@
+"""radloop triage service."""
+
+SERVICE = "triage"

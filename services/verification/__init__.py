@@ -1,0 +1,3 @@
+"""radloop verification service."""
+
+SERVICE = "verification"

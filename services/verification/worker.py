@@ -1,0 +1,13 @@
+"""`python -m services.verification.worker`: the verification SQS worker alone, without HTTP.
+
+``radloop up`` runs the worker inside the service's HTTP process (one process per service); this entry point is for
+deployments that scale the worker separately.
+"""
+
+from services.verification import SERVICE
+from services.verification.bootstrap import startup
+from services.verification.handlers import handlers
+from shared.worker import main
+
+if __name__ == "__main__":
+    main(SERVICE, handlers, startup)

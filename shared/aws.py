@@ -1,0 +1,102 @@
+"""aiobotocore clients, created once per process.
+
+``AwsClients`` is an async context manager that opens one client per AWS service on first use and closes them all
+on exit. Services create it in their lifespan (or worker start-up) and hand it to their handlers through
+``bootstrap.py``; nothing creates clients per request.
+
+``AWS_ENDPOINT_URL`` (``Settings.aws_endpoint_url``) overrides every service's endpoint; empty means real AWS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from contextlib import AsyncExitStack
+from typing import Any
+
+from aiobotocore.config import AioConfig
+from aiobotocore.session import AioSession, get_session
+
+from shared.settings import Settings
+
+#: moto accepts any credentials; real AWS uses the task role (never these).
+_LOCAL_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+
+
+def client_config(settings: Settings, *, max_pool_connections: int = 32) -> AioConfig:
+    return AioConfig(
+        connect_timeout=settings.aws_connect_timeout_s,
+        read_timeout=settings.aws_read_timeout_s,
+        retries={"max_attempts": settings.aws_max_attempts, "mode": "standard"},
+        max_pool_connections=max_pool_connections,
+        s3={"addressing_style": "path"},
+    )
+
+
+def client_kwargs(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for ``session.create_client`` (also used by synchronous boto3 callers)."""
+    kw: dict[str, Any] = {"region_name": settings.region}
+    if settings.aws_endpoint_url:
+        kw["endpoint_url"] = settings.aws_endpoint_url
+        if not os.environ.get("AWS_ACCESS_KEY_ID"):
+            kw.update(_LOCAL_CREDENTIALS)
+    return kw
+
+
+class AwsClients:
+    """Lazily created, shared aiobotocore clients: ``await clients.get("s3")``."""
+
+    def __init__(self, settings: Settings, session: AioSession | None = None, **config_kw: Any) -> None:
+        self.settings = settings
+        self._session = session or get_session()
+        self._config = client_config(settings, **config_kw)
+        self._stack = AsyncExitStack()
+        self._clients: dict[str, Any] = {}
+        self._lock = asyncio.Lock()
+
+    async def __aenter__(self) -> AwsClients:
+        await self._stack.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._clients.clear()
+        await self._stack.__aexit__(*exc)
+
+    async def get(self, service: str) -> Any:
+        client = self._clients.get(service)
+        if client is not None:
+            return client
+        async with self._lock:
+            if service not in self._clients:
+                ctx = self._session.create_client(service, config=self._config, **client_kwargs(self.settings))
+                self._clients[service] = await self._stack.enter_async_context(ctx)
+            return self._clients[service]
+
+    async def s3(self) -> Any:
+        return await self.get("s3")
+
+    async def sqs(self) -> Any:
+        return await self.get("sqs")
+
+    async def dynamodb(self) -> Any:
+        return await self.get("dynamodb")
+
+    async def events(self) -> Any:
+        return await self.get("events")
+
+    async def sagemaker(self) -> Any:
+        return await self.get("sagemaker")
+
+
+def boto3_client(settings: Settings, service: str) -> Any:
+    """A synchronous boto3 client for CLI tools and subprocess code (the local pipeline executor)."""
+    import boto3
+    from botocore.config import Config
+
+    cfg = Config(
+        connect_timeout=settings.aws_connect_timeout_s,
+        read_timeout=settings.aws_read_timeout_s,
+        retries={"max_attempts": settings.aws_max_attempts, "mode": "standard"},
+        s3={"addressing_style": "path"},
+    )
+    return boto3.client(service, config=cfg, **client_kwargs(settings))

@@ -1,0 +1,308 @@
+"""The SQS consumer runtime every worker uses.
+
+Guarantees (delivery is at least once, handlers are made effectively-once by the idempotency store):
+
+- long polling with bounded concurrency (a semaphore of ``concurrency`` in-flight handlers);
+- a message is deleted only after its handler succeeded (or was a recognised duplicate);
+- a failing handler leaves the message on the queue; it becomes visible again after a short backoff and, after the
+  queue's ``maxReceiveCount``, SQS moves it to the DLQ;
+- a message that cannot be parsed can never succeed, so it is sent to the DLQ at once, with the reason as a message
+  attribute and in the log, and deleted from the source queue (no crash loop, no retry storm);
+- long handlers keep their message invisible with a heartbeat (``ChangeMessageVisibility`` every third of the
+  visibility timeout);
+- :meth:`SqsConsumer.stop` (wired to SIGTERM, which is how ECS stops tasks) stops receiving, and
+  :meth:`SqsConsumer.run` returns only after in-flight handlers finished and their messages were deleted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+
+from shared.aws import AwsClients
+from shared.events import Envelope, Event, S3ObjectCreated, parse_detail, parse_envelope
+from shared.exceptions import EventParseError, IdempotencyInProgressError, IdempotencyPayloadMismatchError
+from shared.idempotency import IdempotencyStore
+from shared.telemetry import extract_context, tracer
+
+log = logging.getLogger(__name__)
+
+Message = Event | S3ObjectCreated
+
+
+@dataclass
+class MessageContext:
+    """What a handler may want to know about the delivery, besides the event itself."""
+
+    envelope: Envelope
+    message_id: str
+    receive_count: int
+    receipt_handle: str
+
+
+Handler = Callable[[Any, MessageContext], Awaitable[Any]]
+
+
+@dataclass
+class ConsumerStats:
+    received: int = 0
+    succeeded: int = 0
+    duplicates: int = 0
+    failed: int = 0
+    dead_lettered: int = 0
+    in_flight: int = 0
+    last_error: str | None = None
+    started_at: float = field(default_factory=time.time)
+
+
+class SqsConsumer:
+    def __init__(
+        self,
+        clients: AwsClients,
+        service: str,
+        handlers: Mapping[str, Handler],
+        *,
+        idempotency: IdempotencyStore | None = None,
+        concurrency: int | None = None,
+        wait_time_s: int | None = None,
+        queue_name: str | None = None,
+        retry_backoff_s: float = 1.0,
+    ) -> None:
+        settings = clients.settings
+        spec = settings.topology.queue_for(service)
+        self.clients = clients
+        self.service = service
+        self.handlers = dict(handlers)
+        self.idempotency = idempotency
+        self.concurrency = concurrency or settings.consumer_concurrency
+        self.wait_time_s = settings.consumer_wait_time_s if wait_time_s is None else wait_time_s
+        self.queue_name = queue_name or spec.name
+        self.dlq_name = spec.dlq_name
+        self.visibility_timeout_s = spec.visibility_timeout_s
+        self.retry_backoff_s = retry_backoff_s
+        self.stats = ConsumerStats()
+        self._stopping = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._sem = asyncio.Semaphore(self.concurrency)
+        self._queue_url: str | None = None
+        self._dlq_url: str | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------------------------
+    async def _urls(self) -> tuple[str, str]:
+        if self._queue_url is None or self._dlq_url is None:
+            sqs = await self.clients.sqs()
+            self._queue_url = (await sqs.get_queue_url(QueueName=self.queue_name))["QueueUrl"]
+            self._dlq_url = (await sqs.get_queue_url(QueueName=self.dlq_name))["QueueUrl"]
+        return self._queue_url, self._dlq_url
+
+    def stop(self) -> None:
+        """Stop receiving; in-flight handlers finish and :meth:`run` returns after them."""
+        self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    async def run(self, *, max_messages: int | None = None) -> None:
+        """Receive and handle until :meth:`stop` (or until ``max_messages`` were received, for tools and tests)."""
+        queue_url, _ = await self._urls()
+        sqs = await self.clients.sqs()
+        log.info("consumer started", extra={"queue": self.queue_name, "concurrency": self.concurrency})
+        try:
+            while not self._stopping.is_set():
+                if max_messages is not None and self.stats.received >= max_messages:
+                    break
+                # Wait for a free slot before asking for more, so a slow handler never holds extra messages invisibly.
+                await self._sem.acquire()
+                self._sem.release()
+                free = max(1, min(10, self._free_slots()))
+                receive = asyncio.ensure_future(
+                    sqs.receive_message(
+                        QueueUrl=queue_url,
+                        MaxNumberOfMessages=free,
+                        WaitTimeSeconds=self.wait_time_s,
+                        MessageAttributeNames=["All"],
+                        MessageSystemAttributeNames=["ApproximateReceiveCount"],
+                    )
+                )
+                stop_wait = asyncio.ensure_future(self._stopping.wait())
+                done, _ = await asyncio.wait({receive, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+                stop_wait.cancel()
+                if receive not in done:
+                    # Stopping during a long poll. Let the poll finish so no received message is stranded invisible.
+                    with contextlib.suppress(Exception):
+                        resp = await asyncio.wait_for(receive, timeout=self.wait_time_s + 5)
+                        for m in resp.get("Messages", []):
+                            await self._release(m)
+                    break
+                try:
+                    resp = receive.result()
+                except Exception as exc:
+                    log.warning("receive_message failed; backing off", extra={"error": f"{type(exc).__name__}: {exc}"})
+                    await asyncio.sleep(1.0)
+                    continue
+                for m in resp.get("Messages", []):
+                    self.stats.received += 1
+                    await self._sem.acquire()
+                    task = asyncio.create_task(self._handle(m))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._done)
+        finally:
+            await self.drain()
+            self._stopped.set()
+            log.info("consumer stopped", extra={"queue": self.queue_name, **self._stats_dict()})
+
+    async def drain(self, timeout_s: float | None = None) -> None:
+        """Wait for in-flight handlers (bounded by ``timeout_s`` when given)."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout_s)
+
+    def _free_slots(self) -> int:
+        return self.concurrency - len(self._tasks)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._sem.release()
+
+    def _stats_dict(self) -> dict[str, Any]:
+        s = self.stats
+        return {"received": s.received, "succeeded": s.succeeded, "duplicates": s.duplicates, "failed": s.failed,
+                "dead_lettered": s.dead_lettered}
+
+    async def _release(self, m: dict[str, Any]) -> None:
+        sqs = await self.clients.sqs()
+        queue_url, _ = await self._urls()
+        await sqs.change_message_visibility(QueueUrl=queue_url, ReceiptHandle=m["ReceiptHandle"], VisibilityTimeout=0)
+
+    # -- one message ----------------------------------------------------------------------------------------------
+    async def _handle(self, m: dict[str, Any]) -> None:
+        self.stats.in_flight += 1
+        try:
+            await self._handle_inner(m)
+        finally:
+            self.stats.in_flight -= 1
+
+    async def _handle_inner(self, m: dict[str, Any]) -> None:
+        sqs = await self.clients.sqs()
+        queue_url, _ = await self._urls()
+        receive_count = int(m.get("Attributes", {}).get("ApproximateReceiveCount", "1"))
+        try:
+            envelope = parse_envelope(m["Body"])
+            handler = self.handlers.get(envelope.detail_type)
+            if handler is None:
+                raise EventParseError(
+                    f"{self.service} has no handler for detail-type {envelope.detail_type!r} (routing error)"
+                )
+            event = parse_detail(envelope.detail_type, envelope.detail)
+        except EventParseError as exc:
+            await self._dead_letter(m, str(exc))
+            return
+
+        parent = extract_context(envelope.detail)
+        span = tracer("radloop.consumer").start_span(
+            f"process {envelope.detail_type}",
+            context=parent,
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "aws_sqs",
+                "messaging.operation.type": "process",
+                "messaging.destination.name": self.queue_name,
+                "messaging.message.id": m["MessageId"],
+                "messaging.consumer.group.name": self.service,
+                "radloop.event": envelope.detail_type,
+                "radloop.event_id": getattr(event, "event_id", envelope.id),
+                "radloop.receive_count": receive_count,
+            },
+        )
+        ctx = MessageContext(envelope, m["MessageId"], receive_count, m["ReceiptHandle"])
+        heartbeat = asyncio.create_task(self._heartbeat(queue_url, m["ReceiptHandle"]))
+        try:
+            with trace.use_span(span, end_on_exit=False):
+                ran = await self._invoke(handler, event, envelope, ctx)
+        except IdempotencyInProgressError as exc:
+            heartbeat.cancel()
+            span.set_attribute("radloop.outcome", "in_progress_elsewhere")
+            log.info("duplicate in progress elsewhere; will retry", extra={"reason": str(exc)})
+            await self._backoff(queue_url, m["ReceiptHandle"], receive_count)
+            return
+        except IdempotencyPayloadMismatchError as exc:
+            heartbeat.cancel()
+            await self._dead_letter(m, str(exc))
+            span.set_status(trace.Status(trace.StatusCode.ERROR, str(exc)))
+            return
+        except Exception as exc:
+            heartbeat.cancel()
+            self.stats.failed += 1
+            self.stats.last_error = f"{type(exc).__name__}: {exc}"
+            span.record_exception(exc)
+            span.set_status(trace.Status(trace.StatusCode.ERROR, self.stats.last_error))
+            log.warning(
+                "handler failed; message left for redelivery",
+                extra={"event": envelope.detail_type, "event_id": getattr(event, "event_id", envelope.id),
+                       "receive_count": receive_count, "error": self.stats.last_error},
+                exc_info=not isinstance(exc, (ValueError, LookupError)),
+            )
+            await self._backoff(queue_url, m["ReceiptHandle"], receive_count)
+            return
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+            span.end()
+        await sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=m["ReceiptHandle"])
+        if ran:
+            self.stats.succeeded += 1
+        else:
+            self.stats.duplicates += 1
+
+    async def _invoke(self, handler: Handler, event: Message, envelope: Envelope, ctx: MessageContext) -> bool:
+        if self.idempotency is None:
+            await handler(event, ctx)
+            return True
+        key = f"{self.service}:{getattr(event, 'event_id', None) or envelope.id}"
+        payload = {k: v for k, v in envelope.detail.items() if k not in ("traceparent", "tracestate")}
+        _, ran = await self.idempotency.run(key, payload, lambda: handler(event, ctx))
+        return ran
+
+    async def _heartbeat(self, queue_url: str, receipt: str) -> None:
+        sqs = await self.clients.sqs()
+        interval = max(1.0, self.visibility_timeout_s / 3)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await sqs.change_message_visibility(
+                    QueueUrl=queue_url, ReceiptHandle=receipt, VisibilityTimeout=self.visibility_timeout_s
+                )
+            except Exception as exc:  # the next beat may succeed; redelivery is safe anyway (idempotency)
+                log.warning("visibility heartbeat failed", extra={"error": f"{type(exc).__name__}: {exc}"})
+
+    async def _backoff(self, queue_url: str, receipt: str, receive_count: int) -> None:
+        delay = int(min(self.visibility_timeout_s, self.retry_backoff_s * (2 ** (receive_count - 1))))
+        sqs = await self.clients.sqs()
+        with contextlib.suppress(Exception):
+            await sqs.change_message_visibility(QueueUrl=queue_url, ReceiptHandle=receipt, VisibilityTimeout=delay)
+
+    async def _dead_letter(self, m: dict[str, Any], reason: str) -> None:
+        """Send an unprocessable message straight to the DLQ with its reason, then delete it from the queue."""
+        sqs = await self.clients.sqs()
+        queue_url, dlq_url = await self._urls()
+        self.stats.dead_lettered += 1
+        log.error("message dead-lettered", extra={"message_id": m["MessageId"], "reason": reason[:500]})
+        await sqs.send_message(
+            QueueUrl=dlq_url,
+            MessageBody=m["Body"] if m["Body"] else "(empty)",
+            MessageAttributes={
+                "radloop-dead-letter-reason": {"DataType": "String", "StringValue": reason[:1000]},
+                "radloop-source-queue": {"DataType": "String", "StringValue": self.queue_name},
+            },
+        )
+        await sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=m["ReceiptHandle"])

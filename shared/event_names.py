@@ -1,0 +1,29 @@
+"""Event names (EventBridge ``detail-type``): the one place they are spelled.
+
+Events are facts, so they are named in the past tense.
+"""
+
+INSTANCE_STORED = "InstanceStored"
+INSTANCE_REJECTED = "InstanceRejected"
+INSTANCE_SCORED = "InstanceScored"
+IMAGE_VERIFIED = "ImageVerified"
+TRAINING_STARTED = "TrainingStarted"
+TRAINING_COMPLETED = "TrainingCompleted"
+MODEL_REGISTERED = "ModelRegistered"
+MODEL_APPROVED = "ModelApproved"
+MODEL_PERFORMANCE_DEGRADED = "ModelPerformanceDegraded"
+
+#: S3's own notification, delivered through EventBridge's default bus.
+S3_OBJECT_CREATED = "Object Created"
+
+ALL = (
+    INSTANCE_STORED,
+    INSTANCE_REJECTED,
+    INSTANCE_SCORED,
+    IMAGE_VERIFIED,
+    TRAINING_STARTED,
+    TRAINING_COMPLETED,
+    MODEL_REGISTERED,
+    MODEL_APPROVED,
+    MODEL_PERFORMANCE_DEGRADED,
+)

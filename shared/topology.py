@@ -1,0 +1,206 @@
+"""The one declarative description of radloop's AWS resources.
+
+Everything that names a bus, a rule, a queue, a bucket, a table or the model package group reads it from here:
+the local bootstrap (:mod:`shared.bootstrap`) creates it through aiobotocore against the embedded endpoint, and the
+CDK app in ``infra/`` renders the same objects as CloudFormation. Names are derived from a deployment ``prefix`` so
+that several deployments (or several test runs against one embedded endpoint) never collide.
+
+Invariant: a consuming service owns exactly one queue (plus its DLQ), and every rule that targets that queue matches
+on ``detail-type`` only, so the routing table below *is* the event flow of the product.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from shared import event_names as ev
+
+SERVICES: tuple[str, ...] = (
+    "ingestion",
+    "streaming_gateway",
+    "triage",
+    "verification",
+    "pipeline_orchestrator",
+    "registry",
+)
+
+#: Which event names each consuming service listens to (ARCHITECTURE.md, "Services").
+SUBSCRIPTIONS: dict[str, tuple[str, ...]] = {
+    "triage": (ev.INSTANCE_STORED, ev.MODEL_APPROVED),
+    "verification": (ev.INSTANCE_STORED, ev.INSTANCE_SCORED),
+    "pipeline_orchestrator": (ev.IMAGE_VERIFIED, ev.MODEL_PERFORMANCE_DEGRADED),
+    "registry": (ev.TRAINING_COMPLETED,),
+}
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    """An SQS queue with its dead-letter queue."""
+
+    name: str
+    dlq_name: str
+    visibility_timeout_s: int = 60
+    max_receive_count: int = 5
+    retention_s: int = 4 * 24 * 3600
+    dlq_retention_s: int = 14 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    """An EventBridge rule that routes events to one queue."""
+
+    name: str
+    event_pattern: dict[str, Any]
+    target_queue: str
+    #: The bus the rule lives on. S3 object-created notifications only reach the account's default bus.
+    bus: str
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    name: str
+    type: str = "S"  # S | N | B
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    name: str
+    partition_key: KeySpec
+    sort_key: KeySpec | None = None
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """A DynamoDB table (on-demand billing)."""
+
+    name: str
+    partition_key: KeySpec
+    sort_key: KeySpec | None = None
+    indexes: tuple[IndexSpec, ...] = ()
+    ttl_attribute: str | None = None
+
+
+@dataclass(frozen=True)
+class BucketSpec:
+    name: str
+    #: Whether the bucket sends object-created events to EventBridge (the S3 drop folder).
+    eventbridge_notifications: bool = False
+    holds_phi: bool = True
+
+
+@dataclass(frozen=True)
+class Topology:
+    prefix: str
+    bus_name: str
+    buckets: dict[str, BucketSpec]
+    tables: dict[str, TableSpec]
+    queues: dict[str, QueueSpec]
+    rules: tuple[RuleSpec, ...]
+    model_package_group: str
+    sources: dict[str, str] = field(default_factory=dict)
+
+    # -- convenience lookups -------------------------------------------------------------------------------------
+    def queue_for(self, service: str) -> QueueSpec:
+        """The queue a consuming service reads; KeyError names the services that have one."""
+        try:
+            return self.queues[service]
+        except KeyError:
+            raise KeyError(f"service {service!r} consumes no queue; consumers are {sorted(self.queues)}") from None
+
+    def bucket(self, role: str) -> str:
+        return self.buckets[role].name
+
+    def table(self, role: str) -> str:
+        return self.tables[role].name
+
+    def source(self, service: str) -> str:
+        """The EventBridge ``source`` a service publishes with: ``radloop.<service>``."""
+        return f"radloop.{service}"
+
+
+def _queue(prefix: str, service: str, **kw: Any) -> QueueSpec:
+    base = f"{prefix}-{service.replace('_', '-')}"
+    return QueueSpec(name=base, dlq_name=f"{base}-dlq", **kw)
+
+
+@lru_cache(maxsize=64)
+def build_topology(prefix: str = "radloop") -> Topology:
+    """Return the topology for a deployment prefix (lower-case letters, digits and dashes)."""
+    if not prefix or not all(c.isalnum() or c == "-" for c in prefix) or prefix != prefix.lower():
+        raise ValueError(f"deployment prefix {prefix!r} must be lower-case letters, digits and dashes")
+    bus = f"{prefix}-bus"
+    queues = {
+        # Ingestion's queue receives S3 drop-folder notifications; transcoding a CR can take several seconds.
+        "ingestion": _queue(prefix, "ingestion", visibility_timeout_s=120, max_receive_count=3),
+        "triage": _queue(prefix, "triage", visibility_timeout_s=60, max_receive_count=5),
+        "verification": _queue(prefix, "verification", visibility_timeout_s=30, max_receive_count=5),
+        "pipeline_orchestrator": _queue(prefix, "pipeline-orchestrator", visibility_timeout_s=60, max_receive_count=5),
+        "registry": _queue(prefix, "registry", visibility_timeout_s=60, max_receive_count=5),
+    }
+    buckets = {
+        "ingestion": BucketSpec(f"{prefix}-ingest", eventbridge_notifications=True),
+        "images": BucketSpec(f"{prefix}-images"),
+        "ml": BucketSpec(f"{prefix}-ml", holds_phi=False),
+    }
+    rules: list[RuleSpec] = []
+    for service, names in SUBSCRIPTIONS.items():
+        rules.append(
+            RuleSpec(
+                name=f"{prefix}-to-{service.replace('_', '-')}",
+                event_pattern={"source": [{"prefix": "radloop."}], "detail-type": list(names)},
+                target_queue=service,
+                bus=bus,
+            )
+        )
+    rules.append(
+        RuleSpec(
+            name=f"{prefix}-s3-imports",
+            event_pattern={
+                "source": ["aws.s3"],
+                "detail-type": ["Object Created"],
+                "detail": {
+                    "bucket": {"name": [buckets["ingestion"].name]},
+                    "object": {"key": [{"prefix": "imports/"}]},
+                },
+            },
+            target_queue="ingestion",
+            bus="default",
+        )
+    )
+    N = "N"
+    tables = {
+        # Study/series/instance records for QIDO-RS (see shared.index.schema for the item layout).
+        "instances": TableSpec(
+            f"{prefix}-instances",
+            KeySpec("pk"),
+            KeySpec("sk"),
+            indexes=(
+                IndexSpec("by_level", KeySpec("level"), KeySpec("level_sk")),
+                IndexSpec("by_patient", KeySpec("patient_id"), KeySpec("level_sk")),
+                IndexSpec("by_sop", KeySpec("sop_uid")),
+            ),
+        ),
+        "idempotency": TableSpec(f"{prefix}-idempotency", KeySpec("id"), ttl_attribute="expiration"),
+        "audit": TableSpec(f"{prefix}-audit", KeySpec("day"), KeySpec("ts_id")),
+        "scores": TableSpec(f"{prefix}-scores", KeySpec("sop_uid")),
+        "cases": TableSpec(
+            f"{prefix}-cases",
+            KeySpec("case_id"),
+            indexes=(IndexSpec("by_status", KeySpec("status"), KeySpec("priority_sk")),),
+        ),
+        "labels": TableSpec(f"{prefix}-labels", KeySpec("case_id"), KeySpec("label_sk")),
+        "runs": TableSpec(f"{prefix}-runs", KeySpec("run_id")),
+        "models": TableSpec(f"{prefix}-models", KeySpec("version", N)),
+        "state": TableSpec(f"{prefix}-state", KeySpec("key")),
+    }
+    return Topology(
+        prefix=prefix,
+        bus_name=bus,
+        buckets=buckets,
+        tables=tables,
+        queues=queues,
+        rules=tuple(rules),
+        model_package_group=f"{prefix}-pneumonia",
+    )
