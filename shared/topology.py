@@ -192,6 +192,8 @@ def build_topology(prefix: str = "radloop") -> Topology:
         ),
         "labels": TableSpec(f"{prefix}-labels", KeySpec("case_id"), KeySpec("label_sk")),
         "runs": TableSpec(f"{prefix}-runs", KeySpec("run_id")),
+        # The orchestrator's own projection of final labels (latest version per instance), for dataset snapshots.
+        "training_labels": TableSpec(f"{prefix}-training-labels", KeySpec("sop_uid")),
         "models": TableSpec(f"{prefix}-models", KeySpec("version", N)),
         "state": TableSpec(f"{prefix}-state", KeySpec("key")),
     }
