@@ -75,6 +75,7 @@ class SqsConsumer:
         wait_time_s: int | None = None,
         queue_name: str | None = None,
         retry_backoff_s: float = 1.0,
+        visibility_timeout_s: int | None = None,
     ) -> None:
         settings = clients.settings
         spec = settings.topology.queue_for(service)
@@ -86,7 +87,8 @@ class SqsConsumer:
         self.wait_time_s = settings.consumer_wait_time_s if wait_time_s is None else wait_time_s
         self.queue_name = queue_name or spec.name
         self.dlq_name = spec.dlq_name
-        self.visibility_timeout_s = spec.visibility_timeout_s
+        #: Must equal the queue's VisibilityTimeout (the topology's value unless a deployment changed it).
+        self.visibility_timeout_s = visibility_timeout_s or spec.visibility_timeout_s
         self.retry_backoff_s = retry_backoff_s
         self.stats = ConsumerStats()
         self._stopping = asyncio.Event()

@@ -16,6 +16,7 @@ Invariants:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import time
@@ -94,11 +95,15 @@ class IdempotencyStore:
                 raise
             return await self._existing(ddb, rid, phash), False
 
+        keepalive = asyncio.create_task(self._keep_alive(ddb, rid, token))
         try:
             result = await handler()
         except BaseException:
+            keepalive.cancel()
             await self._delete_if_owner(ddb, rid, token)
             raise
+        finally:
+            keepalive.cancel()
         await ddb.put_item(
             TableName=self.table,
             Item={
@@ -110,6 +115,30 @@ class IdempotencyStore:
             },
         )
         return result, True
+
+    async def _keep_alive(self, ddb: Any, rid: str, token: str) -> None:
+        """Push ``in_progress_expiry`` forward while a long handler runs, so its record never looks stale.
+
+        Without this a handler that outlives the in-progress expiry could be run again by a duplicate copy of its
+        event (EventBridge delivers at least once) while the first run is still going.
+        """
+        interval = max(1.0, self.inprogress_expiry_s / 3)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await ddb.update_item(
+                    TableName=self.table,
+                    Key={"id": {"S": rid}},
+                    UpdateExpression="SET in_progress_expiry = :e",
+                    ConditionExpression="#o = :token",
+                    ExpressionAttributeNames={"#o": "owner"},
+                    ExpressionAttributeValues={
+                        ":e": {"N": str(int(time.time()) + self.inprogress_expiry_s)},
+                        ":token": {"S": token},
+                    },
+                )
+            except ClientError:
+                return
 
     async def _existing(self, ddb: Any, rid: str, phash: str) -> Any:
         resp = await ddb.get_item(TableName=self.table, Key={"id": {"S": rid}}, ConsistentRead=True)

@@ -88,7 +88,7 @@ class EventPublisher:
                 continue
             if not resp.get("FailedEntryCount"):
                 return
-            failed = [entry for entry, res in zip(pending, resp["Entries"]) if res.get("ErrorCode")]
+            failed = [entry for entry, res in zip(pending, resp["Entries"], strict=True) if res.get("ErrorCode")]
             last_error = "; ".join(
                 sorted({f"{r.get('ErrorCode')}: {r.get('ErrorMessage')}" for r in resp["Entries"] if r.get("ErrorCode")})
             )

@@ -27,6 +27,36 @@ from shared.aws import AwsClients  # noqa: E402
 from shared.bootstrap import bootstrap_topology  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 
+_MEMORY_EXPORTER = None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _tracing() -> Iterator[None]:
+    """One recording tracer provider for the test process, with an in-memory exporter (see ``spans``)."""
+    global _MEMORY_EXPORTER
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    import shared.telemetry as telemetry
+
+    if telemetry._configured is None:
+        provider = TracerProvider()
+        _MEMORY_EXPORTER = InMemorySpanExporter()
+        provider.add_span_processor(SimpleSpanProcessor(_MEMORY_EXPORTER))
+        trace.set_tracer_provider(provider)
+        telemetry._configured = provider
+    yield
+
+
+@pytest.fixture
+def spans() -> Iterator[object]:
+    """The in-memory span exporter of this test process, cleared before the test."""
+    assert _MEMORY_EXPORTER is not None
+    _MEMORY_EXPORTER.clear()
+    yield _MEMORY_EXPORTER
+
 
 @pytest.fixture(scope="session")
 def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedAws]:

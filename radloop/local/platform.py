@@ -79,7 +79,7 @@ class LocalPlatform:
     endpoint: str = ""
 
     def __post_init__(self) -> None:
-        self.ports = {**DEFAULT_PORTS, **self.ports}
+        self.ports = {**DEFAULT_PORTS, **env_ports(), **self.ports}
 
     @property
     def run_dir(self) -> Path:
@@ -210,6 +210,18 @@ class LocalPlatform:
     def _say(progress: Any, msg: str) -> None:
         if progress is not None:
             progress(msg)
+
+
+def env_ports() -> dict[str, int]:
+    """Port overrides from ``RADLOOP_PORT_<NAME>`` (e.g. RADLOOP_PORT_ENTRY=9080, RADLOOP_PORT_AWS=4567)."""
+    out = {}
+    for name in DEFAULT_PORTS:
+        raw = os.environ.get(f"RADLOOP_PORT_{name.upper()}")
+        if raw:
+            if not raw.isdigit() or not 0 < int(raw) < 65536:
+                raise ValueError(f"RADLOOP_PORT_{name.upper()}={raw!r} is not a port number (1-65535)")
+            out[name] = int(raw)
+    return out
 
 
 async def _bootstrap(settings: Settings) -> None:
