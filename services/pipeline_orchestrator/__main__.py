@@ -1,4 +1,4 @@
-"""`python -m services.pipeline_orchestrator`: run the pipeline orchestrator service (HTTP on its port, with its SQS worker)."""
+"""`python -m services.pipeline_orchestrator`: run the orchestrator service (HTTP on its port, with its SQS worker)."""
 
 from services.pipeline_orchestrator import SERVICE
 from services.pipeline_orchestrator.app import create_app

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from shared.consumer import Handler
+from services.registry.domain.registry import Registry
+from shared import event_names as ev
+from shared.consumer import Handler, MessageContext
+from shared.events import TrainingCompleted
 from shared.service import ServiceContext
 
 
 def handlers(ctx: ServiceContext) -> Mapping[str, Handler]:
     """Event name -> handler. The whole event-driven behaviour of the service is listed here."""
-    return {}
+
+    async def training_completed(event: TrainingCompleted, _: MessageContext) -> None:
+        registry: Registry = ctx["registry"]
+        await registry.on_training_completed(event)
+
+    return {ev.TRAINING_COMPLETED: training_completed}

@@ -1,0 +1,57 @@
+"""Settings of the pipeline orchestrator (env ``RADLOOP_<FIELD>``): trigger policy, execution backend, parameters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from shared.settings import Settings
+
+
+class OrchestratorSettings(Settings):
+    """The retraining policy and how pipeline executions are run and tracked."""
+
+    # --- trigger policy ---------------------------------------------------------------------------------------------
+    #: A snapshot is taken when at least this many final labels are new since the last snapshot ...
+    trigger_min_new_labels: int = Field(50, ge=1)
+    #: ... and at least this many of them in every class.
+    trigger_min_per_class: int = Field(10, ge=0)
+    #: Scheduled retraining every this many seconds (0 = no schedule). It still needs a changed manifest.
+    trigger_schedule_s: float = Field(0.0, ge=0)
+    #: No automatic run starts within this many seconds of the previous start (manual triggers are exempt).
+    trigger_cooldown_s: float = Field(3600.0, ge=0)
+    #: Whether ``ModelPerformanceDegraded`` triggers a run (still subject to the cooldown and single-flight).
+    trigger_on_degraded: bool = True
+
+    # --- execution --------------------------------------------------------------------------------------------------
+    #: ``local``: the docker-free executor as a subprocess; ``sagemaker``: StartPipelineExecution.
+    executor: Literal["local", "sagemaker"] = "local"
+    #: Pipeline definition JSON; empty = generated once with ``python -m training.pipeline definition``.
+    pipeline_definition: Path | None = None
+    #: SageMaker pipeline name (empty = ``{prefix}-pneumonia-training``).
+    pipeline_name: str = ""
+    #: Role ARN SageMaker assumes for the pipeline (AWS only).
+    pipeline_role_arn: str = "arn:aws:iam::123456789012:role/radloop-pipeline"
+    #: How often running executions are polled (status file locally, DescribePipelineExecution in AWS).
+    poll_interval_s: float = Field(2.0, gt=0)
+    #: Python interpreter for the local executor subprocess (empty = this interpreter).
+    executor_python: str = ""
+
+    # --- pipeline parameters (names fixed by the pipeline contract) -------------------------------------------------
+    train_epochs: int = Field(5, ge=1)
+    train_image_size: int = Field(224, ge=16)
+    train_arch: str = "resnet18"
+    train_batch_size: int = Field(32, ge=1)
+    auc_floor: float = Field(0.70, ge=0, le=1)
+    auc_margin: float = Field(0.0, ge=0, le=1)
+
+    @property
+    def resolved_pipeline_name(self) -> str:
+        return self.pipeline_name or f"{self.prefix}-pneumonia-training"
+
+    @property
+    def work_dir(self) -> Path:
+        """Where local executions keep their parameters, status files and logs."""
+        return self.var_dir / "pipeline_orchestrator"
