@@ -1,0 +1,175 @@
+"""The ingestion pipeline shared by STOW-RS, DIMSE C-STORE and the S3 drop folder.
+
+``parse safely -> (de-identify) -> transcode + verify``  (CPU pool, :mod:`.prepare`)
+``-> claim (idempotency) -> store original, frames, metadata -> index (one transaction) -> publish InstanceStored``
+
+Invariants:
+- nothing is acknowledged before the original, the frames, the metadata and the index items are durable;
+- ``InstanceStored`` is published after the index write, never before; a failure before it leaves no index item
+  and no event (S3 objects without an index item are invisible, and are overwritten by the retry);
+- the same instance sent again (same SOP Instance UID, same bytes) is acknowledged with no second copy or event;
+- every refusal is a :class:`DicomRejection` with a DICOM failure reason and a sentence; an ``InstanceRejected``
+  event (PHI-free: the reason's *kind*, never values from the data) is published for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from services.ingestion.domain.claims import ClaimStore
+from services.ingestion.domain.pool import CpuPool, WorkerCrashedError
+from services.ingestion.domain.prepare import Prepared, PrepareOptions, prepare
+from services.ingestion.settings import IngestionSettings
+from shared.dicom.errors import CANNOT_UNDERSTAND, DUPLICATE_SOP_INSTANCE, OUT_OF_RESOURCES, DicomRejection
+from shared.dicom.parse import ParseLimits
+from shared.events import InstanceRejected, InstanceStored
+from shared.instance_index import IndexConflictError, write_instance
+from shared.service import ServiceContext
+from shared.telemetry import tracer
+
+log = logging.getLogger(__name__)
+
+Source = Literal["stow", "dimse", "s3"]
+#: Index items are limited to 400 KB; DICOM JSON larger than this stays in S3 only (``metadata_key``).
+MAX_INLINE_JSON = 300_000
+QUARANTINE_PREFIX = "quarantine/"
+
+
+@dataclass
+class IngestResult:
+    """What the entry points answer for a stored (or already stored) instance."""
+
+    status: Literal["stored", "duplicate"]
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+    original_key: str
+    seconds: float
+
+
+def stored_event_id(sop: str, sha: str) -> str:
+    """Deterministic, so a retry that re-publishes after a crash is recognised as the same event by consumers."""
+    return hashlib.sha256(f"InstanceStored#{sop}#{sha}".encode()).hexdigest()[:32]
+
+
+class IngestPipeline:
+    def __init__(self, ctx: ServiceContext, settings: IngestionSettings, pool: CpuPool) -> None:
+        self.ctx = ctx
+        self.settings = settings
+        self.pool = pool
+        self.images_bucket = settings.topology.bucket("images")
+        self.ingest_bucket = settings.topology.bucket("ingestion")
+        self.table = settings.topology.table("instances")
+        self.claims = ClaimStore(ctx.clients.dynamodb, settings.topology.table("idempotency"))
+        self.limits = ParseLimits(max_bytes=settings.max_instance_bytes, max_inflated_bytes=settings.max_inflated_bytes,
+                                  max_pixel_bytes=settings.max_pixel_bytes)
+        self._frame_puts = asyncio.Semaphore(64)
+
+    def _options(self, source: Source, calling_ae: str | None, expected_study: str | None) -> PrepareOptions:
+        deid = self.settings.deidentify or (calling_ae is not None and calling_ae in self.settings.deidentify_calling_aes)
+        return PrepareOptions(limits=self.limits, pseudonym_key=self.settings.pseudonym_key, deidentify=deid,
+                              deid_key=self.settings.deid_key, expected_study=expected_study, source=source)
+
+    async def ingest(self, data: bytes, *, source: Source, calling_ae: str | None = None,
+                     expected_study: str | None = None, object_key: str | None = None) -> IngestResult:
+        """Run the whole pipeline on one received object; raise :class:`DicomRejection` when it is refused."""
+        t0 = time.perf_counter()
+        with tracer("radloop.ingestion").start_as_current_span("ingest", attributes={"radloop.source": source,
+                                                                                      "radloop.bytes": len(data)}):
+            try:
+                return await self._ingest(data, source, calling_ae, expected_study, t0)
+            except DicomRejection as rej:
+                await self._rejected(rej, source, data, object_key)
+                raise
+
+    async def _ingest(self, data: bytes, source: Source, calling_ae: str | None, expected_study: str | None,
+                      t0: float) -> IngestResult:
+        if len(data) > self.limits.max_bytes:  # refuse before shipping the bytes to a worker
+            raise DicomRejection(OUT_OF_RESOURCES, f"The DICOM object is {len(data)} bytes; at most "
+                                 f"{self.limits.max_bytes} bytes are accepted per instance.", kind="too-large")
+        try:
+            prep = await self.pool.run(prepare, data, self._options(source, calling_ae, expected_study))
+        except DicomRejection:
+            raise
+        except WorkerCrashedError:
+            raise DicomRejection(OUT_OF_RESOURCES, "Processing this instance exhausted the worker's resources; it was "
+                                 "not stored.", kind="worker-crashed") from None
+        except Exception as exc:  # a library failure on hostile input is the input's fault, not a 500
+            log.warning("prepare failed unexpectedly", extra={"error": type(exc).__name__})
+            raise DicomRejection(CANNOT_UNDERSTAND, f"The instance could not be processed ({type(exc).__name__}).",
+                                 kind="unprocessable") from None
+        if prep.quarantine_reason is not None:
+            await self._quarantine(prep)
+            raise DicomRejection(CANNOT_UNDERSTAND, prep.quarantine_reason, kind="quarantined-burned-in-annotation",
+                                 sop_uid=prep.sop_uid, sop_class_uid=prep.sop_class_uid, study_uid=prep.study_uid)
+        if len(prep.dicom_json) > MAX_INLINE_JSON:
+            prep.record.instance.pop("dicom_json", None)
+        claim = await self.claims.acquire(prep.sop_uid, prep.content_sha256, overwrite=self.settings.allow_overwrite)
+        if claim.outcome == "duplicate":
+            return self._result("duplicate", prep, t0)
+        try:
+            await self._store(prep)
+            try:
+                outcome = await write_instance(await self.ctx.clients.dynamodb(), self.table, prep.record,
+                                               overwrite=self.settings.allow_overwrite)
+            except IndexConflictError as exc:
+                raise DicomRejection(DUPLICATE_SOP_INSTANCE, f"SOP Instance UID {prep.sop_uid} is already stored with "
+                                     f"different content (sha256 {exc.existing_sha256[:16]}...).",
+                                     kind="conflicting-payload", sop_uid=prep.sop_uid) from None
+            await self.ctx.publisher.publish(InstanceStored(
+                event_id=stored_event_id(prep.sop_uid, prep.content_sha256), study_uid=prep.study_uid,
+                series_uid=prep.series_uid, sop_uid=prep.sop_uid, **prep.event_fields))
+            await self.claims.complete(prep.sop_uid, claim)
+        except BaseException:
+            await asyncio.shield(self._release(prep.sop_uid, claim))
+            raise
+        log.info("instance stored", extra={"sop_uid": prep.sop_uid, "source": source, "index": outcome,
+                                           "frames": len(prep.frames)})
+        return self._result("stored", prep, t0)
+
+    async def _release(self, sop: str, claim: Any) -> None:
+        try:
+            await self.claims.release(sop, claim)
+        except Exception:
+            log.exception("could not release an ingestion claim; it expires with its lease")
+
+    def _result(self, status: Literal["stored", "duplicate"], prep: Prepared, t0: float) -> IngestResult:
+        return IngestResult(status=status, study_uid=prep.study_uid, series_uid=prep.series_uid, sop_uid=prep.sop_uid,
+                            sop_class_uid=prep.sop_class_uid, original_key=prep.original_key,
+                            seconds=time.perf_counter() - t0)
+
+    async def _put(self, key: str, body: bytes, content_type: str) -> None:
+        s3 = await self.ctx.clients.s3()
+        async with self._frame_puts:
+            await s3.put_object(Bucket=self.images_bucket, Key=key, Body=body, ContentType=content_type)
+
+    async def _store(self, prep: Prepared) -> None:
+        puts = [self._put(prep.original_key, prep.stored_bytes, "application/dicom"),
+                self._put(prep.metadata_key, prep.dicom_json.encode(), "application/dicom+json")]
+        puts += [self._put(f"{prep.frames_prefix}/{n}.jph", cs, "image/jphc") for n, cs in enumerate(prep.frames, 1)]
+        await asyncio.gather(*puts)
+
+    async def _quarantine(self, prep: Prepared) -> None:
+        s3 = await self.ctx.clients.s3()
+        key = f"{QUARANTINE_PREFIX}{prep.content_sha256}.dcm"
+        await s3.put_object(Bucket=self.ingest_bucket, Key=key, Body=prep.stored_bytes)
+        await s3.put_object(Bucket=self.ingest_bucket, Key=f"{key}.reason.json", Body=json.dumps(
+            {"reason": prep.quarantine_reason, "sop_uid": prep.sop_uid}).encode())
+
+    async def _rejected(self, rej: DicomRejection, source: Source, data: bytes, object_key: str | None) -> None:
+        log.info("instance rejected", extra={"source": source, "failure_reason": f"0x{rej.failure_reason:04X}",
+                                             "kind": rej.kind})
+        try:
+            await self.ctx.publisher.publish(InstanceRejected(
+                source=source, failure_reason=rej.failure_reason, reason=rej.kind[:500],
+                sop_uid=rej.sop_uid, object_key=object_key,
+                content_sha256=hashlib.sha256(data).hexdigest() if data else None))
+        except Exception:  # the sender still gets its answer; the event is best effort
+            log.exception("could not publish InstanceRejected")
