@@ -24,7 +24,7 @@ up: setup ## start the embedded AWS endpoint and every service (Ctrl-C stops)
 	$(BIN)/radloop up
 
 demo: setup ## run the whole triage-and-learning loop on generated data and write demo-report/
-	$(BIN)/radloop up
+	$(BIN)/radloop demo
 
 test: setup ## run the full test suite
 	$(BIN)/pytest -q -p no:cacheprovider

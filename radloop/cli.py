@@ -272,6 +272,54 @@ def traces(
         console.print(render_trace(g))
 
 
+@app.command()
+def demo(
+    quick: Annotated[bool, typer.Option("--quick", help="A small cohort and small images: under about 3 minutes.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic cohort (runs are reproducible).")] = 7,
+    keep_running: Annotated[bool, typer.Option("--keep-running", help="Leave the platform up afterwards.")] = False,
+    out: Annotated[Path, typer.Option(help="Where the report is written.")] = Path("demo-report"),
+    radiographs: Annotated[int | None, typer.Option(help="Override the number of chest radiographs.")] = None,
+    double_read: Annotated[bool, typer.Option("--double-read", help="Two readers per case, with adjudication.")] = False,
+    read_error_rate: Annotated[float, typer.Option(help="Share of simulated reads that disagree with the truth.")] = 0.03,
+) -> None:
+    """Run the whole triage-and-learning loop on generated data and write demo-report/ (HTML + JSON).
+
+    It starts the platform, sends a synthetic cohort from a simulated PACS (STOW-RS, DIMSE C-STORE and the S3 drop
+    folder), lets simulated radiologists read the AI-ordered worklist in rounds, and watches the orchestrator retrain
+    and the registry promote models by itself. Exits 0 when at least one model was approved and used for triage.
+    """
+    from radloop.demo.run import Demo, DemoConfig
+
+    kw: dict[str, Any] = {"seed": seed, "keep_running": keep_running, "out_dir": out, "double_read": double_read,
+                          "read_error_rate": read_error_rate}
+    if radiographs is not None:
+        kw["radiographs"] = radiographs
+    cfg = DemoConfig.quick(**kw) if quick else DemoConfig(**kw)
+    try:
+        rc = Demo(cfg, console).run()
+    except (RuntimeError, TimeoutError) as exc:
+        err.print(f"[red]demo failed:[/] {exc}")
+        raise typer.Exit(1) from None
+    raise typer.Exit(rc)
+
+
+@app.command()
+def smoke(
+    base: Annotated[str, typer.Option(help="Base URL of a deployment, e.g. http://127.0.0.1:8080")] = "http://127.0.0.1:8080",
+    token_: Annotated[str | None, typer.Option("--token", help="Bearer token with the admin role (or pacs+viewer).")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for each asynchronous step.")] = 60.0,
+) -> None:
+    """Validate a deployment: store an image (STOW-RS), find it (QIDO), fetch a frame, wait for its triage score."""
+    from radloop.smoke import main as smoke_main
+
+    tok = token_
+    if tok is None:
+        from shared.auth import mint_token
+
+        tok = mint_token(_settings(), "admin")
+    raise typer.Exit(smoke_main(base, tok, timeout))
+
+
 def main() -> None:  # pragma: no cover - console script entry
     app()
 
