@@ -9,6 +9,7 @@ import json
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
