@@ -456,6 +456,20 @@ class Demo:
                                                                          self.cfg.__dict__.items()})},
         }
 
+    def final_status(self) -> dict[str, Any]:
+        """Health of every service and DLQ depths at the end (what `radloop status` shows)."""
+        from radloop.cli import collect_status
+
+        assert self.platform is not None
+        st = collect_status(self.settings.model_copy(update={"aws_endpoint_url": self.platform.endpoint}))
+        for name, svc in st["services"].items():
+            if not svc["healthy"]:
+                self.state.errors.append(f"{name} unhealthy at the end: {svc['detail']}")
+        dead = {q: d["dlq"] for q, d in st["queues"].items() if d["dlq"]}
+        if dead:
+            self.state.errors.append(f"messages in DLQs: {dead}")
+        return st
+
     # -- the whole thing ---------------------------------------------------------------------------------------------
     def run(self) -> int:
         started = time.time()
@@ -470,7 +484,9 @@ class Demo:
                 self.state.rounds.append({"round": w + 1, "reads": done})
                 self.wait_for_training(w, runs_before)
             streaming = self.stream_ct()
+            final_status = self.final_status()
             figures = self.collect(streaming, started)
+            figures["final_status"] = final_status
             path = write_report(self.cfg.out_dir, figures)
             ok = figures["summary"]["loop_succeeded"]
             self.console.print(("[green]" if ok else "[red]") + figures["summary"]["headline"] + "[/]")
