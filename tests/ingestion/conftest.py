@@ -42,7 +42,8 @@ def ing_settings(aws_endpoint: str, tmp_path_factory: pytest.TempPathFactory) ->
 
 @pytest.fixture(scope="session")
 def service(ing_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService]:
-    env = {"RADLOOP_MAX_INFLATED_BYTES": str(16 << 20), "RADLOOP_DEIDENTIFY_CALLING_AES": json.dumps(["DEIDSCU"]),
+    env = {"RADLOOP_MAX_INFLATED_BYTES": str(16 << 20), "RADLOOP_MAX_REQUEST_BYTES": str(64 << 20),
+           "RADLOOP_DEIDENTIFY_CALLING_AES": json.dumps(["DEIDSCU"]),
            "RADLOOP_DIMSE_ALLOWED_CALLING_AES": json.dumps(ALLOWED_AES)}
     with ingestion_service(ing_settings, tmp_path_factory.mktemp("ingsvc"), dimse=True, env=env) as svc:
         yield svc
