@@ -1,0 +1,87 @@
+"""QIDO-RS routes (PS3.18 §10.6), served from the instance index only."""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import APIRouter, Request, Response
+
+from services.streaming_gateway.api.deps import DICOM_JSON, GatewayDep, audit, base_url, uid
+from services.streaming_gateway.domain import qido
+from services.streaming_gateway.domain.errors import NotAcceptable
+from services.streaming_gateway.domain.media import parse_accept
+from services.streaming_gateway.domain.search import SearchResult
+from shared.auth import ReadUser
+
+router = APIRouter(prefix="/dicomweb", tags=["QIDO-RS"])
+
+
+def _check_accept(request: Request) -> None:
+    for r in parse_accept(request.headers.get("accept")):
+        if r.type in (DICOM_JSON, "application/json", "*/*", "application/*"):
+            return
+    raise NotAcceptable(
+        f"search results are served as {DICOM_JSON}; the Accept header {request.headers.get('accept')!r} excludes it"
+    )
+
+
+def _respond(result: SearchResult, q: qido.Query) -> Response:
+    headers = {}
+    warnings = []
+    if result.truncated:
+        warnings.append('299 radloop "There are additional results that can be requested with offset and limit."')
+    if q.ignored:
+        names = ", ".join(sorted(set(q.ignored)))[:200]
+        warnings.append(f'299 radloop "The following query keys are not supported and were ignored: {names}."')
+    if warnings:
+        headers["Warning"] = ", ".join(warnings)
+    return Response(json.dumps(result.items, separators=(",", ":")), media_type=DICOM_JSON, headers=headers)
+
+
+async def _search(request: Request, gw: GatewayDep, principal: ReadUser, level: str, fixed: dict[str, str]) -> Response:
+    _check_accept(request)
+    q = qido.parse_query(level, request.query_params.multi_items(), fixed=fixed)
+    if level == "STUDY":
+        result = await gw.searcher.studies(q, base_url(request))
+    elif level == "SERIES":
+        result = await gw.searcher.series(q, base_url(request))
+    else:
+        result = await gw.searcher.instances(q, base_url(request))
+    # Search results carry patient names and IDs: audit who searched, at which level, how much came back. The
+    # query values themselves are never recorded (they may hold a patient name).
+    resource: dict[str, object] = {"level": level.lower(), **{k: v for k, v in fixed.items()}}
+    await audit(request, principal, "qido.search", resource, count=len(result.items))
+    return _respond(result, q)
+
+
+@router.get("/studies", summary="Search for studies.")
+async def search_studies(request: Request, gw: GatewayDep, principal: ReadUser) -> Response:
+    return await _search(request, gw, principal, "STUDY", {})
+
+
+@router.get("/series", summary="Search for series.")
+async def search_series(request: Request, gw: GatewayDep, principal: ReadUser) -> Response:
+    return await _search(request, gw, principal, "SERIES", {})
+
+
+@router.get("/instances", summary="Search for instances.")
+async def search_instances(request: Request, gw: GatewayDep, principal: ReadUser) -> Response:
+    return await _search(request, gw, principal, "INSTANCE", {})
+
+
+@router.get("/studies/{study}/series", summary="Search for series of a study.")
+async def search_study_series(study: str, request: Request, gw: GatewayDep, principal: ReadUser) -> Response:
+    return await _search(request, gw, principal, "SERIES", {"StudyInstanceUID": uid(study, "StudyInstanceUID")})
+
+
+@router.get("/studies/{study}/instances", summary="Search for instances of a study.")
+async def search_study_instances(study: str, request: Request, gw: GatewayDep, principal: ReadUser) -> Response:
+    return await _search(request, gw, principal, "INSTANCE", {"StudyInstanceUID": uid(study, "StudyInstanceUID")})
+
+
+@router.get("/studies/{study}/series/{series}/instances", summary="Search for instances of a series.")
+async def search_series_instances(
+    study: str, series: str, request: Request, gw: GatewayDep, principal: ReadUser
+) -> Response:
+    fixed = {"StudyInstanceUID": uid(study, "StudyInstanceUID"), "SeriesInstanceUID": uid(series, "SeriesInstanceUID")}
+    return await _search(request, gw, principal, "INSTANCE", fixed)

@@ -1,0 +1,413 @@
+"""WADO-RS routes (PS3.18 §10.4): instances, metadata, frames (progressive), rendered images and thumbnails."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import hashlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import StreamingResponse
+
+from services.streaming_gateway.api.deps import DICOM_JSON, GatewayDep, audit, uid
+from services.streaming_gateway.domain import media, render
+from services.streaming_gateway.domain.errors import BadRequest, NotAcceptable, NotFound
+from services.streaming_gateway.domain.frames import Frame
+from services.streaming_gateway.domain.gateway import Gateway
+from services.streaming_gateway.domain.index import SeriesEntry
+from services.streaming_gateway.domain.transcode import transcode
+from shared import storage
+from shared.auth import Principal, ReadUser
+from shared.htj2k import decode
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/dicomweb/studies", tags=["WADO-RS"])
+_EOC = b"\xff\xd9"
+_EXPOSE = "ETag, Content-Range, Accept-Ranges, X-Resolution-Offsets, X-Resolution-Levels, X-Cache, Warning"
+
+
+def _ids(study: str, series: str | None = None, sop: str | None = None) -> tuple[str, ...]:
+    out = [uid(study, "StudyInstanceUID")]
+    if series is not None:
+        out.append(uid(series, "SeriesInstanceUID"))
+    if sop is not None:
+        out.append(uid(sop, "SOPInstanceUID"))
+    return tuple(out)
+
+
+def _etag_matches(request: Request, etag: str) -> bool:
+    inm = request.headers.get("if-none-match")
+    if not inm:
+        return False
+    tags = {t.strip().removeprefix("W/") for t in inm.split(",")}
+    return "*" in tags or etag in tags
+
+
+# --- instances ---------------------------------------------------------------------------------------------------
+async def _instance_items(gw: Gateway, study: str, series: str | None, sop: str | None) -> list[dict[str, Any]]:
+    if sop is not None:
+        assert series is not None
+        return [await gw.index.instance(study, series, sop)]
+    items = await gw.index.instances_of_study(study, series)
+    if not items:
+        what = f"series {series} of study {study}" if series else f"study {study}"
+        raise NotFound(f"{what} has no stored instances")
+    return items
+
+
+async def _instance_part(gw: Gateway, it: dict[str, Any], ts: str) -> tuple[str, bytes]:
+    study, series, sop = it["study_uid"], it["series_uid"], it["sop_uid"]
+    try:
+        original = await gw.frames.read_object(storage.original_key(study, series, sop))
+    except NotFound:
+        raise NotFound(f"instance {sop} is indexed but its stored object is missing") from None
+    stored_ts = it.get("transfer_syntax_uid") or ""
+    if ts == "*" or ts == stored_ts:
+        return f"application/dicom; transfer-syntax={stored_ts}" if stored_ts else "application/dicom", original
+    n = int(it.get("number_of_frames") or 1)
+    frames = await asyncio.gather(*(gw.frames.frame(study, series, sop, k) for k in range(1, n + 1)))
+    try:
+        data = await gw.run_cpu(transcode, original, [f.data for f, _ in frames], ts)
+    except Exception:
+        log.warning("transcoding failed", extra={"target": ts})
+        raise NotAcceptable(f"instance {sop} cannot be transcoded from {stored_ts} to {ts}") from None
+    return f"application/dicom; transfer-syntax={ts}", data
+
+
+async def _retrieve(
+    request: Request, gw: Gateway, principal: Principal, study: str, series: str | None = None, sop: str | None = None
+) -> Response:
+    ts = media.negotiate_instances(request.headers.get("accept"))
+    items = await _instance_items(gw, study, series, sop)
+    await audit(request, principal, "wado.retrieve",
+                {"study_uid": study, "series_uid": series, "sop_uid": sop, "transfer_syntax": ts}, count=len(items))
+    boundary = media.boundary_for(f"{study}/{series}/{sop}/{ts}/{len(items)}")
+    # The first part is read before the response starts, so a missing object or a failed transcode is a proper
+    # status. Later parts stream with a bounded read-ahead window.
+    window = max(1, gw.settings.retrieve_concurrency)
+    first = await _instance_part(gw, items[0], ts)
+
+    async def body() -> AsyncIterator[bytes]:
+        yield media.part_header(boundary, first[0]) + first[1] + b"\r\n"
+        pending: list[asyncio.Task[tuple[str, bytes]]] = []
+        rest = iter(items[1:])
+        try:
+            for it in rest:
+                pending.append(asyncio.create_task(_instance_part(gw, it, ts)))
+                if len(pending) >= window:
+                    break
+            while pending:
+                ctype, data = await pending.pop(0)
+                nxt = next(rest, None)
+                if nxt is not None:
+                    pending.append(asyncio.create_task(_instance_part(gw, nxt, ts)))
+                yield media.part_header(boundary, ctype) + data + b"\r\n"
+            yield f"--{boundary}--\r\n".encode()
+        finally:
+            for t in pending:
+                t.cancel()
+
+    inner_ts = None if ts == "*" else ts
+    return StreamingResponse(
+        body(), media_type=media.multipart_content_type(boundary, "application/dicom", inner_ts)
+    )
+
+
+@router.get("/{study}", summary="Retrieve a study (multipart/related; type=application/dicom).")
+async def retrieve_study(study: str, request: Request, gw: GatewayDep, principal: ReadUser) -> Response:
+    (s,) = _ids(study)
+    return await _retrieve(request, gw, principal, s)
+
+
+@router.get("/{study}/series/{series}", summary="Retrieve a series.")
+async def retrieve_series(study: str, series: str, request: Request, gw: GatewayDep, principal: ReadUser) -> Response:
+    s, se = _ids(study, series)
+    return await _retrieve(request, gw, principal, s, se)
+
+
+@router.get("/{study}/series/{series}/instances/{sop}", summary="Retrieve an instance.")
+async def retrieve_instance(
+    study: str, series: str, sop: str, request: Request, gw: GatewayDep, principal: ReadUser
+) -> Response:
+    s, se, i = _ids(study, series, sop)
+    return await _retrieve(request, gw, principal, s, se, i)
+
+
+# --- metadata ----------------------------------------------------------------------------------------------------
+def _series_json(entry: SeriesEntry) -> bytes:
+    if entry.metadata_json is None:
+        entry.metadata_json = b",".join(it["dicom_json"].encode() for it in entry.instances if it.get("dicom_json"))
+    return entry.metadata_json
+
+
+def _metadata_response(request: Request, body_parts: list[bytes], etag_seed: str, cached_gzip: SeriesEntry | None) -> Response:
+    etag = '"m-' + hashlib.blake2b(etag_seed.encode(), digest_size=12).hexdigest() + '"'
+    headers = {"ETag": etag, "Cache-Control": "private, no-cache", "Vary": "Accept-Encoding"}
+    if _etag_matches(request, etag):
+        return Response(status_code=304, headers=headers)
+    body = b"[" + b",".join(p for p in body_parts if p) + b"]"
+    if "gzip" in request.headers.get("accept-encoding", "") and len(body) > 4096:
+        if cached_gzip is not None:
+            if cached_gzip.metadata_gzip is None:
+                cached_gzip.metadata_gzip = gzip.compress(body, 5)
+            body = cached_gzip.metadata_gzip
+        else:
+            body = gzip.compress(body, 5)
+        headers["Content-Encoding"] = "gzip"
+    return Response(body, media_type=DICOM_JSON, headers=headers)
+
+
+def _check_json_accept(request: Request) -> None:
+    for r in media.parse_accept(request.headers.get("accept")):
+        if r.type in (DICOM_JSON, "application/json", "*/*", "application/*"):
+            return
+    raise NotAcceptable(f"metadata is served as {DICOM_JSON}, which the Accept header does not allow")
+
+
+@router.get("/{study}/metadata", summary="Metadata of every instance of a study (DICOM JSON).")
+async def study_metadata(study: str, request: Request, gw: GatewayDep, principal: ReadUser) -> Response:
+    (s,) = _ids(study)
+    _check_json_accept(request)
+    series = await gw.index.series_of_study(s)
+    if not series:
+        raise NotFound(f"study {s} does not exist")
+    entries = await asyncio.gather(*(gw.index.series_entry(s, se["series_uid"]) for se in series))
+    count = sum(len(e.instances) for e in entries)
+    await audit(request, principal, "wado.metadata", {"study_uid": s}, count=count)
+    seed = "|".join(f"{e.series['series_uid']}:{e.validator}" for e in entries)
+    return _metadata_response(request, [_series_json(e) for e in entries], seed, None)
+
+
+@router.get("/{study}/series/{series}/metadata", summary="Metadata of every instance of a series (DICOM JSON).")
+async def series_metadata(study: str, series: str, request: Request, gw: GatewayDep, principal: ReadUser) -> Response:
+    s, se = _ids(study, series)
+    _check_json_accept(request)
+    entry = await gw.index.series_entry(s, se)
+    await audit(request, principal, "wado.metadata", {"study_uid": s, "series_uid": se}, count=len(entry.instances))
+    return _metadata_response(request, [_series_json(entry)], f"{s}/{se}:{entry.validator}", entry)
+
+
+@router.get("/{study}/series/{series}/instances/{sop}/metadata", summary="Metadata of an instance (DICOM JSON).")
+async def instance_metadata(
+    study: str, series: str, sop: str, request: Request, gw: GatewayDep, principal: ReadUser
+) -> Response:
+    s, se, i = _ids(study, series, sop)
+    _check_json_accept(request)
+    it = await gw.index.instance(s, se, i)
+    await audit(request, principal, "wado.metadata", {"study_uid": s, "series_uid": se, "sop_uid": i})
+    return _metadata_response(request, [it.get("dicom_json", "{}").encode()], f"{s}/{se}/{i}:{it.get('content_sha256')}", None)
+
+
+# --- frames ------------------------------------------------------------------------------------------------------
+def _frame_numbers(frame_list: str) -> list[int]:
+    nums: list[int] = []
+    for part in frame_list.split(","):
+        p = part.strip()
+        if not p.isdigit() or int(p) < 1:
+            raise BadRequest(f"frame number {p!r} in {frame_list!r} is not a positive integer; frames count from 1")
+        nums.append(int(p))
+    if len(nums) > 10_000:
+        raise BadRequest(f"{len(nums)} frames were requested at once; at most 10000 are allowed")
+    return nums
+
+
+def _resolution(raw: str | None) -> int | None:
+    if raw is None:
+        return None
+    if not raw.strip().isdigit():
+        raise BadRequest(f"resolution value {raw!r} is not a non-negative integer (0 is the lowest resolution)")
+    return int(raw)
+
+
+def _decoded(f: Frame, skip: int) -> bytes:
+    a = decode(f.data, skip_levels=skip)
+    return np.ascontiguousarray(a.astype(a.dtype.newbyteorder("<"), copy=False)).tobytes()
+
+
+def _maybe_prefetch(gw: Gateway, study: str, series: str) -> None:
+    if gw.frames.should_prefetch(study, series):
+
+        async def instances() -> list[dict[str, Any]]:
+            return await gw.index.instances_of_study(study, series)
+
+        gw.frames.start_prefetch(study, series, instances)
+
+
+@router.get("/{study}/series/{series}/instances/{sop}/frames/{frame_list}", summary="Retrieve frames.")
+async def retrieve_frames(
+    study: str,
+    series: str,
+    sop: str,
+    frame_list: str,
+    request: Request,
+    gw: GatewayDep,
+    principal: ReadUser,
+    resolution: str | None = None,
+) -> Response:
+    s, se, i = _ids(study, series, sop)
+    nums = _frame_numbers(frame_list)
+    res = _resolution(resolution)
+    rep = media.negotiate_frames(request.headers.get("accept"), len(nums))
+    _maybe_prefetch(gw, s, se)
+    got = await asyncio.gather(*(gw.frames.frame(s, se, i, n) for n in nums))
+    frames = [f for f, _ in got]
+    if res is not None:
+        for n, f in zip(nums, frames, strict=True):
+            if res >= len(f.offsets):
+                raise BadRequest(
+                    f"resolution {res} does not exist for frame {n}; levels 0 to {len(f.offsets) - 1} exist"
+                )
+    variant = f"{rep.variant}|{res}"
+    etag = '"' + hashlib.blake2b((variant + "".join(f.digest for f in frames)).encode(), digest_size=16).hexdigest() + '"'
+    headers = {
+        "ETag": etag,
+        "Cache-Control": f"private, max-age={gw.settings.frame_max_age_s}, immutable",
+        "Vary": "Accept",
+        "Accept-Ranges": "bytes",
+        "X-Resolution-Offsets": ";".join(",".join(str(o) for o in f.offsets) for f in frames),
+        "X-Resolution-Levels": ";".join(str(len(f.offsets)) for f in frames),
+        "X-Cache": "hit" if all(hit for _, hit in got) else "miss",
+        "Access-Control-Expose-Headers": _EXPOSE,
+    }
+    gw.frame_audit.add(principal, s, se, len(nums))
+    if _etag_matches(request, etag):
+        return Response(status_code=304, headers=headers)
+
+    if rep.encoded:
+        payloads = []
+        for f in frames:
+            if res is None or res >= len(f.offsets) - 1:
+                payloads.append(f.data)
+            else:
+                payloads.append(f.data[: f.offsets[res]] + _EOC)
+    else:
+        payloads = list(
+            await asyncio.gather(
+                *(gw.run_cpu(_decoded, f, 0 if res is None else max(0, len(f.offsets) - 1 - res)) for f in frames)
+            )
+        )
+    if rep.multipart:
+        boundary = media.boundary_for(etag)
+        body = media.multipart_body([(rep.part_type, p) for p in payloads], boundary)
+        ctype = media.multipart_content_type(boundary, rep.media_type)
+    else:
+        body = payloads[0]
+        ctype = rep.media_type
+    rng = None
+    if_range = request.headers.get("if-range")
+    if if_range is None or if_range.strip() == etag:
+        rng = media.parse_range(request.headers.get("range"), len(body))
+    if rng is not None:
+        a, b = rng
+        headers["Content-Range"] = f"bytes {a}-{b}/{len(body)}"
+        return Response(body[a : b + 1], status_code=206, media_type=ctype, headers=headers)
+    return Response(body, media_type=ctype, headers=headers)
+
+
+# --- rendered and thumbnails -------------------------------------------------------------------------------------
+async def _render(
+    request: Request,
+    gw: Gateway,
+    principal: Principal,
+    study: str,
+    series: str,
+    sop: str,
+    frame_no: int,
+    *,
+    thumbnail: bool,
+) -> Response:
+    qp = request.query_params
+    params = render.parse_render_params(
+        request.headers.get("accept"), qp.get("window"), qp.get("viewport"), qp.get("quality")
+    )
+    if thumbnail and params.viewport is None:
+        params = render.RenderParams(params.media_type, params.window, None, params.quality)
+    it = await gw.index.instance(study, series, sop)
+    n = int(it.get("number_of_frames") or 1)
+    if frame_no > n:
+        raise NotFound(f"frame {frame_no} of instance {sop} does not exist; it has {n} frame(s)")
+    f, _ = await gw.frames.frame(study, series, sop, frame_no)
+    levels = max(0, len(f.offsets) - 1)
+    if thumbnail:
+        skip = levels  # the lowest resolution: a few hundred bytes of the codestream decode to <= 64 px
+    else:
+        skip = render.skip_for_viewport(int(it.get("rows") or 0), int(it.get("columns") or 0), levels, params.viewport)
+    await audit(
+        request, principal, "wado.thumbnail" if thumbnail else "wado.rendered",
+        {"study_uid": study, "series_uid": series, "sop_uid": sop, "frame": frame_no},
+    )
+    data = await gw.run_cpu(
+        lambda: render.render(f.data, it.get("dicom_json"), it.get("photometric"), params, skip_levels=skip)
+    )
+    etag = '"r-' + hashlib.blake2b(f"{f.digest}|{params}|{skip}".encode(), digest_size=12).hexdigest() + '"'
+    headers = {"ETag": etag, "Cache-Control": f"private, max-age={gw.settings.frame_max_age_s}"}
+    if _etag_matches(request, etag):
+        return Response(status_code=304, headers=headers)
+    return Response(data, media_type=params.media_type, headers=headers)
+
+
+def _single_frame(frame_list: str) -> int:
+    nums = _frame_numbers(frame_list)
+    if len(nums) != 1:
+        raise BadRequest(f"rendered frames are served one at a time; {frame_list!r} names {len(nums)} frames")
+    return nums[0]
+
+
+@router.get("/{study}/series/{series}/instances/{sop}/rendered", summary="Rendered instance (first frame).")
+async def rendered_instance(
+    study: str, series: str, sop: str, request: Request, gw: GatewayDep, principal: ReadUser
+) -> Response:
+    s, se, i = _ids(study, series, sop)
+    return await _render(request, gw, principal, s, se, i, 1, thumbnail=False)
+
+
+@router.get("/{study}/series/{series}/instances/{sop}/frames/{frame_list}/rendered", summary="Rendered frame.")
+async def rendered_frame(
+    study: str, series: str, sop: str, frame_list: str, request: Request, gw: GatewayDep, principal: ReadUser
+) -> Response:
+    s, se, i = _ids(study, series, sop)
+    return await _render(request, gw, principal, s, se, i, _single_frame(frame_list), thumbnail=False)
+
+
+@router.get("/{study}/series/{series}/instances/{sop}/thumbnail", summary="Instance thumbnail.")
+async def thumbnail_instance(
+    study: str, series: str, sop: str, request: Request, gw: GatewayDep, principal: ReadUser
+) -> Response:
+    s, se, i = _ids(study, series, sop)
+    return await _render(request, gw, principal, s, se, i, 1, thumbnail=True)
+
+
+@router.get("/{study}/series/{series}/instances/{sop}/frames/{frame_list}/thumbnail", summary="Frame thumbnail.")
+async def thumbnail_frame(
+    study: str, series: str, sop: str, frame_list: str, request: Request, gw: GatewayDep, principal: ReadUser
+) -> Response:
+    s, se, i = _ids(study, series, sop)
+    return await _render(request, gw, principal, s, se, i, _single_frame(frame_list), thumbnail=True)
+
+
+async def _representative(gw: Gateway, study: str, series: str) -> dict[str, Any]:
+    items = await gw.index.instances_of_study(study, series)
+    if not items:
+        raise NotFound(f"series {series} of study {study} has no stored instances")
+    return items[len(items) // 2]  # the middle image shows the anatomy best
+
+
+@router.get("/{study}/series/{series}/thumbnail", summary="Series thumbnail (its middle instance).")
+async def thumbnail_series(study: str, series: str, request: Request, gw: GatewayDep, principal: ReadUser) -> Response:
+    s, se = _ids(study, series)
+    it = await _representative(gw, s, se)
+    return await _render(request, gw, principal, s, se, it["sop_uid"], 1, thumbnail=True)
+
+
+@router.get("/{study}/thumbnail", summary="Study thumbnail (first series, middle instance).")
+async def thumbnail_study(study: str, request: Request, gw: GatewayDep, principal: ReadUser) -> Response:
+    (s,) = _ids(study)
+    series = await gw.index.series_of_study(s)
+    if not series:
+        raise NotFound(f"study {s} does not exist")
+    it = await _representative(gw, s, series[0]["series_uid"])
+    return await _render(request, gw, principal, s, series[0]["series_uid"], it["sop_uid"], 1, thumbnail=True)

@@ -1,0 +1,1 @@
+"""Domain logic of the streaming gateway: index reads, QIDO matching, media negotiation, frames, rendering."""

@@ -1,0 +1,31 @@
+"""The gateway's long-lived objects, created once per process in ``bootstrap.py``."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from services.streaming_gateway.domain.audit import FrameAuditCoalescer
+from services.streaming_gateway.domain.frames import FrameStore
+from services.streaming_gateway.domain.index import IndexReader
+from services.streaming_gateway.domain.search import Searcher
+from services.streaming_gateway.settings import GatewaySettings
+
+T = TypeVar("T")
+
+
+@dataclass
+class Gateway:
+    settings: GatewaySettings
+    index: IndexReader
+    searcher: Searcher
+    frames: FrameStore
+    frame_audit: FrameAuditCoalescer
+    executor: ThreadPoolExecutor
+
+    async def run_cpu(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run CPU work (decode, render, transcode) in the worker threads, never on the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)

@@ -1,0 +1,161 @@
+"""Rendered images and thumbnails (PS3.18 §8.3.5 and §9.5): windowed 8-bit JPEG or PNG from stored frames.
+
+Runs in a worker thread (decode, window, resize, encode are all CPU work). Parameters are validated here with
+full-sentence reasons. ``window=center,width,function`` (linear, linear-exact, sigmoid) defaults to the instance's
+VOI LUT (WindowCenter/WindowWidth) and then to the pixel range; MONOCHROME1 is inverted so that white means dense.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from services.streaming_gateway.domain.errors import BadRequest, NotAcceptable
+from shared.htj2k import decode
+
+
+@dataclass(frozen=True)
+class RenderParams:
+    media_type: str = "image/jpeg"
+    window: tuple[float, float, str] | None = None
+    viewport: tuple[int, int] | None = None
+    quality: int = 90
+
+
+def negotiate_rendered(accept: str | None) -> str:
+    from services.streaming_gateway.domain.media import parse_accept
+
+    for r in parse_accept(accept):
+        if r.type in ("image/jpeg", "image/png"):
+            return r.type
+        if r.type in ("*/*", "image/*"):
+            return "image/jpeg"
+    raise NotAcceptable(f"rendered images are served as image/jpeg or image/png, not {accept!r}")
+
+
+def parse_render_params(accept: str | None, window: str | None, viewport: str | None, quality: str | None) -> RenderParams:
+    mt = negotiate_rendered(accept)
+    win = None
+    if window is not None:
+        bits = [b.strip() for b in window.split(",")]
+        if len(bits) not in (2, 3):
+            raise BadRequest(f"window value {window!r} must be center,width[,function]")
+        try:
+            c, w = float(bits[0]), float(bits[1])
+        except ValueError:
+            raise BadRequest(f"window value {window!r} must have numeric center and width") from None
+        fn = bits[2].lower() if len(bits) == 3 else "linear"
+        if fn not in ("linear", "linear-exact", "sigmoid"):
+            raise BadRequest(f"window function {fn!r} is not one of linear, linear-exact, sigmoid")
+        if not (math.isfinite(c) and math.isfinite(w)) or w <= 0 or (fn == "linear" and w < 1):
+            raise BadRequest(f"window width in {window!r} must be positive (at least 1 for linear)")
+        win = (c, w, fn)
+    vp = None
+    if viewport is not None:
+        bits = [b.strip() for b in viewport.split(",")]
+        try:
+            vw, vh = int(bits[0]), int(bits[1])
+        except (ValueError, IndexError):
+            raise BadRequest(f"viewport value {viewport!r} must be width,height in pixels") from None
+        if not (0 < vw <= 4096 and 0 < vh <= 4096):
+            raise BadRequest(f"viewport {viewport!r} must be between 1 and 4096 pixels on each side")
+        vp = (vw, vh)
+    q = 90
+    if quality is not None:
+        try:
+            q = int(quality)
+        except ValueError:
+            raise BadRequest(f"quality value {quality!r} must be an integer from 1 to 100") from None
+        if not 1 <= q <= 100:
+            raise BadRequest(f"quality value {quality!r} must be an integer from 1 to 100")
+    return RenderParams(mt, win, vp, q)
+
+
+def _first_number(meta: dict[str, Any], tag: str) -> float | None:
+    el = meta.get(tag)
+    if not el or not el.get("Value"):
+        return None
+    try:
+        return float(el["Value"][0])
+    except (TypeError, ValueError):
+        return None
+
+
+def _string(meta: dict[str, Any], tag: str) -> str | None:
+    el = meta.get(tag)
+    if not el or not el.get("Value"):
+        return None
+    return str(el["Value"][0])
+
+
+def skip_for_viewport(rows: int, cols: int, levels: int, viewport: tuple[int, int] | None) -> int:
+    """How many resolution levels can be dropped so that the image still covers the viewport."""
+    if viewport is None:
+        return 0
+    skip = 0
+    while skip < levels and math.ceil(rows / 2 ** (skip + 1)) >= viewport[1] and math.ceil(cols / 2 ** (skip + 1)) >= viewport[0]:
+        skip += 1
+    return skip
+
+
+def render(codestream: bytes, dicom_json: str | None, photometric: str | None, params: RenderParams, *,
+           skip_levels: int = 0) -> bytes:
+    """Decode (optionally at reduced resolution), window, fit into the viewport and encode."""
+    meta = json.loads(dicom_json) if dicom_json else {}
+    px = decode(codestream, skip_levels=skip_levels)
+    photometric = (photometric or _string(meta, "00280004") or "MONOCHROME2").upper()
+    if px.ndim == 3 and px.shape[2] in (3, 4):
+        img8 = px[..., :3].astype(np.uint8) if px.dtype == np.uint8 else _scale_to_8bit(px[..., :3])
+        mode = "RGB"
+    else:
+        data = px.astype(np.float64)
+        slope = _first_number(meta, "00281053") or 1.0
+        intercept = _first_number(meta, "00281052") or 0.0
+        data = data * slope + intercept
+        if params.window is not None:
+            c, w, fn = params.window
+        else:
+            c0, w0 = _first_number(meta, "00281050"), _first_number(meta, "00281051")
+            if c0 is not None and w0 is not None and w0 > 0:
+                c, w, fn = c0, max(w0, 1.0), (_string(meta, "00281056") or "LINEAR").lower()
+            else:
+                lo, hi = float(data.min()), float(data.max())
+                c, w, fn = (lo + hi) / 2, max(hi - lo, 1.0), "linear-exact"
+        out = _window(data, c, w, fn)
+        if photometric == "MONOCHROME1":
+            out = 1.0 - out
+        img8 = np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
+        mode = "L"
+    img = Image.fromarray(img8, mode=mode)
+    if params.viewport is not None:
+        vw, vh = params.viewport
+        scale = min(vw / img.width, vh / img.height)
+        size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+        if size != img.size:
+            img = img.resize(size, Image.Resampling.LANCZOS if scale < 1 else Image.Resampling.BILINEAR)
+    buf = io.BytesIO()
+    if params.media_type == "image/png":
+        img.save(buf, format="PNG", compress_level=3)
+    else:
+        img.save(buf, format="JPEG", quality=params.quality)
+    return buf.getvalue()
+
+
+def _window(data: np.ndarray, c: float, w: float, fn: str) -> np.ndarray:
+    """PS3.3 C.11.2.1.2 VOI LUT functions, to [0, 1]."""
+    if fn == "linear-exact":
+        return np.clip((data - (c - w / 2)) / w, 0.0, 1.0)
+    if fn == "sigmoid":
+        return 1.0 / (1.0 + np.exp(-4.0 * (data - c) / w))
+    return np.clip((data - (c - 0.5)) / (w - 1) + 0.5, 0.0, 1.0)
+
+
+def _scale_to_8bit(px: np.ndarray) -> np.ndarray:
+    lo, hi = float(px.min()), float(px.max())
+    return np.clip((px.astype(np.float64) - lo) * 255.0 / max(hi - lo, 1.0), 0, 255).astype(np.uint8)
