@@ -46,6 +46,10 @@ class OrchestratorSettings(Settings):
     train_batch_size: int = Field(32, ge=1)
     auc_floor: float = Field(0.70, ge=0, le=1)
     auc_margin: float = Field(0.0, ge=0, le=1)
+    #: Whether the pipeline's own condition also compares with the champion (``ChampionAuc`` = champion's AUC).
+    #: Off by default: the pipeline gates on the absolute floor only and the registry's approval policy makes the
+    #: champion/challenger decision, so a worse challenger is still recorded (pending, never deployed) for people.
+    gate_on_champion: bool = False
 
     @property
     def resolved_pipeline_name(self) -> str:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +16,8 @@ from shared.aws import AwsClients
 from shared.bootstrap import bootstrap_topology
 from shared.settings import Settings
 from tests.conftest import unique_prefix
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 async def _bootstrap(settings: Settings) -> None:
@@ -33,3 +38,19 @@ def mdeployment(moto: EmbeddedAws, tmp_path_factory: pytest.TempPathFactory) -> 
 def logs_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     d = tmp_path_factory.mktemp("logs")
     yield d
+
+
+@pytest.fixture(scope="session")
+def pipeline_definition(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real pipeline definition (``python -m training.pipeline definition``), generated once per session.
+
+    Generating it imports the SageMaker SDK (tens of seconds on a busy machine), so every orchestrator in the
+    session gets it through ``RADLOOP_PIPELINE_DEFINITION`` instead of generating its own.
+    """
+    out = tmp_path_factory.mktemp("pipeline") / "definition.json"
+    env = {k: v for k, v in os.environ.items() if k != "AWS_ENDPOINT_URL"}
+    env["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.run([sys.executable, "-m", "training.pipeline", "definition", "--out", str(out)], env=env,
+                          cwd=str(ROOT), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and out.exists(), f"definition failed: {proc.stdout[-2000:]} {proc.stderr[-2000:]}"
+    return out

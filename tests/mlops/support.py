@@ -206,21 +206,37 @@ def dicom_json(rows: int, cols: int) -> dict[str, Any]:
     }
 
 
-def store_cases(settings: Settings, n: int, *, seed: int, pneumonia_every: int = 2) -> list[Case]:
-    """Store ``n`` tiny HTJ2K frames + DICOM JSON in the images bucket (one patient each), alternating labels."""
+def patients_for(split: str, n: int, stem: str) -> list[str]:
+    """``n`` patient pseudo-ids that :func:`shared.datasets.split_for` puts in ``split``."""
+    out, i = [], 0
+    while len(out) < n:
+        pid = f"{stem}-{i:05d}"
+        if split_for(pid) == split:
+            out.append(pid)
+        i += 1
+    return out
+
+
+def store_cases(settings: Settings, per_split: dict[str, int], *, seed: int) -> list[Case]:
+    """Store tiny HTJ2K frames + DICOM JSON in the images bucket: ``per_split[s]`` patients per split, one image
+    each, half of them pneumonia (so every split has both classes)."""
     s3 = boto3_client(settings, "s3")
     bucket = settings.topology.bucket("images")
     rng = np.random.default_rng(seed)
     cases = []
-    for i in range(n):
-        label = "pneumonia" if i % pneumonia_every == 0 else "normal"
-        uid = f"{ROOT_UID}.{seed}.{i + 1}"
-        c = Case(f"{uid}.1", f"{uid}.1.1", f"{uid}.1.1.1", f"p{seed:04d}{i:05d}", label)
-        img = _image(label, rng)
-        s3.put_object(Bucket=bucket, Key=frame_key(c.study_uid, c.series_uid, c.sop_uid, 1), Body=htj2k.encode(img))
-        s3.put_object(Bucket=bucket, Key=metadata_key(c.study_uid, c.series_uid, c.sop_uid),
-                      Body=json.dumps(dicom_json(*img.shape)).encode())
-        cases.append(c)
+    i = 0
+    for split, n in per_split.items():
+        for j, patient in enumerate(patients_for(split, n, f"s{seed}")):
+            label = "pneumonia" if j % 2 == 0 else "normal"
+            i += 1
+            uid = f"{ROOT_UID}.{seed}.{i}"
+            c = Case(f"{uid}.1", f"{uid}.1.1", f"{uid}.1.1.1", patient, label)
+            img = _image(label, rng)
+            s3.put_object(Bucket=bucket, Key=frame_key(c.study_uid, c.series_uid, c.sop_uid, 1),
+                          Body=htj2k.encode(img))
+            s3.put_object(Bucket=bucket, Key=metadata_key(c.study_uid, c.series_uid, c.sop_uid),
+                          Body=json.dumps(dicom_json(*img.shape)).encode())
+            cases.append(c)
     return cases
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -239,7 +240,7 @@ class SageMakerExecutor:
             await sm.describe_pipeline(PipelineName=name)
             await sm.update_pipeline(**kw)
         except Exception as exc:
-            if "ResourceNotFound" not in str(exc) and "does not exist" not in str(exc):
+            if not any(m in str(exc) for m in ("ResourceNotFound", "does not exist", "Could not find")):
                 raise
             await sm.create_pipeline(**kw, PipelineDisplayName=name)
         self._upserted = True
@@ -251,8 +252,8 @@ class SageMakerExecutor:
             PipelineName=self.settings.resolved_pipeline_name,
             PipelineExecutionDisplayName=run_id,
             PipelineParameters=[{"Name": k, "Value": str(v)} for k, v in parameters.items()],
-            # The run id makes a retried start idempotent on SageMaker's side.
-            ClientRequestToken=run_id[:128],
+            # Derived from the run id (32-128 characters), so a retried start is idempotent on SageMaker's side.
+            ClientRequestToken=hashlib.sha256(run_id.encode()).hexdigest(),
         )
         return {"pipeline_execution": resp["PipelineExecutionArn"]}
 

@@ -192,7 +192,7 @@ class Orchestrator:
         s = self.settings
         params: dict[str, Any] = {
             "ManifestUri": manifest_uri,
-            "ChampionAuc": float(champion.get("auc") or 0.0) if champion else 0.0,
+            "ChampionAuc": float(champion.get("auc") or 0.0) if champion and s.gate_on_champion else 0.0,
             "AucFloor": s.auc_floor,
             "AucMargin": s.auc_margin,
             "Epochs": s.train_epochs,
@@ -311,6 +311,11 @@ class Orchestrator:
     async def run_forever(self) -> None:
         """The ticker: bounded by the process lifetime, never crashes on a failing poll."""
         await self.recover()
+        try:
+            # Generate the definition (or upsert the pipeline) now, so the first run does not wait for it.
+            await self.executor.prepare()
+        except Exception as exc:
+            log.warning("pipeline preparation failed; retried at the next run", extra={"error": str(exc)[:500]})
         while True:
             try:
                 await self.tick()
