@@ -1,0 +1,184 @@
+"""What each radloop service may do in AWS, declared as data; the task roles are rendered from it and nothing else.
+
+A need names a topology role (``topology.bucket(role)``, ``topology.table(role)``) and an access level. The access
+levels map to the exact IAM actions below, so a reviewer reads one table, and the tests check that each synthesized
+task role allows exactly the actions its needs list (:func:`expected_actions`).
+
+Why each need exists (the code that uses it):
+- every consumer: receive/delete/extend on its queue, SendMessage on its own DLQ (``shared.consumer`` dead-letters
+  unparseable messages with a reason), the idempotency table (``shared.idempotency``), PutEvents (``shared.publisher``);
+- every service: PutItem on the append-only audit table (``shared.audit``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from shared.topology import SERVICES, SUBSCRIPTIONS
+
+# -- access levels -> IAM actions ------------------------------------------------------------------------------------
+S3_ACTIONS: dict[str, tuple[str, ...]] = {
+    "read": ("s3:GetObject",),
+    "write": ("s3:PutObject",),
+    "read_write": ("s3:GetObject", "s3:PutObject"),
+    "move": ("s3:GetObject", "s3:PutObject", "s3:DeleteObject"),
+}
+#: Listing is granted on the bucket ARN, restricted to the need's prefixes with an ``s3:prefix`` condition.
+S3_LIST_ACTIONS: tuple[str, ...] = ("s3:ListBucket",)
+
+DDB_ACTIONS: dict[str, tuple[str, ...]] = {
+    "read": ("dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:Query", "dynamodb:Scan"),
+    # Audit records are written once and never changed: PutItem with attribute_not_exists only.
+    "append": ("dynamodb:PutItem",),
+    "read_write": (
+        "dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:Query", "dynamodb:Scan",
+        "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:ConditionCheckItem",
+        "dynamodb:BatchWriteItem",
+    ),
+}
+
+CONSUMER_ACTIONS: tuple[str, ...] = (
+    "sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility", "sqs:GetQueueUrl",
+    "sqs:GetQueueAttributes",
+)
+DLQ_ACTIONS: tuple[str, ...] = ("sqs:SendMessage", "sqs:GetQueueUrl", "sqs:GetQueueAttributes")
+PUBLISH_ACTIONS: tuple[str, ...] = ("events:PutEvents",)
+
+SAGEMAKER_ACTIONS: dict[str, tuple[str, ...]] = {
+    # Start and follow executions of the training pipeline only.
+    "run_pipeline": (
+        "sagemaker:StartPipelineExecution", "sagemaker:DescribePipelineExecution",
+        "sagemaker:ListPipelineExecutionSteps", "sagemaker:StopPipelineExecution",
+    ),
+    # Read and approve model packages of the one model package group.
+    "manage_model_packages": (
+        "sagemaker:DescribeModelPackage", "sagemaker:ListModelPackages", "sagemaker:UpdateModelPackage",
+        "sagemaker:DescribeModelPackageGroup",
+    ),
+    "read_model_packages": ("sagemaker:DescribeModelPackage", "sagemaker:ListModelPackages"),
+}
+#: Only the pipeline's execution role may be passed, and only to SageMaker.
+PASS_ROLE_ACTIONS: tuple[str, ...] = ("iam:PassRole",)
+#: The ADOT collector sidecar in every task sends traces to X-Ray. X-Ray has no resource-level permissions, so these
+#: are the only actions granted on ``*``; they touch no data.
+TELEMETRY_ACTIONS: tuple[str, ...] = (
+    "xray:PutTraceSegments", "xray:PutTelemetryRecords", "xray:GetSamplingRules", "xray:GetSamplingTargets",
+)
+
+
+@dataclass(frozen=True)
+class S3Need:
+    bucket: str  # topology bucket role
+    access: str  # key of S3_ACTIONS
+    prefixes: tuple[str, ...]  # key prefixes (least privilege inside a bucket)
+    list: bool = False
+
+
+@dataclass(frozen=True)
+class ServiceNeeds:
+    """Everything one service's task role may do."""
+
+    kind: str  # "http" (behind the ALB) or "worker" (queue consumer only)
+    s3: tuple[S3Need, ...] = ()
+    tables: dict[str, str] = field(default_factory=dict)  # table role -> key of DDB_ACTIONS
+    publishes: bool = False
+    sagemaker: tuple[str, ...] = ()  # keys of SAGEMAKER_ACTIONS
+    pass_pipeline_role: bool = False
+    dimse: bool = False
+
+
+_AUDIT = {"audit": "append"}
+_IDEM = {"idempotency": "read_write"}
+
+NEEDS: dict[str, ServiceNeeds] = {
+    "ingestion": ServiceNeeds(
+        kind="http",
+        dimse=True,
+        s3=(
+            # Drop-folder imports are read, then moved to imports-rejected/ or deleted once stored.
+            S3Need("ingestion", "move", ("imports/", "imports-rejected/"), list=True),
+            S3Need("images", "read_write", ("dicom/", "frames/", "metadata/")),
+        ),
+        tables={"instances": "read_write", **_IDEM, **_AUDIT},
+        publishes=True,
+    ),
+    "streaming_gateway": ServiceNeeds(
+        kind="http",
+        s3=(S3Need("images", "read", ("dicom/", "frames/", "metadata/", "heatmaps/")),),
+        tables={"instances": "read", "scores": "read", **_AUDIT},
+    ),
+    "triage": ServiceNeeds(
+        kind="worker",
+        s3=(
+            S3Need("images", "read", ("frames/", "metadata/")),
+            S3Need("images", "write", ("heatmaps/",)),
+            S3Need("ml", "read", ("models/",), list=True),
+        ),
+        tables={"scores": "read_write", "models": "read", "instances": "read", **_IDEM, **_AUDIT},
+        publishes=True,
+    ),
+    "verification": ServiceNeeds(
+        kind="http",
+        s3=(S3Need("images", "read", ("metadata/", "heatmaps/")),),
+        tables={"cases": "read_write", "labels": "read_write", "scores": "read", "instances": "read", **_IDEM,
+                **_AUDIT},
+        publishes=True,
+    ),
+    "pipeline_orchestrator": ServiceNeeds(
+        kind="http",
+        s3=(S3Need("ml", "read_write", ("datasets/", "models/", "pipelines/"), list=True),),
+        tables={"runs": "read_write", "training_labels": "read_write", "state": "read_write", "labels": "read",
+                **_IDEM, **_AUDIT},
+        publishes=True,
+        sagemaker=("run_pipeline", "read_model_packages"),
+        pass_pipeline_role=True,
+    ),
+    "registry": ServiceNeeds(
+        kind="http",
+        s3=(S3Need("ml", "read", ("models/", "datasets/"), list=True),),
+        tables={"models": "read_write", "runs": "read", "state": "read_write", **_IDEM, **_AUDIT},
+        publishes=True,
+        sagemaker=("manage_model_packages",),
+    ),
+}
+
+
+def consumes(service: str) -> bool:
+    """Whether a service reads a queue (it does exactly when the topology subscribes it to events)."""
+    return service in SUBSCRIPTIONS
+
+
+def expected_actions(service: str) -> set[str]:
+    """Every IAM action the service's task role must allow, and the only ones it may allow."""
+    n = NEEDS[service]
+    out: set[str] = set(TELEMETRY_ACTIONS)
+    for s in n.s3:
+        out.update(S3_ACTIONS[s.access])
+        if s.list:
+            out.update(S3_LIST_ACTIONS)
+        # Objects are encrypted with the data key: reading needs Decrypt, writing GenerateDataKey (and Decrypt for
+        # multipart uploads).
+        out.add("kms:Decrypt")
+        if s.access != "read":
+            out.add("kms:GenerateDataKey")
+    for level in n.tables.values():
+        out.update(DDB_ACTIONS[level])
+    if n.tables:
+        out.update(("kms:Decrypt", "kms:GenerateDataKey"))
+    if consumes(service):
+        out.update(CONSUMER_ACTIONS)
+        out.update(DLQ_ACTIONS)
+        out.update(("kms:Decrypt", "kms:GenerateDataKey"))
+    if n.publishes:
+        out.update(PUBLISH_ACTIONS)
+    for s in n.sagemaker:
+        out.update(SAGEMAKER_ACTIONS[s])
+    if n.pass_pipeline_role:
+        out.update(PASS_ROLE_ACTIONS)
+    return out
+
+
+def check_complete() -> None:
+    """Every service of the topology has needs, and nothing else does."""
+    if set(NEEDS) != set(SERVICES):
+        raise ValueError(f"infra needs cover {sorted(NEEDS)} but the topology's services are {sorted(SERVICES)}")

@@ -1,0 +1,54 @@
+"""The radloop stack: one per environment (``RadloopDev``, ``RadloopProd``)."""
+
+from __future__ import annotations
+
+from aws_cdk import CfnOutput, Environment, Stack, Tags
+from constructs import Construct
+
+from infra.radloop_infra.compute import Compute
+from infra.radloop_infra.config import DeployParams
+from infra.radloop_infra.data import Data
+from infra.radloop_infra.messaging import Messaging
+from infra.radloop_infra.ml import TRAINING_DOCKERFILE, Ml
+from infra.radloop_infra.observability import Observability
+from infra.radloop_infra.security import Keys, Network
+from infra.radloop_infra.suppressions import apply_suppressions
+from shared.topology import build_topology
+
+
+class RadloopStack(Stack):
+    """Every radloop resource of one environment, rendered from ``shared.topology.build_topology(prefix)``."""
+
+    def __init__(self, scope: Construct, cid: str, *, params: DeployParams) -> None:
+        super().__init__(scope, cid, env=Environment(account=params.account, region=params.region),
+                         description=f"radloop {params.env.name}: triage platform (prefix {params.prefix})",
+                         termination_protection=params.env.retain_data)
+        self.params = params
+        self.topology = build_topology(params.prefix)
+        Tags.of(self).add("project", "radloop")
+        Tags.of(self).add("environment", params.env.name)
+        Tags.of(self).add("data-classification", "phi")
+
+        self.keys = Keys(self, "Keys", params=params)
+        self.network = Network(self, "Network", params=params, keys=self.keys)
+        self.data = Data(self, "Data", params=params, topology=self.topology, keys=self.keys)
+        self.messaging = Messaging(self, "Messaging", params=params, topology=self.topology, keys=self.keys)
+        self.ml = Ml(self, "Ml", params=params, topology=self.topology, keys=self.keys, data=self.data)
+        self.compute = Compute(self, "Compute", params=params, topology=self.topology, keys=self.keys,
+                               network=self.network, data=self.data, messaging=self.messaging,
+                               pipeline_role=self.ml.role, pipeline_name=self.ml.pipeline_name)
+        self.observability = Observability(self, "Observability", params=params, topology=self.topology,
+                                           keys=self.keys, data=self.data, messaging=self.messaging,
+                                           compute=self.compute, ml=self.ml)
+
+        CfnOutput(self, "AlbDnsName", value=self.compute.alb.load_balancer_dns_name,
+                  description="DICOMweb base: https://<this>/dicomweb (internal; reach it over VPN/Direct Connect)")
+        CfnOutput(self, "DimseDnsName", value=self.compute.nlb.load_balancer_dns_name,
+                  description="C-STORE SCP host (port 11112)")
+        CfnOutput(self, "TrainingRepositoryUri", value=self.ml.training_repo.repository_uri,
+                  description=f"push the image built from {TRAINING_DOCKERFILE} here")
+        CfnOutput(self, "PipelineRoleArn", value=self.ml.role.role_arn)
+        CfnOutput(self, "PipelineName", value=self.ml.pipeline_name)
+        CfnOutput(self, "AlarmTopicArn", value=self.observability.topic.topic_arn)
+
+        apply_suppressions(self, params.env.name)
