@@ -162,5 +162,5 @@ def burned_in_annotation_reason(ds: Dataset) -> str | None:
     if value == "NO":
         return None
     shown = value or "absent"
-    return (f"BurnedInAnnotation is {shown!r}, not 'NO': the pixels may show identifying text, so the instance was "
-            "quarantined instead of being de-identified and stored.")
+    return (f"Quarantined: BurnedInAnnotation is {shown!r}, not 'NO', so the pixels may show identifying text; the "
+            "instance was set aside instead of being de-identified and stored.")
