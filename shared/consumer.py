@@ -270,7 +270,7 @@ class SqsConsumer:
         if self.idempotency is None:
             await handler(event, ctx)
             return True
-        key = f"{self.service}:{getattr(event, 'event_id', None) or envelope.id}"
+        key = f"{self.service}:{getattr(event, 'event_id', None) or _s3_dedupe_id(event, envelope)}"
         payload = {k: v for k, v in envelope.detail.items() if k not in ("traceparent", "tracestate")}
         _, ran = await self.idempotency.run(key, payload, lambda: handler(event, ctx))
         return ran
@@ -308,3 +308,19 @@ class SqsConsumer:
             },
         )
         await sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=m["ReceiptHandle"])
+
+
+def _s3_dedupe_id(event: Message, envelope: Envelope) -> str:
+    """The idempotency id of a notification without an ``event_id`` (S3's own events).
+
+    moto gives every S3 notification of a bucket the same envelope ``id``, so the id alone would make distinct
+    objects look like one redelivered message; the object's identity (key, ETag, sequencer, version) is added.
+    """
+    if not isinstance(event, S3ObjectCreated):
+        return envelope.id
+    import hashlib
+
+    o = event.object
+    raw = "|".join(str(x) for x in (envelope.id, envelope.time, event.bucket_name, event.key, o.get("etag", ""),
+                                     o.get("sequencer", ""), o.get("version-id", "")))
+    return "s3-" + hashlib.sha256(raw.encode()).hexdigest()[:40]
