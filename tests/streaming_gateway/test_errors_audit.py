@@ -66,9 +66,11 @@ def test_audit_records_without_phi(corpus: Corpus, gateway: GatewayProcess) -> N
     assert httpx.get(f"{gateway.url}/dicomweb/studies", params={"PatientName": "DOE*"}, headers=h).status_code == 200
     assert httpx.get(f"{ct}/metadata", headers=h).status_code == 200
     assert httpx.get(f"{ct}/instances/{corpus.ct_sops[0]}/rendered", headers=h).status_code == 200
+    t0 = time.monotonic()
     for sop in corpus.ct_sops:  # 6 + 6 frame reads of one series, coalesced into one record with a count
         for _ in range(2):
             assert httpx.get(f"{ct}/instances/{sop}/frames/1", headers={**h, "Accept": "image/jphc"}).status_code == 200
+    elapsed = time.monotonic() - t0
     deadline = time.monotonic() + 15
     while True:
         recs = [r for r in audit_records(corpus.settings) if r["subject"] == user]
@@ -79,7 +81,8 @@ def test_audit_records_without_phi(corpus: Corpus, gateway: GatewayProcess) -> N
     actions = {r["action"] for r in recs}
     assert {"qido.search", "wado.metadata", "wado.rendered", "wado.frames"} <= actions
     assert sum(r["count"] for r in frames) == 12
-    assert len(frames) <= 2  # one per window (the window is 1 s here); never one per frame
+    # One record per (user, series) per window (1 s here), never one per frame.
+    assert 1 <= len(frames) <= int(elapsed) + 2 and len(frames) < 12
     assert all(r["resource"] == {"study_uid": corpus.ct_study, "series_uid": corpus.ct_series} for r in frames)
     meta = next(r for r in recs if r["action"] == "wado.metadata")
     assert meta["count"] == 6 and meta["role"] == "radiologist"

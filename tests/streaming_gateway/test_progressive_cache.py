@@ -89,27 +89,27 @@ def stats(gw: GatewayProcess, corpus: Corpus) -> dict:
 
 def test_series_prefetch_serves_from_cache(corpus: Corpus, gateway: GatewayProcess) -> None:
     ct = load_testdata("CT_small.dcm")
-    series = generate_uid()
+    study, series = generate_uid(), generate_uid()
     sops = [generate_uid() for _ in range(5)]
 
     async def store() -> None:
         async with AwsClients(corpus.settings) as c:
             for k, sop in enumerate(sops):
-                await store_instance(c, make_dicom(ct, study=corpus.ct_study, series=series, sop=sop,
-                                                   patient_name="DOE^JANE", patient_id="PID-A",
-                                                   study_date="20240115", accession="ACC-1", modality="CT",
+                await store_instance(c, make_dicom(ct, study=study, series=series, sop=sop,
+                                                   patient_name="ROE^RICHARD", patient_id="PID-P",
+                                                   study_date="20220202", accession="ACC-P", modality="CT",
                                                    instance_number=k + 1, series_number=2))
 
     asyncio.run(store())
     h = {**auth(corpus), "Accept": 'multipart/related; type="image/jphc"'}
-    first = httpx.get(frame_url(gateway, corpus.ct_study, series, sops[0], "1"), headers=h)
+    first = httpx.get(frame_url(gateway, study, series, sops[0], "1"), headers=h)
     assert first.status_code == 200
     deadline = time.monotonic() + 10
     while stats(gateway, corpus)["prefetch"]["in_flight"] and time.monotonic() < deadline:
         time.sleep(0.05)
     before = stats(gateway, corpus)["s3_reads"]
     for sop in sops[1:]:
-        r = httpx.get(frame_url(gateway, corpus.ct_study, series, sop, "1"), headers=h)
+        r = httpx.get(frame_url(gateway, study, series, sop, "1"), headers=h)
         assert r.status_code == 200 and r.headers["x-cache"] == "hit"
     assert stats(gateway, corpus)["s3_reads"] == before
 

@@ -47,9 +47,12 @@ def test_retrieve_instances_and_transfer_syntaxes(client: DICOMwebClient, corpus
                                                           "transfer-syntax=*"})
     assert r.status_code == 200
     assert parts(r)[0][1] == corpus.originals[sop]
-    # dicomweb-client's default (Explicit VR Little Endian), and HTJ2K transcoding from the stored frames.
+    # dicomweb-client (asks for *), and HTJ2K transcoding from the stored frames.
     ds = client.retrieve_instance(corpus.ct_study, corpus.ct_series, sop)
     assert ds.SOPInstanceUID == sop and np.array_equal(ds.pixel_array, corpus.ct_pixels[0])
+    # No transfer-syntax parameter means Explicit VR Little Endian (PS3.18 8.7.3.5.2).
+    r = httpx.get(url, headers={**auth(corpus), "Accept": 'multipart/related; type="application/dicom"'})
+    assert "1.2.840.10008.1.2.1" in parts(r)[0][0] and parts(r)[0][1] == corpus.originals[sop]
     r = httpx.get(url, headers={**auth(corpus), "Accept": 'multipart/related; type="application/dicom"; '
                                                           f"transfer-syntax={HTJ2K_RPCL}"})
     assert r.status_code == 200
