@@ -1,0 +1,64 @@
+"""Synthesize the CDK app once per test session, for both environments, and share the templates.
+
+Synthesis is the expensive step (about 10 s of CPU per environment), so every infra test reads these results.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
+
+ENVS = ("dev", "prod")
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Synth:
+    env: str
+    app: Any
+    stack: Any
+    outdir: Path
+    template_path: Path
+    template: dict[str, Any]
+
+    @property
+    def resources(self) -> dict[str, dict[str, Any]]:
+        return self.template["Resources"]
+
+    def of_type(self, rtype: str) -> dict[str, dict[str, Any]]:
+        return {k: v for k, v in self.resources.items() if v["Type"] == rtype}
+
+
+def _minimal_pipeline_definition(path: Path) -> Path:
+    """A small, valid pipeline definition, standing in for ``python -m training.pipeline definition`` output."""
+    path.write_text(json.dumps({
+        "Version": "2020-12-01",
+        "Metadata": {},
+        "Parameters": [{"Name": "ManifestUri", "Type": "String"}],
+        "Steps": [{"Name": "Fail", "Type": "Fail", "Arguments": {"ErrorMessage": "placeholder"}}],
+    }))
+    return path
+
+
+@pytest.fixture(scope="session")
+def synth(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Synth]:
+    pytest.importorskip("aws_cdk", reason="infra extra not installed (pip install -e '.[infra]')")
+    from infra.app import build_app
+
+    base = tmp_path_factory.mktemp("cdk")
+    definition = _minimal_pipeline_definition(base / "pipeline.json")
+    out: dict[str, Synth] = {}
+    for env in ENVS:
+        outdir = base / env
+        app, stack = build_app({"env": env, "pipeline_definition": str(definition)}, outdir=str(outdir))
+        app.synth()
+        tpath = outdir / f"{stack.stack_name}.template.json"
+        out[env] = Synth(env, app, stack, outdir, tpath, json.loads(tpath.read_text()))
+    return out

@@ -1,0 +1,138 @@
+"""compose.yaml and the Grafana/Tempo/collector files, checked by parsing (no Docker engine runs here)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from shared.settings import DEFAULT_PORTS, Settings
+from shared.topology import SERVICES
+
+REPO = Path(__file__).resolve().parents[2]
+COMPOSE = yaml.safe_load((REPO / "compose.yaml").read_text())
+GRAFANA = REPO / "infra" / "grafana"
+
+
+def _settings_class(service: str) -> type[Settings]:
+    """The service's settings class (a Settings subclass in services/<name>/settings.py) or the shared one."""
+    try:
+        mod = importlib.import_module(f"services.{service}.settings")
+    except ModuleNotFoundError:
+        return Settings
+    classes = [v for v in vars(mod).values() if isinstance(v, type) and issubclass(v, Settings)]
+    return max(classes, key=lambda c: len(c.__mro__))
+
+
+def _accepted_env_names(cls: type[Settings]) -> set[str]:
+    names = set()
+    for field, info in cls.model_fields.items():
+        names.add(f"RADLOOP_{field.upper()}")
+        alias = info.validation_alias
+        for choice in getattr(alias, "choices", []) or []:
+            names.add(str(choice).upper())
+    return names
+
+
+def _env(svc: dict) -> dict[str, str]:
+    env = svc.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(e.split("=", 1) for e in env)
+    return env
+
+
+def test_every_service_and_the_observability_stack_is_present() -> None:
+    services = COMPOSE["services"]
+    for s in SERVICES:
+        name = s.replace("_", "-")
+        assert name in services, f"compose.yaml lacks {name}"
+        assert services[name]["build"]["dockerfile"] == f"services/{s}/Dockerfile"
+        assert (REPO / f"services/{s}/Dockerfile").exists()
+    for extra in ("aws", "bootstrap", "otel-collector", "tempo", "grafana"):
+        assert extra in services
+    assert services["aws"]["image"].startswith("motoserver/moto:")
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_environment_names_match_the_settings_fields(service: str) -> None:
+    svc = COMPOSE["services"][service.replace("_", "-")]
+    env = _env(svc)
+    accepted = _accepted_env_names(_settings_class(service))
+    for name in env:
+        if name.startswith("RADLOOP_"):
+            assert name in accepted, f"{service}: {name} is not a field of {_settings_class(service).__name__}"
+        else:
+            assert name.startswith(("AWS_", "OTEL_")), f"{service}: unexpected variable {name}"
+    assert env["RADLOOP_PORT"] == str(DEFAULT_PORTS[service])
+    assert env["AWS_ENDPOINT_URL"] == "http://aws:4566"
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"].startswith("http://otel-collector:")
+    # The values parse as Settings do in the container.
+    cls = _settings_class(service)
+    cls(**{k.removeprefix("RADLOOP_").lower(): v for k, v in env.items()
+           if k.startswith("RADLOOP_") and k.removeprefix("RADLOOP_").lower() in cls.model_fields})
+
+
+def test_host_ports_do_not_clash() -> None:
+    seen: dict[str, str] = {}
+    for name, svc in COMPOSE["services"].items():
+        for mapping in svc.get("ports", []):
+            parts = str(mapping).split(":")
+            host = ":".join(parts[:-1])
+            assert host not in seen, f"{name} and {seen.get(host)} both publish {host}"
+            seen[host] = name
+            assert parts[0] == "127.0.0.1", f"{name} publishes {mapping} beyond loopback"
+    assert len(seen) >= len(SERVICES) + 4
+
+
+def test_collector_exports_traces_to_tempo() -> None:
+    coll = COMPOSE["services"]["otel-collector"]
+    mount = next(v for v in coll["volumes"] if v.endswith("/etc/otelcol/config.yaml:ro"))
+    cfg = yaml.safe_load((REPO / mount.split(":")[0].removeprefix("./")).read_text())
+    exporters = cfg["service"]["pipelines"]["traces"]["exporters"]
+    assert exporters, "the traces pipeline exports nowhere"
+    for e in exporters:
+        assert e.split("/")[0] in ("otlp", "otlphttp")
+        endpoint = cfg["exporters"][e]["endpoint"]
+        assert endpoint.split("//")[-1].split(":")[0] == "tempo"
+    assert "tempo" in COMPOSE["services"]
+    receivers = cfg["receivers"]["otlp"]["protocols"]
+    assert receivers["http"]["endpoint"].endswith(":4318")
+    tempo_cfg = yaml.safe_load((REPO / "infra/tempo/tempo.yaml").read_text())
+    assert "otlp" in tempo_cfg["distributor"]["receivers"]
+
+
+def test_ecs_reuses_the_collector_config_with_xray() -> None:
+    pytest.importorskip("aws_cdk")
+    from infra.radloop_infra.compute import ecs_collector_config
+
+    cfg = ecs_collector_config("eu-west-1")
+    base = yaml.safe_load((REPO / "infra/otel-collector.yaml").read_text())
+    assert cfg["receivers"] == base["receivers"] and cfg["processors"] == base["processors"]
+    assert cfg["service"]["pipelines"]["traces"]["exporters"] == ["awsxray"]
+
+
+def test_grafana_provisioning_is_valid() -> None:
+    grafana = COMPOSE["services"]["grafana"]
+    mounts = {v.split(":")[1]: v.split(":")[0].removeprefix("./") for v in grafana["volumes"]}
+    prov = REPO / mounts["/etc/grafana/provisioning"]
+    (ds,) = yaml.safe_load((prov / "datasources/tempo.yaml").read_text())["datasources"]
+    assert ds["type"] == "tempo" and ds["url"] == "http://tempo:3200" and ds["uid"] == "tempo"
+    provider = yaml.safe_load((prov / "dashboards/radloop.yaml").read_text())["providers"][0]
+    assert provider["type"] == "file"
+    dash_dir = REPO / mounts[provider["options"]["path"]]
+    dashboards = {p.name: json.loads(p.read_text()) for p in dash_dir.glob("*.json")}
+    assert {"service-latency.json", "queue-depth.json", "pipeline-runs.json", "trace-search.json"} <= set(dashboards)
+    uids = set()
+    for name, d in dashboards.items():
+        assert d["uid"] not in uids and d["title"] and d["panels"], name
+        uids.add(d["uid"])
+        ids = [p["id"] for p in d["panels"]]
+        assert len(ids) == len(set(ids)), f"{name}: duplicate panel ids"
+        for p in d["panels"]:
+            assert p["datasource"]["uid"] == ds["uid"], f"{name}: panel {p['title']} uses another data source"
+            assert all(t["query"].startswith("{") for t in p["targets"]), f"{name}: not a TraceQL query"
+            g = p["gridPos"]
+            assert 0 <= g["x"] and g["x"] + g["w"] <= 24
