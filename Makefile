@@ -4,6 +4,9 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-stamp
+# checkov pins boto3==1.35 (the services need 1.43): it gets its own venv, pinned by constraints-tools.txt.
+TOOLS := .venv-tools
+TOOLS_STAMP := $(TOOLS)/.setup-stamp
 APT_PACKAGES := dcmtk
 export PYTHONPATH := $(CURDIR)
 
@@ -12,12 +15,17 @@ export PYTHONPATH := $(CURDIR)
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
 
-setup: $(STAMP) ## create .venv and install everything pinned (idempotent, fast when done)
+setup: $(STAMP) $(TOOLS_STAMP) ## create .venv and install everything pinned (idempotent, fast when done)
+
+$(TOOLS_STAMP): constraints-tools.txt
+	test -x $(TOOLS)/bin/python || $(PY) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install -q -c constraints-tools.txt checkov==3.3.30
+	touch $(TOOLS_STAMP)
 
 $(STAMP): pyproject.toml constraints.txt scripts/setup-system.sh
 	bash scripts/setup-system.sh $(APT_PACKAGES)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q -c constraints.txt -e ".[train,sagemaker,dev]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[train,sagemaker,dev,infra]"
 	touch $(STAMP)
 
 up: setup ## start the embedded AWS endpoint and every service (Ctrl-C stops)
