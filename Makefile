@@ -7,15 +7,27 @@ STAMP := $(VENV)/.setup-stamp
 # checkov pins boto3==1.35 (the services need 1.43): it gets its own venv, pinned by constraints-tools.txt.
 TOOLS := .venv-tools
 TOOLS_STAMP := $(TOOLS)/.setup-stamp
-APT_PACKAGES := dcmtk
+APT_PACKAGES := dcmtk chromium
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: setup up demo test lint bench docs clean help
+.PHONY: setup viewer up demo test lint bench docs clean help
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
 
-setup: $(STAMP) $(TOOLS_STAMP) ## create .venv and install everything pinned (idempotent, fast when done)
+setup: $(STAMP) $(TOOLS_STAMP) viewer ## create .venv and install everything pinned (idempotent, fast when done)
+
+# The web viewer (viewer/): npm ci from the lock file, then a Vite build into viewer/dist, each only when its inputs
+# changed. The gateway serves viewer/dist at /viewer.
+VIEWER_SRC := $(wildcard viewer/src/*) viewer/index.html viewer/vite.config.js viewer/package.json
+viewer: viewer/dist/.build-stamp ## install the viewer's locked npm dependencies and build it (when changed)
+
+viewer/node_modules/.package-lock.json: viewer/package-lock.json
+	cd viewer && npm ci --no-audit --no-fund
+
+viewer/dist/.build-stamp: viewer/node_modules/.package-lock.json $(VIEWER_SRC)
+	cd viewer && npm run build
+	touch $@
 
 $(TOOLS_STAMP): constraints-tools.txt
 	test -x $(TOOLS)/bin/python || $(PY) -m venv $(TOOLS)

@@ -1,0 +1,248 @@
+"""The viewer in real headless Chromium (Debian's), against the real gateway process serving a 300-slice CT series
+stored as ingestion stores it. Timings are recorded (printed and written under var/), never asserted here: the
+benchmark (bench/viewer.py) judges them against the targets."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.viewer.browser_support import (
+    DESKTOP,
+    PHONE,
+    displayed_image,
+    gateway_rendered,
+    mean_abs_diff,
+    throttle,
+    viewer_url,
+    wait_state,
+)
+from tests.viewer.conftest import N_SLICES, REPO, CtSeries
+
+PRESETS = {"lung": (-600, 1500), "mediastinum": (40, 400), "bone": (400, 1800)}
+SCREENSHOTS = Path(os.environ.get("RADLOOP_VIEWER_SCREENSHOTS", REPO / "var" / "viewer-screenshots"))
+RECORD = REPO / "var" / "viewer-test-timings.json"
+
+
+def record(key: str, value: Any) -> None:
+    """Keep a measured figure (the tests record timings; they do not assert them)."""
+    RECORD.parent.mkdir(parents=True, exist_ok=True)
+    data = json.loads(RECORD.read_text()) if RECORD.exists() else {}
+    data[key] = value
+    RECORD.write_text(json.dumps(data, indent=2))
+    print(f"{key}: {value}")
+
+
+@pytest.fixture(scope="module")
+def desktop(browser: Any, gateway: Any, ct_series: CtSeries, viewer_token: str) -> Iterator[Any]:
+    """One desktop page with the whole series loaded (the tests below share it to stay fast)."""
+    context = browser.new_context(**DESKTOP)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    t0 = time.monotonic()
+    page.goto(viewer_url(gateway.base_url, ct_series.study, ct_series.series, viewer_token))
+    wait_state(page)
+    page.wait_for_function("window.radloopViewer.stats().firstRenderAt !== null", timeout=30_000)
+    page.first_image_s = time.monotonic() - t0  # type: ignore[attr-defined]
+    assert page.evaluate("window.radloopViewer.waitAllLoaded(90000)"), "not every slice loaded at full resolution"
+    page.errors = errors  # type: ignore[attr-defined]
+    yield page
+    context.close()
+
+
+def test_first_image_is_not_blank_and_counter_shows_position(desktop: Any) -> None:
+    info = desktop.evaluate("window.radloopViewer.info")
+    assert info["count"] == N_SLICES and info["modality"] == "CT"
+    img = displayed_image(desktop, 256)
+    # A chest slice: a dark background, a bright body, lungs; a blank or uniform canvas fails these.
+    assert img.std() > 30, f"the canvas looks blank (grey-level std {img.std():.1f})"
+    assert 0.1 < float(np.mean(img > 40)) < 0.9
+    k = desktop.evaluate("window.radloopViewer.currentIndex")
+    assert desktop.inner_text("#counter") == f"{k + 1} / {N_SLICES}"
+    assert not desktop.errors, desktop.errors
+    stats = desktop.evaluate("window.radloopViewer.stats()")
+    record("desktop_unthrottled", {"page_to_first_image_s": round(desktop.first_image_s, 3),
+                                   "first_image_ms": stats["firstRenderAt"], "all_full_ms": stats["allFullAt"],
+                                   "requests": stats["requests"]})
+
+
+@pytest.mark.parametrize("k", [37, 211])
+def test_scroll_to_slice_matches_gateway_rendered(desktop: Any, gateway: Any, ct_series: CtSeries,
+                                                  viewer_token: str, k: int) -> None:
+    desktop.evaluate("window.radloopViewer.setPreset('mediastinum')")
+    assert desktop.evaluate(f"window.radloopViewer.scrollTo({k})"), f"slice {k} never showed at full resolution"
+    assert desktop.evaluate("window.radloopViewer.currentIndex") == k
+    assert desktop.inner_text("#counter") == f"{k + 1} / {N_SLICES}"
+    shown = displayed_image(desktop, 512)
+    server = gateway_rendered(gateway.base_url, viewer_token, ct_series.study, ct_series.series, ct_series.sops[k],
+                              PRESETS["mediastinum"])
+    other = gateway_rendered(gateway.base_url, viewer_token, ct_series.study, ct_series.series,
+                             ct_series.sops[k + 15], PRESETS["mediastinum"])
+    same = mean_abs_diff(shown, server)
+    assert same < 4.0, f"slice {k} differs from the gateway's rendering by {same:.2f} grey levels on average"
+    # Where slices k and k+15 differ in structure (the spiral vessel, lung vessels), the canvas follows slice k.
+    moved = np.abs(server - other) > 60
+    assert moved.sum() > 200
+    near, far = mean_abs_diff(shown[moved], server[moved]), mean_abs_diff(shown[moved], other[moved])
+    assert near < 0.3 * far, f"slice {k} is not told apart from slice {k + 15} ({near:.1f} vs {far:.1f})"
+    assert float(np.corrcoef(shown.ravel(), server.ravel())[0, 1]) > 0.98
+
+
+def test_window_presets_change_the_image(desktop: Any) -> None:
+    shots = {}
+    for name, (c, w) in PRESETS.items():
+        desktop.click(f"[data-preset={name}]")
+        desktop.evaluate("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+        win = desktop.evaluate("window.radloopViewer.getWindow()")
+        assert abs(win["center"] - c) < 1 and abs(win["width"] - w) < 1, (name, win)
+        assert desktop.inner_text("#voi") == f"W {w} L {c}"
+        shots[name] = displayed_image(desktop, 256)
+    assert mean_abs_diff(shots["lung"], shots["mediastinum"]) > 15
+    assert mean_abs_diff(shots["bone"], shots["mediastinum"]) > 8
+    # The bone window's wide range greys soft tissue (about 40 HU) down from mid-grey.
+    soft = (shots["mediastinum"] > 100) & (shots["mediastinum"] < 160)
+    assert shots["bone"][soft].mean() < shots["mediastinum"][soft].mean() - 30
+    # The lung window lifts the lungs (-850 HU) out of black; the mediastinal window leaves them black.
+    lungs = shots["mediastinum"] < 5
+    assert shots["lung"][lungs].mean() > 40
+
+
+def test_keyboard_wheel_and_slider_scroll(desktop: Any) -> None:
+    desktop.evaluate("window.radloopViewer.scrollTo(100)")
+    desktop.focus("#viewport")
+    desktop.keyboard.press("ArrowDown")
+    desktop.wait_for_function("window.radloopViewer.currentIndex === 101")
+    desktop.keyboard.press("PageDown")
+    desktop.wait_for_function("window.radloopViewer.currentIndex === 111")
+    desktop.keyboard.press("ArrowUp")
+    desktop.wait_for_function("window.radloopViewer.currentIndex === 110")
+    box = desktop.locator("#viewport").bounding_box()
+    desktop.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    for _ in range(3):
+        desktop.mouse.wheel(0, 120)
+        desktop.wait_for_timeout(60)
+    desktop.wait_for_function("window.radloopViewer.currentIndex > 110")
+    desktop.keyboard.press("End")
+    desktop.wait_for_function(f"window.radloopViewer.currentIndex === {N_SLICES - 1}")
+    assert desktop.inner_text("#counter") == f"{N_SLICES} / {N_SLICES}"
+    desktop.keyboard.press("Home")
+    desktop.wait_for_function("window.radloopViewer.currentIndex === 0")
+
+
+def test_drag_to_window_zoom_and_pan(desktop: Any) -> None:
+    desktop.evaluate("window.radloopViewer.setPreset('mediastinum')")
+    box = desktop.locator("#viewport").bounding_box()
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+
+    def drag(button: str, dx: float, dy: float) -> None:
+        desktop.mouse.move(cx, cy)
+        desktop.mouse.down(button=button)
+        for i in range(1, 11):
+            desktop.mouse.move(cx + dx * i / 10, cy + dy * i / 10)
+        desktop.mouse.up(button=button)
+
+    desktop.click("[data-tool=wl]")
+    before = desktop.evaluate("window.radloopViewer.getWindow()")
+    drag("left", 120, 60)
+    after = desktop.evaluate("window.radloopViewer.getWindow()")
+    assert abs(after["width"] - before["width"]) > 20 or abs(after["center"] - before["center"]) > 20, (before, after)
+    cam0 = desktop.evaluate("window.radloopViewer.camera()")
+    drag("right", 0, -150)  # right button zooms
+    cam1 = desktop.evaluate("window.radloopViewer.camera()")
+    assert abs(cam1["parallelScale"] - cam0["parallelScale"]) > 0.05 * cam0["parallelScale"], (cam0, cam1)
+    drag("middle", 80, 40)  # middle button pans
+    cam2 = desktop.evaluate("window.radloopViewer.camera()")
+    assert max(abs(a - b) for a, b in zip(cam2["focalPoint"], cam1["focalPoint"], strict=True)) > 5, (cam1, cam2)
+    desktop.click("[data-action=reset]")
+    cam3 = desktop.evaluate("window.radloopViewer.camera()")
+    assert abs(cam3["parallelScale"] - cam0["parallelScale"]) < 1e-3 * cam0["parallelScale"]
+
+
+def test_scroll_frame_rate_is_recorded(desktop: Any) -> None:
+    result = desktop.evaluate("window.radloopViewer.measureFps()")
+    assert result["slices"] == N_SLICES
+    record("desktop_scroll", {k: round(v, 2) for k, v in result.items()})
+
+
+def test_desktop_screenshot(desktop: Any) -> None:
+    desktop.evaluate("window.radloopViewer.setPreset('lung')")
+    desktop.evaluate(f"window.radloopViewer.scrollTo({int(N_SLICES * 0.55)})")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / "viewer-desktop.png"
+    desktop.screenshot(path=str(path))
+    assert path.stat().st_size > 20_000
+
+
+def test_phone_on_4g_touch_scroll_and_timings(browser: Any, gateway: Any, ct_series: CtSeries,
+                                              viewer_token: str) -> None:
+    """Phone viewport, 4G emulated (30 Mbit/s, 10 ms) after the page and its code have loaded."""
+    context = browser.new_context(**PHONE)
+    page = context.new_page()
+    try:
+        page.goto(viewer_url(gateway.base_url, ct_series.study, ct_series.series, viewer_token, autostart="0"))
+        wait_state(page, ("idle",))
+        throttle(page)
+        page.evaluate("window.radloopViewer.start()")
+        wait_state(page, ("ready",))
+        page.wait_for_function("window.radloopViewer.stats().firstRenderAt !== null", timeout=30_000)
+        img = displayed_image(page, 256)
+        assert img.std() > 20, "the first image on the phone is blank"
+        # One-finger vertical drag scrolls (the default touch tool), through CDP touch events.
+        assert page.evaluate("window.radloopViewer.mode") == "scroll"
+        start = page.evaluate("window.radloopViewer.currentIndex")
+        box = page.locator("#viewport").bounding_box()
+        x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] * 0.3
+        cdp = context.new_cdp_session(page)
+        cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [{"x": x, "y": y}]})
+        for i in range(1, 16):
+            cdp.send("Input.dispatchTouchEvent", {"type": "touchMove", "touchPoints": [{"x": x, "y": y + 20 * i}]})
+        cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+        page.wait_for_function(f"window.radloopViewer.currentIndex > {start}", timeout=10_000)
+        page.evaluate(f"window.radloopViewer.scrollTo({start})")
+        loaded = page.evaluate("window.radloopViewer.waitAllLoaded(60000)")
+        stats = page.evaluate("window.radloopViewer.stats()")
+        record("phone_4g", {"first_image_ms": stats["firstRenderAt"], "first_full_image_ms": stats["firstFullRenderAt"],
+                            "metadata_ms": stats["metadataAt"], "all_low_ms": stats["allLowAt"],
+                            "all_full_ms": stats["allFullAt"] if loaded else None, "loaded": stats["loadedFull"]})
+        page.evaluate("window.radloopViewer.setPreset('lung')")
+        page.evaluate(f"window.radloopViewer.scrollTo({int(N_SLICES * 0.55)})")
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / "viewer-phone.png"))
+        assert (SCREENSHOTS / "viewer-phone.png").stat().st_size > 20_000
+    finally:
+        context.close()
+
+
+def test_token_is_required_and_not_kept_in_the_address(browser: Any, gateway: Any, ct_series: CtSeries,
+                                                        viewer_token: str) -> None:
+    context = browser.new_context(**DESKTOP)
+    page = context.new_page()
+    try:
+        page.goto(viewer_url(gateway.base_url, ct_series.study, ct_series.series, "not-a-token", autostart="0"))
+        wait_state(page, ("idle",))
+        page.evaluate("window.radloopViewer.start()")
+        page.wait_for_function("window.radloopViewer.state === 'error'", timeout=30_000)
+        assert "401" in page.inner_text("#message") or "Sign-in" in page.inner_text("#message")
+        page.goto(viewer_url(gateway.base_url, ct_series.study, ct_series.series, viewer_token, autostart="0"))
+        wait_state(page, ("idle",))
+        assert "token" not in page.url
+        # The study list at /viewer (token kept for the tab), and no storage keys anywhere on the page.
+        page.goto(f"{gateway.base_url}/viewer/")
+        wait_state(page, ("list",))
+        assert "CT CHEST PHANTOM" in page.inner_text("[data-testid=study-list]")
+        page.click("text=Show series")
+        link = page.locator("a.series").first
+        link.wait_for(timeout=10_000)
+        assert f"series={ct_series.series}" in (link.get_attribute("href") or "")
+        html = page.content()
+        assert "frames/" not in html and "dicom/" not in html and ".jph" not in html
+    finally:
+        context.close()

@@ -1,0 +1,320 @@
+// Progressive, interleaved streaming of one series from radloop's gateway into Cornerstone3D.
+//
+// Every frame is stored as HTJ2K lossless RPCL with one tile-part per resolution level, so a byte prefix of the
+// codestream decodes a lower resolution. The gateway serves exactly that prefix for `?resolution=k` (k = 0 is the
+// lowest level). This loader:
+//   1. asks for the current slice first, as a low-resolution prefix (a few KB: an image appears at once), then full;
+//   2. fills a prefetch window around the current slice at full resolution, nearest first (that is where the
+//      radiologist scrolls next);
+//   3. loads the rest of the series interleaved, as Cornerstone3D's interleaved retrieve stages do: middle and both
+//      ends, then every fourth slice at rotating offsets, first as low-resolution prefixes for the whole series, then at
+//      full resolution.
+// It keeps its own bounded number of requests in flight and re-plans after each one, so scrolling re-prioritises
+// immediately (a request queue filled up front cannot be re-ordered).
+//
+// It implements Cornerstone3D's image-retrieve interface (`loadImages(imageIds, listener)`), so the StackViewport asks
+// it for the images it shows (registered through imageRetrieveMetadataProvider with `create`), and it upgrades the
+// displayed image when a sharper version arrives. It also keeps Cornerstone's image cache in step (the best version
+// of each slice, a pending entry for a slice it is about to fetch), so the CPU render path, which reads the cache
+// directly, shows the same progressive images and never fetches a slice a second time.
+
+import { cache, Enums, imageLoader } from '@cornerstonejs/core';
+
+export const NONE = 0;
+export const LOW = 1;
+export const FULL = 2;
+
+/** Decomposition levels radloop's encoder uses: the lowest resolution is at most 64 px (shared/htj2k.py levels_for). */
+export function levelsFor(rows, columns, maxLowest = 64) {
+  const longest = Math.max(rows, columns, 1);
+  if (longest <= maxLowest) return 1;
+  return Math.max(1, Math.min(32, Math.ceil(Math.log2(longest / maxLowest))));
+}
+
+/**
+ * The low-resolution prefix to show first: the smallest level whose longest side is at least `minSide` px.
+ * Returns {resolution, decodeLevel}: `resolution` is the gateway's `?resolution=k` (0 = lowest), `decodeLevel` is
+ * the number of levels the decoder skips.
+ */
+export function lowResolutionFor(rows, columns, minSide = 128) {
+  const levels = levelsFor(rows, columns);
+  const longest = Math.max(rows, columns, 1);
+  let decodeLevel = 0;
+  while (decodeLevel < levels && longest / 2 ** (decodeLevel + 1) >= minSide) decodeLevel += 1;
+  return { resolution: levels - decodeLevel, decodeLevel, levels };
+}
+
+/** Interleaved order over n slices: middle, first, last, then every 4th slice at offsets 3, 1, 2, 0. */
+export function interleavedOrder(n) {
+  const seen = new Uint8Array(n);
+  const out = [];
+  const push = (i) => {
+    if (i >= 0 && i < n && !seen[i]) {
+      seen[i] = 1;
+      out.push(i);
+    }
+  };
+  push(Math.floor((n - 1) / 2));
+  push(0);
+  push(n - 1);
+  for (const offset of [3, 1, 2, 0]) for (let i = offset; i < n; i += 4) push(i);
+  return out;
+}
+
+export class StreamingSeriesLoader {
+  /**
+   * @param {string[]} imageIds wadors: image ids in display order
+   * @param {{rows:number, columns:number, concurrency?:number, prefetchRadius?:number, lowRes?:boolean,
+   *          onUpdate?:(loader)=>void}} options
+   */
+  constructor(imageIds, { rows, columns, concurrency = 6, prefetchRadius = 12, lowRes = true, onUpdate } = {}) {
+    this.imageIds = imageIds;
+    this.n = imageIds.length;
+    this.indexOf = new Map(imageIds.map((id, i) => [id, i]));
+    this.quality = new Uint8Array(this.n);
+    this.best = new Array(this.n).fill(null);
+    this.inflight = new Map(); // `${index}:${level}` -> true
+    this.failures = new Uint8Array(this.n);
+    this.failed = new Set();
+    this.concurrency = concurrency;
+    this.prefetchRadius = prefetchRadius;
+    this.current = 0;
+    this.order = interleavedOrder(this.n);
+    this.lowCursor = 0;
+    this.fullCursor = 0;
+    this.low = lowResolutionFor(rows, columns);
+    this.lowRes = lowRes && this.low.decodeLevel > 0;
+    this.onUpdate = onUpdate;
+    this.listener = null;
+    this.pending = new Map(); // index -> [resolve]
+    this.deferred = new Map(); // index -> {resolve, reject}: pending Cornerstone cache entries
+    this.onUpgrade = null; // (index) => void: the shown slice got sharper (used by the CPU render path)
+    this.stats = {
+      startedAt: null,
+      firstImageAt: null, // ms since start: first decoded image of any quality
+      firstFullAt: null,
+      allLowAt: null,
+      allFullAt: null, // every slice at full resolution
+      loadedLow: 0,
+      loadedFull: 0,
+      requests: 0,
+      errors: 0,
+    };
+    this.running = false;
+  }
+
+  start(current = 0) {
+    this.current = current;
+    this.running = true;
+    this.stats.startedAt = performance.now();
+    this.pump();
+  }
+
+  stop() {
+    this.running = false;
+  }
+
+  setCurrent(index) {
+    if (index >= 0 && index < this.n && index !== this.current) {
+      this.current = index;
+      this.ensureCacheEntry(index);
+      this.pump();
+    }
+  }
+
+  /**
+   * Put a pending entry for this slice in Cornerstone's cache (resolved by the first version that arrives), so a
+   * viewport that loads through the cache waits for this loader instead of fetching the slice itself.
+   */
+  ensureCacheEntry(index) {
+    const imageId = this.imageIds[index];
+    if (this.deferred.has(index) || this.quality[index] !== NONE || cache.getImageLoadObject(imageId)) return;
+    let resolve;
+    let reject;
+    const promise = new Promise((res, rej) => {
+      resolve = res;
+      reject = rej;
+    });
+    this.deferred.set(index, { resolve, reject });
+    cache.putImageLoadObject(imageId, { promise }).catch(() => {});
+  }
+
+  /** Number of slices available at full resolution. */
+  get loadedCount() {
+    return this.stats.loadedFull;
+  }
+
+  // -- Cornerstone3D image-retrieve interface (StackViewport calls this for the image it shows) -----------------
+
+  loadImages(imageIds, listener) {
+    this.listener = listener;
+    return Promise.all(
+      imageIds.map((imageId) => {
+        const index = this.indexOf.get(imageId);
+        if (index === undefined) return Promise.resolve(imageId);
+        this.setCurrent(index);
+        const image = this.best[index];
+        if (image) {
+          listener.successCallback(imageId, image);
+          return Promise.resolve(imageId);
+        }
+        return new Promise((resolve) => {
+          const waiting = this.pending.get(index) || [];
+          waiting.push(resolve);
+          this.pending.set(index, waiting);
+          this.pump();
+        }).then(() => imageId);
+      }),
+    );
+  }
+
+  // -- scheduling ------------------------------------------------------------------------------------------------
+
+  busy(index, level) {
+    return this.inflight.has(`${index}:${level}`);
+  }
+
+  needs(index, level) {
+    return !this.failed.has(index) && this.quality[index] < level && !this.busy(index, level) &&
+      !(level === LOW && this.busy(index, FULL));
+  }
+
+  next() {
+    const c = this.current;
+    // 1. The current slice: low resolution first (instant), then full.
+    if (this.lowRes && this.quality[c] === NONE && this.needs(c, LOW)) return [c, LOW];
+    if (this.needs(c, FULL)) return [c, FULL];
+    // 2. The prefetch window around it, nearest first, straight at full resolution.
+    for (let d = 1; d <= this.prefetchRadius; d += 1) {
+      for (const i of [c + d, c - d]) if (i >= 0 && i < this.n && this.needs(i, FULL)) return [i, FULL];
+    }
+    // 3. The whole series interleaved: a low-resolution pass, then full resolution.
+    if (this.lowRes) {
+      while (this.lowCursor < this.n) {
+        const i = this.order[this.lowCursor];
+        if (this.quality[i] === NONE && this.needs(i, LOW)) return [i, LOW];
+        if (this.quality[i] !== NONE || this.failed.has(i)) this.lowCursor += 1;
+        else break; // in flight at full resolution already: move on once that settles
+      }
+      for (let k = this.lowCursor; k < this.n; k += 1) {
+        const i = this.order[k];
+        if (this.quality[i] === NONE && this.needs(i, LOW)) return [i, LOW];
+      }
+    }
+    for (let k = this.fullCursor; k < this.n; k += 1) {
+      const i = this.order[k];
+      if (this.quality[i] === FULL || this.failed.has(i)) {
+        if (k === this.fullCursor) this.fullCursor += 1;
+        continue;
+      }
+      if (this.needs(i, FULL)) return [i, FULL];
+    }
+    return null;
+  }
+
+  pump() {
+    if (!this.running) return;
+    while (this.inflight.size < this.concurrency) {
+      const task = this.next();
+      if (!task) break;
+      this.launch(task[0], task[1]);
+    }
+  }
+
+  retrieveOptions(level) {
+    if (level === LOW) {
+      return {
+        urlArguments: `resolution=${this.low.resolution}`,
+        decodeLevel: this.low.decodeLevel,
+        imageQualityStatus: Enums.ImageQualityStatus.SUBRESOLUTION,
+      };
+    }
+    return { imageQualityStatus: Enums.ImageQualityStatus.FULL_RESOLUTION };
+  }
+
+  launch(index, level) {
+    this.ensureCacheEntry(index);
+    const key = `${index}:${level}`;
+    this.inflight.set(key, true);
+    this.stats.requests += 1;
+    const imageId = this.imageIds[index];
+    const options = {
+      useRGBA: false,
+      ignoreCache: true,
+      priority: level === FULL ? 0 : -1,
+      requestType: index === this.current ? Enums.RequestType.Interaction : Enums.RequestType.Prefetch,
+      retrieveOptions: this.retrieveOptions(level),
+    };
+    imageLoader
+      .loadImage(imageId, options)
+      .then((image) => this.accept(index, level, image))
+      .catch((error) => this.reject(index, level, error))
+      .finally(() => {
+        this.inflight.delete(key);
+        this.pump();
+      });
+  }
+
+  accept(index, level, image) {
+    const now = performance.now() - this.stats.startedAt;
+    if (this.stats.firstImageAt === null) this.stats.firstImageAt = now;
+    if (level <= this.quality[index]) return;
+    const before = this.quality[index];
+    this.quality[index] = level;
+    this.best[index] = image;
+    const imageId = this.imageIds[index];
+    const entry = this.deferred.get(index);
+    if (entry) {
+      // First version of this slice: it becomes the cache entry that viewports (and the scroll tool) see.
+      this.deferred.delete(index);
+      entry.resolve(image);
+    } else {
+      // A sharper version replaces the cached one.
+      try {
+        if (cache.getImageLoadObject(imageId)) cache.removeImageLoadObject(imageId, { force: true });
+        cache.putImageSync(imageId, image);
+      } catch {
+        // The cache may be full; the loader keeps its own reference either way.
+      }
+    }
+    if (level === FULL) {
+      if (this.stats.firstFullAt === null) this.stats.firstFullAt = now;
+      this.stats.loadedFull += 1;
+      if (before === NONE) this.stats.loadedLow += 1;
+      if (this.stats.loadedFull === this.n) this.stats.allFullAt = now;
+    } else {
+      this.stats.loadedLow += 1;
+    }
+    if (this.stats.allLowAt === null && this.stats.loadedLow === this.n) this.stats.allLowAt = now;
+    const waiting = this.pending.get(index);
+    if (waiting) {
+      this.pending.delete(index);
+      waiting.forEach((resolve) => resolve());
+    }
+    // The viewport ignores images that are not its current one, so an upgrade of the shown slice sharpens it.
+    if (this.listener) this.listener.successCallback(imageId, image);
+    if (before !== NONE && index === this.current) this.onUpgrade?.(index);
+    this.onUpdate?.(this, index, level);
+  }
+
+  reject(index, level, error) {
+    this.stats.errors += 1;
+    this.failures[index] += 1;
+    if (this.failures[index] >= 3) {
+      this.failed.add(index);
+      const entry = this.deferred.get(index);
+      if (entry) {
+        this.deferred.delete(index);
+        entry.reject(error);
+      }
+      const waiting = this.pending.get(index);
+      if (waiting) {
+        this.pending.delete(index);
+        waiting.forEach((resolve) => resolve());
+      }
+      this.listener?.errorCallback?.(this.imageIds[index], true, error);
+    }
+    console.warn(`radloop viewer: slice ${index + 1} at ${level === LOW ? 'low' : 'full'} resolution failed`, error);
+    this.onUpdate?.(this, index, level);
+  }
+}
