@@ -24,9 +24,12 @@ def build_app(context: dict[str, object] | None = None, outdir: str | None = Non
     params = params_from_context(app.node.try_get_context)
     stack = RadloopStack(app, f"Radloop{params.env.name.capitalize()}", params=params)
     if app.node.try_get_context("nag"):
-        from cdk_nag import AwsSolutionsChecks, HIPAASecurityChecks
+        # `cdk synth -c nag=1` fails on any unacknowledged HIPAA finding. The AwsSolutions SQS rules cannot be
+        # selected alone from Python (the rule functions are not exported), so tests/infra/test_checks.py runs the
+        # whole AwsSolutions pack and keeps its SQS findings.
+        from cdk_nag import HIPAASecurityChecks
 
-        cdk.Validations.of(app).add_plugins(HIPAASecurityChecks(app), AwsSolutionsChecks(app))
+        cdk.Validations.of(app).add_plugins(HIPAASecurityChecks(app))
     return app, stack
 
 

@@ -135,4 +135,4 @@ def test_grafana_provisioning_is_valid() -> None:
             assert p["datasource"]["uid"] == ds["uid"], f"{name}: panel {p['title']} uses another data source"
             assert all(t["query"].startswith("{") for t in p["targets"]), f"{name}: not a TraceQL query"
             g = p["gridPos"]
-            assert 0 <= g["x"] and g["x"] + g["w"] <= 24
+            assert g["x"] >= 0 and g["x"] + g["w"] <= 24

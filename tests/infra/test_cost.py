@@ -28,7 +28,7 @@ def test_endpoint_count_matches_the_stack() -> None:
     pytest.importorskip("aws_cdk")
     from infra.radloop_infra.security import INTERFACE_ENDPOINTS
 
-    assert cost_model.INTERFACE_ENDPOINT_COUNT == len(INTERFACE_ENDPOINTS)
+    assert len(INTERFACE_ENDPOINTS) == cost_model.INTERFACE_ENDPOINT_COUNT
 
 
 def test_prices_are_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

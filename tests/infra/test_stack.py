@@ -48,7 +48,7 @@ def test_every_queue_is_kms_encrypted_and_every_topology_queue_has_its_redrive(s
     assert len(queues) == 2 * len(topo.queues) + 1  # each queue, its DLQ, and the rule DLQ
     for lid, q in queues.items():
         assert q["Properties"].get("KmsMasterKeyId"), f"queue {lid} is not KMS-encrypted"
-    for service, spec in topo.queues.items():
+    for _service, spec in topo.queues.items():
         props = s.resources[by_name[spec.name]]["Properties"]
         redrive = props["RedrivePolicy"]
         assert _ref(redrive["deadLetterTargetArn"]) == by_name[spec.dlq_name]
@@ -246,7 +246,7 @@ def _task_role_actions(s, service: str) -> tuple[set[str], list[dict[str, Any]]]
     stmts = []
     for arn in role.get("ManagedPolicyArns", []):
         stmts.extend(res[_ref(arn)]["Properties"]["PolicyDocument"]["Statement"])
-    for lid, r in res.items():  # policies attached from the policy side
+    for _lid, r in res.items():  # policies attached from the policy side
         if r["Type"] in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy") and any(
                 _ref(x) == role_lid for x in r["Properties"].get("Roles", [])):
             stmts.extend(r["Properties"]["PolicyDocument"]["Statement"])
