@@ -21,6 +21,7 @@ async def startup(ctx: ServiceContext) -> None:
     pipeline = IngestPipeline(ctx, settings, pool)
     ctx.extras["pool"] = pool
     ctx.extras["pipeline"] = pipeline
+    pipeline.outbox.start()
     if settings.dimse_port:
         from services.ingestion.domain.dimse import StorageSCP
 
@@ -35,6 +36,9 @@ async def shutdown(ctx: ServiceContext) -> None:
     scp = ctx.extras.get("scp")
     if scp is not None:
         await asyncio.to_thread(scp.stop)
+    pipeline = ctx.extras.get("pipeline")
+    if pipeline is not None:
+        await pipeline.outbox.stop()
     pool = ctx.extras.get("pool")
     if pool is not None:
         await asyncio.to_thread(pool.shutdown)

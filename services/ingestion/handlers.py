@@ -24,7 +24,7 @@ from botocore.exceptions import ClientError
 
 from shared import event_names as ev
 from shared.consumer import Handler, MessageContext
-from shared.dicom.errors import OUT_OF_RESOURCES, REASON_NAMES, DicomRejection
+from shared.dicom.errors import OUT_OF_RESOURCES, REASON_NAMES, DicomRejection, TransientFailure
 from shared.events import S3ObjectCreated
 from shared.service import ServiceContext
 from shared.storage import IMPORTS_PREFIX, IMPORTS_REJECTED_PREFIX
@@ -75,6 +75,8 @@ def handlers(ctx: ServiceContext) -> Mapping[str, Handler]:
             data = await stream.read()
         try:
             result = await pipeline.ingest(data, source="s3", object_key=key)
+        except TransientFailure:
+            raise  # storage trouble: leave the object, let SQS redeliver
         except DicomRejection as rej:
             await _move_rejected(s3, bucket, key, rej)
             return {"rejected": rej.kind}

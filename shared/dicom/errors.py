@@ -54,3 +54,15 @@ class DicomRejection(Exception):
 
 def _rebuild(code: int, reason: str, kind: str, sop: str | None, cls: str | None, study: str | None) -> DicomRejection:
     return DicomRejection(code, reason, kind=kind, sop_uid=sop, sop_class_uid=cls, study_uid=study)
+
+
+class TransientFailure(DicomRejection):
+    """Not the instance's fault: storage was unavailable. Answered as 0xA700 (retry later); never quarantined or
+    moved to a rejected folder, and queue-driven sources retry it."""
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (_rebuild_transient, (self.reason, self.kind, self.sop_uid))
+
+
+def _rebuild_transient(reason: str, kind: str, sop: str | None) -> TransientFailure:
+    return TransientFailure(OUT_OF_RESOURCES, reason, kind=kind, sop_uid=sop)

@@ -104,6 +104,15 @@ class ClaimStore:
                 raise
             return False
 
+    def complete_item(self, sop: str, claim: Claim) -> dict[str, Any]:
+        """The claim completion as an ``Update`` for a transaction (only if the claim is still ours)."""
+        return {"Update": {
+            "TableName": self.table, "Key": {"id": {"S": self._id(sop)}},
+            "UpdateExpression": "SET #s = :done REMOVE lease_until", "ConditionExpression": "#o = :t",
+            "ExpressionAttributeNames": {"#s": "status", "#o": "owner"},
+            "ExpressionAttributeValues": {":done": {"S": COMPLETED}, ":t": {"S": claim.token}},
+        }}
+
     async def complete(self, sop: str, claim: Claim) -> None:
         ddb = await self._ddb()
         await ddb.update_item(

@@ -23,13 +23,20 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from services.ingestion.domain.claims import ClaimStore
+from services.ingestion.domain.outbox import Outbox
 from services.ingestion.domain.pool import CpuPool, WorkerCrashedError
 from services.ingestion.domain.prepare import Prepared, PrepareOptions, prepare
 from services.ingestion.settings import IngestionSettings
-from shared.dicom.errors import CANNOT_UNDERSTAND, DUPLICATE_SOP_INSTANCE, OUT_OF_RESOURCES, DicomRejection
+from shared.dicom.errors import (
+    CANNOT_UNDERSTAND,
+    DUPLICATE_SOP_INSTANCE,
+    OUT_OF_RESOURCES,
+    DicomRejection,
+    TransientFailure,
+)
 from shared.dicom.parse import ParseLimits
 from shared.events import InstanceRejected, InstanceStored
-from shared.instance_index import IndexConflictError, write_instance
+from shared.instance_index import IndexConflictError, IndexWriter
 from shared.service import ServiceContext
 from shared.telemetry import tracer
 
@@ -68,6 +75,8 @@ class IngestPipeline:
         self.ingest_bucket = settings.topology.bucket("ingestion")
         self.table = settings.topology.table("instances")
         self.claims = ClaimStore(ctx.clients.dynamodb, settings.topology.table("idempotency"))
+        self.index = IndexWriter(ctx.clients.dynamodb, self.table)
+        self.outbox = Outbox(ctx)
         self.limits = ParseLimits(max_bytes=settings.max_instance_bytes, max_inflated_bytes=settings.max_inflated_bytes,
                                   max_pixel_bytes=settings.max_pixel_bytes)
         self._frame_puts = asyncio.Semaphore(64)
@@ -85,6 +94,8 @@ class IngestPipeline:
                                                                                       "radloop.bytes": len(data)}):
             try:
                 return await self._ingest(data, source, calling_ae, expected_study, t0)
+            except TransientFailure:
+                raise  # not a refusal of the instance: no InstanceRejected
             except DicomRejection as rej:
                 await self._rejected(rej, source, data, object_key)
                 raise
@@ -94,6 +105,7 @@ class IngestPipeline:
         if len(data) > self.limits.max_bytes:  # refuse before shipping the bytes to a worker
             raise DicomRejection(OUT_OF_RESOURCES, f"The DICOM object is {len(data)} bytes; at most "
                                  f"{self.limits.max_bytes} bytes are accepted per instance.", kind="too-large")
+        marks = {"start": time.perf_counter()}
         try:
             prep = await self.pool.run(prepare, data, self._options(source, calling_ae, expected_study))
         except DicomRejection:
@@ -111,27 +123,53 @@ class IngestPipeline:
                                  sop_uid=prep.sop_uid, sop_class_uid=prep.sop_class_uid, study_uid=prep.study_uid)
         if len(prep.dicom_json) > MAX_INLINE_JSON:
             prep.record.instance.pop("dicom_json", None)
-        claim = await self.claims.acquire(prep.sop_uid, prep.content_sha256, overwrite=self.settings.allow_overwrite)
+        marks["prepare"] = time.perf_counter()
+        try:
+            claim = await self.claims.acquire(prep.sop_uid, prep.content_sha256,
+                                              overwrite=self.settings.allow_overwrite)
+        except DicomRejection:
+            raise
+        except Exception as exc:
+            raise TransientFailure(OUT_OF_RESOURCES, f"The instance could not be stored durably ({type(exc).__name__}); "
+                                   "retry later.", kind="storage-failure", sop_uid=prep.sop_uid) from None
+        marks["claim"] = time.perf_counter()
         if claim.outcome == "duplicate":
             return self._result("duplicate", prep, t0)
         try:
             await self._store(prep)
+            marks["store"] = time.perf_counter()
+            event = InstanceStored(
+                event_id=stored_event_id(prep.sop_uid, prep.content_sha256), study_uid=prep.study_uid,
+                series_uid=prep.series_uid, sop_uid=prep.sop_uid, **prep.event_fields)
             try:
-                outcome = await write_instance(await self.ctx.clients.dynamodb(), self.table, prep.record,
-                                               overwrite=self.settings.allow_overwrite)
+                # One transaction: index items + claim completion + the event in the outbox.
+                outcome = await self.index.write(
+                    prep.record, overwrite=self.settings.allow_overwrite or claim.replacing,
+                    extra_items=[self.claims.complete_item(prep.sop_uid, claim), self.outbox.transaction_item(event)])
             except IndexConflictError as exc:
                 raise DicomRejection(DUPLICATE_SOP_INSTANCE, f"SOP Instance UID {prep.sop_uid} is already stored with "
                                      f"different content (sha256 {exc.existing_sha256[:16]}...).",
                                      kind="conflicting-payload", sop_uid=prep.sop_uid) from None
-            await self.ctx.publisher.publish(InstanceStored(
-                event_id=stored_event_id(prep.sop_uid, prep.content_sha256), study_uid=prep.study_uid,
-                series_uid=prep.series_uid, sop_uid=prep.sop_uid, **prep.event_fields))
-            await self.claims.complete(prep.sop_uid, claim)
+            if outcome == "exists":  # a crashed earlier attempt indexed it; finish its claim (its event is in the outbox)
+                await self.claims.complete(prep.sop_uid, claim)
+            marks["index"] = time.perf_counter()
+            self.outbox.enqueue(event)
+        except DicomRejection:
+            await asyncio.shield(self._release(prep.sop_uid, claim))
+            raise
+        except Exception as exc:
+            await asyncio.shield(self._release(prep.sop_uid, claim))
+            log.exception("storing an instance failed", extra={"sop_uid": prep.sop_uid})
+            raise TransientFailure(OUT_OF_RESOURCES, f"The instance could not be stored durably ({type(exc).__name__}); "
+                                   "nothing was acknowledged; retry later.", kind="storage-failure",
+                                   sop_uid=prep.sop_uid) from None
         except BaseException:
             await asyncio.shield(self._release(prep.sop_uid, claim))
             raise
+        names = list(marks)
+        steps = {f"{b}_ms": round((marks[b] - marks[a]) * 1000, 1) for a, b in zip(names, names[1:], strict=False)}
         log.info("instance stored", extra={"sop_uid": prep.sop_uid, "source": source, "index": outcome,
-                                           "frames": len(prep.frames)})
+                                           "frames": len(prep.frames), **steps})
         return self._result("stored", prep, t0)
 
     async def _release(self, sop: str, claim: Any) -> None:
