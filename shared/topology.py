@@ -196,6 +196,8 @@ def build_topology(prefix: str = "radloop") -> Topology:
         "training_labels": TableSpec(f"{prefix}-training-labels", KeySpec("sop_uid")),
         "models": TableSpec(f"{prefix}-models", KeySpec("version", N)),
         "state": TableSpec(f"{prefix}-state", KeySpec("key")),
+        # Transactional outbox: events written in the same transaction as the state they announce, published after.
+        "outbox": TableSpec(f"{prefix}-outbox", KeySpec("id")),
     }
     return Topology(
         prefix=prefix,
