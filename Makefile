@@ -7,7 +7,7 @@ STAMP := $(VENV)/.setup-stamp
 # checkov pins boto3==1.35 (the services need 1.43): it gets its own venv, pinned by constraints-tools.txt.
 TOOLS := .venv-tools
 TOOLS_STAMP := $(TOOLS)/.setup-stamp
-APT_PACKAGES := dcmtk chromium
+APT_PACKAGES := dcmtk chromium orthanc orthanc-dicomweb
 export PYTHONPATH := $(CURDIR)
 
 .PHONY: setup viewer up demo test lint bench docs clean help
