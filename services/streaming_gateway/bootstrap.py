@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from concurrent.futures import ThreadPoolExecutor
+
+from botocore.exceptions import ClientError
 
 from services.streaming_gateway.domain.audit import FrameAuditCoalescer
 from services.streaming_gateway.domain.frames import FrameCache, FrameStore
@@ -11,6 +15,8 @@ from services.streaming_gateway.domain.index import IndexReader
 from services.streaming_gateway.domain.search import Searcher
 from services.streaming_gateway.settings import GatewaySettings
 from shared.service import ServiceContext
+
+log = logging.getLogger(__name__)
 
 
 async def startup(ctx: ServiceContext) -> None:
@@ -33,10 +39,26 @@ async def startup(ctx: ServiceContext) -> None:
         frames=frames,
         frame_audit=coalescer,
         executor=ThreadPoolExecutor(max_workers=max(1, s.decode_threads), thread_name_prefix="gateway-cpu"),
+        decoded=FrameCache(s.decoded_cache_bytes),
     )
-    # Open the pooled clients now, so the first viewer request does not pay for it.
-    await ctx.clients.s3()
-    await ctx.clients.dynamodb()
+    await _warm_up(ctx)
+
+
+async def _warm_up(ctx: ServiceContext) -> None:
+    """Open the pooled clients and make one call each now: botocore loads its models and endpoint rules on the
+    first call, which would otherwise add hundreds of milliseconds to the first image a radiologist opens."""
+    topo = ctx.settings.topology
+    try:
+        s3 = await ctx.clients.s3()
+        with contextlib.suppress(ClientError):  # a missing key still loads GetObject's model and parsers
+            await s3.get_object(Bucket=topo.bucket("images"), Key="warm-up/none")
+        ddb = await ctx.clients.dynamodb()
+        await ddb.query(TableName=topo.table("instances"), KeyConditionExpression="pk = :p",
+                        ExpressionAttributeValues={":p": {"S": "WARMUP"}}, Limit=1)
+        await ddb.batch_get_item(RequestItems={topo.table("instances"): {
+            "Keys": [{"pk": {"S": "WARMUP"}, "sk": {"S": "WARMUP"}}]}})
+    except Exception as exc:  # not fatal: /readyz reports unreachable dependencies
+        log.warning("warm-up call failed", extra={"error": type(exc).__name__})
 
 
 async def shutdown(ctx: ServiceContext) -> None:

@@ -14,6 +14,10 @@ class GatewaySettings(Settings):
 
     #: Byte budget of the in-memory LRU cache of HTJ2K frame codestreams.
     frame_cache_bytes: int = 512 * 1024 * 1024
+    #: Byte budget of the LRU cache of decoded pixels (frames asked for as application/octet-stream).
+    decoded_cache_bytes: int = 256 * 1024 * 1024
+    #: Read the rest of a series into the cache when its first frame is requested.
+    prefetch_enabled: bool = True
     #: Concurrent S3 reads of one series prefetch.
     prefetch_concurrency: int = 8
     #: A prefetch never fills more than this share of the frame cache (so it cannot evict what is being viewed).

@@ -98,7 +98,12 @@ def corpus(moto: EmbeddedAws, tmp_path_factory: pytest.TempPathFactory) -> Corpu
 
 @pytest.fixture(scope="session")
 def gateway(corpus: Corpus, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    with run_gateway(corpus.settings, tmp_path_factory.mktemp("gw1"), RADLOOP_AUDIT_COALESCE_S="1") as gp:
+    viewer = tmp_path_factory.mktemp("viewer-dist")  # stands in for the built viewer (viewer/dist)
+    (viewer / "index.html").write_text("<!doctype html><title>radloop viewer</title>")
+    (viewer / "assets").mkdir()
+    (viewer / "assets" / "app.js").write_text("console.log('radloop');")
+    with run_gateway(corpus.settings, tmp_path_factory.mktemp("gw1"), RADLOOP_AUDIT_COALESCE_S="1",
+                     RADLOOP_VIEWER_DIST=str(viewer)) as gp:
         yield gp
 
 

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 import hashlib
@@ -95,8 +96,12 @@ def _n(v: Any) -> dict[str, Any]:
     return {"N": str(int(v))}
 
 
-async def store_instance(clients: AwsClients, data: bytes, source: str = "stow") -> dict[str, Any]:
-    """Store one Part 10 instance the way ingestion does; returns a summary with the UIDs and frame offsets."""
+async def store_instance(clients: AwsClients, data: bytes, source: str = "stow",
+                         index_lock: asyncio.Lock | None = None) -> dict[str, Any]:
+    """Store one Part 10 instance the way ingestion does; returns a summary with the UIDs and frame offsets.
+
+    The index counters are read-modify-write here: callers storing concurrently pass one shared ``index_lock``.
+    """
     settings = clients.settings
     ds = pydicom.dcmread(io.BytesIO(data))
     study, series, sop = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
@@ -105,7 +110,7 @@ async def store_instance(clients: AwsClients, data: bytes, source: str = "stow")
     bucket = settings.topology.bucket("images")
     table = settings.topology.table("instances")
     frames = _frames(ds)
-    codestreams = [htj2k.encode(np.ascontiguousarray(f)) for f in frames]
+    codestreams = await asyncio.to_thread(lambda: [htj2k.encode(np.ascontiguousarray(f)) for f in frames])
     await s3.put_object(Bucket=bucket, Key=storage.original_key(study, series, sop), Body=data)
     for i, cs in enumerate(codestreams, start=1):
         await s3.put_object(Bucket=bucket, Key=storage.frame_key(study, series, sop, i), Body=cs)
@@ -133,6 +138,14 @@ async def store_instance(clients: AwsClients, data: bytes, source: str = "stow")
     }
     if "InstanceNumber" in ds and ds.InstanceNumber is not None:
         item["instance_number"] = _n(ds.InstanceNumber)
+    async with index_lock or contextlib.nullcontext():
+        return await _index(ddb, table, ds, item, offsets, len(codestreams), now, pid)
+
+
+async def _index(ddb: Any, table: str, ds: Dataset, item: dict[str, Any], offsets: list[list[int]], n_frames: int,
+                 now: str, pid: str) -> dict[str, Any]:
+    study, series, sop = item["study_uid"]["S"], item["series_uid"]["S"], item["sop_uid"]["S"]
+    codestreams = range(n_frames)
     existing = await ddb.get_item(TableName=table, Key={"pk": item["pk"], "sk": item["sk"]})
     is_new = "Item" not in existing
     await ddb.put_item(TableName=table, Item=item)

@@ -89,3 +89,10 @@ def test_audit_records_without_phi(corpus: Corpus, gateway: GatewayProcess) -> N
     text = json.dumps(recs)
     for phi in ("DOE", "JANE", "SMITH", "PID-A", "DOE*"):
         assert phi not in text
+
+
+def test_viewer_is_served(gateway: GatewayProcess) -> None:
+    r = httpx.get(f"{gateway.url}/viewer", follow_redirects=True)
+    assert r.status_code == 200 and "radloop viewer" in r.text
+    assert httpx.get(f"{gateway.url}/viewer/assets/app.js").text.startswith("console.log")
+    assert httpx.get(f"{gateway.url}/viewer/../services/streaming_gateway/app.py").status_code == 404

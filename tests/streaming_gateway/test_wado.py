@@ -117,9 +117,16 @@ def test_frames_in_each_media_type_bit_exact(client: DICOMwebClient, corpus: Cor
     # Single-part codestream.
     r = httpx.get(url, headers={**auth(corpus), "Accept": "image/jphc"})
     assert r.headers["content-type"] == "image/jphc" and np.array_equal(decode(r.content), expected)
-    # Cornerstone3D's unquoted octet-stream form with transfer-syntax=*.
+    # Cornerstone3D's unquoted octet-stream form with transfer-syntax=* (the server chooses): the stored codestream,
+    # the transfer syntax on the part's own header.
     r = httpx.get(url, headers={**auth(corpus),
                                 "Accept": "multipart/related; type=application/octet-stream; transfer-syntax=*"})
+    ((ctype, cs),) = parts(r)
+    assert ctype.startswith("image/jphc") and HTJ2K_RPCL in ctype
+    assert np.array_equal(decode(cs), expected)
+    # Explicit Explicit VR Little Endian: decoded pixels.
+    r = httpx.get(url, headers={**auth(corpus), "Accept": 'multipart/related; type="application/octet-stream"; '
+                                                          "transfer-syntax=1.2.840.10008.1.2.1"})
     ((ctype, raw),) = parts(r)
     assert ctype.startswith("application/octet-stream") and "1.2.840.10008.1.2.1" in ctype
     assert np.array_equal(np.frombuffer(raw, "<i2").reshape(512, 512), expected)

@@ -15,7 +15,8 @@ from shared.uids import validate_uid
 DICOM_JSON = "application/dicom+json"
 
 
-def get_gateway(request: Request) -> Gateway:
+async def get_gateway(request: Request) -> Gateway:
+    # async: a plain function dependency would cost a thread-pool hop on every frame request.
     return request.app.state.ctx.extras["gateway"]  # type: ignore[no-any-return]
 
 

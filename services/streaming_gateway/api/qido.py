@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from fastapi import APIRouter, Request, Response
 
 from services.streaming_gateway.api.deps import DICOM_JSON, GatewayDep, audit, base_url, uid
@@ -35,7 +33,7 @@ def _respond(result: SearchResult, q: qido.Query) -> Response:
         warnings.append(f'299 radloop "The following query keys are not supported and were ignored: {names}."')
     if warnings:
         headers["Warning"] = ", ".join(warnings)
-    return Response(json.dumps(result.items, separators=(",", ":")), media_type=DICOM_JSON, headers=headers)
+    return Response(result.body(), media_type=DICOM_JSON, headers=headers)
 
 
 async def _search(request: Request, gw: GatewayDep, principal: ReadUser, level: str, fixed: dict[str, str]) -> Response:
@@ -50,7 +48,7 @@ async def _search(request: Request, gw: GatewayDep, principal: ReadUser, level: 
     # Search results carry patient names and IDs: audit who searched, at which level, how much came back. The
     # query values themselves are never recorded (they may hold a patient name).
     resource: dict[str, object] = {"level": level.lower(), **{k: v for k, v in fixed.items()}}
-    await audit(request, principal, "qido.search", resource, count=len(result.items))
+    await audit(request, principal, "qido.search", resource, count=result.count)
     return _respond(result, q)
 
 

@@ -16,6 +16,8 @@ router = APIRouter(tags=["stats"])
 async def streaming_stats(gw: GatewayDep, _: ReadUser) -> dict[str, Any]:
     out = gw.frames.stats()
     out["index"] = dict(gw.index.stats)
+    out["decoded_cache"] = {"bytes": gw.decoded.bytes, "budget_bytes": gw.decoded.budget, "frames": len(gw.decoded),
+                            "hits": gw.decoded.hits, "misses": gw.decoded.misses}
     out["series_cache_bytes"] = gw.index.series_cache.bytes
     out["frame_audit_records"] = gw.frame_audit.flushed_records
     return out

@@ -6,6 +6,7 @@ import asyncio
 import gzip
 import hashlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -27,7 +28,9 @@ from shared.htj2k import decode
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/dicomweb/studies", tags=["WADO-RS"])
 _EOC = b"\xff\xd9"
-_EXPOSE = "ETag, Content-Range, Accept-Ranges, X-Resolution-Offsets, X-Resolution-Levels, X-Cache, Warning"
+_EXPOSE = (
+    "ETag, Content-Range, Accept-Ranges, X-Resolution-Offsets, X-Resolution-Levels, X-Cache, Server-Timing, Warning"
+)
 
 
 def _ids(study: str, series: str | None = None, sop: str | None = None) -> tuple[str, ...]:
@@ -228,8 +231,18 @@ def _decoded(f: Frame, skip: int) -> bytes:
     return np.ascontiguousarray(a.astype(a.dtype.newbyteorder("<"), copy=False)).tobytes()
 
 
+async def _decoded_cached(gw: Gateway, f: Frame, skip: int) -> bytes:
+    key = f"{f.digest}/{skip}"
+    hit = gw.decoded.get(key)
+    if hit is not None:
+        return hit.data
+    raw = await gw.run_cpu(_decoded, f, skip)
+    gw.decoded.put(key, Frame(raw, f.digest, (), 0))
+    return raw
+
+
 def _maybe_prefetch(gw: Gateway, study: str, series: str) -> None:
-    if gw.frames.should_prefetch(study, series):
+    if gw.settings.prefetch_enabled and gw.frames.should_prefetch(study, series):
 
         async def instances() -> list[dict[str, Any]]:
             return await gw.index.instances_of_study(study, series)
@@ -248,12 +261,15 @@ async def retrieve_frames(
     principal: ReadUser,
     resolution: str | None = None,
 ) -> Response:
+    t0 = time.perf_counter()
     s, se, i = _ids(study, series, sop)
     nums = _frame_numbers(frame_list)
     res = _resolution(resolution)
     rep = media.negotiate_frames(request.headers.get("accept"), len(nums))
-    _maybe_prefetch(gw, s, se)
     got = await asyncio.gather(*(gw.frames.frame(s, se, i, n) for n in nums))
+    t_read = time.perf_counter()
+    # After the requested frames, so the first image does not wait behind its own series' prefetch.
+    _maybe_prefetch(gw, s, se)
     frames = [f for f, _ in got]
     if res is not None:
         for n, f in zip(nums, frames, strict=True):
@@ -273,6 +289,7 @@ async def retrieve_frames(
         "X-Cache": "hit" if all(hit for _, hit in got) else "miss",
         "Access-Control-Expose-Headers": _EXPOSE,
     }
+    timing = f"read;dur={(t_read - t0) * 1000:.1f}"
     gw.frame_audit.add(principal, s, se, len(nums))
     if _etag_matches(request, etag):
         return Response(status_code=304, headers=headers)
@@ -287,7 +304,7 @@ async def retrieve_frames(
     else:
         payloads = list(
             await asyncio.gather(
-                *(gw.run_cpu(_decoded, f, 0 if res is None else max(0, len(f.offsets) - 1 - res)) for f in frames)
+                *(_decoded_cached(gw, f, 0 if res is None else max(0, len(f.offsets) - 1 - res)) for f in frames)
             )
         )
     if rep.multipart:
@@ -297,6 +314,7 @@ async def retrieve_frames(
     else:
         body = payloads[0]
         ctype = rep.media_type
+    headers["Server-Timing"] = f"{timing}, total;dur={(time.perf_counter() - t0) * 1000:.1f}"
     rng = None
     if_range = request.headers.get("if-range")
     if if_range is None or if_range.strip() == etag:

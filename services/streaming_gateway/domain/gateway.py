@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from services.streaming_gateway.domain.audit import FrameAuditCoalescer
-from services.streaming_gateway.domain.frames import FrameStore
+from services.streaming_gateway.domain.frames import FrameCache, FrameStore
 from services.streaming_gateway.domain.index import IndexReader
 from services.streaming_gateway.domain.search import Searcher
 from services.streaming_gateway.settings import GatewaySettings
@@ -25,6 +25,8 @@ class Gateway:
     frames: FrameStore
     frame_audit: FrameAuditCoalescer
     executor: ThreadPoolExecutor
+    #: Decoded little-endian pixels by (codestream digest, skipped levels), for octet-stream responses.
+    decoded: FrameCache
 
     async def run_cpu(self, fn: Callable[..., T], *args: Any) -> T:
         """Run CPU work (decode, render, transcode) in the worker threads, never on the event loop."""

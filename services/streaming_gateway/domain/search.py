@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,17 @@ class SearchResult:
     items: list[dict[str, Any]]
     truncated: bool
     warnings: list[str] = field(default_factory=list)
+    #: Results already serialised as DICOM JSON objects (used instead of ``items`` when set).
+    serialized: list[str] | None = None
+
+    @property
+    def count(self) -> int:
+        return len(self.serialized) if self.serialized is not None else len(self.items)
+
+    def body(self) -> str:
+        if self.serialized is not None:
+            return "[" + ",".join(self.serialized) + "]"
+        return json.dumps(self.items, separators=(",", ":"))
 
 
 def _window(q: qido.Query, max_results: int) -> tuple[int, int]:
@@ -150,6 +162,11 @@ class Searcher:
                     yield st, series[it["series_uid"]], it
 
     async def instances(self, q: qido.Query, base_url: str) -> SearchResult:
+        study_m = q.matchers.get("StudyInstanceUID")
+        series_m = q.matchers.get("SeriesInstanceUID")
+        if (study_m is not None and len(study_m.values) == 1 and series_m is not None and len(series_m.values) == 1
+                and not q.include_all and not (q.include - set(qido.BY_KEYWORD))):
+            return await self._series_instances(q, base_url, study_m.values[0], series_m.values[0])
         items, truncated = await _page(self._matching_instances(q), q, self.max_results)
         need_json = q.include_all or bool(q.include - set(qido.BY_KEYWORD))
         if need_json:
@@ -157,6 +174,32 @@ class Searcher:
         return SearchResult(
             [qido.sort_json(qido.instance_result(st, se, it, base_url, q)) for st, se, it in items], truncated
         )
+
+    async def _series_instances(self, q: qido.Query, base_url: str, study: str, series: str) -> SearchResult:
+        """Instances of one series from its cached entry; each result's JSON is serialised once per entry."""
+        try:
+            entry = await self.index.series_entry(study, series)
+        except NotFound:
+            return SearchResult([], False)
+        if not qido.study_matches(q, entry.study) or not qido.series_matches(q, entry.series):
+            return SearchResult([], False)
+        matching = [it for it in entry.instances if qido.instance_matches(q, it)]
+        offset, limit = _window(q, self.max_results)
+        page = matching[offset : offset + limit]
+        signature = ("qido", base_url, frozenset(q.include), frozenset(m.keyword for m in q.at("STUDY")))
+        memo: dict[str, str] | None = entry.extra.get(signature)
+        if memo is None:
+            if len(entry.extra) >= 8:  # a few query shapes per series; drop the oldest
+                entry.extra.pop(next(iter(entry.extra)))
+            memo = entry.extra[signature] = {}
+        out = []
+        for it in page:
+            text = memo.get(it["sop_uid"])
+            if text is None:
+                obj = qido.sort_json(qido.instance_result(entry.study, entry.series, it, base_url, q))
+                text = memo[it["sop_uid"]] = json.dumps(obj, separators=(",", ":"))
+            out.append(text)
+        return SearchResult([], offset + limit < len(matching), serialized=out)
 
     async def _with_json(self, items: list[tuple[Any, Any, dict[str, Any]]]) -> list[tuple[Any, Any, dict[str, Any]]]:
         missing = [(it["pk"], it["sk"]) for _, _, it in items if "dicom_json" not in it]

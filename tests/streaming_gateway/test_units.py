@@ -1,0 +1,80 @@
+"""Unit tests of the gateway's pure parts: Accept negotiation, ranges, QIDO parsing and matching, the LRU budget."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from services.streaming_gateway.domain import media, qido
+from services.streaming_gateway.domain.errors import BadRequest, NotAcceptable, RangeNotSatisfiable
+from services.streaming_gateway.domain.frames import Frame, FrameCache
+from shared.htj2k import encode
+
+
+def test_frame_negotiation() -> None:
+    jphc = media.negotiate_frames('multipart/related; type="image/jphc"; transfer-syntax=1.2.840.10008.1.2.4.202', 1)
+    assert jphc.encoded and jphc.multipart and jphc.part_type == "image/jphc; transfer-syntax=1.2.840.10008.1.2.4.202"
+    cs = media.negotiate_frames("multipart/related; type=application/octet-stream; transfer-syntax=*", 1)
+    assert cs.encoded and cs.multipart and "1.2.840.10008.1.2.4.202" in cs.part_type  # Cornerstone3D's request
+    raw = media.negotiate_frames('multipart/related; type="application/octet-stream"', 1)
+    assert not raw.encoded and raw.part_type.endswith("1.2.840.10008.1.2.1")
+    assert media.negotiate_frames("image/jhc", 1).media_type == "image/jhc"
+    assert not media.negotiate_frames(None, 3).encoded  # the standard's default: uncompressed, multipart
+    # q-values choose; a type that cannot hold several frames is skipped for a frame list.
+    pick = media.negotiate_frames('image/jphc;q=0.5, multipart/related; type="image/jphc";q=0.9', 2)
+    assert pick.multipart
+    with pytest.raises(NotAcceptable):
+        media.negotiate_frames("image/jphc", 2)
+    with pytest.raises(NotAcceptable):
+        media.negotiate_frames('multipart/related; type="image/jls"', 1)
+
+
+def test_instance_negotiation() -> None:
+    assert media.negotiate_instances('multipart/related; type="application/dicom"; transfer-syntax=*') == "*"
+    assert media.negotiate_instances('multipart/related; type="application/dicom"') == media.EXPLICIT_VR_LE
+    assert media.negotiate_instances("*/*") == "*"
+    with pytest.raises(NotAcceptable):
+        media.negotiate_instances('multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.50')
+
+
+def test_ranges() -> None:
+    assert media.parse_range("bytes=0-63999", 100_000) == (0, 63999)
+    assert media.parse_range("bytes=0-63999", 1000) == (0, 999)
+    assert media.parse_range("bytes=-100", 1000) == (900, 999)
+    assert media.parse_range("bytes=10-", 1000) == (10, 999)
+    assert media.parse_range("bytes=0-1,5-6", 1000) is None  # several ranges: the whole body
+    assert media.parse_range("items=0-1", 1000) is None
+    with pytest.raises(RangeNotSatisfiable):
+        media.parse_range("bytes=1000-", 1000)
+
+
+def test_qido_parsing_and_matching() -> None:
+    q = qido.parse_query("STUDY", [("PatientName", "doe^j*"), ("StudyDate", "20240101-"), ("00100020", "P1"),
+                                   ("Bogus", "x"), ("limit", "5"), ("includefield", "00081030,StudyID")])
+    assert q.limit == 5 and q.ignored == ["Bogus"] and {"StudyDescription", "StudyID"} <= q.include
+    study = {"patient_name": "DOE^JANE", "study_date": "20240301", "patient_id": "P1"}
+    assert qido.study_matches(q, study)
+    assert not qido.study_matches(q, {**study, "study_date": "20231231"})
+    fuzzy = qido.parse_query("STUDY", [("fuzzymatching", "true"), ("PatientName", "jan")])
+    assert qido.study_matches(fuzzy, study)
+    mods = qido.parse_query("STUDY", [("ModalitiesInStudy", "MR,CT")])
+    assert qido.study_matches(mods, {"modalities": ["CT", "SR"]})
+    assert not qido.study_matches(mods, {"modalities": ["CR"]})
+    with pytest.raises(BadRequest, match="SeriesNumber"):
+        qido.parse_query("SERIES", [("SeriesNumber", "one")])
+    with pytest.raises(BadRequest, match="starts after it ends"):
+        qido.parse_query("STUDY", [("StudyDate", "20240201-20240101")])
+
+
+def test_frame_cache_budget() -> None:
+    frames = [Frame.of(encode(np.full((64, 64), k, np.uint16) + np.arange(64, dtype=np.uint16))) for k in range(20)]
+    size = len(frames[0].data)
+    cache = FrameCache(size * 3 + 1)
+    for k, f in enumerate(frames):
+        cache.put(f"k{k}", f)
+        assert cache.bytes <= cache.budget
+    assert len(cache) == 3 and cache.evictions == 17
+    assert cache.get("k19") is not None and cache.get("k0") is None
+    big = FrameCache(10)
+    big.put("x", frames[0])  # larger than the whole budget: served, never cached
+    assert len(big) == 0
