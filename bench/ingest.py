@@ -89,6 +89,15 @@ class Corpus:
         return buf.getvalue()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux /proc), 0 when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def codec_bound(corpus: Corpus, repeats: int = 15) -> dict[str, Any]:
     """HTJ2K encode time per frame (one thread, median), and the instances/s the cores could encode at best."""
     out: dict[str, Any] = {}
@@ -266,10 +275,25 @@ def main() -> None:
         token = mint_token(settings, "pacs")
         ours = []
         with ingestion_service(settings, tmp, env={"RADLOOP_LOG_LEVEL": "WARNING"}) as svc:
+            from tests.support.ingestion_service import _children
+
             for c in levels:
                 items = corpus.generate()
+                pids = {"service": svc.process.pid, "embedded_aws": emb.process.pid}
+                pids.update({f"worker{i}": p for i, p in enumerate(_children(svc.process.pid))})
+                before = {k: cpu_seconds(p) for k, p in pids.items()}
+                load0 = os.getloadavg()[0]
                 r = asyncio.run(stow_load(svc.url, "/dicomweb/studies", {"Authorization": f"Bearer {token}"}, items,
                                           c, args.budget_s))
+                n = max(1, r["instances"])
+                used = {k: cpu_seconds(p) - before[k] for k, p in pids.items()}
+                workers = sum(v for k, v in used.items() if k.startswith("worker"))
+                # Where the CPU went, per instance: which part bounds the figure on this machine.
+                r["cpu_ms_per_instance"] = {"service": round(used["service"] * 1000 / n, 1),
+                                            "cpu_pool_workers": round(workers * 1000 / n, 1),
+                                            "embedded_aws": round(used["embedded_aws"] * 1000 / n, 1)}
+                r["cpu_share_of_machine"] = round(sum(used.values()) / (r["seconds"] * cores()), 3)
+                r["load_average_1m"] = [round(load0, 1), round(os.getloadavg()[0], 1)]
                 ours.append(r)
                 print(f"radloop c={c}: {r}", flush=True)  # noqa: T201
             result["radloop_peak_rss_mib"] = round(svc.peak_rss_kib() / 1024)

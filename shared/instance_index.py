@@ -142,6 +142,8 @@ class IndexWriter:
         self.table = table
         self._known: dict[str, _Known] = {}
         self._cache_size = cache_size
+        #: transactions retried after a cancellation (wrong belief or a concurrent writer), for metrics
+        self.retries = 0
 
     async def write(self, rec: IndexRecord, *, overwrite: bool = False, max_attempts: int = 25,
                     extra_items: list[dict[str, Any]] | None = None) -> WriteOutcome:
@@ -199,6 +201,7 @@ class IndexWriter:
                 if extra_items and any(r == "ConditionalCheckFailed" for r in reasons[len(items):]):
                     raise  # a caller's own condition failed: not ours to retry
             # A belief was wrong or a concurrent writer got there first: read, then retry with jitter.
+            self.retries += 1
             guess = False
             self._known.pop(rec.study_uid, None)
             await asyncio.sleep(min(0.5, 0.005 * (2 ** min(attempt, 7))) * random.random())

@@ -112,13 +112,23 @@ async def _store(request: Request, ctx: Any, principal: Any, study: str | None) 
     results = list(await asyncio.gather(*tasks))
     stored = sum(isinstance(r, IngestResult) for r in results)
     status = 200 if stored == len(results) else (202 if stored else 409)
+    # The audit record is not on the request path (it is not what makes the instances durable).
+    task = asyncio.create_task(_audit(ctx, principal, study, len(results), stored))
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+    return JSONResponse(store_response(results, _base_url(request), study), status_code=status, media_type=DICOM_JSON)
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
+async def _audit(ctx: Any, principal: Any, study: str | None, total: int, stored: int) -> None:
     try:
-        await ctx.audit.record(principal, "store", {"study": study, "instances": len(results), "stored": stored},
-                               outcome="success" if stored == len(results) else "partial" if stored else "failure",
-                               count=len(results))
+        await ctx.audit.record(principal, "store", {"study": study, "instances": total, "stored": stored},
+                               outcome="success" if stored == total else "partial" if stored else "failure",
+                               count=total)
     except Exception:
         log.exception("audit record failed")
-    return JSONResponse(store_response(results, _base_url(request), study), status_code=status, media_type=DICOM_JSON)
 
 
 async def _drain(tasks: list[asyncio.Task[Any]]) -> None:

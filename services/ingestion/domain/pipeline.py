@@ -169,7 +169,8 @@ class IngestPipeline:
         names = list(marks)
         steps = {f"{b}_ms": round((marks[b] - marks[a]) * 1000, 1) for a, b in zip(names, names[1:], strict=False)}
         log.info("instance stored", extra={"sop_uid": prep.sop_uid, "source": source, "index": outcome,
-                                           "frames": len(prep.frames), **steps})
+                                           "frames": len(prep.frames), "index_retries_total": self.index.retries,
+                                           **steps})
         return self._result("stored", prep, t0)
 
     async def _release(self, sop: str, claim: Any) -> None:
