@@ -81,7 +81,18 @@ def ct_series(gateway_settings: Settings) -> CtSeries:
 
 
 @pytest.fixture(scope="session")
-def gateway(gateway_settings: Settings, ct_series: CtSeries, viewer_dist: Path,
+def dx_series(gateway_settings: Settings) -> CtSeries:
+    """One radiograph (DX), stored the same way: the kind of image the AI triage panel is for."""
+    from tests.viewer.phantom import make_radiograph, to_bytes
+    from tests.viewer.series_store import prepare_all
+
+    prepared = prepare_all([to_bytes(make_radiograph())])
+    run_async(lambda: store_instances(gateway_settings, prepared))
+    return CtSeries(study=prepared[0].study_uid, series=prepared[0].series_uid, sops=[prepared[0].sop_uid])
+
+
+@pytest.fixture(scope="session")
+def gateway(gateway_settings: Settings, ct_series: CtSeries, dx_series: CtSeries, viewer_dist: Path,
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     gw = start_gateway(gateway_settings, tmp_path_factory.mktemp("gw") / "gateway.log", viewer_dist=viewer_dist)
     try:

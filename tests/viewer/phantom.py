@@ -143,3 +143,36 @@ def to_bytes(ds: Dataset) -> bytes:
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
+
+
+def make_radiograph(*, seed: int = 11, size: int = 256) -> Dataset:
+    """One small chest radiograph-like DX image (MONOCHROME2, 12 bit): two dark lung fields in a bright body."""
+    from pydicom.uid import DigitalXRayImageStorageForPresentation
+
+    rng = np.random.default_rng(seed)
+    img = np.full((size, size), 300.0, np.float32)
+    _ellipse(img, size / 2, size / 2, size * 0.45, size * 0.48, 2600.0)
+    for side in (-1, 1):
+        _ellipse(img, size / 2 + side * size * 0.2, size * 0.48, size * 0.14, size * 0.3, 900.0)
+    img += rng.standard_normal(img.shape, dtype=np.float32) * np.float32(40.0)
+    ds = make_ct_series(1, 64, seed=seed)[0]
+    sop = f"{ROOT}{seed}.5.1"
+    ds.file_meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
+    ds.file_meta.MediaStorageSOPInstanceUID = sop
+    ds.SOPClassUID = DigitalXRayImageStorageForPresentation
+    ds.SOPInstanceUID = sop
+    ds.SeriesInstanceUID = f"{ROOT}{seed}.6"
+    ds.StudyDescription = "CHEST PA PHANTOM"
+    ds.SeriesDescription = "PA"
+    ds.Modality = "DX"
+    ds.ViewPosition = "PA"
+    for kw in ("ImagePositionPatient", "ImageOrientationPatient", "SliceThickness", "SliceLocation", "RescaleType",
+               "KVP", "FrameOfReferenceUID"):
+        delattr(ds, kw)
+    ds.RescaleIntercept = 0
+    ds.WindowCenter = 1500
+    ds.WindowWidth = 3000
+    ds.Rows = ds.Columns = size
+    ds.PixelSpacing = [0.5, 0.5]
+    ds.PixelData = np.clip(np.rint(img), 0, 4095).astype(np.uint16).tobytes()
+    return ds

@@ -98,8 +98,12 @@ function exposeHooks(viewer, triage, info) {
     },
     stats() {
       const s = viewer.loader.stats;
+      // Loader times count from the loader's start; *FromOpen ones from the start of open() (metadata request).
+      const offset = s.startedAt - viewer.t0;
       return { ...s, metadataAt: viewer.metadataAt, firstRenderAt: viewer.firstRenderAt,
         firstFullRenderAt: viewer.firstFullRenderAt, renderedCount: viewer.renderedCount,
+        fullSeriesFromOpen: s.allFullAt === null ? null : s.allFullAt + offset,
+        allLowFromOpen: s.allLowAt === null ? null : s.allLowAt + offset,
         startedAt: undefined, total: viewer.imageIds.length };
     },
     quality(k) {
@@ -150,23 +154,34 @@ function exposeHooks(viewer, triage, info) {
       const n = viewer.imageIds.length;
       const seq = [];
       for (let p = 0; p < passes; p += 1) for (let i = 0; i < n; i += 1) seq.push(p % 2 ? n - 1 - i : i);
-      await viewer.scrollTo(seq[0] === viewer.currentIndex ? (seq[0] + 1) % n : seq[0]);
+      // Start from another slice than the first one measured, so that the first request really draws.
+      await viewer.scrollTo((seq[0] + Math.floor(n / 2)) % n);
       await waitFrame();
       await waitFrame();
       const element = viewer.element;
-      return new Promise((resolve) => {
+      return new Promise((resolve, reject) => {
         let pos = 0;
         let requestedAt = 0;
         const frameTimes = [];
         const latencies = [];
         const frames = new Set();
+        let lastProgress = performance.now();
+        const watchdog = setInterval(() => {
+          if (performance.now() - lastProgress > 5000) {
+            clearInterval(watchdog);
+            element.removeEventListener('CORNERSTONE_IMAGE_RENDERED', onRendered);
+            reject(new Error(`scrolling stalled at slice ${seq[pos - 1]} (${pos} of ${seq.length} drawn)`));
+          }
+        }, 500);
         const onRendered = () => {
           if (viewer.currentIndex !== seq[pos - 1]) return;
+          lastProgress = performance.now();
           const ts = document.timeline.currentTime;
           latencies.push(performance.now() - requestedAt);
           frameTimes.push(ts);
           frames.add(ts);
           if (pos >= seq.length) {
+            clearInterval(watchdog);
             element.removeEventListener('CORNERSTONE_IMAGE_RENDERED', onRendered);
             const elapsed = frameTimes[frameTimes.length - 1] - frameTimes[0];
             latencies.sort((a, b) => a - b);
@@ -221,8 +236,10 @@ async function showViewer(study, series) {
     panel: $('triage'), scoreEl: $('triage-score'), priorityEl: $('triage-priority'), modelEl: $('triage-model'),
     toggleLabel: $('heatmap-toggle-label'), toggle: $('heatmap-toggle'), overlay: $('heatmap'), viewer,
   });
-  const renderPath = chooseRenderPath(new URLSearchParams(window.location.search).get('render'));
-  const info = await viewer.open(study, series, { renderPath });
+  const params = new URLSearchParams(window.location.search);
+  const renderPath = chooseRenderPath(params.get('render'));
+  const concurrency = Math.max(1, Math.min(64, Number(params.get('concurrency')) || 16));
+  const info = await viewer.open(study, series, { renderPath, concurrency });
   info.renderPath = renderPath;
   info.webgl = webglRenderer();
   $('title').textContent = `${info.modality} · ${info.count} images`;
@@ -242,6 +259,8 @@ async function showViewer(study, series) {
 
 async function main() {
   window.radloopViewer = { state: 'loading' };
+  // Room for one timing entry per frame request (the default buffer keeps 250), for the benchmark's byte counts.
+  performance.setResourceTimingBufferSize?.(10000);
   initToken();
   const params = new URLSearchParams(window.location.search);
   const study = params.get('study');

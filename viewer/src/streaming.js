@@ -67,7 +67,7 @@ export class StreamingSeriesLoader {
    * @param {{rows:number, columns:number, concurrency?:number, prefetchRadius?:number, lowRes?:boolean,
    *          onUpdate?:(loader)=>void}} options
    */
-  constructor(imageIds, { rows, columns, concurrency = 6, prefetchRadius = 12, lowRes = true, onUpdate } = {}) {
+  constructor(imageIds, { rows, columns, concurrency = 16, prefetchRadius = 12, lowRes = true, onUpdate } = {}) {
     this.imageIds = imageIds;
     this.n = imageIds.length;
     this.indexOf = new Map(imageIds.map((id, i) => [id, i]));
@@ -214,7 +214,10 @@ export class StreamingSeriesLoader {
 
   pump() {
     if (!this.running) return;
-    while (this.inflight.size < this.concurrency) {
+    // Until the first image is on screen only two requests run, so the first one has the link to itself; then the
+    // full concurrency keeps a throttled link busy while earlier frames are still being decoded.
+    const limit = this.stats.firstImageAt === null ? Math.min(2, this.concurrency) : this.concurrency;
+    while (this.inflight.size < limit) {
       const task = this.next();
       if (!task) break;
       this.launch(task[0], task[1]);

@@ -63,7 +63,7 @@ async function initCornerstone(renderPath) {
   await csInit();
   setUseCPURendering(renderPath === 'cpu');
   dicomLoaderInit({
-    maxWebWorkers: Math.max(1, Math.min(4, (navigator.hardwareConcurrency || 2) - 1)),
+    maxWebWorkers: Math.max(1, Math.min(4, navigator.hardwareConcurrency || 2)),
     // The viewer token goes on every frame request; nothing else identifies the user.
     beforeSend: () => authHeaders(),
   });
@@ -110,7 +110,7 @@ export class StackViewer {
   }
 
   /** Load a series: metadata from WADO-RS, frames through the streaming loader. */
-  async open(study, series, { startIndex = null, renderPath = 'gpu' } = {}) {
+  async open(study, series, { startIndex = null, renderPath = 'gpu', concurrency = 16 } = {}) {
     this.renderPath = renderPath;
     await initCornerstone(renderPath);
     const base = `${window.location.origin}/dicomweb/studies/${encodeURIComponent(study)}/series/${encodeURIComponent(series)}`;
@@ -144,6 +144,7 @@ export class StackViewer {
     this.loader = new StreamingSeriesLoader(this.imageIds, {
       rows,
       columns,
+      concurrency,
       onUpdate: () => this.updateProgress(),
     });
     // The StackViewport asks this loader (Cornerstone's retrieve-configuration hook) for every image it shows.
