@@ -116,12 +116,9 @@ def negotiate_frames(header: str | None, n_frames: int) -> FrameRepresentation:
             inner = r.multipart_type or "application/octet-stream"
             if inner in _HTJ2K_TYPES and (ts is None or ts in _HTJ2K_TS):
                 return _jphc(inner, True)
-            if inner == "application/octet-stream" and ts == "*":
-                # "*" lets the origin server choose (PS3.18 8.7.3.5.2): the stored codestream, no decode, labelled
-                # with its transfer syntax on each part. Cornerstone3D always asks this way and decodes HTJ2K
-                # itself, including the ?resolution=k prefixes the viewer streams with.
-                return _jphc("image/jphc", True)
-            if inner == "application/octet-stream" and (ts is None or ts == EXPLICIT_VR_LE):
+            if inner == "application/octet-stream" and (ts is None or ts in (EXPLICIT_VR_LE, "*")):
+                # Cornerstone3D always asks this way (unquoted, transfer-syntax=*); it gets decoded pixels, labelled
+                # Explicit VR Little Endian on each part. Viewers that want the codestream ask for image/jphc.
                 return _octet(True)
             if inner in ("*/*", "image/*") and (ts is None or ts == "*"):
                 return _jphc("image/jphc", True) if inner == "image/*" else _octet(True)
