@@ -117,6 +117,8 @@ class IngestPipeline:
             log.warning("prepare failed unexpectedly", extra={"error": type(exc).__name__})
             raise DicomRejection(CANNOT_UNDERSTAND, f"The instance could not be processed ({type(exc).__name__}).",
                                  kind="unprocessable") from None
+        if not prep.stored_bytes:
+            prep.stored_bytes = data
         if prep.quarantine_reason is not None:
             await self._quarantine(prep)
             raise DicomRejection(CANNOT_UNDERSTAND, prep.quarantine_reason, kind="quarantined-burned-in-annotation",

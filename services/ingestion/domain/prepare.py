@@ -45,6 +45,8 @@ class Prepared:
     sop_class_uid: str
     modality: str
     content_sha256: str
+    #: The bytes to store when they differ from the received ones (de-identified); empty means "as received", so
+    #: the received object does not travel back from the worker process.
     stored_bytes: bytes
     frames: list[bytes]
     dicom_json: str
@@ -112,7 +114,7 @@ def prepare(data: bytes, opts: PrepareOptions) -> Prepared:
     if quarantine is not None:
         return Prepared(study_uid=parsed.study_uid, series_uid=parsed.series_uid, sop_uid=parsed.sop_uid,
                         sop_class_uid=parsed.sop_class_uid, modality=parsed.modality, content_sha256=sha,
-                        stored_bytes=data, frames=[], dicom_json="{}", record=IndexRecord(
+                        stored_bytes=b"", frames=[], dicom_json="{}", record=IndexRecord(
                             parsed.study_uid, parsed.series_uid, parsed.sop_uid, parsed.modality, ""),
                         quarantine_reason=quarantine)
     encoded = transcode(ds, expected_frames=parsed.number_of_frames, sop_uid=parsed.sop_uid)
@@ -123,7 +125,8 @@ def prepare(data: bytes, opts: PrepareOptions) -> Prepared:
     study_date = _s(ds, "StudyDate")
     prep = Prepared(
         study_uid=parsed.study_uid, series_uid=parsed.series_uid, sop_uid=parsed.sop_uid,
-        sop_class_uid=parsed.sop_class_uid, modality=parsed.modality, content_sha256=sha, stored_bytes=stored,
+        sop_class_uid=parsed.sop_class_uid, modality=parsed.modality, content_sha256=sha,
+        stored_bytes=stored if deidentified else b"",
         frames=encoded.codestreams, dicom_json=meta_text, record=IndexRecord(
             parsed.study_uid, parsed.series_uid, parsed.sop_uid, parsed.modality, patient_id),
         deidentified=deidentified,
