@@ -41,15 +41,22 @@ def logs_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="session")
-def pipeline_definition(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The real pipeline definition (``python -m training.pipeline definition``), generated once per session.
+def loop_prefix() -> str:
+    """The deployment prefix of the loop tests (the pipeline definition names that deployment's ml bucket)."""
+    return unique_prefix("loop")
 
-    Generating it imports the SageMaker SDK (tens of seconds on a busy machine), so every orchestrator in the
-    session gets it through ``RADLOOP_PIPELINE_DEFINITION`` instead of generating its own.
+
+@pytest.fixture(scope="session")
+def pipeline_definition(tmp_path_factory: pytest.TempPathFactory, loop_prefix: str) -> Path:
+    """The real pipeline definition (``python -m training.pipeline definition``) for ``loop_prefix``, generated once.
+
+    Generating it imports the SageMaker SDK (a minute on a busy machine), so every orchestrator in the session gets
+    it through ``RADLOOP_PIPELINE_DEFINITION`` instead of generating its own.
     """
     out = tmp_path_factory.mktemp("pipeline") / "definition.json"
     env = {k: v for k, v in os.environ.items() if k != "AWS_ENDPOINT_URL"}
     env["PYTHONPATH"] = str(ROOT)
+    env["RADLOOP_PREFIX"] = loop_prefix
     proc = subprocess.run([sys.executable, "-m", "training.pipeline", "definition", "--out", str(out)], env=env,
                           cwd=str(ROOT), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and out.exists(), f"definition failed: {proc.stdout[-2000:]} {proc.stderr[-2000:]}"
