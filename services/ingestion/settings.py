@@ -28,6 +28,8 @@ class IngestionSettings(Settings):
     deidentify: bool = False
     #: De-identify only instances from these calling AE titles (DIMSE).
     deidentify_calling_aes: list[str] = []
+    #: Private tags (8 hex digits, e.g. "00291010") kept by de-identification; every other private tag is removed.
+    deid_private_allowlist: list[str] = []
     #: Secret for deterministic UID remapping and pseudonyms during de-identification.
     deid_key: str = "radloop-local-deid-key"
 

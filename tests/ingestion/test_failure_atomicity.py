@@ -47,3 +47,42 @@ async def test_storage_failure_leaves_nothing_then_retry_succeeds(adeployment, c
     finally:
         await pipeline.outbox.stop(timeout_s=1)
         pool.shutdown()
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_overwrite_when_configured(adeployment, clients: AwsClients) -> None:
+    """With allow_overwrite, other content under a stored SOP Instance UID replaces it; counts do not change."""
+    import io
+
+    import pydicom
+
+    settings = IngestionSettings().model_copy(update={"aws_endpoint_url": adeployment.aws_endpoint_url,
+                                                      "prefix": adeployment.prefix, "allow_overwrite": True})
+    ctx = ServiceContext("ingestion", settings, clients, EventPublisher(clients, "ingestion"),
+                         IdempotencyStore(clients), AuditLog(clients, "ingestion"))
+    pool = CpuPool(1, "thread")
+    pipeline = IngestPipeline(ctx, settings, pool)
+    try:
+        ds, first = fresh("SC_rgb.dcm")
+        assert (await pipeline.ingest(first, source="stow")).status == "stored"
+        ds.PixelData = bytes(len(ds.PixelData))
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        second = buf.getvalue()
+        assert (await pipeline.ingest(second, source="stow")).status == "stored"
+        ddb = await clients.dynamodb()
+        items = [i for i in (await ddb.scan(TableName=adeployment.topology.table("instances")))["Items"]
+                 if i["pk"]["S"] == f"STUDY#{ds.StudyInstanceUID}"]
+        inst = next(i for i in items if i["sk"]["S"].startswith("INSTANCE#"))
+        import hashlib
+
+        assert inst["content_sha256"]["S"] == hashlib.sha256(second).hexdigest()
+        study = next(i for i in items if i["sk"]["S"] == "STUDY")
+        assert study["num_instances"]["N"] == "1"
+        s3 = await clients.s3()
+        obj = await s3.get_object(Bucket=pipeline.images_bucket, Key=inst["original_key"]["S"])
+        async with obj["Body"] as body:
+            assert pydicom.dcmread(io.BytesIO(await body.read())).PixelData == ds.PixelData
+    finally:
+        await pipeline.outbox.stop(timeout_s=1)
+        pool.shutdown()

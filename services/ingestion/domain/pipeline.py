@@ -84,7 +84,8 @@ class IngestPipeline:
     def _options(self, source: Source, calling_ae: str | None, expected_study: str | None) -> PrepareOptions:
         deid = self.settings.deidentify or (calling_ae is not None and calling_ae in self.settings.deidentify_calling_aes)
         return PrepareOptions(limits=self.limits, pseudonym_key=self.settings.pseudonym_key, deidentify=deid,
-                              deid_key=self.settings.deid_key, expected_study=expected_study, source=source)
+                              deid_key=self.settings.deid_key, expected_study=expected_study, source=source,
+                              deid_private_allowlist=tuple(int(t, 16) for t in self.settings.deid_private_allowlist))
 
     async def ingest(self, data: bytes, *, source: Source, calling_ae: str | None = None,
                      expected_study: str | None = None, object_key: str | None = None) -> IngestResult:

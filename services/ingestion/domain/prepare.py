@@ -30,6 +30,7 @@ class PrepareOptions:
     pseudonym_key: str
     deidentify: bool = False
     deid_key: str = ""
+    deid_private_allowlist: tuple[int, ...] = ()
     #: STOW-RS to /studies/{study}: every instance must belong to this study (PS3.18 §10.5.3, 0xA900 otherwise).
     expected_study: str | None = None
     source: str = "stow"
@@ -105,7 +106,7 @@ def prepare(data: bytes, opts: PrepareOptions) -> Prepared:
 
         quarantine = burned_in_annotation_reason(ds)
         if quarantine is None:
-            deidentify(ds, key=opts.deid_key)
+            deidentify(ds, key=opts.deid_key, private_allowlist=opts.deid_private_allowlist)
             stored = _bytes_of(ds)
             deidentified = True
             # Keys and the index must use the remapped UIDs.
