@@ -183,7 +183,7 @@ def evaluate(model_in: Path, val_dir: Path, test_dir: Path, out: Path, sensitivi
     bcm["model_threshold"] = {"value": float(cfg.get("threshold", thr))}
     # pipeline definitions cannot add, so the bar the condition compares the AUC with is computed here
     report["gate"] = {"champion_auc": float(champion_auc), "auc_margin": float(auc_margin),
-                      "champion_bar": float(champion_auc) + float(auc_margin)}
+                      "champion_bar": round(float(champion_auc) + float(auc_margin), 6)}
     out.mkdir(parents=True, exist_ok=True)
     (out / "evaluation.json").write_text(json.dumps(report, indent=2))
     plot_curves(te["y"], pt, out, thr)

@@ -277,7 +277,10 @@ def render(spec: CaseSpec) -> Rendered:
     mediastinum = _soft(np.abs(x - 0.01) - (an.lung_gap * 0.9 + 0.03 * (y + 0.6)), 0.02) * _soft(y - 0.6, 0.05)
     lungs = lungs * (1 - heart) * (1 - 0.9 * mediastinum)
     lung_density = 0.42 * an.soft_tissue
-    density -= lung_density * lungs
+    # diffuse haze over the lungs (overlying soft tissue, poor inspiration) in every image, whatever its label:
+    # it moves global intensity statistics more than a consolidation does, so they cannot reveal the label
+    haze = r.uniform(0.0, 0.3) * lung_density
+    density -= (lung_density - haze) * lungs
     density += 0.04 * heart + 0.03 * mediastinum
     # abdomen below the diaphragm is soft tissue: already in `body`; add the liver/stomach contrast difference
     density += 0.05 * _soft(-(y - (top + lung_h + 0.05)), 0.04) * body
@@ -286,13 +289,13 @@ def render(spec: CaseSpec) -> Rendered:
     density += 0.1 * spine
     # hila and lung markings: vessels radiating from the hila, finer towards the periphery
     r_vessel = _rng(spec.seed, "vessels", spec.patient)
-    vessels = _smooth_noise(r_vessel, n, 0.05)
-    vessels = np.clip(vessels, 0, None) ** 1.5
+    # thin branching markings: ridges of band-limited noise (|noise| near zero), not blobs that mimic consolidation
+    vessels = np.exp(-(_smooth_noise(r_vessel, n, 0.04) / 0.25) ** 2)
     hilum_dist = np.minimum(
         np.hypot(x + an.lung_gap + 0.08, y - (top + 0.45 * lung_h)), np.hypot(x - an.lung_gap - 0.08, y - (top + 0.45 * lung_h))
     )
     markings = vessels * np.exp(-hilum_dist / 0.35)
-    density += 0.12 * markings * lungs + 0.08 * np.exp(-((hilum_dist / 0.07) ** 2)) * lungs
+    density += 0.05 * markings * lungs + 0.08 * np.exp(-((hilum_dist / 0.07) ** 2)) * lungs
 
     # --- ribs: posterior ribs are arcs sloping down laterally; anterior ribs fainter, sloping the other way
     ribs = np.zeros_like(x)
@@ -338,9 +341,9 @@ def render(spec: CaseSpec) -> Rendered:
             j = rl.choice(len(side_pts), p=w / w.sum())
             cy_, cx_ = side_pts[j]
             cxn, cyn = x[cy_, cx_], y[cy_, cx_]
-            subtle = rl.random() < 0.2 + 0.5 * spec.difficulty
-            size_scale = 1.0 - 0.45 * spec.difficulty
-            sx = rl.uniform(0.06, 0.2) * size_scale
+            subtle = rl.random() < 0.1 + 0.3 * spec.difficulty
+            size_scale = 1.0 - 0.35 * spec.difficulty
+            sx = rl.uniform(0.08, 0.22) * size_scale
             sy = sx * rl.uniform(0.6, 1.5)
             ang = rl.uniform(0, np.pi)
             u = (x - cxn) * np.cos(ang) + (y - cyn) * np.sin(ang)
@@ -348,12 +351,13 @@ def render(spec: CaseSpec) -> Rendered:
             env = np.exp(-0.5 * ((u / sx) ** 2 + (v / sy) ** 2) ** rl.uniform(0.8, 1.6))
             tex_scale = rl.uniform(0.015, 0.05)
             tex = _smooth_noise(rl, n, tex_scale)
-            patch = _soft(-(tex + rl.uniform(-0.6, 0.6)), 0.5)  # patchy: parts of the envelope are spared
+            # patchy: parts of the envelope are spared; confluent more often when easy
+            patch = _soft(-(tex + rl.uniform(0.0, 1.2) - 0.8 * spec.difficulty), 0.5)
             bronchi = np.clip(_smooth_noise(rl, n, 0.02), 1.2, None) - 1.2  # air bronchograms stay darker
-            amp = lung_density * rl.uniform(0.25, 0.6) * (1.0 - 0.6 * spec.difficulty)
+            amp = lung_density * rl.uniform(0.45, 0.9) * (1.0 - 0.5 * spec.difficulty)
             if subtle:
-                amp *= rl.uniform(0.35, 0.6)
-            op = amp * env * (0.35 + 0.65 * patch) * (1 - 0.5 * np.clip(bronchi, 0, 1))
+                amp *= rl.uniform(0.45, 0.7)
+            op = amp * env * (0.45 + 0.55 * patch) * (1 - 0.5 * np.clip(bronchi, 0, 1))
             lesion_density = np.maximum(lesion_density, op)
             lesions.append({"x": float(cxn), "y": float(cyn), "sx": float(sx), "sy": float(sy), "amp": float(amp),
                             "subtle": float(subtle)})

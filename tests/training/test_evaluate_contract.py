@@ -1,0 +1,91 @@
+"""evaluate.py's evaluation.json against the metrics contract and the definition's JsonGet paths."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from training import evaluate as E
+from training.local_executor import parse_path, walk
+from training.model import build_model, default_config, save_model_dir, write_model_tar
+from training.preprocess import write_shard
+from training.train import threshold_for_sensitivity
+
+REQUIRED = ("auc", "accuracy", "sensitivity", "recall", "specificity", "precision", "f1", "pr_auc", "brier", "ece",
+            "threshold", "confusion_matrix")
+
+
+def _json_gets(obj: Any, out: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    if isinstance(obj, dict):
+        if "Std:JsonGet" in obj:
+            j = obj["Std:JsonGet"]
+            out.append((j["PropertyFile"]["Get"], j["Path"]))
+        for v in obj.values():
+            _json_gets(v, out)
+    elif isinstance(obj, list):
+        for v in obj:
+            _json_gets(v, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def evaluation(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("eval")
+    torch.manual_seed(0)
+    model = build_model("resnet18")
+    save_model_dir(model, default_config("resnet18", 32, 0.5), d / "m")
+    (d / "model").mkdir()
+    write_model_tar(d / "m", d / "model" / "model.tar.gz")  # what SageMaker delivers to the processing job
+    r = np.random.default_rng(0)
+    for split, n in (("val", 20), ("test", 24)):
+        y = np.array([0, 1] * (n // 2))
+        x = r.random((n, 32, 32)).astype(np.float32) * 0.5 + y[:, None, None] * 0.3
+        write_shard(d / split, x, y, [f"1.2.{i}" for i in range(n)])
+    rc = E.main(["--model-dir", str(d / "model"), "--val-dir", str(d / "val"), "--test-dir", str(d / "test"),
+                 "--output-dir", str(d / "evaluation"), "--champion-auc", "0.8", "--auc-margin", "0.02"])
+    assert rc == 0
+    return d / "evaluation"
+
+
+def test_evaluation_json_has_the_model_metrics_layout(evaluation: Path) -> None:
+    report = json.loads((evaluation / "evaluation.json").read_text())
+    bcm = report["binary_classification_metrics"]
+    for k in REQUIRED:
+        assert k in bcm, k
+    for k in REQUIRED[:-1]:
+        assert isinstance(bcm[k]["value"], float), k
+    cm = bcm["confusion_matrix"]
+    assert sum(cm[a][b] for a in "01" for b in "01") == 24
+    assert bcm["sensitivity"]["value"] == bcm["recall"]["value"]
+    assert report["gate"]["champion_bar"] == pytest.approx(0.82)
+    assert (evaluation / "roc.png").read_bytes()[:4] == b"\x89PNG" and (evaluation / "pr.png").is_file()
+
+
+def test_definition_json_get_paths_resolve_against_a_real_evaluation(evaluation: Path,
+                                                                     definition: dict[str, Any]) -> None:
+    report = json.loads((evaluation / "evaluation.json").read_text())
+    gets = [(ref, path) for ref, path in _json_gets(definition, []) if ref.endswith("PropertyFiles.EvaluationReport")]
+    assert {p for _, p in gets} >= {E.AUC_PATH, E.CHAMPION_BAR_PATH}
+    for _, path in gets:
+        v = walk(report, parse_path(path), path)
+        assert isinstance(v, float), path
+
+
+def test_metrics_on_known_predictions() -> None:
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    p = np.array([0.1, 0.2, 0.3, 0.6, 0.4, 0.7, 0.8, 0.9])
+    m = E.compute_metrics(y, p, 0.5)["binary_classification_metrics"]
+    assert m["confusion_matrix"] == {"0": {"0": 3, "1": 1}, "1": {"0": 1, "1": 3}}
+    assert m["sensitivity"]["value"] == 0.75 and m["specificity"]["value"] == 0.75
+    assert m["auc"]["value"] == pytest.approx(15 / 16)
+    assert m["brier"]["value"] == pytest.approx(np.mean((p - y) ** 2))
+    assert 0 <= m["ece"]["value"] <= 1
+    # the operating threshold keeps at least the target sensitivity
+    t = threshold_for_sensitivity(y, p, 0.75)
+    assert t == pytest.approx(0.7) and ((p >= t) & (y == 1)).sum() / 4 >= 0.75
+    assert threshold_for_sensitivity(y, p, 1.0) == pytest.approx(0.4)
