@@ -7,6 +7,7 @@ same paths to the same services); ports are ``shared.settings.DEFAULT_PORTS``; e
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,15 @@ class Compute(Construct):
         self.pseudonym_secret = secretsmanager.Secret(
             self, "PseudonymKey",
             description=f"{topology.prefix}: HMAC key that pseudonymises patient IDs in events",
+            encryption_key=keys.data,
+            generate_secret_string=secretsmanager.SecretStringGenerator(password_length=64, exclude_punctuation=True),
+            removal_policy=removal,
+        )
+
+        # Ingestion's de-identification key (deterministic UID remapping and pseudonyms; RADLOOP_DEID_KEY).
+        self.deid_secret = secretsmanager.Secret(
+            self, "DeidKey",
+            description=f"{topology.prefix}: key for deterministic de-identification (ingestion)",
             encryption_key=keys.data,
             generate_secret_string=secretsmanager.SecretStringGenerator(password_length=64, exclude_punctuation=True),
             removal_policy=removal,
@@ -215,6 +225,12 @@ class Compute(Construct):
             "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318",
             "OTEL_SERVICE_NAME": service,
         }
+        secrets = {"RADLOOP_PSEUDONYM_KEY": ecs.Secret.from_secrets_manager(self.pseudonym_secret)}
+        if need.dimse:
+            # The SCP listens on all interfaces of the task (the NLB forwards to it) and accepts only the PACS AEs.
+            environment.update({"RADLOOP_DIMSE_PORT": str(DIMSE_PORT), "RADLOOP_DIMSE_HOST": "0.0.0.0",
+                                "RADLOOP_DIMSE_ALLOWED_CALLING_AES": json.dumps(list(params.dimse_calling_aes))})
+            secrets["RADLOOP_DEID_KEY"] = ecs.Secret.from_secrets_manager(self.deid_secret)
         if service == "pipeline_orchestrator":
             environment.update({"RADLOOP_EXECUTOR": "sagemaker", "RADLOOP_PIPELINE_NAME": pipeline_name,
                                 "RADLOOP_PIPELINE_ROLE_ARN": pipeline_role.role_arn})
@@ -225,7 +241,7 @@ class Compute(Construct):
             ),
             essential=True,
             environment=environment,
-            secrets={"RADLOOP_PSEUDONYM_KEY": ecs.Secret.from_secrets_manager(self.pseudonym_secret)},
+            secrets=secrets,
             logging=ecs.LogDrivers.aws_logs(stream_prefix="app", log_group=log_group),
             readonly_root_filesystem=True,
             user="10001",

@@ -106,10 +106,10 @@ class DeployParams:
     alarm_email: str = ""
     #: OIDC issuer JWKS URL for RS256 tokens (RADLOOP_AUTH_JWKS_URL).
     auth_jwks_url: str = "https://login.example-hospital.org/.well-known/jwks.json"
+    #: Calling AE titles of the PACS allowed to send over DIMSE (RADLOOP_DIMSE_ALLOWED_CALLING_AES; never "*").
+    dimse_calling_aes: tuple[str, ...] = ("PACS",)
     #: A pipeline definition JSON file (``python -m training.pipeline definition --out FILE``) to upsert.
     pipeline_definition: str = ""
-    #: Tag of images pushed by CI to per-service ECR repositories; empty builds each service's Dockerfile as an asset.
-    image_tag: str = ""
 
 
 def params_from_context(get: Any) -> DeployParams:
@@ -118,6 +118,11 @@ def params_from_context(get: Any) -> DeployParams:
     cidrs = get("client_cidrs") or "10.0.0.0/8"
     if isinstance(cidrs, str):
         cidrs = tuple(c.strip() for c in cidrs.split(",") if c.strip())
+    aes = get("dimse_calling_aes") or "PACS"
+    if isinstance(aes, str):
+        aes = tuple(a.strip() for a in aes.split(",") if a.strip())
+    if "*" in aes:
+        raise ValueError("dimse_calling_aes must list the PACS AE titles; a wildcard '*' is refused outside local")
     return DeployParams(
         env=env,
         prefix=get("prefix") or f"radloop-{env.name}",
@@ -128,6 +133,6 @@ def params_from_context(get: Any) -> DeployParams:
         vpc_cidr=get("vpc_cidr") or "10.42.0.0/16",
         alarm_email=get("alarm_email") or "",
         auth_jwks_url=get("auth_jwks_url") or DeployParams.auth_jwks_url,
+        dimse_calling_aes=tuple(aes),
         pipeline_definition=get("pipeline_definition") or "",
-        image_tag=get("image_tag") or "",
     )

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from aws_cdk import ArnFormat, RemovalPolicy, Stack
+from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecr as ecr
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_sagemaker as sagemaker
@@ -15,7 +16,7 @@ from constructs import Construct
 
 from infra.radloop_infra.config import DeployParams
 from infra.radloop_infra.data import FRAMES_PREFIX, Data
-from infra.radloop_infra.security import Keys
+from infra.radloop_infra.security import Keys, Network
 from shared.topology import Topology
 
 #: The training package's GPU image; CI builds it and pushes it to the repository below (docs/deploy.md).
@@ -25,13 +26,15 @@ ML_PREFIXES = ("datasets/", "models/", "pipelines/")
 
 
 def pipeline_name(topology: Topology) -> str:
-    """The SageMaker pipeline's name: the orchestrator's default (``{prefix}-pneumonia-training``)."""
-    return f"{topology.model_package_group}-training"
+    """The SageMaker pipeline's name, as the training package names it when it upserts the pipeline."""
+    from training.pipeline import PipelineConfig  # the package that creates the pipeline owns its name
+
+    return PipelineConfig(prefix=topology.prefix).pipeline_name
 
 
 class Ml(Construct):
     def __init__(self, scope: Construct, cid: str, *, params: DeployParams, topology: Topology, keys: Keys,
-                 data: Data) -> None:
+                 data: Data, network: Network) -> None:
         super().__init__(scope, cid)
         stack = Stack.of(self)
         removal = RemovalPolicy.RETAIN if params.env.retain_data else RemovalPolicy.DESTROY
@@ -50,6 +53,16 @@ class Ml(Construct):
             model_package_group_description=f"{topology.prefix}: pneumonia triage models (champion/challenger)",
         )
 
+        # Processing and training jobs run in the private subnets (``training.pipeline --subnet/--security-group``):
+        # they reach S3, ECR, Logs and STS through the VPC endpoints, and each other for distributed training.
+        vpc = network.vpc
+        self.jobs_sg = ec2.SecurityGroup(self, "JobsSg", vpc=vpc, allow_all_outbound=False,
+                                         description="SageMaker pipeline jobs: HTTPS to endpoints, each other")
+        self.jobs_sg.add_egress_rule(ec2.Peer.any_ipv4(), ec2.Port.tcp(443), "HTTPS to VPC endpoints (no internet route)")
+        self.jobs_sg.add_ingress_rule(self.jobs_sg, ec2.Port.all_tcp(), "between the jobs' containers")
+        self.jobs_sg.add_egress_rule(self.jobs_sg, ec2.Port.all_tcp(), "between the jobs' containers")
+        vpc_arn = stack.format_arn(service="ec2", resource="vpc", resource_name=vpc.vpc_id)
+
         self.role = iam.Role(self, "PipelineRole", assumed_by=iam.ServicePrincipal("sagemaker.amazonaws.com"),
                              description=f"{topology.prefix}: SageMaker pipeline execution (least privilege)")
         ml, images = data.buckets["ml"], data.buckets["images"]
@@ -62,8 +75,22 @@ class Ml(Construct):
             iam.PolicyStatement(sid="ReadFrames", actions=["s3:GetObject"],
                                 resources=[images.arn_for_objects(f"{FRAMES_PREFIX}*"),
                                            images.arn_for_objects("metadata/*")]),
-            iam.PolicyStatement(sid="DataKey", actions=["kms:Decrypt", "kms:GenerateDataKey"],
+            iam.PolicyStatement(sid="DataKey",
+                                actions=["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey", "kms:DescribeKey"],
                                 resources=[keys.data.key_arn]),
+            # Job volumes are encrypted with the data key: SageMaker creates grants for its own resources only.
+            iam.PolicyStatement(sid="DataKeyGrantsForJobVolumes", actions=["kms:CreateGrant"],
+                                resources=[keys.data.key_arn],
+                                conditions={"Bool": {"kms:GrantIsForAWSResource": "true"}}),
+            # Describe calls have no resource-level permissions; ENI changes are limited to this VPC.
+            iam.PolicyStatement(sid="JobNetworkDescribe",
+                                actions=["ec2:DescribeNetworkInterfaces", "ec2:DescribeVpcs", "ec2:DescribeDhcpOptions",
+                                         "ec2:DescribeSubnets", "ec2:DescribeSecurityGroups"],
+                                resources=["*"]),
+            iam.PolicyStatement(sid="JobNetworkInterfaces",
+                                actions=["ec2:CreateNetworkInterface", "ec2:CreateNetworkInterfacePermission",
+                                         "ec2:DeleteNetworkInterface", "ec2:DeleteNetworkInterfacePermission"],
+                                resources=["*"], conditions={"ArnEquals": {"ec2:Vpc": vpc_arn}}),
             iam.PolicyStatement(sid="PullTrainingImage",
                                 actions=["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer",
                                          "ecr:BatchCheckLayerAvailability"],

@@ -33,7 +33,8 @@ class RadloopStack(Stack):
         self.network = Network(self, "Network", params=params, keys=self.keys)
         self.data = Data(self, "Data", params=params, topology=self.topology, keys=self.keys)
         self.messaging = Messaging(self, "Messaging", params=params, topology=self.topology, keys=self.keys)
-        self.ml = Ml(self, "Ml", params=params, topology=self.topology, keys=self.keys, data=self.data)
+        self.ml = Ml(self, "Ml", params=params, topology=self.topology, keys=self.keys, data=self.data,
+                     network=self.network)
         self.compute = Compute(self, "Compute", params=params, topology=self.topology, keys=self.keys,
                                network=self.network, data=self.data, messaging=self.messaging,
                                pipeline_role=self.ml.role, pipeline_name=self.ml.pipeline_name)
@@ -49,6 +50,11 @@ class RadloopStack(Stack):
                   description=f"push the image built from {TRAINING_DOCKERFILE} here")
         CfnOutput(self, "PipelineRoleArn", value=self.ml.role.role_arn)
         CfnOutput(self, "PipelineName", value=self.ml.pipeline_name)
+        # What `python -m training.pipeline upsert` needs (docs/deploy.md): jobs in the VPC, volumes on the data key.
+        CfnOutput(self, "Prefix", value=params.prefix)
+        CfnOutput(self, "DataKeyArn", value=self.keys.data.key_arn)
+        CfnOutput(self, "JobSubnetIds", value=",".join(s.subnet_id for s in self.network.vpc.isolated_subnets))
+        CfnOutput(self, "JobSecurityGroupId", value=self.ml.jobs_sg.security_group_id)
         CfnOutput(self, "AlarmTopicArn", value=self.observability.topic.topic_arn)
 
         apply_suppressions(self, params.env.name)

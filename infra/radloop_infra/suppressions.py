@@ -68,10 +68,10 @@ SUPPRESSIONS: tuple[Suppression, ...] = (
     ),
     Suppression(
         "cdk-nag", "HIPAA.Security-SecretsManagerRotationEnabled",
-        "the pseudonymisation key secret",
-        "Rotating the HMAC key would change every patient pseudonym and break linkage of studies already in the "
-        "index. Re-keying is a planned, manual migration (docs/security.md), not a scheduled rotation.",
-        _path_endswith("/Compute/PseudonymKey/Resource"),
+        "the pseudonymisation and de-identification key secrets",
+        "Rotating either HMAC key would change every patient pseudonym or remapped UID and break linkage of studies "
+        "already in the index. Re-keying is a planned, manual migration (docs/security.md), not a scheduled rotation.",
+        _path_endswith("/Compute/PseudonymKey/Resource", "/Compute/DeidKey/Resource"),
     ),
     Suppression(
         "cdk-nag", "HIPAA.Security-ELBDeletionProtectionEnabled",

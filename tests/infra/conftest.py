@@ -5,6 +5,7 @@ Synthesis is the expensive step (about 10 s of CPU per environment), so every in
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from dataclasses import dataclass
@@ -13,10 +14,32 @@ from typing import Any
 
 import pytest
 
+from shared.settings import Settings
+
 os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 
 ENVS = ("dev", "prod")
 REPO = Path(__file__).resolve().parents[2]
+
+
+def settings_class(service: str) -> type[Settings]:
+    """The service's settings class (a Settings subclass in services/<name>/settings.py) or the shared one."""
+    try:
+        mod = importlib.import_module(f"services.{service}.settings")
+    except ModuleNotFoundError:
+        return Settings
+    classes = [v for v in vars(mod).values() if isinstance(v, type) and issubclass(v, Settings)]
+    return max(classes, key=lambda c: len(c.__mro__))
+
+
+def accepted_env_names(cls: type[Settings]) -> set[str]:
+    names = set()
+    for field, info in cls.model_fields.items():
+        names.add(f"RADLOOP_{field.upper()}")
+        alias = info.validation_alias
+        for choice in getattr(alias, "choices", []) or []:
+            names.add(str(choice).upper())
+    return names
 
 
 @dataclass

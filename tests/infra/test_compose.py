@@ -2,39 +2,20 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 
 import pytest
 import yaml
 
-from shared.settings import DEFAULT_PORTS, Settings
+from shared.settings import DEFAULT_PORTS
 from shared.topology import SERVICES
+from tests.infra.conftest import accepted_env_names as _accepted_env_names
+from tests.infra.conftest import settings_class as _settings_class
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((REPO / "compose.yaml").read_text())
 GRAFANA = REPO / "infra" / "grafana"
-
-
-def _settings_class(service: str) -> type[Settings]:
-    """The service's settings class (a Settings subclass in services/<name>/settings.py) or the shared one."""
-    try:
-        mod = importlib.import_module(f"services.{service}.settings")
-    except ModuleNotFoundError:
-        return Settings
-    classes = [v for v in vars(mod).values() if isinstance(v, type) and issubclass(v, Settings)]
-    return max(classes, key=lambda c: len(c.__mro__))
-
-
-def _accepted_env_names(cls: type[Settings]) -> set[str]:
-    names = set()
-    for field, info in cls.model_fields.items():
-        names.add(f"RADLOOP_{field.upper()}")
-        alias = info.validation_alias
-        for choice in getattr(alias, "choices", []) or []:
-            names.add(str(choice).upper())
-    return names
 
 
 def _env(svc: dict) -> dict[str, str]:

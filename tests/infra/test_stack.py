@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -197,7 +198,13 @@ RESOURCELESS_ACTIONS = {*N.TELEMETRY_ACTIONS, "ecr:GetAuthorizationToken", "clou
                         # management by the VPC flow-log and ECS roles.
                         "ec2:AuthorizeSecurityGroupIngress", "ec2:AuthorizeSecurityGroupEgress",
                         "ec2:RevokeSecurityGroupIngress", "ec2:RevokeSecurityGroupEgress",
-                        "logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"}
+                        "logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams",
+                        # SageMaker jobs in the VPC: describe calls (no resource-level permissions) and ENI changes,
+                        # the latter conditioned on this VPC (checked below).
+                        "ec2:DescribeNetworkInterfaces", "ec2:DescribeVpcs", "ec2:DescribeDhcpOptions",
+                        "ec2:DescribeSubnets", "ec2:DescribeSecurityGroups", "ec2:CreateNetworkInterface",
+                        "ec2:CreateNetworkInterfacePermission", "ec2:DeleteNetworkInterface",
+                        "ec2:DeleteNetworkInterfacePermission"}
 
 
 def _identity_statements(res: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -228,6 +235,8 @@ def test_no_statement_grants_wildcard_actions_or_wildcard_resources_on_data(synt
             if "*" in _as_list(st.get("Resource", [])):
                 extra = set(actions) - RESOURCELESS_ACTIONS
                 assert not extra, f"{lid}: {sorted(extra)} on Resource '*'"
+                if any(a.startswith("ec2:") and not a.startswith("ec2:Describe") for a in actions):
+                    assert "ec2:Vpc" in json.dumps(st.get("Condition", {})), f"{lid}: ENI changes outside the VPC"
     for lid, key in s.of_type("AWS::KMS::Key").items():
         assert key["Properties"]["EnableKeyRotation"] is True, lid
         for st in key["Properties"]["KeyPolicy"]["Statement"]:
@@ -374,9 +383,40 @@ def test_sagemaker_group_repo_and_pipeline(synth, env) -> None:
     assert repo["Properties"]["ImageTagMutability"] == "IMMUTABLE"
     assert repo["Properties"]["EncryptionConfiguration"]["EncryptionType"] == "KMS"
     (pipe,) = s.of_type("AWS::SageMaker::Pipeline").values()
-    assert pipe["Properties"]["PipelineName"] == f"{topo.model_package_group}-training"
+    from training.pipeline import PipelineConfig
+
+    assert pipe["Properties"]["PipelineName"] == PipelineConfig(prefix=topo.prefix).pipeline_name
     orch = [v for v in s.of_type("AWS::ECS::TaskDefinition").values()
             if any(e["Value"] == "pipeline_orchestrator" for c in v["Properties"]["ContainerDefinitions"]
                    for e in c.get("Environment", []) if e["Name"] == "RADLOOP_SERVICE_NAME")]
     env_vars = {e["Name"]: e["Value"] for e in orch[0]["Properties"]["ContainerDefinitions"][0]["Environment"]}
     assert env_vars["RADLOOP_PIPELINE_NAME"] == pipe["Properties"]["PipelineName"]
+
+
+def test_task_environment_matches_the_settings_and_passes_their_production_checks(synth, env, monkeypatch) -> None:
+    """Every variable a task gets is a field of its service's settings, and those settings accept the values in
+    dev/prod (where they refuse development keys and wildcard AE titles): the service would start."""
+    from tests.infra.conftest import accepted_env_names, settings_class
+
+    s = synth[env]
+    seen = set()
+    for td in s.of_type("AWS::ECS::TaskDefinition").values():
+        app = next(c for c in td["Properties"]["ContainerDefinitions"] if c["Name"] == "app")
+        values = {e["Name"]: e["Value"] for e in app["Environment"]}
+        service = values["RADLOOP_SERVICE_NAME"]
+        seen.add(service)
+        cls = settings_class(service)
+        accepted = accepted_env_names(cls)
+        secrets = {x["Name"] for x in app.get("Secrets", [])}
+        for name in [*values, *secrets]:
+            assert name in accepted or name.startswith(("AWS_", "OTEL_")), f"{service}: {name} is not a setting"
+        with monkeypatch.context() as m:
+            for k in [k for k in __import__("os").environ if k.startswith("RADLOOP_")]:
+                m.delenv(k)
+            for k, v in values.items():
+                m.setenv(k, v if isinstance(v, str) else "arn:aws:iam::111111111111:role/resolved-at-deploy")
+            for k in secrets:
+                m.setenv(k, "x" * 64)  # Secrets Manager generates 64 characters
+            settings = cls()
+        assert settings.environment == env and settings.port == DEFAULT_PORTS[service]
+    assert seen == set(SERVICES)
