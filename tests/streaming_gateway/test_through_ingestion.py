@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import io
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor, wait
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -38,12 +40,21 @@ def stored(moto: EmbeddedAws, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
     asyncio.run(boot())
     datasets = [pydicom.dcmread(get_testdata_file(n)) for n in FILES]
-    with ingestion_service(settings, tmp_path_factory.mktemp("gwi-ing")) as ing:
+    # Both services start at once (each waits for its own readiness); the gateway reads whatever is stored later.
+    ing_cm = ingestion_service(settings, tmp_path_factory.mktemp("gwi-ing"))
+    gw_cm = run_gateway(settings, tmp_path_factory.mktemp("gwi-gw"))
+    with ThreadPoolExecutor(2) as pool:
+        starts = [(cm, pool.submit(cm.__enter__)) for cm in (ing_cm, gw_cm)]
+        wait([f for _, f in starts])
+    with ExitStack() as stack:
+        for cm, f in starts:
+            if f.exception() is None:
+                stack.push(cm.__exit__)
+        ing, gw = (f.result() for _, f in starts)
         stow = DICOMwebClient(url=f"{ing.url}/dicomweb",
                               headers={"Authorization": f"Bearer {mint_token(settings, 'pacs')}"})
         resp = stow.store_instances(datasets=datasets)
         assert "FailedSOPSequence" not in resp
-    with run_gateway(settings, tmp_path_factory.mktemp("gwi-gw")) as gw:
         yield settings, gw.url
 
 

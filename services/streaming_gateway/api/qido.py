@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Request, Response
 
 from services.streaming_gateway.api.deps import DICOM_JSON, GatewayDep, audit, base_url, uid
 from services.streaming_gateway.domain import qido
 from services.streaming_gateway.domain.errors import NotAcceptable
+from services.streaming_gateway.domain.gateway import Gateway
 from services.streaming_gateway.domain.media import parse_accept
 from services.streaming_gateway.domain.search import SearchResult
 from shared.auth import ReadUser
@@ -69,7 +72,27 @@ async def search_instances(request: Request, gw: GatewayDep, principal: ReadUser
 
 @router.get("/studies/{study}/series", summary="Search for series of a study.")
 async def search_study_series(study: str, request: Request, gw: GatewayDep, principal: ReadUser) -> Response:
-    return await _search(request, gw, principal, "SERIES", {"StudyInstanceUID": uid(study, "StudyInstanceUID")})
+    s = uid(study, "StudyInstanceUID")
+    response = await _search(request, gw, principal, "SERIES", {"StudyInstanceUID": s})
+    # A viewer that lists a study's series asks for their metadata next: load the first few into the series cache.
+    _warm_series(gw, s)
+    return response
+
+
+_warming: set[asyncio.Task[None]] = set()
+
+
+def _warm_series(gw: Gateway, study: str, at_most: int = 4) -> None:
+    async def warm() -> None:
+        try:
+            for se in (await gw.index.series_of_study(study))[:at_most]:
+                await gw.index.series_entry(study, se["series_uid"])
+        except Exception:  # best effort: the metadata request will load (and report) it anyway
+            return
+
+    task = asyncio.create_task(warm(), name=f"warm-series-{study}")
+    _warming.add(task)
+    task.add_done_callback(_warming.discard)
 
 
 @router.get("/studies/{study}/instances", summary="Search for instances of a study.")

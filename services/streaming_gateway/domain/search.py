@@ -88,7 +88,8 @@ class Searcher:
 
     # --- series ----------------------------------------------------------------------------------------------------
     def _needs_study_filter(self, q: qido.Query) -> bool:
-        return any(k != "StudyInstanceUID" for k in (m.keyword for m in q.at("STUDY"))) or "StudyInstanceUID" in q.matchers
+        """Series matching needs study items first when any study-level key is given (relational query)."""
+        return bool(q.at("STUDY"))
 
     async def _matching_series(self, q: qido.Query) -> AsyncIterator[tuple[dict[str, Any], dict[str, Any]]]:
         if self._needs_study_filter(q):
