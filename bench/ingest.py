@@ -148,6 +148,14 @@ async def endpoint_ceiling(settings: Settings, seconds: float = 3.0, concurrency
     return out
 
 
+async def purge_subscriber_queues(settings: Settings) -> None:
+    async with AwsClients(settings) as c:
+        sqs = await c.sqs()
+        for service in ("triage", "verification"):
+            url = (await sqs.get_queue_url(QueueName=settings.topology.queue_for(service).name))["QueueUrl"]
+            await sqs.purge_queue(QueueUrl=url)
+
+
 async def stow_load(url: str, path: str, headers: dict[str, str], items: list[bytes], concurrency: int,
                     budget_s: float) -> dict[str, Any]:
     """Send every item as its own STOW-RS request with ``concurrency`` in flight; bounded by ``budget_s``."""
@@ -279,6 +287,9 @@ def main() -> None:
 
             for c in levels:
                 items = corpus.generate()
+                # No subscriber runs here; purge their queues so the event fan-out is not slowed by an ever-deeper
+                # backlog (moto's SendMessage slows with queue depth), as it would not be with consumers running.
+                asyncio.run(purge_subscriber_queues(settings))
                 pids = {"service": svc.process.pid, "embedded_aws": emb.process.pid}
                 pids.update({f"worker{i}": p for i, p in enumerate(_children(svc.process.pid))})
                 before = {k: cpu_seconds(p) for k, p in pids.items()}
@@ -297,6 +308,9 @@ def main() -> None:
                 ours.append(r)
                 print(f"radloop c={c}: {r}", flush=True)  # noqa: T201
             result["radloop_peak_rss_mib"] = round(svc.peak_rss_kib() / 1024)
+            errors = [ln for ln in svc.log().splitlines() if '"level": "ERROR"' in ln]
+            if errors:
+                result["service_errors_sample"] = [ln[:1500] for ln in errors[:3]]
         result["radloop"] = ours
         bound = result["codec_only"]["bound_instances_per_s"]
         best = max(r["instances_per_s"] for r in ours)
