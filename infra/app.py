@@ -23,15 +23,17 @@ def build_app(context: dict[str, object] | None = None, outdir: str | None = Non
     app = cdk.App(context={**base, **(context or {})}, outdir=outdir)
     params = params_from_context(app.node.try_get_context)
     stack = RadloopStack(app, f"Radloop{params.env.name.capitalize()}", params=params)
-    if app.node.try_get_context("nag"):
-        # `cdk synth -c nag=1` fails on any unacknowledged HIPAA finding. The AwsSolutions SQS rules cannot be
-        # selected alone from Python (the rule functions are not exported), so tests/infra/test_checks.py runs the
-        # whole AwsSolutions pack and keeps its SQS findings.
-        from cdk_nag import HIPAASecurityChecks
-
-        cdk.Validations.of(app).add_plugins(HIPAASecurityChecks(app))
     return app, stack
 
 
 if __name__ == "__main__":
-    build_app()[0].synth()
+    the_app, _stack = build_app()
+    the_app.synth()
+    # `cdk synth -c nag=1`: fail on any unacknowledged HIPAA or SQS finding (as tests/infra/test_checks.py does).
+    if the_app.node.try_get_context("nag"):
+        from infra.radloop_infra.checks import nag_findings
+
+        findings = nag_findings(the_app)
+        for rule, paths in findings:
+            sys.stderr.write(f"cdk-nag {rule}: {', '.join(paths)}\n")
+        sys.exit(1 if findings else 0)

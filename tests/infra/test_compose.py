@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -113,7 +114,12 @@ def test_grafana_provisioning_is_valid() -> None:
         ids = [p["id"] for p in d["panels"]]
         assert len(ids) == len(set(ids)), f"{name}: duplicate panel ids"
         for p in d["panels"]:
-            assert p["datasource"]["uid"] == ds["uid"], f"{name}: panel {p['title']} uses another data source"
-            assert all(t["query"].startswith("{") for t in p["targets"]), f"{name}: not a TraceQL query"
+            assert p["datasource"]["uid"] in (ds["uid"], "-- Mixed --"), f"{name}: {p['title']} uses another source"
+            for t in p["targets"]:
+                if t["datasource"]["uid"] == "__expr__":  # a server-side expression over the panel's queries
+                    refs = {x["refId"] for x in p["targets"]}
+                    assert set(re.findall(r"\$(\w+)", t["expression"])) <= refs, f"{name}: {t['expression']}"
+                else:
+                    assert t["datasource"]["uid"] == ds["uid"] and t["query"].startswith("{"), f"{name}: not TraceQL"
             g = p["gridPos"]
             assert g["x"] >= 0 and g["x"] + g["w"] <= 24
