@@ -28,6 +28,8 @@ from shared.htj2k import decode
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/dicomweb/studies", tags=["WADO-RS"])
 _EOC = b"\xff\xd9"
+#: Most frames one request may name (a long repeated list would otherwise build a huge body).
+_MAX_FRAMES = 1000
 _EXPOSE = (
     "ETag, Content-Range, Accept-Ranges, X-Resolution-Offsets, X-Resolution-Levels, X-Cache, Server-Timing, Warning"
 )
@@ -147,19 +149,22 @@ def _series_json(entry: SeriesEntry) -> bytes:
     return entry.metadata_json
 
 
-def _metadata_response(request: Request, body_parts: list[bytes], etag_seed: str, cached_gzip: SeriesEntry | None) -> Response:
+async def _metadata_response(
+    request: Request, gw: Gateway, body_parts: list[bytes], etag_seed: str, cached_gzip: SeriesEntry | None
+) -> Response:
     etag = '"m-' + hashlib.blake2b(etag_seed.encode(), digest_size=12).hexdigest() + '"'
     headers = {"ETag": etag, "Cache-Control": "private, no-cache", "Vary": "Accept-Encoding"}
     if _etag_matches(request, etag):
         return Response(status_code=304, headers=headers)
     body = b"[" + b",".join(p for p in body_parts if p) + b"]"
     if "gzip" in request.headers.get("accept-encoding", "") and len(body) > 4096:
+        # Compression is CPU work (tens of ms for a large series): worker threads, and once per series version.
         if cached_gzip is not None:
             if cached_gzip.metadata_gzip is None:
-                cached_gzip.metadata_gzip = gzip.compress(body, 5)
+                cached_gzip.metadata_gzip = await gw.run_cpu(gzip.compress, body, 5)
             body = cached_gzip.metadata_gzip
         else:
-            body = gzip.compress(body, 5)
+            body = await gw.run_cpu(gzip.compress, body, 5)
         headers["Content-Encoding"] = "gzip"
     return Response(body, media_type=DICOM_JSON, headers=headers)
 
@@ -182,7 +187,7 @@ async def study_metadata(study: str, request: Request, gw: GatewayDep, principal
     count = sum(len(e.instances) for e in entries)
     await audit(request, principal, "wado.metadata", {"study_uid": s}, count=count)
     seed = "|".join(f"{e.series['series_uid']}:{e.validator}" for e in entries)
-    return _metadata_response(request, [_series_json(e) for e in entries], seed, None)
+    return await _metadata_response(request, gw, [_series_json(e) for e in entries], seed, None)
 
 
 @router.get("/{study}/series/{series}/metadata", summary="Metadata of every instance of a series (DICOM JSON).")
@@ -191,7 +196,7 @@ async def series_metadata(study: str, series: str, request: Request, gw: Gateway
     _check_json_accept(request)
     entry = await gw.index.series_entry(s, se)
     await audit(request, principal, "wado.metadata", {"study_uid": s, "series_uid": se}, count=len(entry.instances))
-    return _metadata_response(request, [_series_json(entry)], f"{s}/{se}:{entry.validator}", entry)
+    return await _metadata_response(request, gw, [_series_json(entry)], f"{s}/{se}:{entry.validator}", entry)
 
 
 @router.get("/{study}/series/{series}/instances/{sop}/metadata", summary="Metadata of an instance (DICOM JSON).")
@@ -202,7 +207,8 @@ async def instance_metadata(
     _check_json_accept(request)
     it = await gw.index.instance(s, se, i)
     await audit(request, principal, "wado.metadata", {"study_uid": s, "series_uid": se, "sop_uid": i})
-    return _metadata_response(request, [it.get("dicom_json", "{}").encode()], f"{s}/{se}/{i}:{it.get('content_sha256')}", None)
+    seed = f"{s}/{se}/{i}:{it.get('content_sha256')}"
+    return await _metadata_response(request, gw, [it.get("dicom_json", "{}").encode()], seed, None)
 
 
 # --- frames ------------------------------------------------------------------------------------------------------
@@ -213,8 +219,8 @@ def _frame_numbers(frame_list: str) -> list[int]:
         if not p.isdigit() or int(p) < 1:
             raise BadRequest(f"frame number {p!r} in {frame_list!r} is not a positive integer; frames count from 1")
         nums.append(int(p))
-    if len(nums) > 10_000:
-        raise BadRequest(f"{len(nums)} frames were requested at once; at most 10000 are allowed")
+    if len(nums) > _MAX_FRAMES:
+        raise BadRequest(f"{len(nums)} frames were requested at once; at most {_MAX_FRAMES} are allowed")
     return nums
 
 
