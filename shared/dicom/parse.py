@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import threading
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -86,15 +87,31 @@ class ParsedInstance:
     expected_pixel_bytes: int
 
 
+_strict_lock = threading.Lock()
+_strict_depth = 0
+_strict_saved: int | None = None
+
+
 @contextlib.contextmanager
 def strict_reading() -> Iterator[None]:
-    """pydicom's strict validation mode (``RAISE``) within the block, restored afterwards."""
-    old = config.settings.reading_validation_mode
-    config.settings.reading_validation_mode = config.RAISE
+    """pydicom's strict validation mode (``RAISE``) within the block, restored afterwards.
+
+    The setting is process-global, so nested and concurrent blocks (thread pools) are counted: the previous mode comes
+    back only when the last block exits, never while another thread is still parsing.
+    """
+    global _strict_depth, _strict_saved
+    with _strict_lock:
+        if _strict_depth == 0:
+            _strict_saved = config.settings.reading_validation_mode
+        _strict_depth += 1
+        config.settings.reading_validation_mode = config.RAISE
     try:
         yield
     finally:
-        config.settings.reading_validation_mode = old
+        with _strict_lock:
+            _strict_depth -= 1
+            if _strict_depth == 0 and _strict_saved is not None:
+                config.settings.reading_validation_mode = _strict_saved
 
 
 def _reject(code: int, reason: str, kind: str, **kw: str | None) -> DicomRejection:
