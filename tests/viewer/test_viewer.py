@@ -46,7 +46,11 @@ def desktop(browser: Any, gateway: Any, ct_series: CtSeries, viewer_token: str) 
     context = browser.new_context(**DESKTOP)
     page = context.new_page()
     errors: list[str] = []
+    frames: list[tuple[str, str, int]] = []  # (url, content type, body bytes) of every frame response, in order
     page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("response", lambda r: frames.append((r.url, r.headers.get("content-type", ""),
+                                                 int(r.headers.get("content-length", "0"))))
+            if "/frames/" in r.url else None)
     t0 = time.monotonic()
     page.goto(viewer_url(gateway.base_url, ct_series.study, ct_series.series, viewer_token))
     wait_state(page)
@@ -54,6 +58,7 @@ def desktop(browser: Any, gateway: Any, ct_series: CtSeries, viewer_token: str) 
     page.first_image_s = time.monotonic() - t0  # type: ignore[attr-defined]
     assert page.evaluate("window.radloopViewer.waitAllLoaded(90000)"), "not every slice loaded at full resolution"
     page.errors = errors  # type: ignore[attr-defined]
+    page.frames_seen = frames  # type: ignore[attr-defined]
     yield page
     context.close()
 
@@ -72,6 +77,23 @@ def test_first_image_is_not_blank_and_counter_shows_position(desktop: Any) -> No
     record("desktop_unthrottled", {"page_to_first_image_s": round(desktop.first_image_s, 3),
                                    "first_image_ms": stats["firstRenderAt"], "all_full_ms": stats["fullSeriesFromOpen"],
                                    "requests": stats["requests"]})
+
+
+def test_frames_stream_as_htj2k_low_resolution_first(desktop: Any, ct_series: CtSeries) -> None:
+    """Progressive, interleaved streaming: the shown slice's low-resolution prefix first, then a low-resolution pass
+    over the whole series, and every slice at full resolution; all as stored HTJ2K codestreams."""
+    seen = desktop.frames_seen
+    assert seen, "no frame responses were seen"
+    assert all('type="image/jphc"' in ctype for _, ctype, _ in seen), {c for _, c, _ in seen}
+    low = [(u, n) for u, _, n in seen if "resolution=" in u]
+    full = [(u, n) for u, _, n in seen if "resolution=" not in u]
+    middle = ct_series.sops[(N_SLICES - 1) // 2]
+    assert "resolution=" in seen[0][0] and f"/instances/{middle}/" in seen[0][0], seen[0][0]
+    sop_of = lambda url: url.split("/instances/")[1].split("/")[0]  # noqa: E731
+    assert {sop_of(u) for u, _ in full} == set(ct_series.sops)
+    assert len({sop_of(u) for u, _ in low}) > N_SLICES * 0.8  # the prefetch window goes straight to full
+    # A prefix is a small part of the frame (the 128-px level of a 512-px image).
+    assert np.median([n for _, n in low]) < 0.2 * np.median([n for _, n in full])
 
 
 @pytest.mark.parametrize("k", [37, 211])

@@ -129,6 +129,22 @@ function exposeHooks(viewer, triage, info) {
       return viewer.mode;
     },
     imageCanvasRect: () => viewer.imageCanvasRect(),
+    /** The shown image as decoded (size, value range, modality scaling), to diagnose what reaches the screen. */
+    imageInfo() {
+      const img = viewer.loader.best[viewer.currentIndex];
+      if (!img) return null;
+      const data = img.voxelManager ? img.voxelManager.getScalarData() : img.getPixelData();
+      let min = Infinity;
+      let max = -Infinity;
+      for (let i = 0; i < data.length; i += 7) {
+        if (data[i] < min) min = data[i];
+        if (data[i] > max) max = data[i];
+      }
+      return { rows: img.rows, columns: img.columns, min, max, type: data.constructor.name,
+        preScale: img.preScale, quality: viewer.loader.quality[viewer.currentIndex],
+        transferSyntax: img.transferSyntaxUID, minPixelValue: img.minPixelValue, maxPixelValue: img.maxPixelValue,
+        decodeLevel: img.imageFrame?.decodeLevel };
+    },
     /** Zoom (parallel scale) and pan (focal point) of the view, to check the zoom and pan tools. */
     camera() {
       const { parallelScale, focalPoint } = viewer.viewport.getCamera();
@@ -239,7 +255,7 @@ async function showViewer(study, series) {
   const params = new URLSearchParams(window.location.search);
   const renderPath = chooseRenderPath(params.get('render'));
   const concurrency = Math.max(1, Math.min(64, Number(params.get('concurrency')) || 16));
-  const info = await viewer.open(study, series, { renderPath, concurrency });
+  const info = await viewer.open(study, series, { renderPath, concurrency, lowRes: params.get('lowres') !== '0' });
   info.renderPath = renderPath;
   info.webgl = webglRenderer();
   $('title').textContent = `${info.modality} · ${info.count} images`;

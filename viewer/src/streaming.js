@@ -18,7 +18,7 @@
 // of each slice, a pending entry for a slice it is about to fetch), so the CPU render path, which reads the cache
 // directly, shows the same progressive images and never fetches a slice a second time.
 
-import { cache, Enums, imageLoader } from '@cornerstonejs/core';
+import { cache, Enums, imageLoader, utilities } from '@cornerstonejs/core';
 
 export const NONE = 0;
 export const LOW = 1;
@@ -61,6 +61,41 @@ export function interleavedOrder(n) {
   return out;
 }
 
+/**
+ * A sub-resolution image enlarged (pixel replication) to the series' full size, so that every version of a slice
+ * has the same geometry: the viewport swaps pixels instead of rebuilding its actor, and Cornerstone's CPU render
+ * path, which assumes full-size images, draws it correctly.
+ */
+export function upsampleToFull(image, rows, columns) {
+  if (image.rows === rows && image.columns === columns) return image;
+  const src = image.voxelManager ? image.voxelManager.getScalarData() : image.getPixelData();
+  const spp = src.length / (image.rows * image.columns);
+  const dst = new src.constructor(rows * columns * spp);
+  const xs = new Int32Array(columns);
+  for (let x = 0; x < columns; x += 1) xs[x] = Math.min(image.columns - 1, Math.floor((x * image.columns) / columns));
+  for (let y = 0; y < rows; y += 1) {
+    const sy = Math.min(image.rows - 1, Math.floor((y * image.rows) / rows)) * image.columns;
+    const dy = y * columns;
+    for (let x = 0; x < columns; x += 1) {
+      for (let c = 0; c < spp; c += 1) dst[(dy + x) * spp + c] = src[(sy + xs[x]) * spp + c];
+    }
+  }
+  const voxelManager = utilities.VoxelManager.createImageVoxelManager({
+    scalarData: dst, width: columns, height: rows, numberOfComponents: spp,
+  });
+  return {
+    ...image,
+    rows,
+    columns,
+    width: columns,
+    height: rows,
+    sizeInBytes: dst.byteLength,
+    voxelManager,
+    getPixelData: () => voxelManager.getScalarData(),
+    imageFrame: image.imageFrame ? { ...image.imageFrame, rows, columns, pixelData: undefined } : image.imageFrame,
+  };
+}
+
 export class StreamingSeriesLoader {
   /**
    * @param {string[]} imageIds wadors: image ids in display order
@@ -82,6 +117,8 @@ export class StreamingSeriesLoader {
     this.order = interleavedOrder(this.n);
     this.lowCursor = 0;
     this.fullCursor = 0;
+    this.rows = rows;
+    this.columns = columns;
     this.low = lowResolutionFor(rows, columns);
     this.lowRes = lowRes && this.low.decodeLevel > 0;
     this.onUpdate = onUpdate;
@@ -250,7 +287,7 @@ export class StreamingSeriesLoader {
     };
     imageLoader
       .loadImage(imageId, options)
-      .then((image) => this.accept(index, level, image))
+      .then((image) => this.accept(index, level, level === LOW ? upsampleToFull(image, this.rows, this.columns) : image))
       .catch((error) => this.reject(index, level, error))
       .finally(() => {
         this.inflight.delete(key);

@@ -40,6 +40,9 @@ export const PRESETS = {
 
 let initialised = false;
 
+/** What frame requests accept: the stored codestream, each part typed image/jphc with its transfer syntax. */
+export const FRAME_ACCEPT = 'multipart/related; type="image/jphc"; transfer-syntax=1.2.840.10008.1.2.4.202';
+
 /** The WebGL renderer's name, or null without WebGL. */
 export function webglRenderer() {
   const gl = document.createElement('canvas').getContext('webgl2');
@@ -64,8 +67,10 @@ async function initCornerstone(renderPath) {
   setUseCPURendering(renderPath === 'cpu');
   dicomLoaderInit({
     maxWebWorkers: Math.max(1, Math.min(4, navigator.hardwareConcurrency || 2)),
-    // The viewer token goes on every frame request; nothing else identifies the user.
-    beforeSend: () => authHeaders(),
+    // Every frame request carries the viewer token, and asks for the stored HTJ2K RPCL codestream: the loader's own
+    // Accept (application/octet-stream, transfer-syntax=*) gets server-decoded pixels, 2-3 times the bytes, and no
+    // resolution prefixes.
+    beforeSend: () => ({ ...authHeaders(), Accept: FRAME_ACCEPT }),
   });
   toolsInit();
   [StackScrollTool, WindowLevelTool, ZoomTool, PanTool].forEach((t) => addTool(t));
@@ -110,7 +115,7 @@ export class StackViewer {
   }
 
   /** Load a series: metadata from WADO-RS, frames through the streaming loader. */
-  async open(study, series, { startIndex = null, renderPath = 'gpu', concurrency = 16 } = {}) {
+  async open(study, series, { startIndex = null, renderPath = 'gpu', concurrency = 16, lowRes = true } = {}) {
     this.renderPath = renderPath;
     await initCornerstone(renderPath);
     const base = `${window.location.origin}/dicomweb/studies/${encodeURIComponent(study)}/series/${encodeURIComponent(series)}`;
@@ -145,6 +150,7 @@ export class StackViewer {
       rows,
       columns,
       concurrency,
+      lowRes,
       onUpdate: () => this.updateProgress(),
     });
     // The StackViewport asks this loader (Cornerstone's retrieve-configuration hook) for every image it shows.
