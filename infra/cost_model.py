@@ -35,6 +35,8 @@ WORKLOAD = REPO / "infra" / "workload.json"
 INGEST_BENCH = REPO / "bench" / "results" / "ingest.json"
 #: Kept in step with infra/radloop_infra/security.py INTERFACE_ENDPOINTS (a test checks it).
 INTERFACE_ENDPOINT_COUNT = 12
+#: Secrets Manager secrets of the stack: the pseudonymisation key and ingestion's de-identification key.
+SECRET_COUNT = 2
 AZS = 2
 GB = 1024**3
 
@@ -103,7 +105,7 @@ def env_cost(env: EnvConfig, p: dict[str, Any], w: dict[str, Any], ratio: float)
     lines[f"VPC interface endpoints ({INTERFACE_ENDPOINT_COUNT} x {AZS} AZ)"] = (
         INTERFACE_ENDPOINT_COUNT * AZS * p["interface_endpoint_hour_per_az"] * h)
     lines["KMS (3 CMKs + requests)"] = 3 * p["kms_key_month"] + images * 50 / 10_000 * p["kms_per_10k_requests"]
-    lines["Secrets Manager"] = p["secret_month"]
+    lines[f"Secrets Manager ({SECRET_COUNT} secrets)"] = SECRET_COUNT * p["secret_month"]
     topo = build_topology(f"radloop-{env.name}")
     n_alarms = 2 * len(topo.queues) + 1 + 2 * 5 + 1 + 2  # DLQs, 5xx+unhealthy per HTTP service, worker, events
     tasks = len(SERVICES) * env.min_tasks
