@@ -148,12 +148,22 @@ async def endpoint_ceiling(settings: Settings, seconds: float = 3.0, concurrency
     return out
 
 
-async def purge_subscriber_queues(settings: Settings) -> None:
+async def purge_subscriber_queues(settings: Settings, max_rounds: int = 200) -> int:
+    """Receive and delete what the (absent) subscribers would have consumed; bounded. Returns how many."""
+    n = 0
     async with AwsClients(settings) as c:
         sqs = await c.sqs()
         for service in ("triage", "verification"):
             url = (await sqs.get_queue_url(QueueName=settings.topology.queue_for(service).name))["QueueUrl"]
-            await sqs.purge_queue(QueueUrl=url)
+            for _ in range(max_rounds):
+                msgs = (await sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=0)).get(
+                    "Messages", [])
+                if not msgs:
+                    break
+                await sqs.delete_message_batch(QueueUrl=url, Entries=[
+                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(msgs)])
+                n += len(msgs)
+    return n
 
 
 async def stow_load(url: str, path: str, headers: dict[str, str], items: list[bytes], concurrency: int,
