@@ -216,15 +216,18 @@ class Demo:
         self._wait(f"wave {w + 1} to reach the worklist", lambda: expected <= self._worklist_ids(), 300, 2.0)
 
     def _worklist(self, **params: Any) -> list[dict[str, Any]]:
+        """Every open case, in worklist order (following the cursor)."""
         items: list[dict[str, Any]] = []
-        offset = 0
-        for _ in range(100):
-            page = self.get("/verification/worklist", role="radiologist", limit=200, offset=offset, **params)
-            batch = page["items"] if isinstance(page, dict) else page
-            items += batch
-            if len(batch) < 200:
+        cursor = None
+        for _ in range(1000):
+            q = dict(params, limit=200)
+            if cursor:
+                q["cursor"] = cursor
+            page = self.get("/verification/worklist", role="radiologist", **q)
+            items += page["items"]
+            cursor = page.get("next_cursor")
+            if not cursor:
                 break
-            offset += 200
         return items
 
     def _worklist_ids(self) -> set[str]:
@@ -261,8 +264,9 @@ class Demo:
                     if rr.status_code not in (200, 201, 202):
                         self.state.errors.append(f"read {case}: {rr.status_code} {rr.text[:120]}")
                         continue
+                ai = item.get("ai") or {}
                 self.state.reads.append({"sop_uid": sop, "label": label, "truth": truth, "round": r,
-                                         "ai": item.get("probability"), "model_version": item.get("model_version")})
+                                         "ai": ai.get("probability"), "model_version": ai.get("model_version")})
                 self.state.read_times.append(time.time())
                 done += 1
                 prog.advance(t)
@@ -276,7 +280,7 @@ class Demo:
             runs = self._runs()
             if len(runs) <= runs_before:
                 return None
-            latest = max(runs, key=lambda x: x.get("started_at") or "")
+            latest = max(runs, key=lambda x: x.get("created_at") or 0)
             if latest.get("status") in ("Succeeded", "Failed", "Stopped"):
                 return latest
             return None
@@ -299,12 +303,13 @@ class Demo:
         return run
 
     def _runs(self) -> list[dict[str, Any]]:
-        d = self.get("/orchestrator/trainings", role="ml")
-        return d["items"] if isinstance(d, dict) and "items" in d else d  # type: ignore[no-any-return]
+        return self.get("/orchestrator/trainings", role="ml")["runs"]  # type: ignore[no-any-return]
 
     def _models(self) -> list[dict[str, Any]]:
-        d = self.get("/registry/models", role="ml")
-        return d["items"] if isinstance(d, dict) and "items" in d else d  # type: ignore[no-any-return]
+        return self.get("/registry/models", role="ml")["models"]  # type: ignore[no-any-return]
+
+    def _model(self, version: int) -> dict[str, Any]:
+        return self.get(f"/registry/models/{version}", role="ml")  # type: ignore[no-any-return]
 
     def _champion(self) -> dict[str, Any] | None:
         r = self.http.get(f"{self.base}/registry/models/champion",
@@ -382,7 +387,8 @@ class Demo:
             versions_used[str(key)] = versions_used.get(str(key), 0) + 1
 
         model_rows, learning, decisions = [], [], []
-        for m in sorted(models, key=lambda x: int(x.get("version", 0))):
+        for summary in sorted(models, key=lambda x: int(x.get("version", 0))):
+            m = self._model(int(summary["version"]))
             metrics = m.get("metrics") or {}
             lineage = m.get("lineage") or {}
             labels = lineage.get("label_count") or sum((lineage.get("label_counts") or {}).values()) or None
@@ -392,21 +398,20 @@ class Demo:
                    "specificity": metrics.get("specificity"), "labels": labels, "run_id": m.get("run_id"),
                    "parent": lineage.get("parent_version"),
                    "champion": bool(champion and champion.get("version") == m.get("version")),
-                   "threshold": metrics.get("threshold"), "roc": ev.get("roc"),
+                   "threshold": m.get("threshold", metrics.get("threshold")), "roc": ev.get("roc"),
                    "confusion_matrix": ev.get("confusion_matrix")}
             model_rows.append(row)
             if row["auc"] is not None and labels:
                 learning.append({"version": row["version"], "labels": labels, "auc": row["auc"]})
-            for h in m.get("history") or m.get("approval_history") or []:
-                decisions.append({"version": m.get("version"), "decision": h.get("decision") or h.get("action"),
-                                  "by": h.get("by") or h.get("actor"), "reason": h.get("reason"),
-                                  "at": h.get("at")})
+            for h in m.get("history") or []:
+                decisions.append({"version": m.get("version"), "decision": h.get("action"), "by": h.get("by"),
+                                  "reason": h.get("reason"), "at": h.get("at")})
         run_rows = [{"run_id": r.get("run_id"), "status": r.get("status"), "trigger": r.get("trigger"),
                      "labels": r.get("label_count"), "duration_s": _duration(r),
                      "failure_reason": r.get("failure_reason")} for r in runs]
         verified_to_training = []
         for r in runs:
-            st = _ts(r.get("started_at"))
+            st = _ts(r.get("created_at"))
             before = [t for t in self.state.read_times if st and t <= st]
             if before:
                 verified_to_training.append(st - max(before))
@@ -551,7 +556,7 @@ def _ts(v: Any) -> float:
 
 
 def _duration(r: dict[str, Any]) -> float | None:
-    a, b = _ts(r.get("started_at")), _ts(r.get("ended_at") or r.get("completed_at"))
+    a, b = _ts(r.get("created_at")), _ts(r.get("ended_at"))
     return round(b - a, 1) if a and b else None
 
 
