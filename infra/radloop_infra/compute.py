@@ -261,7 +261,7 @@ class Compute(Construct):
             "otel-collector",
             image=ecs.ContainerImage.from_registry(adot_image),
             essential=False,  # tracing never takes the service down
-            command=["--config=env:AOT_CONFIG_CONTENT"],
+            # ADOT reads its whole configuration from AOT_CONFIG_CONTENT when the variable is set.
             environment={"AOT_CONFIG_CONTENT": collector_yaml},
             logging=ecs.LogDrivers.aws_logs(stream_prefix="otel", log_group=log_group),
             readonly_root_filesystem=True,

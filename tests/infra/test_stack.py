@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import pytest
+import yaml
 
 from infra.radloop_infra import needs as N
 from infra.radloop_infra.compute import http_services
@@ -13,7 +14,7 @@ from infra.radloop_infra.config import PROD_LOG_RETENTION_DAYS, env_config
 from radloop.local.proxy import ROUTES
 from shared.settings import DEFAULT_PORTS
 from shared.topology import SERVICES, build_topology
-from tests.infra.conftest import ENVS
+from tests.infra.conftest import ENVS, REPO
 
 pytestmark = pytest.mark.parametrize("env", ENVS)
 
@@ -302,7 +303,11 @@ def test_one_ecs_service_per_radloop_service_with_health_checks_and_circuit_brea
         app = next(c for c in td["Properties"]["ContainerDefinitions"] if c["Name"] == "app")
         assert app["HealthCheck"]["Command"][0] == "CMD"
         assert app["ReadonlyRootFilesystem"] is True and app["User"] == "10001"
-        assert any(c["Name"] == "otel-collector" for c in td["Properties"]["ContainerDefinitions"])
+        otel = next(c for c in td["Properties"]["ContainerDefinitions"] if c["Name"] == "otel-collector")
+        cfg = yaml.safe_load(next(e["Value"] for e in otel["Environment"] if e["Name"] == "AOT_CONFIG_CONTENT"))
+        shared = yaml.safe_load((REPO / "infra" / "otel-collector.yaml").read_text())
+        assert cfg["receivers"] == shared["receivers"] and cfg["processors"] == shared["processors"]
+        assert cfg["service"]["pipelines"]["traces"]["exporters"] == ["awsxray"]
     policies = s.of_type("AWS::ApplicationAutoScaling::ScalingPolicy")
     backlog = [p for p in policies.values() if "backlog" in p["Properties"]["PolicyName"]]
     assert len(backlog) == sum(1 for x in SERVICES if N.NEEDS[x].kind == "worker")
