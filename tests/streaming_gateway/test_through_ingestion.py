@@ -85,6 +85,28 @@ def test_read_back_what_ingestion_stored(stored: tuple[Settings, str]) -> None:
         original.save_as(buf, enforce_file_format=True)
         jpg = client.retrieve_instance_rendered(study, series, sop)
         assert Image.open(io.BytesIO(jpg)).size == (int(ds.Columns), int(ds.Rows))
+    # Each matching type on what ingestion indexed.
+    ct, emri, rle = (pydicom.dcmread(get_testdata_file(n)) for n in FILES)
+
+    def studies(**filters: str) -> set[str]:
+        fuzzy = filters.pop("fuzzy", None) == "yes"
+        return {s["0020000D"]["Value"][0] for s in client.search_for_studies(search_filters=filters,
+                                                                               fuzzymatching=fuzzy or None)}
+
+    mine = {str(d.StudyInstanceUID) for d in (ct, emri, rle)}
+    assert studies(PatientName="CQ500*") & mine == {str(ct.StudyInstanceUID)}
+    assert studies(PatientName="mr1", fuzzy="yes") & mine == {str(rle.StudyInstanceUID)}
+    assert studies(StudyDate="20040101-20041231") & mine == {str(rle.StudyInstanceUID)}
+    assert studies(StudyDate="-20001231") & mine == {str(emri.StudyInstanceUID)}
+    assert studies(ModalitiesInStudy="CT") & mine == {str(ct.StudyInstanceUID)}
+    assert studies(StudyInstanceUID=f"{ct.StudyInstanceUID},{rle.StudyInstanceUID}") == {
+        str(ct.StudyInstanceUID), str(rle.StudyInstanceUID)}
+    mr_series = {s["0020000E"]["Value"][0] for s in client.search_for_series(search_filters={"Modality": "MR"})}
+    assert {str(emri.SeriesInstanceUID), str(rle.SeriesInstanceUID)} <= mr_series
+    assert str(ct.SeriesInstanceUID) not in mr_series
+    by_class = client.search_for_instances(search_filters={"SOPClassUID": str(ct.SOPClassUID),
+                                                           "PatientID": str(ct.PatientID)})
+    assert [i["00080018"]["Value"][0] for i in by_class] == [str(ct.SOPInstanceUID)]
     # The RLE original, transcoded to Explicit VR Little Endian from the stored frames.
     rle = pydicom.dcmread(get_testdata_file("MR_small_RLE.dcm"))
     out = client.retrieve_instance(str(rle.StudyInstanceUID), str(rle.SeriesInstanceUID), str(rle.SOPInstanceUID),
