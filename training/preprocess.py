@@ -63,13 +63,17 @@ def _s3():
     return boto3.client("s3", config=Config(retries={"max_attempts": 3, "mode": "standard"}, max_pool_connections=16))
 
 
-def _fetch(s3: Any, rec: datasets.ManifestRecord, size: int) -> np.ndarray:
+def frame_to_input(frame: bytes, meta: dict[str, Any], size: int) -> np.ndarray:
+    """A stored frame (HTJ2K codestream + the instance's DICOM JSON) -> the model input, as triage computes it."""
     from shared import htj2k
 
+    return preprocess(htj2k.decode(frame), params_from_dicom_json(meta), size=size)
+
+
+def _fetch(s3: Any, rec: datasets.ManifestRecord, size: int) -> np.ndarray:
     frame = s3.get_object(Bucket=rec.bucket, Key=rec.frame_key)["Body"].read()
     meta = json.loads(s3.get_object(Bucket=rec.bucket, Key=rec.metadata_key)["Body"].read())
-    pixels = htj2k.decode(frame)
-    return preprocess(pixels, params_from_dicom_json(meta), size=size)
+    return frame_to_input(frame, meta, size)
 
 
 def read_manifest(d: str | Path) -> tuple[list[datasets.ManifestRecord], str]:

@@ -28,6 +28,7 @@ CLI: ``python -m training.synthetic --out DIR --n N --seed S`` (``--ct`` writes 
 from __future__ import annotations
 
 import argparse
+import bisect
 import csv
 import datetime as dt
 import hashlib
@@ -106,17 +107,18 @@ def _studies_of(seed: int, patient: int) -> int:
     return int(_rng(seed, "nstudies", patient).choice([1, 2, 3, 4], p=[0.4, 0.3, 0.2, 0.1]))
 
 
+_PATIENT_STARTS: dict[int, list[int]] = {}
+
+
 def patient_of(index: int, seed: int = 0) -> tuple[int, int]:
     """(patient number, study number) of case ``index`` in cohort ``seed``: patients take consecutive indices."""
     if index < 0:
         raise ValueError(f"case index must be >= 0, got {index}")
-    start, patient = 0, 0
-    while True:
-        k = _studies_of(seed, patient)
-        if index < start + k:
-            return patient, index - start
-        start += k
-        patient += 1
+    starts = _PATIENT_STARTS.setdefault(seed, [0])  # starts[p] = first index of patient p (grown on demand)
+    while starts[-1] <= index:
+        starts.append(starts[-1] + _studies_of(seed, len(starts) - 1))
+    patient = bisect.bisect_right(starts, index) - 1
+    return patient, index - starts[patient]
 
 
 def case_spec(
