@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 
 class FrameAuditCoalescer:
+    """Counts frame reads per (user, study, series) and writes one audit record per window."""
     def __init__(self, audit: AuditLog, window_s: float) -> None:
         self.audit = audit
         self.window_s = window_s
@@ -29,9 +30,11 @@ class FrameAuditCoalescer:
         self.flushed_records = 0
 
     def add(self, principal: Principal, study: str, series: str, frames: int) -> None:
+        """Count ``frames`` frame reads by ``principal`` in a series."""
         self._counts[(principal, study, series)] += frames
 
     def start(self) -> None:
+        """Start the periodic flush."""
         self._task = asyncio.create_task(self._loop(), name="frame-audit-flush")
 
     async def _loop(self) -> None:
@@ -43,6 +46,7 @@ class FrameAuditCoalescer:
                 log.exception("frame audit flush failed; counts kept for the next window")
 
     async def flush(self) -> int:
+        """Write one record per (user, series) with its count; returns the number of records written."""
         async with self._lock:
             pending, self._counts = self._counts, defaultdict(int)
             written = 0
@@ -61,6 +65,7 @@ class FrameAuditCoalescer:
             return written
 
     async def close(self) -> None:
+        """Stop the periodic flush and write what is pending."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -42,6 +42,7 @@ class Frame:
 
     @classmethod
     def of(cls, data: bytes) -> Frame:
+        """Wrap a codestream, computing its digest and resolution offsets."""
         try:
             offsets = tuple(resolution_offsets(data))
             levels = number_of_levels(data)
@@ -69,6 +70,7 @@ class FrameCache:
         return len(self._frames)
 
     def get(self, key: str) -> Frame | None:
+        """The cached frame (now most recently used), or None."""
         f = self._frames.get(key)
         if f is None:
             self.misses += 1
@@ -78,6 +80,7 @@ class FrameCache:
         return f
 
     def put(self, key: str, frame: Frame) -> None:
+        """Cache a frame, evicting least recently used ones so the budget always holds."""
         size = len(frame.data)
         if size > self.budget:
             return
@@ -95,6 +98,7 @@ class FrameCache:
 
 
 class FrameStore:
+    """Frames by (study, series, instance, number): cache first, then one counted S3 read."""
     def __init__(
         self,
         clients: AwsClients,
@@ -162,6 +166,7 @@ class FrameStore:
 
     # --- prefetch -------------------------------------------------------------------------------------------------
     def should_prefetch(self, study: str, series: str, ttl_s: float = 300.0) -> bool:
+        """True once per series per ``ttl_s``: whether this request should start the series prefetch."""
         now = time.monotonic()
         last = self._prefetched.get((study, series))
         if last is not None and now - last < ttl_s:
@@ -183,6 +188,7 @@ class FrameStore:
     async def prefetch_series(
         self, study: str, series: str, instances: Callable[[], Awaitable[list[dict[str, Any]]]]
     ) -> int:
+        """Read every frame of the series into the cache (bounded concurrency and budget share)."""
         self.prefetch_stats["started"] += 1
         self.prefetch_stats["in_flight"] += 1
         fetched = 0
@@ -226,12 +232,14 @@ class FrameStore:
             self.prefetch_stats["completed"] += 1
 
     async def close(self) -> None:
+        """Cancel running prefetches."""
         for t in list(self._tasks):
             t.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def stats(self) -> dict[str, Any]:
+        """Counters for ``/streaming/stats``."""
         c = self.cache
         return {
             "s3_reads": self.s3_reads,

@@ -19,6 +19,7 @@ T = TypeVar("T")
 
 @dataclass
 class Gateway:
+    """The objects every route needs: index reader, searcher, frame store, audit coalescer, threads."""
     settings: GatewaySettings
     index: IndexReader
     searcher: Searcher

@@ -35,10 +35,12 @@ _INSTANCE_NAMES = {"#r": "rows", "#c": "columns"}
 
 
 def study_pk(study: str) -> str:
+    """Partition key of a study and everything in it."""
     return f"STUDY#{study}"
 
 
 def instance_sk(series: str, sop: str) -> str:
+    """Sort key of an instance item."""
     return f"INSTANCE#{series}#{sop}"
 
 
@@ -71,12 +73,14 @@ class SeriesCache:
         self._entries: OrderedDict[tuple[str, str], SeriesEntry] = OrderedDict()
 
     def get(self, key: tuple[str, str]) -> SeriesEntry | None:
+        """The cached series entry (now most recently used), or None."""
         e = self._entries.get(key)
         if e is not None:
             self._entries.move_to_end(key)
         return e
 
     def put(self, key: tuple[str, str], entry: SeriesEntry) -> None:
+        """Cache a series entry, evicting least recently used ones beyond the budget."""
         old = self._entries.pop(key, None)
         if old is not None:
             self.bytes -= old.size
@@ -127,9 +131,11 @@ class IndexReader:
         return out
 
     async def study(self, study: str) -> dict[str, Any] | None:
+        """The study item, or None."""
         return (await self.get_items([(study_pk(study), "STUDY")])).get((study_pk(study), "STUDY"))
 
     async def studies(self, uids: list[str]) -> list[dict[str, Any]]:
+        """Study items of the given UIDs that exist, in the given order."""
         found = await self.get_items([(study_pk(u), "STUDY") for u in uids])
         return [found[(study_pk(u), "STUDY")] for u in dict.fromkeys(uids) if (study_pk(u), "STUDY") in found]
 
@@ -215,6 +221,7 @@ class IndexReader:
         )
 
     async def series_of_study(self, study: str) -> list[dict[str, Any]]:
+        """Series items of a study, by series number."""
         items = [
             it
             async for it in self.query(
@@ -240,6 +247,7 @@ class IndexReader:
         return items
 
     async def instances_by_sop(self, sop: str) -> list[dict[str, Any]]:
+        """Instance items with this SOPInstanceUID (the ``by_sop`` index)."""
         return [
             it
             async for it in self.query(

@@ -19,16 +19,19 @@ IMPLICIT_VR_LE = "1.2.840.10008.1.2"
 
 @dataclass(frozen=True)
 class MediaRange:
+    """One media range of an Accept header, with its parameters and q-value."""
     type: str
     params: dict[str, str]
     q: float
 
     @property
     def multipart_type(self) -> str | None:
+        """The ``type`` parameter of a multipart/related range."""
         return self.params.get("type") if self.type == "multipart/related" else None
 
     @property
     def transfer_syntax(self) -> str | None:
+        """The ``transfer-syntax`` parameter, if any."""
         return self.params.get("transfer-syntax")
 
 
@@ -86,6 +89,7 @@ class FrameRepresentation:
 
     @property
     def media_type(self) -> str:
+        """The part media type without parameters."""
         return self.part_type.split(";")[0]
 
 
@@ -173,6 +177,7 @@ def boundary_for(seed: str) -> str:
 
 
 def part_header(boundary: str, content_type: str, location: str | None = None) -> bytes:
+    """The boundary line and headers that open one part."""
     h = f"--{boundary}\r\nContent-Type: {content_type}\r\n"
     if location:
         h += f"Content-Location: {location}\r\n"
@@ -180,6 +185,7 @@ def part_header(boundary: str, content_type: str, location: str | None = None) -
 
 
 def multipart_body(parts: Iterable[tuple[str, bytes]], boundary: str) -> bytes:
+    """A complete multipart/related body from (Content-Type, bytes) parts."""
     chunks: list[bytes] = []
     for ctype, data in parts:
         chunks.append(part_header(boundary, ctype))
@@ -190,6 +196,7 @@ def multipart_body(parts: Iterable[tuple[str, bytes]], boundary: str) -> bytes:
 
 
 def multipart_content_type(boundary: str, inner: str, transfer_syntax: str | None = None) -> str:
+    """The Content-Type header of a multipart/related response."""
     ct = f'multipart/related; type="{inner}"; boundary={boundary}'
     if transfer_syntax:
         ct += f"; transfer-syntax={transfer_syntax}"

@@ -25,6 +25,7 @@ from shared.uids import validate_uid
 
 @dataclass(frozen=True)
 class Attr:
+    """A DICOM attribute the index holds: keyword, tag, VR, item field and level."""
     keyword: str
     tag: str
     vr: str
@@ -92,6 +93,7 @@ def resolve_key(key: str) -> str | None:
 
 
 def tag_of(keyword: str) -> str:
+    """The 8-digit hex tag of a keyword."""
     a = BY_KEYWORD.get(keyword)
     if a:
         return a.tag
@@ -110,6 +112,7 @@ class Matcher:
     fuzzy: bool = False
 
     def matches(self, value: Any) -> bool:
+        """Whether an index value satisfies this key."""
         if self.kind == "list":  # a multi-valued index attribute (ModalitiesInStudy)
             vals = value if isinstance(value, list) else ([value] if value else [])
             return any(v in self.values for v in vals)
@@ -135,6 +138,7 @@ class Matcher:
 
 @dataclass
 class Query:
+    """A parsed QIDO-RS query: matchers, fields to include, paging."""
     level: str
     matchers: dict[str, Matcher] = field(default_factory=dict)
     include: set[str] = field(default_factory=set)
@@ -145,9 +149,11 @@ class Query:
     ignored: list[str] = field(default_factory=list)
 
     def at(self, level: str) -> list[Matcher]:
+        """The matchers of one level."""
         return [m for k, m in self.matchers.items() if BY_KEYWORD[k].level == level]
 
     def date_range(self) -> tuple[str | None, str | None] | None:
+        """The StudyDate range (start, end), if the query has one."""
         m = self.matchers.get("StudyDate")
         if m is None:
             return None
@@ -282,14 +288,17 @@ def parse_query(level: str, params: Iterable[tuple[str, str]], *, fixed: Mapping
 
 
 def study_matches(q: Query, st: Mapping[str, Any]) -> bool:
+    """Whether a study item satisfies the study-level keys."""
     return all(m.matches(st.get(BY_KEYWORD[m.keyword].field)) for m in q.at("STUDY"))
 
 
 def series_matches(q: Query, se: Mapping[str, Any]) -> bool:
+    """Whether a series item satisfies the series-level keys."""
     return all(m.matches(se.get(BY_KEYWORD[m.keyword].field)) for m in q.at("SERIES"))
 
 
 def instance_matches(q: Query, it: Mapping[str, Any]) -> bool:
+    """Whether an instance item satisfies the instance-level keys."""
     return all(m.matches(it.get(BY_KEYWORD[m.keyword].field)) for m in q.at("INSTANCE"))
 
 
@@ -319,6 +328,7 @@ def _fill(out: dict[str, Any], level: str, item: Mapping[str, Any]) -> None:
 
 
 def study_result(st: Mapping[str, Any], base_url: str) -> dict[str, Any]:
+    """The DICOM JSON of a study result."""
     out: dict[str, Any] = {}
     _fill(out, "STUDY", st)
     out["00080056"] = {"vr": "CS", "Value": ["ONLINE"]}
@@ -327,6 +337,7 @@ def study_result(st: Mapping[str, Any], base_url: str) -> dict[str, Any]:
 
 
 def series_result(st: Mapping[str, Any] | None, se: Mapping[str, Any], base_url: str, q: Query) -> dict[str, Any]:
+    """The DICOM JSON of a series result."""
     out: dict[str, Any] = {}
     if st is not None:
         _study_fields_for(out, st, q)
@@ -347,6 +358,7 @@ def _study_fields_for(out: dict[str, Any], st: Mapping[str, Any], q: Query) -> N
 def instance_result(
     st: Mapping[str, Any] | None, se: Mapping[str, Any] | None, it: Mapping[str, Any], base_url: str, q: Query
 ) -> dict[str, Any]:
+    """The DICOM JSON of an instance result (with stored DICOM JSON attributes when included)."""
     out: dict[str, Any] = {}
     extra = q.include - set(BY_KEYWORD)
     if (q.include_all or extra) and it.get("dicom_json"):
@@ -376,6 +388,7 @@ def instance_result(
 
 
 def vr_of(keyword: str) -> str:
+    """The VR of a keyword from the data dictionary (UN if unknown)."""
     try:
         return str(dictionary_VR(keyword))
     except KeyError:

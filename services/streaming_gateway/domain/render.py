@@ -22,6 +22,7 @@ from shared.htj2k import decode
 
 @dataclass(frozen=True)
 class RenderParams:
+    """Validated parameters of a rendered request."""
     media_type: str = "image/jpeg"
     window: tuple[float, float, str] | None = None
     viewport: tuple[int, int] | None = None
@@ -29,6 +30,7 @@ class RenderParams:
 
 
 def negotiate_rendered(accept: str | None) -> str:
+    """The rendered media type for an Accept header (JPEG by default), or 406."""
     from services.streaming_gateway.domain.media import parse_accept
 
     for r in parse_accept(accept):
@@ -40,6 +42,7 @@ def negotiate_rendered(accept: str | None) -> str:
 
 
 def parse_render_params(accept: str | None, window: str | None, viewport: str | None, quality: str | None) -> RenderParams:
+    """Validate ``window``, ``viewport`` and ``quality`` (400 with the reason) and negotiate the type."""
     mt = negotiate_rendered(accept)
     win = None
     if window is not None:

@@ -17,6 +17,7 @@ _SK_HIGH = "\uffff"
 
 @dataclass
 class SearchResult:
+    """One page of search results and whether more exist."""
     items: list[dict[str, Any]]
     truncated: bool
     warnings: list[str] = field(default_factory=list)
@@ -25,9 +26,11 @@ class SearchResult:
 
     @property
     def count(self) -> int:
+        """Number of results in this page."""
         return len(self.serialized) if self.serialized is not None else len(self.items)
 
     def body(self) -> str:
+        """The response body: a JSON array of DICOM JSON objects."""
         if self.serialized is not None:
             return "[" + ",".join(self.serialized) + "]"
         return json.dumps(self.items, separators=(",", ":"))
@@ -62,6 +65,7 @@ def _date_bounds(q: qido.Query) -> tuple[str, str] | None:
 
 
 class Searcher:
+    """QIDO-RS searches at the study, series and instance level."""
     def __init__(self, index: IndexReader, *, max_results: int) -> None:
         self.index = index
         self.max_results = max_results
@@ -83,6 +87,7 @@ class Searcher:
                 yield st
 
     async def studies(self, q: qido.Query, base_url: str) -> SearchResult:
+        """Matching studies, newest first."""
         items, truncated = await _page(self._matching_studies(q), q, self.max_results)
         return SearchResult([qido.sort_json(qido.study_result(st, base_url)) for st in items], truncated)
 
@@ -119,6 +124,7 @@ class Searcher:
             yield pair
 
     async def series(self, q: qido.Query, base_url: str) -> SearchResult:
+        """Matching series with the study attributes asked for."""
         items, truncated = await _page(self._matching_series(q), q, self.max_results)
         return SearchResult([qido.sort_json(qido.series_result(st, se, base_url, q)) for st, se in items], truncated)
 
@@ -163,6 +169,7 @@ class Searcher:
                     yield st, series[it["series_uid"]], it
 
     async def instances(self, q: qido.Query, base_url: str) -> SearchResult:
+        """Matching instances in instance-number order."""
         study_m = q.matchers.get("StudyInstanceUID")
         series_m = q.matchers.get("SeriesInstanceUID")
         if (study_m is not None and len(study_m.values) == 1 and series_m is not None and len(series_m.values) == 1
