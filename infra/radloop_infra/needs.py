@@ -99,13 +99,14 @@ NEEDS: dict[str, ServiceNeeds] = {
             S3Need("ingestion", "move", ("imports/", "imports-rejected/"), list=True),
             S3Need("images", "read_write", ("dicom/", "frames/", "metadata/")),
         ),
-        tables={"instances": "read_write", **_IDEM, **_AUDIT},
+        # The outbox is written in the same transaction as the instance record (services/ingestion/domain/outbox.py).
+        tables={"instances": "read_write", "outbox": "read_write", **_IDEM, **_AUDIT},
         publishes=True,
     ),
     "streaming_gateway": ServiceNeeds(
         kind="http",
         s3=(S3Need("images", "read", ("dicom/", "frames/", "metadata/", "heatmaps/")),),
-        tables={"instances": "read", "scores": "read", **_AUDIT},
+        tables={"instances": "read", **_AUDIT},
     ),
     "triage": ServiceNeeds(
         kind="worker",
@@ -114,21 +115,21 @@ NEEDS: dict[str, ServiceNeeds] = {
             S3Need("images", "write", ("heatmaps/",)),
             S3Need("ml", "read", ("models/",), list=True),
         ),
-        tables={"scores": "read_write", "models": "read", "instances": "read", **_IDEM, **_AUDIT},
+        # The champion pointer is read from the state table (services/triage/domain/champion.py).
+        tables={"scores": "read_write", "state": "read", **_IDEM, **_AUDIT},
         publishes=True,
     ),
     "verification": ServiceNeeds(
         kind="http",
         s3=(S3Need("images", "read", ("metadata/", "heatmaps/")),),
-        tables={"cases": "read_write", "labels": "read_write", "scores": "read", "instances": "read", **_IDEM,
-                **_AUDIT},
+        # Degradation episodes are recorded in the state table (services/verification/workflow.py).
+        tables={"cases": "read_write", "labels": "read_write", "state": "read_write", **_IDEM, **_AUDIT},
         publishes=True,
     ),
     "pipeline_orchestrator": ServiceNeeds(
         kind="http",
         s3=(S3Need("ml", "read_write", ("datasets/", "models/", "pipelines/"), list=True),),
-        tables={"runs": "read_write", "training_labels": "read_write", "state": "read_write", "labels": "read",
-                **_IDEM, **_AUDIT},
+        tables={"runs": "read_write", "training_labels": "read_write", "state": "read_write", **_IDEM, **_AUDIT},
         publishes=True,
         sagemaker=("run_pipeline", "read_model_packages"),
         pass_pipeline_role=True,
@@ -136,7 +137,7 @@ NEEDS: dict[str, ServiceNeeds] = {
     "registry": ServiceNeeds(
         kind="http",
         s3=(S3Need("ml", "read", ("models/", "datasets/"), list=True),),
-        tables={"models": "read_write", "runs": "read", "state": "read_write", **_IDEM, **_AUDIT},
+        tables={"models": "read_write", "state": "read_write", **_IDEM, **_AUDIT},
         publishes=True,
         sagemaker=("manage_model_packages",),
     ),

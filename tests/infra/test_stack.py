@@ -425,3 +425,4 @@ def test_task_environment_matches_the_settings_and_passes_their_production_check
             settings = cls()
         assert settings.environment == env and settings.port == DEFAULT_PORTS[service]
     assert seen == set(SERVICES)
+
