@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import MutableMapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -64,12 +65,12 @@ async def _warm_routes(app: FastAPI) -> None:
     FastAPI and its OpenTelemetry instrumentation build each route's dependency state on the first request, which
     took most of a second here: without this, the first image a radiologist opens would pay for it.
     """
-    sent: list[dict[str, Any]] = []
+    sent: list[MutableMapping[str, Any]] = []
 
-    async def receive() -> dict[str, Any]:
+    async def receive() -> MutableMapping[str, Any]:
         return {"type": "http.request", "body": b"", "more_body": False}
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: MutableMapping[str, Any]) -> None:
         sent.append(message)
 
     for route in app.routes:

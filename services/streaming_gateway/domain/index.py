@@ -61,7 +61,7 @@ class SeriesEntry:
     #: Rendered ``[...]`` DICOM JSON of the whole series, and its gzip, made on first use.
     metadata_json: bytes | None = None
     metadata_gzip: bytes | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[Any, Any] = field(default_factory=dict)
 
 
 class SeriesCache:
