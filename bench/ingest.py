@@ -268,7 +268,7 @@ def main() -> None:
     ap.add_argument("--ct", type=int, default=300)
     ap.add_argument("--cr", type=int, default=20)
     ap.add_argument("--levels", default="1,4,16")
-    ap.add_argument("--budget-s", type=float, default=90.0, help="time bound per level and system")
+    ap.add_argument("--budget-s", type=float, default=40.0, help="time bound per level and system")
     ap.add_argument("--no-orthanc", action="store_true")
     args = ap.parse_args()
     levels = [int(x) for x in args.levels.split(",")]

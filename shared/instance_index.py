@@ -161,6 +161,7 @@ class IndexWriter:
         guess = known is not None and rec.series_uid in known.series
         for attempt in range(max_attempts):
             replacing = False
+            old_sha = ""
             if guess and known is not None:
                 study_exists, series_exists = True, True
                 has_modality = rec.modality in known.modalities
@@ -171,7 +172,7 @@ class IndexWriter:
                 got = {i["sk"]["S"]: i for i in resp.get("Responses", {}).get(self.table, [])}
                 existing = got.get(i_sk)
                 if existing is not None:
-                    old_sha = existing.get("content_sha256", {}).get("S", "")
+                    old_sha = str(existing.get("content_sha256", {}).get("S", ""))
                     if old_sha == sha:
                         return "exists"
                     if not overwrite:
@@ -185,7 +186,7 @@ class IndexWriter:
             if replacing:
                 items = [{"Put": {"TableName": self.table, "Item": encode_item(dict(rec.instance, pk=pk, sk=i_sk)),
                                   "ConditionExpression": "content_sha256 = :old",
-                                  "ExpressionAttributeValues": {":old": {"S": existing["content_sha256"]["S"]}}}}]
+                                  "ExpressionAttributeValues": {":old": {"S": old_sha}}}}]
             else:
                 items = _transaction(self.table, rec, pk, s_sk, i_sk, study_exists, series_exists, has_modality)
             try:
