@@ -22,13 +22,19 @@ async def startup(ctx: ServiceContext) -> None:
     ctx.extras["pool"] = pool
     ctx.extras["pipeline"] = pipeline
     pipeline.outbox.start()
-    if settings.dimse_port:
+    if settings.dimse_port and not ctx.extras.get("worker_only"):
         from services.ingestion.domain.dimse import StorageSCP
 
         scp = StorageSCP(pipeline, settings, asyncio.get_running_loop())
         scp.start()
         ctx.extras["scp"] = scp
         log.info("DIMSE SCP listening", extra={"port": settings.dimse_port, "ae_title": settings.dimse_ae_title})
+
+
+async def worker_startup(ctx: ServiceContext) -> None:
+    """Start-up of the worker-only process: the pipeline and outbox, but no DIMSE SCP (the HTTP process has it)."""
+    ctx.extras["worker_only"] = True
+    await startup(ctx)
 
 
 async def shutdown(ctx: ServiceContext) -> None:

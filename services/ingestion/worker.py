@@ -5,9 +5,9 @@ deployments that scale the worker separately.
 """
 
 from services.ingestion import SERVICE
-from services.ingestion.bootstrap import startup
+from services.ingestion.bootstrap import worker_startup
 from services.ingestion.handlers import handlers
 from shared.worker import main
 
 if __name__ == "__main__":
-    main(SERVICE, handlers, startup)
+    main(SERVICE, handlers, worker_startup)
