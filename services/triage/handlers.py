@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
-from shared.consumer import Handler
+from services.triage.scoring import Triage
+from shared import event_names as ev
+from shared.consumer import Handler, MessageContext
+from shared.events import InstanceStored, ModelApproved
 from shared.service import ServiceContext
 
 
 def handlers(ctx: ServiceContext) -> Mapping[str, Handler]:
     """Event name -> handler. The whole event-driven behaviour of the service is listed here."""
-    return {}
+    triage: Triage = ctx["triage"]
+
+    async def instance_stored(event: InstanceStored, _m: MessageContext) -> dict[str, Any]:
+        return await triage.on_instance_stored(event)
+
+    async def model_approved(event: ModelApproved, _m: MessageContext) -> dict[str, Any]:
+        model = await triage.holder.on_approved(event.version, event.model_artifact_uri, event.threshold,
+                                                event.model_package_arn)
+        return {"model_version": model.version}
+
+    return {ev.INSTANCE_STORED: instance_stored, ev.MODEL_APPROVED: model_approved}

@@ -4,10 +4,15 @@
 deployments that scale the worker separately.
 """
 
+import asyncio
+
 from services.triage import SERVICE
 from services.triage.bootstrap import startup
 from services.triage.handlers import handlers
-from shared.worker import main
+from services.triage.settings import TriageSettings
+from shared.worker import run_worker
 
 if __name__ == "__main__":
-    main(SERVICE, handlers, startup)
+    _settings = TriageSettings()
+    asyncio.run(run_worker(SERVICE, handlers, settings=_settings, startup=startup,
+                           concurrency=_settings.triage_concurrency))

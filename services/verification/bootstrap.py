@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
+from services.verification.settings import verification_settings
+from services.verification.workflow import Verification
 from shared.service import ServiceContext
 
 
 async def startup(ctx: ServiceContext) -> None:
-    """Create the service's stores and put them into ``ctx.extras``."""
+    """Create the workflow (case store, publisher) and start its outbox sweeper."""
+    v = Verification(ctx.clients, verification_settings(ctx.settings), ctx.publisher)
+    ctx.extras["verification"] = v
+    v.start()
+
+
+async def shutdown(ctx: ServiceContext) -> None:
+    v = ctx.extras.get("verification")
+    if v is not None:
+        await v.stop()

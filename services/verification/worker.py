@@ -4,10 +4,13 @@
 deployments that scale the worker separately.
 """
 
+import asyncio
+
 from services.verification import SERVICE
 from services.verification.bootstrap import startup
 from services.verification.handlers import handlers
-from shared.worker import main
+from services.verification.settings import VerificationSettings
+from shared.worker import run_worker
 
 if __name__ == "__main__":
-    main(SERVICE, handlers, startup)
+    asyncio.run(run_worker(SERVICE, handlers, settings=VerificationSettings(), startup=startup))

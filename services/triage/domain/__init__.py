@@ -1,0 +1,1 @@
+"""Triage domain logic: applicability, inputs, the champion model, micro-batching, Grad-CAM."""

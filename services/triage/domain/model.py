@@ -1,0 +1,141 @@
+"""The champion model in memory: loading a ``model.tar.gz``, choosing fp32 or bf16, scoring a batch.
+
+A :class:`LoadedModel` is never mutated after it is built, so a batch that took a reference to one keeps scoring
+with that version even while a hot swap installs the next one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from training.model import load_model_dir
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ChampionRecord:
+    """The registry's champion pointer (state table item ``champion``)."""
+
+    version: int
+    model_artifact_uri: str
+    threshold: float
+    model_package_arn: str = ""
+
+    @classmethod
+    def from_item(cls, item: dict[str, Any]) -> ChampionRecord:
+        """Parse the DynamoDB item (low-level attribute-value format)."""
+
+        def v(name: str) -> Any:
+            a = item.get(name)
+            return None if a is None else next(iter(a.values()))
+
+        return cls(
+            version=int(v("version")),
+            model_artifact_uri=str(v("model_artifact_uri")),
+            threshold=float(v("threshold")),
+            model_package_arn=str(v("model_package_arn") or ""),
+        )
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model ready to score: module (eval mode), its config, version, operating threshold and precision."""
+
+    module: nn.Module
+    config: dict[str, Any]
+    version: int
+    threshold: float
+    precision: str
+    input_size: int
+    load_ms: float = 0.0
+    probe: dict[str, float] = field(default_factory=dict)
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """Probabilities (shape N) for an N×S×S float32 batch of preprocessed frames."""
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).unsqueeze(1)
+        x = x.contiguous(memory_format=torch.channels_last)
+        return _forward(self.module, x, self.precision)
+
+
+def _forward(module: nn.Module, x: torch.Tensor, precision: str) -> np.ndarray:
+    with torch.inference_mode():
+        if precision == "bf16":
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                logits = module(x)
+        else:
+            logits = module(x)
+        return torch.sigmoid(logits.float().reshape(-1)).numpy().astype(np.float64)
+
+
+def cpu_has_bf16() -> bool:
+    """Whether the CPU has native bf16 matrix instructions (AMX or AVX-512 BF16); without them bf16 is emulated."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def choose_precision(module: nn.Module, size: int, batch: int, requested: str, tolerance: float) -> tuple[str, dict]:
+    """fp32 or bf16. ``auto`` times both on a probe batch and keeps bf16 only if faster and within ``tolerance``."""
+    if requested != "auto":
+        return requested, {}
+    if not cpu_has_bf16():
+        return "fp32", {"reason": 0.0}
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(batch, 1, size, size, generator=gen).contiguous(memory_format=torch.channels_last)
+    timings: dict[str, float] = {}
+    outs: dict[str, np.ndarray] = {}
+    for prec in ("fp32", "bf16"):
+        _forward(module, x, prec)  # warm-up (oneDNN kernels are built on first use)
+        t0 = time.perf_counter()
+        outs[prec] = _forward(module, x, prec)
+        timings[prec] = time.perf_counter() - t0
+    diff = float(np.max(np.abs(outs["fp32"] - outs["bf16"])))
+    probe = {"fp32_s": timings["fp32"], "bf16_s": timings["bf16"], "max_abs_diff": diff}
+    chosen = "bf16" if timings["bf16"] < 0.9 * timings["fp32"] and diff <= tolerance else "fp32"
+    return chosen, probe
+
+
+def load_model_artifact(
+    data: bytes, record: ChampionRecord, *, precision: str = "auto", batch: int = 16, tolerance: float = 0.02
+) -> LoadedModel:
+    """Build a :class:`LoadedModel` from the bytes of a ``model.tar.gz`` (blocking: call it in a thread)."""
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="radloop-model-") as tmp:
+        path = os.path.join(tmp, "model.tar.gz")
+        with open(path, "wb") as f:
+            f.write(data)
+        module, config = load_model_dir(path)
+    size = int(config.get("input_size", 224))
+    module = module.to(memory_format=torch.channels_last).eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    chosen, probe = choose_precision(module, size, batch, precision, tolerance)
+    threshold = float(record.threshold if record.threshold is not None else config.get("threshold", 0.5))
+    lm = LoadedModel(module=module, config=config, version=record.version, threshold=threshold, precision=chosen,
+                     input_size=size, load_ms=(time.perf_counter() - t0) * 1000, probe=probe)
+    log.info("model loaded", extra={"model_version": lm.version, "precision": chosen, "input_size": size,
+                                     "load_ms": round(lm.load_ms, 1), **{f"probe_{k}": v for k, v in probe.items()}})
+    return lm
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/key`` -> (bucket, key); ValueError names the bad URI."""
+    if not uri.startswith("s3://") or "/" not in uri[5:]:
+        raise ValueError(f"model artefact URI {uri!r} is not of the form s3://bucket/key")
+    bucket, key = uri[5:].split("/", 1)
+    if not bucket or not key:
+        raise ValueError(f"model artefact URI {uri!r} is not of the form s3://bucket/key")
+    return bucket, key

@@ -1,0 +1,146 @@
+"""Scoring one stored instance: applicability, frame, micro-batched forward pass, heatmap, score record, event."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from botocore.exceptions import ClientError
+
+from services.triage.domain.applicability import not_applicable_reason
+from services.triage.domain.batcher import MicroBatcher
+from services.triage.domain.champion import ChampionHolder
+from services.triage.domain.gradcam import grad_cam, overlay_png
+from services.triage.domain.inputs import Frame, load_frame, model_input
+from services.triage.domain.model import LoadedModel
+from services.triage.settings import TriageSettings
+from shared import storage
+from shared.aws import AwsClients
+from shared.events import InstanceScored, InstanceStored
+from shared.publisher import EventPublisher
+
+log = logging.getLogger(__name__)
+
+
+def priority_for(probability: float | None, threshold: float | None) -> str:
+    """``urgent`` when the model calls the image positive at its operating threshold, else ``routine``."""
+    if probability is None or threshold is None:
+        return "routine"
+    return "urgent" if probability >= threshold else "routine"
+
+
+class Triage:
+    """The triage service's behaviour, wired with its clients in ``bootstrap.py``."""
+
+    def __init__(self, clients: AwsClients, settings: TriageSettings, publisher: EventPublisher) -> None:
+        self.clients = clients
+        self.settings = settings
+        self.publisher = publisher
+        self.holder = ChampionHolder(clients, settings)
+        self.batcher = MicroBatcher(lambda: self.holder.current, window_s=settings.triage_batch_window_ms / 1000,
+                                    max_batch=settings.triage_max_batch)
+        self.images_bucket = settings.topology.bucket("images")
+        self.scores_table = settings.topology.table("scores")
+        self.scored = 0
+
+    # -- inputs ------------------------------------------------------------------------------------------------------
+    async def _get(self, key: str) -> bytes:
+        s3 = await self.clients.s3()
+        obj = await s3.get_object(Bucket=self.images_bucket, Key=key)
+        async with obj["Body"] as body:
+            return bytes(await body.read())
+
+    async def read_frame(self, study: str, series: str, sop: str) -> Frame:
+        """Frame 1 and its DICOM JSON from the images bucket, decoded (in a thread: decoding is CPU work)."""
+        cs, meta = await asyncio.gather(self._get(storage.frame_key(study, series, sop, 1)),
+                                        self._get(storage.metadata_key(study, series, sop)))
+        return await asyncio.to_thread(load_frame, cs, meta)
+
+    # -- the handler -------------------------------------------------------------------------------------------------
+    async def on_instance_stored(self, event: InstanceStored) -> dict[str, Any]:
+        """Score (or decline to score, with the reason) one stored instance; write the score; publish it."""
+        s = self.settings
+        base = {"study_uid": event.study_uid, "series_uid": event.series_uid, "sop_uid": event.sop_uid,
+                "patient_pseudo_id": event.patient_pseudo_id}
+        meta: dict[str, Any] | None = None
+        if event.body_part is None:  # the event may omit it; the stored DICOM JSON is authoritative
+            try:
+                meta = json.loads(await self._get(storage.metadata_key(event.study_uid, event.series_uid,
+                                                                       event.sop_uid)))
+            except ClientError:
+                meta = None
+        reason = not_applicable_reason(event.modality, event.body_part, modalities=s.triage_modalities,
+                                       body_parts=s.triage_body_parts, meta=meta)
+        if reason:
+            return await self._record(InstanceScored(status="not_applicable", reason=reason, **base))
+
+        model = self.holder.current
+        if model is None and (self.holder.load_error or await self.holder.read_pointer() is not None):
+            # A champion exists but is not in memory (failed load, or approved while we missed the event): load it
+            # now, and if that fails let the message be retried rather than marking the image unscored.
+            model = await self.holder.ensure_loaded()
+        if model is None:
+            return await self._record(InstanceScored(
+                status="unscored", reason="no approved model yet; the worklist orders this image by arrival", **base))
+
+        try:
+            frame = await self.read_frame(event.study_uid, event.series_uid, event.sop_uid)
+            pre = await asyncio.to_thread(model_input, frame, model.input_size)
+        except ValueError as exc:  # undecodable: it can never succeed, so say so instead of retrying forever
+            return await self._record(InstanceScored(status="unscored", reason=str(exc)[:500], **base))
+        prob, used, x = await self.batcher.submit(frame, pre, model.input_size)
+        priority = priority_for(prob, used.threshold)
+        heatmap = None
+        if s.triage_heatmaps == "all" or (s.triage_heatmaps == "positives" and priority == "urgent"):
+            heatmap = await self.write_heatmap(event.study_uid, event.series_uid, event.sop_uid, used, frame, x)
+        return await self._record(InstanceScored(
+            status="scored", probability=round(prob, 6), threshold=used.threshold, priority=priority,
+            model_version=used.version, heatmap_key=heatmap, **base))
+
+    async def write_heatmap(self, study: str, series: str, sop: str, model: LoadedModel, frame: Frame,
+                            x: np.ndarray | None = None) -> str:
+        """Grad-CAM overlay PNG (the frame's size) at :func:`shared.storage.heatmap_key`; returns the key."""
+        inp = x if x is not None else await asyncio.to_thread(model_input, frame, model.input_size)
+        min_size = self.settings.triage_cam_min_size
+
+        def render() -> bytes:
+            cam, _layer = grad_cam(model.module, inp, min_size=min_size)
+            return overlay_png(cam, frame.rows, frame.columns)
+
+        png = await asyncio.to_thread(render)
+        key = storage.heatmap_key(study, series, sop, model.version)
+        s3 = await self.clients.s3()
+        await s3.put_object(Bucket=self.images_bucket, Key=key, Body=png, ContentType="image/png")
+        return key
+
+    async def _record(self, scored: InstanceScored) -> dict[str, Any]:
+        """Write the score durably, then publish it (a crash between the two re-runs the handler: same result)."""
+        item: dict[str, Any] = {
+            "sop_uid": {"S": scored.sop_uid},
+            "study_uid": {"S": scored.study_uid},
+            "series_uid": {"S": scored.series_uid},
+            "status": {"S": scored.status},
+            "priority": {"S": scored.priority},
+            "scored_at": {"S": datetime.now(UTC).isoformat(timespec="milliseconds")},
+        }
+        if scored.probability is not None:
+            item["probability"] = {"N": repr(scored.probability)}
+        if scored.threshold is not None:
+            item["threshold"] = {"N": repr(scored.threshold)}
+        if scored.model_version is not None:
+            item["model_version"] = {"N": str(scored.model_version)}
+        if scored.heatmap_key:
+            item["heatmap_key"] = {"S": scored.heatmap_key}
+        if scored.reason:
+            item["reason"] = {"S": scored.reason}
+        ddb = await self.clients.dynamodb()
+        await ddb.put_item(TableName=self.scores_table, Item=item)
+        await self.publisher.publish(scored)
+        self.scored += 1
+        log.info("instance triaged", extra={"status": scored.status, "model_version": scored.model_version,
+                                            "priority": scored.priority, "sop_uid": scored.sop_uid})
+        return {"status": scored.status, "model_version": scored.model_version, "probability": scored.probability}

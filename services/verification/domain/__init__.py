@@ -1,0 +1,1 @@
+"""Verification domain logic: the case state machine, reading rules, worklist ordering, performance metrics."""

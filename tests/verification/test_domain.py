@@ -1,0 +1,107 @@
+"""Pure rules of the verification domain: reading modes, amendments, worklist order, metrics against hand counts."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from services.verification.domain import performance as perf
+from services.verification.domain.cases import (
+    ReadRejected,
+    apply_read,
+    apply_scored,
+    apply_stored,
+    priority_sk,
+)
+from shared.events import InstanceScored, InstanceStored
+
+STUDY, SERIES = "1.2.3.4", "1.2.3.4.5"
+
+
+def stored(sop: str, minute: int = 0) -> InstanceStored:
+    return InstanceStored(
+        study_uid=STUDY, series_uid=SERIES, sop_uid=sop, sop_class_uid="1.2.840.10008.5.1.4.1.1.1.1", modality="DX",
+        body_part="CHEST", number_of_frames=1, rows=8, columns=8, original_key="k", frames_prefix="f",
+        metadata_key="m", content_sha256="0" * 64, size_bytes=1, htj2k_bytes=1, patient_pseudo_id="p" * 32,
+        source="stow", occurred_at=datetime(2026, 1, 1, 8, minute, tzinfo=UTC))
+
+
+def scored(sop: str, p: float | None, priority: str = "routine", status: str = "scored") -> InstanceScored:
+    return InstanceScored(study_uid=STUDY, series_uid=SERIES, sop_uid=sop, status=status, probability=p,  # type: ignore[arg-type]
+                          threshold=0.5 if p is not None else None, priority=priority,  # type: ignore[arg-type]
+                          model_version=3 if p is not None else None)
+
+
+def case(sop: str, mode: str = "single", p: float | None = 0.7) -> dict:
+    c = apply_stored(None, stored(sop), mode=mode)
+    if p is not None:
+        c = apply_scored(c, scored(sop, p, "urgent" if p >= 0.5 else "routine"))
+    return c
+
+
+def test_worklist_order_is_priority_then_probability_then_arrival_and_either_event_order_works() -> None:
+    a = apply_stored(apply_scored(None, scored("1.9.1", 0.9, "urgent")), stored("1.9.1", 5), mode="single")
+    b = apply_scored(apply_stored(None, stored("1.9.2", 1), mode="single"), scored("1.9.2", 0.3))
+    c = apply_scored(apply_stored(None, stored("1.9.3", 2), mode="single"), scored("1.9.3", 0.6, "urgent"))
+    d = apply_stored(None, stored("1.9.4", 0), mode="single")  # no score yet
+    e = apply_scored(apply_stored(None, stored("1.9.5", 3), mode="single"), scored("1.9.5", None, status="unscored"))
+    order = [x["case_id"] for x in sorted([a, b, c, d, e], key=priority_sk)]
+    assert order == ["1.9.1", "1.9.3", "1.9.2", "1.9.4", "1.9.5"]
+    assert a["score"]["probability"] == 0.9 and a["stored"], "a score that arrived first is kept when stored arrives"
+
+
+def test_single_read_is_final_and_only_its_reader_may_amend() -> None:
+    out = apply_read(case("1.8.1"), "r1", "pneumonia", 0.9, None, now=0)
+    assert out.case["status"] == "final" and [e.label_version for e in out.events] == [1]
+    ev = out.events[0]
+    assert ev.resolution == "single" and ev.model_version == 3 and ev.frame_key.endswith("/1.jph")
+    with pytest.raises(ReadRejected) as err:
+        apply_read(out.case, "r2", "normal", None, None, now=0)
+    assert err.value.status == 409
+    amended = apply_read(out.case, "r1", "normal", None, "second look", now=0)
+    assert [(e.label, e.label_version, e.resolution) for e in amended.events] == [("normal", 2, "amended")]
+    assert [a["label_sk"] for a in amended.appends] == ["read#000002", "label#000002"]
+
+
+def test_double_read_agreement_disagreement_adjudication() -> None:
+    c = case("1.8.2", "double")
+    first = apply_read(c, "r1", "pneumonia", None, None, now=0)
+    assert first.case["status"] == "open" and not first.events
+    agree = apply_read(first.case, "r2", "pneumonia", None, None, now=0)
+    assert agree.case["status"] == "final" and agree.events[0].resolution == "agreement"
+
+    dis = apply_read(first.case, "r2", "normal", None, None, now=0)
+    assert dis.case["status"] == "adjudication" and not dis.events
+    assert dis.case["paired_reads"] == ["pneumonia", "normal"]
+    adj = apply_read(dis.case, "r3", "normal", None, None, now=0)
+    assert adj.case["status"] == "final" and adj.events[0].resolution == "adjudicated"
+    assert adj.events[0].reader == "r3"
+    with pytest.raises(ReadRejected):  # the adjudicator's read is final: a double reader cannot override it
+        apply_read(adj.case, "r1", "pneumonia", None, None, now=0)
+
+
+def test_a_live_lease_of_another_reader_blocks_and_an_expired_one_does_not() -> None:
+    c = dict(case("1.8.3"), lease_owner="r1", lease_expires_at=100.0)
+    with pytest.raises(ReadRejected) as err:
+        apply_read(c, "r2", "normal", None, None, now=50)
+    assert err.value.status == 409
+    out = apply_read(c, "r2", "normal", None, None, now=150)
+    assert out.case["status"] == "final"
+
+
+def test_metrics_match_a_hand_computed_confusion_matrix() -> None:
+    rows = [(0.9, 1), (0.8, 0), (0.7, 1), (0.6, 0), (0.4, 1), (0.3, 0), (0.2, 1), (0.1, 0)]
+    outs = [perf.Outcome(3, p, 0.5, y, f"2026-01-01T00:00:0{i}") for i, (p, y) in enumerate(rows)]
+    m = perf.metrics(outs, window=100)
+    assert m["confusion"] == {"tp": 2, "fp": 2, "tn": 2, "fn": 2}
+    assert (m["sensitivity"], m["specificity"], m["ppv"], m["npv"]) == (0.5, 0.5, 0.5, 0.5)
+    assert m["auc"] == pytest.approx(10 / 16)  # positive-over-negative pairs counted by hand
+    assert perf.metrics(outs, window=4)["sample_size"] == 4  # the rolling window keeps the most recent
+    br = perf.breaches(m, min_sample=8, auc_floor=0.75, sensitivity_floor=0.8)
+    assert {b[0] for b in br} == {"auc", "sensitivity"}
+    assert perf.breaches(m, min_sample=9, auc_floor=0.75, sensitivity_floor=0.8) == []
+    k = perf.cohen_kappa([("pneumonia", "pneumonia"), ("normal", "normal"), ("pneumonia", "normal"),
+                          ("normal", "normal")])
+    # po = 3/4; pe = (2*1 + 2*3)/16 = 1/2 -> kappa = 0.5
+    assert k["kappa"] == pytest.approx(0.5)
