@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,23 +28,43 @@ def _tool(name: str) -> str:
     return found
 
 
-def test_cfn_lint_reports_no_errors(synth) -> None:
+@pytest.fixture(scope="module")
+def linters(synth, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, subprocess.Popen[str]]]:
+    """cfn-lint and checkov started together on both templates (each is single-threaded: they overlap)."""
+    if not CHECKOV.exists():
+        pytest.fail(f"{CHECKOV} is missing: `make setup` creates the tools venv (checkov pins boto3 apart)")
+    only_templates = tmp_path_factory.mktemp("templates")
+    for env in ENVS:  # only the templates (asset folders hold Dockerfiles, checked by hadolint instead)
+        shutil.copy(synth[env].template_path, only_templates / f"{env}.template.json")
     paths = [str(synth[e].template_path) for e in ENVS]
-    proc = subprocess.run([_tool("cfn-lint"), "--format", "json", *paths], capture_output=True, text=True,
-                          timeout=300)
-    findings = json.loads(proc.stdout or "[]")
+    procs = {
+        "cfn-lint": subprocess.Popen([_tool("cfn-lint"), "--format", "json", *paths], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True),
+        "checkov": subprocess.Popen([str(CHECKOV), "--skip-download", "-d", str(only_templates), "--framework",
+                                     "cloudformation", "--compact", "-o", "json"], stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True),
+    }
+    yield procs
+    for p in procs.values():
+        if p.poll() is None:
+            p.kill()
+            p.wait(10)
+
+
+def _output(proc: subprocess.Popen[str]) -> str:
+    out, err = proc.communicate(timeout=300)
+    assert out.strip(), err[-2000:]
+    return out
+
+
+def test_cfn_lint_reports_no_errors(linters) -> None:
+    findings = json.loads(_output(linters["cfn-lint"]))
     errors = [f for f in findings if f["Level"] == "Error"]
     assert not errors, json.dumps(errors, indent=1)[:4000]
 
 
-def test_checkov_reports_no_failures(synth, tmp_path: Path) -> None:
-    if not CHECKOV.exists():
-        pytest.fail(f"{CHECKOV} is missing: `make setup` creates the tools venv (checkov pins boto3 apart)")
-    for env in ENVS:  # only the templates (asset folders hold Dockerfiles checked by hadolint instead)
-        shutil.copy(synth[env].template_path, tmp_path / f"{env}.template.json")
-    proc = subprocess.run([str(CHECKOV), "--skip-download", "-d", str(tmp_path), "--framework", "cloudformation",
-                           "--compact", "-o", "json"], capture_output=True, text=True, timeout=300)
-    reports = json.loads(proc.stdout)
+def test_checkov_reports_no_failures(linters) -> None:
+    reports = json.loads(_output(linters["checkov"]))
     reports = reports if isinstance(reports, list) else [reports]
     failed = [(c["check_id"], c["resource"]) for r in reports for c in r["results"]["failed_checks"]]
     assert not failed, failed
