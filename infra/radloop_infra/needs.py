@@ -136,7 +136,12 @@ NEEDS: dict[str, ServiceNeeds] = {
     ),
     "registry": ServiceNeeds(
         kind="http",
-        s3=(S3Need("ml", "read", ("models/", "datasets/"), list=True),),
+        s3=(
+            # Model cards are written next to the model (models/{run}/registry/v{n}/); evaluation outputs are read
+            # from the pipeline's run folder (pipelines/{execution}/evaluation/).
+            S3Need("ml", "read_write", ("models/",)),
+            S3Need("ml", "read", ("pipelines/", "datasets/"), list=True),
+        ),
         tables={"models": "read_write", "state": "read_write", **_IDEM, **_AUDIT},
         publishes=True,
         sagemaker=("manage_model_packages",),
