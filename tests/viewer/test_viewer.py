@@ -290,12 +290,18 @@ def test_triage_panel_shows_score_and_heatmap_toggle(browser: Any, gateway: Any,
     heat.save(buf, format="PNG")
     seen: list[dict[str, str]] = []
 
+    # The shape of services/verification's case view; the heatmap is a presigned storage URL on another origin.
+    heatmap_key = f"heatmaps/{dx_series.study}/{dx_series.series}/{sop}/v3.png"
+    heatmap_url = f"http://127.0.0.1:9/radloop-images/{heatmap_key}?X-Amz-Signature=abc"
+
     def case(route: Any) -> None:
         seen.append(dict(route.request.headers))
         route.fulfill(status=200, content_type="application/json", body=json.dumps({
-            "case_id": sop, "sop_uid": sop, "status": "unread",
-            "ai": {"probability": 0.912, "priority": "urgent", "threshold": 0.5, "model_version": 3},
-            "heatmap_url": f"/verification/cases/{sop}/heatmap"}))
+            "case_id": sop, "study_uid": dx_series.study, "series_uid": dx_series.series, "sop_uid": sop,
+            "modality": "DX", "status": "unread", "reads_done": 0, "reads_required": 1,
+            "ai": {"status": "scored", "probability": 0.912, "threshold": 0.5, "priority": "urgent",
+                   "model_version": 3, "reason": None, "heatmap_key": heatmap_key, "heatmap_url": heatmap_url},
+            "history": []}))
 
     context = browser.new_context(**DESKTOP)
     page = context.new_page()
@@ -307,8 +313,13 @@ def test_triage_panel_shows_score_and_heatmap_toggle(browser: Any, gateway: Any,
         assert page.locator("#triage").is_hidden()
         assert displayed_image(page, 128).std() > 20
         page.route(f"**/verification/cases/{sop}", case)
-        page.route(f"**/verification/cases/{sop}/heatmap",
-                   lambda route: route.fulfill(status=200, content_type="image/png", body=buf.getvalue()))
+        heat_headers: list[dict[str, str]] = []
+
+        def heatmap(route: Any) -> None:
+            heat_headers.append(dict(route.request.headers))
+            route.fulfill(status=200, content_type="image/png", body=buf.getvalue())
+
+        page.route("http://127.0.0.1:9/radloop-images/**", heatmap)
         page.reload()
         wait_state(page)
         page.locator("#triage").wait_for(state="visible", timeout=10_000)
@@ -321,6 +332,8 @@ def test_triage_panel_shows_score_and_heatmap_toggle(browser: Any, gateway: Any,
         overlay = page.locator("#heatmap").bounding_box()
         viewport = page.locator("#viewport").bounding_box()
         assert overlay["width"] > 100 and overlay["x"] >= viewport["x"] - 1
+        assert heat_headers and "authorization" not in heat_headers[0]  # a presigned URL carries its own auth
+        assert heatmap_key not in page.inner_text("body")  # storage keys never reach the page
         page.uncheck("#heatmap-toggle")
         assert page.locator("#heatmap").is_hidden()
         assert mean_abs_diff(displayed_image(page, 128), before) < 1.0  # the image itself is untouched

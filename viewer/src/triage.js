@@ -11,7 +11,11 @@ function pick(obj, ...paths) {
   return undefined;
 }
 
-/** Pull the AI fields out of a verification case view, tolerating flat or nested ({ai: {...}}) layouts. */
+/**
+ * The AI fields of a verification case view (`GET /verification/cases/{sop}`: `ai.probability`, `ai.priority`,
+ * `ai.threshold`, `ai.model_version`, `ai.heatmap_url`); null while unscored (`ai.status` pending or
+ * not_applicable, probability null).
+ */
 export function scoreFromCase(c) {
   if (!c) return null;
   const probability = pick(c, 'ai.probability', 'score.probability', 'ai_score.probability', 'probability',
@@ -22,8 +26,18 @@ export function scoreFromCase(c) {
     priority: pick(c, 'ai.priority', 'score.priority', 'priority'),
     threshold: pick(c, 'ai.threshold', 'score.threshold', 'threshold'),
     modelVersion: pick(c, 'ai.model_version', 'score.model_version', 'model_version'),
-    heatmapUrl: pick(c, 'heatmap_url', 'ai.heatmap_url', 'score.heatmap_url', 'urls.heatmap', 'links.heatmap'),
+    heatmapUrl: pick(c, 'ai.heatmap_url', 'heatmap_url', 'score.heatmap_url'),
   };
+}
+
+/**
+ * Where the overlay image comes from. A same-origin URL is fetched with the viewer's token; any other (the
+ * verification service hands out a short-lived presigned storage URL) is used as it is: it carries its own
+ * authorisation, and an Authorization header would be refused there.
+ */
+export async function heatmapSource(url) {
+  const target = new URL(url, window.location.href);
+  return target.origin === window.location.origin ? getBlobUrl(target.href) : target.href;
 }
 
 export class TriagePanel {
@@ -62,7 +76,7 @@ export class TriagePanel {
       this.overlay.hidden = true;
       return;
     }
-    if (!this.overlay.src) this.overlay.src = await getBlobUrl(this.score.heatmapUrl);
+    if (!this.overlay.src) this.overlay.src = await heatmapSource(this.score.heatmapUrl);
     this.placeOverlay();
     this.overlay.hidden = false;
   }
