@@ -30,7 +30,7 @@ class OrchestratorSettings(Settings):
     executor: Literal["local", "sagemaker"] = "local"
     #: Pipeline definition JSON; empty = generated once with ``python -m training.pipeline definition``.
     pipeline_definition: Path | None = None
-    #: SageMaker pipeline name (empty = ``{prefix}-pneumonia-training``).
+    #: SageMaker pipeline name (empty = ``{prefix}-training``, the name training.pipeline upserts).
     pipeline_name: str = ""
     #: Role ARN SageMaker assumes for the pipeline (AWS only).
     pipeline_role_arn: str = "arn:aws:iam::123456789012:role/radloop-pipeline"
@@ -53,7 +53,7 @@ class OrchestratorSettings(Settings):
 
     @property
     def resolved_pipeline_name(self) -> str:
-        return self.pipeline_name or f"{self.prefix}-pneumonia-training"
+        return self.pipeline_name or f"{self.prefix}-training"
 
     @property
     def work_dir(self) -> Path:
