@@ -117,6 +117,7 @@ def main() -> int:
     ap.add_argument("--difficulty", type=float, default=0.5)
     ap.add_argument("--curve", default="100,200,400")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--out", default="train.json", help="file name under bench/results/")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -144,7 +145,7 @@ def main() -> int:
     result["load_avg_end"] = os.getloadavg()
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "train.json").write_text(json.dumps(result, indent=2))
+    (out / a.out).write_text(json.dumps(result, indent=2))
     print(json.dumps(result))
     return 0
 

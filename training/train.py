@@ -8,7 +8,7 @@ by :mod:`training.preprocess`. Hyper-parameters come from the command line, ``SM
   else fp16 with a GradScaler).
 - Augmentation: torchvision transforms v2 (small affine, brightness/contrast, noise), per sample.
 - Class balance: ``pos_weight = negatives / positives`` in the BCE loss.
-- Early stopping on validation ROC-AUC (``patience`` epochs), keeping the best weights.
+- Early stopping on validation ROC-AUC (``patience`` epochs, not before ``min_epochs``), keeping the best weights.
 - A checkpoint after every epoch in ``/opt/ml/checkpoints`` (SageMaker syncs it to S3 for Spot) and automatic resume:
   an interruption loses at most one epoch. Data order and augmentation are seeded by (seed, epoch), so a resumed run
   reproduces the uninterrupted one.
@@ -60,6 +60,8 @@ class HParams:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     patience: int = 4
+    #: early stopping cannot stop before this epoch (0: half of ``epochs``): the one-cycle warm-up is noisy
+    min_epochs: int = 0
     seed: int = 0
     sensitivity_target: float = 0.9
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
@@ -206,7 +208,7 @@ def train(hp: HParams, train_dir: Path, val_dir: Path, out_dir: Path, ckpt_dir: 
     y_train = torch.from_numpy(tr["y"]).float()
     stopped_early = False
     for epoch in range(start_epoch, hp.epochs + 1):
-        if stale >= hp.patience:
+        if stale >= hp.patience and epoch > (hp.min_epochs or hp.epochs // 2):
             stopped_early = True
             break
         model.train()
