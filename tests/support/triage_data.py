@@ -60,9 +60,8 @@ def make_case(index: int, seed: int = 11, *, size: int = 128, positive: bool | N
     pixels = np.clip(np.round(px), 0, maxval).astype(np.uint16)
     meta = ds.to_json_dict(bulk_data_threshold=1, bulk_data_element_handler=lambda el: "")
     meta.pop("7FE00010", None)
-    lo, hi = np.percentile(pixels, [1, 99])
-    meta["00281050"] = {"vr": "DS", "Value": [float(round((lo + hi) / 2))]}
-    meta["00281051"] = {"vr": "DS", "Value": [float(max(round(hi - lo), 2))]}
+    # The generator's window (from the image without the added density) is kept: recomputing it from the denser
+    # image would give the model a global cue (overall contrast) and it would not need to look at the lesion.
     study, series, sop = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
     if uid_salt:  # the same picture under fresh UIDs (tests store many instances of few pictures)
         h = int(hashlib.sha256(f"{uid_salt}/{index}".encode()).hexdigest()[:24], 16)

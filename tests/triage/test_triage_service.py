@@ -1,0 +1,210 @@
+"""The triage service as a process: InstanceStored -> score (real trained model) -> worklist; hot swap; unscored.
+
+The tests of this module run in order against one deployment: first with no champion (unscored), then with champion
+v1 (scoring, heatmaps, not applicable), then a swap to v2 in the middle of a stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import imagecodecs
+import pytest
+
+from shared.auth import mint_token
+from shared.aws import AwsClients
+from shared.bootstrap import bootstrap_topology
+from shared.events import InstanceStored, ModelApproved
+from shared.publisher import EventPublisher
+from shared.settings import Settings
+from tests.support.aws import wait_for
+from tests.support.triage_data import make_case, trained_model_tar
+from tests.support.triage_verification_procs import (
+    ServiceProcess,
+    capture_queue,
+    captured,
+    install_champion,
+    running,
+    store_instance,
+)
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+@dataclass
+class Env:
+    settings: Settings
+    triage: ServiceProcess
+    verification: ServiceProcess
+    capture: str
+    model: bytes
+
+    def headers(self, role: str = "radiologist") -> dict[str, str]:
+        return {"Authorization": f"Bearer {mint_token(self.settings, role)}"}
+
+
+async def _prepare(settings: Settings) -> str:
+    async with AwsClients(settings) as c:
+        await bootstrap_topology(c)
+        return await capture_queue(c, ["InstanceScored"])
+
+
+@pytest.fixture(scope="module")
+def env(aws_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    model, metrics = trained_model_tar()
+    assert metrics["auc"] >= 0.9, metrics
+    tmp: Path = tmp_path_factory.mktemp("triage")
+    s = Settings(aws_endpoint_url=aws_endpoint, prefix=f"tr-{uuid.uuid4().hex[:10]}", var_dir=tmp / "var",
+                 aws_max_attempts=2)
+    capture = asyncio.run(_prepare(s))
+    with running("verification", s, tmp / "logs") as ver, \
+            running("triage", s, tmp / "logs", RADLOOP_TRIAGE_BATCH_WINDOW_MS="20") as tri:
+        yield Env(s, tri, ver, capture, model)
+
+
+async def _store(env: Env, cases: list[Any], **kw: Any) -> list[InstanceStored]:
+    async with AwsClients(env.settings) as c:
+        return [await store_instance(c, x.pixels, x.meta, x.study_uid, x.series_uid, x.sop_uid, **kw) for x in cases]
+
+
+async def _publish(env: Env, *events: Any) -> None:
+    async with AwsClients(env.settings) as c:
+        await EventPublisher(c, "test").publish_many(list(events))
+
+
+async def _scores(env: Env, sops: list[str]) -> dict[str, dict[str, Any]]:
+    async with AwsClients(env.settings) as c:
+        ddb = await c.dynamodb()
+        out = {}
+        for sop in sops:
+            item = (await ddb.get_item(TableName=env.settings.topology.table("scores"),
+                                       Key={"sop_uid": {"S": sop}}, ConsistentRead=True)).get("Item")
+            if item:
+                out[sop] = {k: next(iter(v.values())) for k, v in item.items()}
+        return out
+
+
+async def _worklist(env: Env) -> list[dict[str, Any]]:
+    async with httpx.AsyncClient(base_url=env.verification.url, timeout=10) as client:
+        r = await client.get("/verification/worklist", headers=env.headers("viewer"), params={"limit": 200})
+        assert r.status_code == 200, r.text
+        return r.json()["items"]  # type: ignore[no-any-return]
+
+
+async def _wait_listed(env: Env, sops: list[str], timeout_s: float = 60) -> list[dict[str, Any]]:
+    async def ready() -> list[dict[str, Any]] | None:
+        items = {i["case_id"]: i for i in await _worklist(env)}
+        if all(s in items and items[s]["ai"]["status"] != "pending" for s in sops):
+            return [i for i in items.values() if i["case_id"] in sops]
+        return None
+
+    got = await wait_for(ready, timeout_s, 0.5)
+    assert got, f"not all of {len(sops)} instances were scored and listed in time:\n{env.triage.tail()}"
+    wl = await _worklist(env)
+    return [i for i in wl if i["case_id"] in sops]
+
+
+async def test_without_a_champion_images_are_unscored_and_listed_by_arrival(env: Env) -> None:
+    cases = [make_case(i, 21, size=128, uid_salt="unscored") for i in range(3)]
+    events = await _store(env, cases)
+    for e in events:  # one at a time, so arrival order is known
+        await _publish(env, e)
+        await asyncio.sleep(0.05)
+    items = await _wait_listed(env, [c.sop_uid for c in cases])
+    assert [i["case_id"] for i in items] == [c.sop_uid for c in cases]
+    assert all(i["ai"]["status"] == "unscored" and "no approved model" in i["ai"]["reason"] for i in items)
+
+
+async def test_scoring_orders_the_worklist_and_marks_unsuitable_images(env: Env) -> None:
+    async with AwsClients(env.settings) as c:
+        uri = await install_champion(c, env.model, 1, 0.5)
+    await _publish(env, ModelApproved(version=1, model_package_arn="arn:test/1", model_artifact_uri=uri,
+                                      threshold=0.5, approved_by="test", reason="first champion"))
+
+    async def loaded() -> bool:
+        async with httpx.AsyncClient(base_url=env.triage.url, timeout=10) as client:
+            return (await client.get("/triage/model", headers=env.headers("ml"))).json()["model_version"] == 1
+
+    assert await wait_for(loaded, 60, 0.3), env.triage.tail()
+
+    pos = [make_case(i, 99, size=128, positive=True, uid_salt="score") for i in (1, 2, 3)]
+    neg = [make_case(i, 99, size=128, positive=False, uid_salt="score") for i in (4, 5, 6)]
+    ct = make_case(7, 99, size=128, uid_salt="score-ct")
+    events = await _store(env, pos + neg) + await _store(env, [ct], modality="CT")
+    await _publish(env, *events)
+    items = await _wait_listed(env, [e.sop_uid for e in events])
+
+    by_id = {i["case_id"]: i for i in items}
+    assert by_id[ct.sop_uid]["ai"]["status"] == "not_applicable" and "CT" in by_id[ct.sop_uid]["ai"]["reason"]
+    scored = [i for i in items if i["ai"]["status"] == "scored"]
+    assert len(scored) == 6 and all(i["ai"]["model_version"] == 1 for i in scored)
+    # the worklist order is the order of the scores: urgent first, then by falling probability; unscored last
+    expect = sorted(scored, key=lambda i: (i["ai"]["priority"] != "urgent", -i["ai"]["probability"]))
+    assert [i["case_id"] for i in items] == [i["case_id"] for i in expect] + [ct.sop_uid]
+    # and the trained model ranks every synthetic consolidation above every normal image
+    assert min(by_id[c.sop_uid]["ai"]["probability"] for c in pos) > max(
+        by_id[c.sop_uid]["ai"]["probability"] for c in neg)
+    assert all(by_id[c.sop_uid]["ai"]["priority"] == "urgent" for c in pos)
+
+    table = await _scores(env, [c.sop_uid for c in pos])
+    async with httpx.AsyncClient(base_url=env.verification.url, timeout=10) as client:
+        for c in pos:
+            row = table[c.sop_uid]
+            assert row["status"] == "scored" and row["priority"] == "urgent" and row["model_version"] == "1"
+            view = (await client.get(f"/verification/cases/{c.sop_uid}", headers=env.headers())).json()
+            assert view["ai"]["heatmap_key"] == row["heatmap_key"]
+            png = await client.get(view["ai"]["heatmap_url"])  # presigned: no token needed
+            assert png.status_code == 200
+            assert imagecodecs.png_decode(png.content).shape == (*c.pixels.shape, 4)
+    assert all("heatmap_key" not in r for r in (await _scores(env, [c.sop_uid for c in neg])).values()
+               if r["priority"] == "routine")
+
+
+async def test_hot_swap_mid_stream_loses_nothing_and_scores_nothing_twice(env: Env) -> None:
+    async with AwsClients(env.settings) as c:
+        await captured(c, env.capture, wait_s=0.5)  # forget the earlier tests' events
+    cases = []
+    for n in range(16):
+        x = make_case(0, 99, size=128, uid_salt=f"swap-{n}") if n % 2 == 0 else \
+            make_case(1, 99, size=128, positive=True, uid_salt=f"swap-{n}")
+        cases.append(x)
+    events = await _store(env, cases)
+    first, later = events[:8], events[8:]
+    await _publish(env, *first)
+
+    async with AwsClients(env.settings) as c:
+        uri = await install_champion(c, env.model, 2, 0.45)
+    await _publish(env, ModelApproved(version=2, model_package_arn="arn:test/2", model_artifact_uri=uri,
+                                      threshold=0.45, approved_by="test", reason="better", previous_version=1))
+
+    async def swapped() -> bool:
+        async with httpx.AsyncClient(base_url=env.triage.url, timeout=10) as client:
+            return (await client.get("/triage/model", headers=env.headers("ml"))).json()["model_version"] == 2
+
+    assert await wait_for(swapped, 60, 0.2), env.triage.tail()
+    await _publish(env, *later)
+    await _publish(env, later[0], first[0])  # duplicate deliveries (same event ids)
+
+    sops = [e.sop_uid for e in events]
+    items = await _wait_listed(env, sops)
+    assert len(items) == 16
+    await asyncio.sleep(2)  # let any (wrong) second scoring of the duplicates happen before counting
+    async with AwsClients(env.settings) as c:
+        evs = [e["detail"] for e in await captured(c, env.capture, wait_s=2)]
+    per_sop = Counter(e["sop_uid"] for e in evs if e["sop_uid"] in sops)
+    assert per_sop == dict.fromkeys(sops, 1), "every instance scored exactly once"
+    versions = {e["sop_uid"]: e["model_version"] for e in evs}
+    assert all(versions[e.sop_uid] == 2 for e in later), "instances after the swap use the new version"
+    assert all(versions[e.sop_uid] in (1, 2) for e in first)
+    assert {e["threshold"] for e in evs if e["model_version"] == 2} == {0.45}
+    async with httpx.AsyncClient(base_url=env.triage.url, timeout=10) as client:
+        status = (await client.get("/triage/model", headers=env.headers("ml"))).json()
+    assert status["batches"]["largest"] >= 2, f"micro-batching never batched: {json.dumps(status['batches'])}"
