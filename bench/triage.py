@@ -5,10 +5,12 @@
    would choose (``auto`` probes fp32 against bf16 autocast), and fp32/bf16 forced, as images/s.
 2. **Time to score**: moto + the real triage and verification services as processes; a burst of ``--burst`` (200)
    InstanceStored events is published; for each instance, the time from its publish to its score being visible in the
-   verification worklist (polled every 100 ms); p50/p95/max. The issue's target is p95 < 2 s.
+   verification worklist (polled every 250 ms); p50/p95/max. The issue's target is p95 < 2 s.
 
 The model is an untrained ResNet-18 at ``--size`` (224, the production input size): throughput and latency do not
-depend on the weights. Usage: ``python bench/triage.py [--size 224] [--burst 200] [--n 192]``; writes
+depend on the weights. ``burst_publish_s`` is how long the embedded endpoint takes just to accept the burst's
+PutEvents; ``triage_only`` is publish -> score written (scores table), without the verification hop.
+Usage: ``python bench/triage.py [--size 224] [--burst 200] [--n 192]``; writes
 ``bench/results/triage.json``. Bounded: each phase has a time budget.
 """
 
@@ -23,6 +25,7 @@ import sys
 import tempfile
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +71,9 @@ async def throughput(data: bytes, size: int, n: int, budget_s: float) -> dict[st
                            "torch_threads": torch.get_num_threads()}
     fs = frames(n)
     for precision in ("auto", "fp32", "bf16"):
-        model = load_model_artifact(data, ChampionRecord(1, "s3://bench/model.tar.gz", 0.5), precision=precision)
+        # Loaded in a worker thread as the service does: the precision probe must run where scoring runs.
+        model = await asyncio.to_thread(load_model_artifact, data, ChampionRecord(1, "s3://bench/model.tar.gz", 0.5),
+                                        precision=precision)
         pre = [preprocess(f.pixels, f.params, size=size) for f in fs]
         row: dict[str, Any] = {"chosen": model.precision, "probe": model.probe}
         for label, max_batch in (("one_at_a_time", 1), ("micro_batched", 16)):
@@ -115,13 +120,14 @@ async def latency(data: bytes, burst: int, budget_s: float) -> dict[str, Any]:
             seen: dict[str, float] = {}
             async with AwsClients(s) as c, httpx.AsyncClient(base_url=ver.url, timeout=30) as client:
                 pub = EventPublisher(c, "bench")
-                t_start = time.monotonic()
+                wall0, t_start = time.time(), time.monotonic()
                 for k in range(0, burst, 10):  # PutEvents takes 10 entries: the burst goes out as fast as it can
                     chunk = events[k:k + 10]
                     await pub.publish_many(chunk)
                     now = time.monotonic()
                     for e in chunk:
                         published[e.sop_uid] = now
+                publish_s = time.monotonic() - t_start  # the embedded endpoint's PutEvents alone (rule fan-out)
                 deadline = time.monotonic() + budget_s
                 while len(seen) < burst and time.monotonic() < deadline:
                     r = await client.get("/verification/worklist", params={"limit": 200},
@@ -130,16 +136,31 @@ async def latency(data: bytes, burst: int, budget_s: float) -> dict[str, Any]:
                     for item in r.json()["items"]:
                         if item["ai"]["status"] == "scored" and item["case_id"] not in seen:
                             seen[item["case_id"]] = now
-                    await asyncio.sleep(0.1)
+                    await asyncio.sleep(0.25)
                 total = time.monotonic() - t_start
                 async with httpx.AsyncClient(base_url=tri.url, timeout=10) as tc:
                     model_status = (await tc.get("/triage/model",
                                                  headers={"Authorization": f"Bearer {mint_token(s, 'ml')}"})).json()
+            # The triage side alone: publish -> score written (scored_at in the scores table, wall clock).
+            triage_lat = []
+            async with AwsClients(s) as c:
+                ddb = await c.dynamodb()
+                for e in events:
+                    item = (await ddb.get_item(TableName=s.topology.table("scores"),
+                                               Key={"sop_uid": {"S": e.sop_uid}})).get("Item")
+                    if item:
+                        at = datetime.fromisoformat(item["scored_at"]["S"]).timestamp()
+                        triage_lat.append(at - (wall0 + published[e.sop_uid] - t_start))
+        triage_lat.sort()
+        tq = statistics.quantiles(triage_lat, n=100) if len(triage_lat) >= 2 else triage_lat * 99
         lat = sorted(seen[k] - published[k] for k in seen)
         q = statistics.quantiles(lat, n=100) if len(lat) >= 2 else lat * 99
         return {"burst": burst, "scored": len(seen), "p50_s": round(q[49], 3), "p95_s": round(q[94], 3),
                 "max_s": round(lat[-1], 3) if lat else None, "all_scored_after_s": round(total, 2),
-                "target_p95_s": 2.0, "meets_target": bool(lat) and q[94] < 2.0 and len(seen) == burst,
+                "burst_publish_s": round(publish_s, 2),
+                "target_p95_s": 2.0,
+                "meets_target": bool(lat) and q[94] < 2.0 and len(seen) == burst,
+                "triage_only": {"p50_s": round(tq[49], 3), "p95_s": round(tq[94], 3)},
                 "triage": {"precision": model_status.get("precision"), "batches": model_status.get("batches")}}
     finally:
         emb.stop()

@@ -98,10 +98,14 @@ def choose_precision(module: nn.Module, size: int, batch: int, requested: str, t
     timings: dict[str, float] = {}
     outs: dict[str, np.ndarray] = {}
     for prec in ("fp32", "bf16"):
-        _forward(module, x, prec)  # warm-up (oneDNN kernels are built on first use)
-        t0 = time.perf_counter()
-        outs[prec] = _forward(module, x, prec)
-        timings[prec] = time.perf_counter() - t0
+        for _ in range(2):  # warm-up: oneDNN builds its bf16 kernels over the first calls
+            _forward(module, x, prec)
+        best = float("inf")
+        for _ in range(2):  # best of two: the CPU may be shared, the minimum is the least disturbed
+            t0 = time.perf_counter()
+            outs[prec] = _forward(module, x, prec)
+            best = min(best, time.perf_counter() - t0)
+        timings[prec] = best
     diff = float(np.max(np.abs(outs["fp32"] - outs["bf16"])))
     probe = {"fp32_s": timings["fp32"], "bf16_s": timings["bf16"], "max_abs_diff": diff}
     chosen = "bf16" if timings["bf16"] < 0.9 * timings["fp32"] and diff <= tolerance else "fp32"
