@@ -231,7 +231,7 @@ async def write_instance(ddb: Any, table: str, rec: IndexRecord, *, overwrite: b
 def _transaction(table: str, rec: IndexRecord, pk: str, s_sk: str, i_sk: str, study_exists: bool,
                  series_exists: bool, has_modality: bool) -> list[dict[str, Any]]:
     now = now_iso()
-    inst = dict(rec.instance, pk=pk, sk=i_sk)
+    inst = dict(rec.instance, pk=pk, sk=i_sk, stored_at=now)
     items: list[dict[str, Any]] = [{"Put": {"TableName": table, "Item": encode_item(inst),
                                             "ConditionExpression": "attribute_not_exists(pk)"}}]
     if not series_exists:

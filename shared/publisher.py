@@ -18,7 +18,7 @@ from opentelemetry.trace import SpanKind
 from shared.aws import AwsClients
 from shared.events import Event
 from shared.exceptions import PublishError
-from shared.telemetry import inject_context, tracer
+from shared.telemetry import extract_context, inject_context, tracer
 
 log = logging.getLogger(__name__)
 MAX_BATCH = 10
@@ -45,8 +45,12 @@ class EventPublisher:
         entries: list[dict[str, Any]] = []
         spans = []
         for e in events:
+            # An event created earlier (e.g. kept in a transactional outbox) carries the context it was created
+            # under; its PRODUCER span continues that trace rather than the publishing task's.
+            parent = extract_context({"traceparent": e.traceparent, "tracestate": e.tracestate}) if e.traceparent else None
             span = t.start_span(
                 f"publish {e.name}",
+                context=parent,
                 kind=SpanKind.PRODUCER,
                 attributes={
                     "messaging.system": "aws_eventbridge",

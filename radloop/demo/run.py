@@ -60,15 +60,17 @@ class DemoConfig:
     #: share of each wave sent over DIMSE and through the S3 drop folder (the rest goes by STOW-RS)
     dimse_share: float = 0.1
     s3_share: float = 0.1
+    #: share of the cohort held back and sent after the last round, to show triage using the newest champion
+    final_share: float = 0.1
     round_timeout_s: float = 420.0
     out_dir: Path = Path("demo-report")
     keep_running: bool = False
 
     @classmethod
     def quick(cls, **kw: Any) -> DemoConfig:
-        base = dict(radiographs=160, image_size=192, ct_slices=40, ct_size=256, waves=2, reads_per_round=70,
-                    train_epochs=4, train_image_size=64, trigger_min_new_labels=50, trigger_min_per_class=8,
-                    round_timeout_s=240.0)
+        base = dict(radiographs=200, image_size=192, ct_slices=40, ct_size=256, waves=2, reads_per_round=90,
+                    train_epochs=4, train_image_size=64, trigger_min_new_labels=70, trigger_min_per_class=12,
+                    round_timeout_s=300.0)
         base.update(kw)
         return cls(**base)  # type: ignore[arg-type]
 
@@ -78,6 +80,7 @@ class DemoState:
     truth: dict[str, int] = field(default_factory=dict)  # sop_uid -> observed label (0/1)
     patient_of: dict[str, str] = field(default_factory=dict)
     waves: list[list[dict[str, Any]]] = field(default_factory=list)
+    final_wave: list[dict[str, Any]] = field(default_factory=list)
     ingest_ms: list[float] = field(default_factory=list)
     sent_by: dict[str, int] = field(default_factory=lambda: {"stow": 0, "dimse": 0, "s3": 0})
     reads: list[dict[str, Any]] = field(default_factory=list)
@@ -207,6 +210,8 @@ class Demo:
             self.state.patient_of[r["sop_uid"]] = str(r["patient"])
         rng = random.Random(c.seed)
         rng.shuffle(rows)
+        n_final = int(len(rows) * c.final_share)
+        self.state.final_wave, rows = rows[:n_final], rows[n_final:]
         size = -(-len(rows) // c.waves)
         self.state.waves = [rows[i : i + size] for i in range(0, len(rows), size)]
         for w, wave in enumerate(self.state.waves):
@@ -217,9 +222,12 @@ class Demo:
                            f"{len(set(self.state.patient_of.values()))} patients, and a {c.ct_slices}-slice CT series")
 
     def send_wave(self, w: int) -> None:
+        self.send_batch(self.state.waves[w], f"wave {w + 1}")
+
+    def send_batch(self, wave: list[dict[str, Any]], name: str) -> None:
+        """Send radiographs the three ways and wait until every one is on the worklist."""
         c = self.cfg
         assert self.platform is not None
-        wave = self.state.waves[w]
         n_dimse = int(len(wave) * c.dimse_share)
         n_s3 = int(len(wave) * c.s3_share)
         dimse = [r["file"] for r in wave[:n_dimse]]
@@ -227,7 +235,7 @@ class Demo:
         stow = [r["file"] for r in wave[n_dimse + n_s3 :]]
         self.state.wave_started.append(time.time())
         with self._progress() as prog:
-            t = prog.add_task(f"wave {w + 1}: sending {len(wave)} radiographs (STOW-RS, C-STORE, S3)", total=len(wave))
+            t = prog.add_task(f"{name}: sending {len(wave)} radiographs (STOW-RS, C-STORE, S3)", total=len(wave))
             token = self.token("pacs", "demo-pacs")
             for i in range(0, len(stow), 8):
                 res = pacs.stow(self.http, f"{self.base}/dicomweb", token, stow[i : i + 8])
@@ -240,11 +248,34 @@ class Demo:
                 prog.advance(t, len(dimse))
             if s3:
                 s3c = boto3_client(self.settings.model_copy(update={"aws_endpoint_url": self.platform.endpoint}), "s3")
-                pacs.drop_s3(s3c, self.settings.topology.bucket("ingestion"), s3, prefix=f"imports/wave{w + 1}/")
+                pacs.drop_s3(s3c, self.settings.topology.bucket("ingestion"), s3,
+                             prefix=f"imports/{name.replace(' ', '-')}/")
                 self.state.sent_by["s3"] += len(s3)
                 prog.advance(t, len(s3))
         expected = {r["sop_uid"] for r in wave}
-        self._wait(f"wave {w + 1} to reach the worklist", lambda: expected <= self._worklist_ids(), 300, 2.0)
+        self._wait(f"{name} to reach the worklist", lambda: expected <= self._worklist_ids(), 300, 2.0)
+
+    def send_final(self) -> dict[str, int]:
+        """The held-back radiographs arrive after the loop: triage must score them with the current champion."""
+        batch = self.state.final_wave
+        if not batch:
+            return {}
+        self.send_batch(batch, "after the loop")
+        expected = {r["sop_uid"] for r in batch}
+
+        def scored() -> dict[str, int] | None:
+            versions: dict[str, int] = {}
+            for i in self._worklist():
+                if i["sop_uid"] in expected:
+                    ai = i.get("ai") or {}
+                    if ai.get("status") == "pending":
+                        return None
+                    key = f"v{ai['model_version']}" if ai.get("model_version") else str(ai.get("status"))
+                    versions[key] = versions.get(key, 0) + 1
+            return versions
+
+        with self.console.status("waiting for triage to score the late arrivals"):
+            return self._wait("triage scores of the late arrivals", scored, 120, 1.0)
 
     def _worklist(self, **params: Any) -> list[dict[str, Any]]:
         """Every open case, in worklist order (following the cursor)."""
@@ -454,17 +485,22 @@ class Demo:
 
         approved = [m for m in model_rows if m["status"] in ("Approved", "approved")]
         later_scored_by_model = any(k.startswith("v") for k in versions_used)
-        loop_ok = bool(approved) and later_scored_by_model and not self.state.errors
+        problems = list(self.state.errors)
+        if not approved:
+            problems.append("no model was approved")
+        if not later_scored_by_model:
+            problems.append("triage scored no instance with an approved model")
+        loop_ok = not problems
         elapsed = time.time() - started
         read_acc = (sum(1 for x in self.state.reads if x["label"] == x["truth"]) / len(self.state.reads)
                     if self.state.reads else None)
         return {
+            "problems": problems,
             "summary": {
                 "loop_succeeded": loop_ok,
                 "headline": (f"The loop ran by itself: {len(runs)} training run(s), {len(approved)} model(s) approved; "
                              f"champion v{champion.get('version') if champion else '–'}." if loop_ok else
-                             "The loop did not complete: " + "; ".join(self.state.errors[:3] or
-                                                                        ["no model was approved"])),
+                             "The loop did not complete: " + "; ".join(problems[:4])),
                 "kpis": {"radiographs": len(self.state.truth), "verified labels": len(self.state.reads),
                          "training runs": len(runs), "models approved": len(approved),
                          "first image (ms)": streaming.get("first_image_ms"),
@@ -521,6 +557,8 @@ class Demo:
                 done = self.read_round(w)
                 self.state.rounds.append({"round": w + 1, "reads": done})
                 self.wait_for_training(w, runs_before)
+            late = self.send_final()
+            self.console.print(f"late arrivals scored by: {late}")
             streaming = self.stream_ct()
             final_status = self.final_status()
             figures = self.collect(streaming, started)

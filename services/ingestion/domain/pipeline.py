@@ -38,7 +38,7 @@ from shared.dicom.parse import ParseLimits
 from shared.events import InstanceRejected, InstanceStored
 from shared.instance_index import IndexConflictError, IndexWriter
 from shared.service import ServiceContext
-from shared.telemetry import tracer
+from shared.telemetry import inject_context, tracer
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,8 @@ class IngestPipeline:
             marks["store"] = time.perf_counter()
             event = InstanceStored(
                 event_id=stored_event_id(prep.sop_uid, prep.content_sha256), study_uid=prep.study_uid,
-                series_uid=prep.series_uid, sop_uid=prep.sop_uid, **prep.event_fields)
+                series_uid=prep.series_uid, sop_uid=prep.sop_uid, **prep.event_fields,
+            ).with_trace(inject_context())  # the outbox publishes later: keep the request's trace
             try:
                 # One transaction: index items + claim completion + the event in the outbox.
                 outcome = await self.index.write(
