@@ -218,7 +218,7 @@ class Demo:
             for r in wave:
                 self.state.wave_of[r["sop_uid"]] = w
         positives = sum(self.state.truth.values())
-        self.console.print(f"cohort: {len(rows)} radiographs ({positives} with opacities) over "
+        self.console.print(f"cohort: {len(self.state.truth)} radiographs ({positives} with opacities) over "
                            f"{len(set(self.state.patient_of.values()))} patients, and a {c.ct_slices}-slice CT series")
 
     def send_wave(self, w: int) -> None:

@@ -108,7 +108,7 @@ class Triage:
         min_size = self.settings.triage_cam_min_size
 
         def render() -> bytes:
-            cam, _layer = grad_cam(model.module, inp, min_size=min_size)
+            cam, _layer = grad_cam(model.explainer, inp, min_size=min_size)
             return overlay_png(cam, frame.rows, frame.columns)
 
         png = await asyncio.to_thread(render)

@@ -6,11 +6,13 @@ with that version even while a hot swap installs the next one.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import tempfile
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +62,15 @@ class LoadedModel:
     input_size: int
     load_ms: float = 0.0
     probe: dict[str, float] = field(default_factory=dict)
+
+    @cached_property
+    def explainer(self) -> nn.Module:
+        """A private copy of the module for Grad-CAM.
+
+        Grad-CAM registers forward hooks and runs with gradients; on the shared module those hooks would also fire
+        inside a concurrent scoring batch (no-grad, another thread) and mix that batch's activations into the map.
+        """
+        return copy.deepcopy(self.module).to(memory_format=torch.contiguous_format)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities (shape N) for an N×S×S float32 batch of preprocessed frames."""
