@@ -57,5 +57,8 @@ bench: setup ## run the benchmarks; JSON results in bench/results/
 	mkdir -p bench/results
 	@for b in bench/*.py; do [ "$$(basename $$b)" = "__init__.py" ] && continue; echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
+docs: setup ## regenerate docs/api.md from the services' OpenAPI schemas
+	$(BIN)/python scripts/gen_api_docs.py
+
 clean: ## remove local state (traces, logs, reports)
 	rm -rf var demo-report bench/results
