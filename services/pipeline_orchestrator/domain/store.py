@@ -22,9 +22,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from services.pipeline_orchestrator.domain.ddb import from_item, is_conditional_failure, scan_all, to_item, to_value
 from services.pipeline_orchestrator.domain.policy import CLASSES
 from shared.aws import AwsClients
+from shared.ddb import from_item, is_conditional_failure, scan_all, to_item, to_value
 from shared.events import ImageVerified
 from shared.storage import metadata_key
 

@@ -31,10 +31,10 @@ from services.registry.domain.card import (
     metric_value,
     metrics_from_evaluation,
 )
-from services.registry.domain.ddb import from_item, is_conditional_failure, scan_all, to_item, to_value
 from services.registry.domain.policy import ApprovalPolicy
 from shared.aws import AwsClients
 from shared.datasets import parse as parse_manifest
+from shared.ddb import from_item, is_conditional_failure, scan_all, to_item, to_value
 from shared.events import ModelApproved, ModelRegistered, TrainingCompleted
 from shared.publisher import EventPublisher
 from shared.storage import model_prefix

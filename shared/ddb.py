@@ -1,4 +1,6 @@
-"""DynamoDB item conversion (plain JSON-like dicts <-> attribute values), floats kept as Decimal on the wire."""
+"""DynamoDB item conversion (plain JSON-like dicts <-> attribute values), floats kept as Decimal on the wire.
+
+Shared by the services that keep JSON-like records (orchestrator runs, registry versions)."""
 
 from __future__ import annotations
 
