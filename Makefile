@@ -31,7 +31,7 @@ viewer/dist/.build-stamp: viewer/node_modules/.package-lock.json $(VIEWER_SRC)
 
 $(TOOLS_STAMP): constraints-tools.txt
 	test -x $(TOOLS)/bin/python || $(PY) -m venv $(TOOLS)
-	$(TOOLS)/bin/pip install -q -c constraints-tools.txt checkov==3.3.30
+	PYTHONPATH= $(TOOLS)/bin/pip install -q -c constraints-tools.txt checkov==3.3.30
 	touch $(TOOLS_STAMP)
 
 $(STAMP): pyproject.toml constraints.txt scripts/setup-system.sh

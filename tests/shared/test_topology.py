@@ -24,7 +24,11 @@ async def _inventory(clients: AwsClients) -> dict[str, object]:
         url = (await sqs.get_queue_url(QueueName=q.name))["QueueUrl"]
         a = (await sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"]))["Attributes"]
         attrs[q.name] = (a["VisibilityTimeout"], json.loads(a["RedrivePolicy"])["maxReceiveCount"])
-    tables = sorted(t for t in (await ddb.list_tables())["TableNames"] if t.startswith(topo.prefix + "-"))
+    tables = []
+    for spec in topo.tables.values():  # describe each: list_tables pages at 100 and other tests make many
+        d = (await ddb.describe_table(TableName=spec.name))["Table"]
+        tables.append((d["TableName"], sorted(i["IndexName"] for i in d.get("GlobalSecondaryIndexes", []))))
+    tables.sort()
     rules = sorted(r["Name"] for r in (await events.list_rules(EventBusName=topo.bus_name))["Rules"])
     targets = {r: [t["Arn"] for t in (await events.list_targets_by_rule(Rule=r, EventBusName=topo.bus_name))["Targets"]]
                for r in rules}

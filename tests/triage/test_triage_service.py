@@ -123,11 +123,23 @@ async def test_without_a_champion_images_are_unscored_and_listed_by_arrival(env:
     assert all(i["ai"]["status"] == "unscored" and "no approved model" in i["ai"]["reason"] for i in items)
 
 
+def model_threshold(data: bytes) -> float:
+    """The operating threshold stored in a model.tar.gz's config.json."""
+    import io
+    import json
+    import tarfile
+
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        member = next(m for m in tar.getmembers() if m.name.rsplit("/", 1)[-1] == "config.json")
+        return float(json.load(tar.extractfile(member))["threshold"])  # type: ignore[arg-type]
+
+
 async def test_scoring_orders_the_worklist_and_marks_unsuitable_images(env: Env) -> None:
     async with AwsClients(env.settings) as c:
-        uri = await install_champion(c, env.model, 1, 0.5)
+        threshold = model_threshold(env.model)  # the operating threshold training chose on validation
+        uri = await install_champion(c, env.model, 1, threshold)
     await _publish(env, ModelApproved(version=1, model_package_arn="arn:test/1", model_artifact_uri=uri,
-                                      threshold=0.5, approved_by="test", reason="first champion"))
+                                      threshold=threshold, approved_by="test", reason="first champion"))
 
     async def loaded() -> bool:
         async with httpx.AsyncClient(base_url=env.triage.url, timeout=10) as client:
@@ -152,11 +164,14 @@ async def test_scoring_orders_the_worklist_and_marks_unsuitable_images(env: Env)
     # and the trained model ranks every synthetic consolidation above every normal image
     assert min(by_id[c.sop_uid]["ai"]["probability"] for c in pos) > max(
         by_id[c.sop_uid]["ai"]["probability"] for c in neg)
-    assert all(by_id[c.sop_uid]["ai"]["priority"] == "urgent" for c in pos)
+    # priority follows the champion's operating threshold
+    assert all((i["ai"]["priority"] == "urgent") == (i["ai"]["probability"] >= i["ai"]["threshold"]) for i in scored)
 
-    table = await _scores(env, [c.sop_uid for c in pos])
+    urgent = [c for c in pos if by_id[c.sop_uid]["ai"]["priority"] == "urgent"]
+    assert urgent, "no synthetic consolidation reached the model's operating threshold"
+    table = await _scores(env, [c.sop_uid for c in urgent])
     async with httpx.AsyncClient(base_url=env.verification.url, timeout=10) as client:
-        for c in pos:
+        for c in urgent:
             row = table[c.sop_uid]
             assert row["status"] == "scored" and row["priority"] == "urgent" and row["model_version"] == "1"
             view = (await client.get(f"/verification/cases/{c.sop_uid}", headers=env.headers())).json()
