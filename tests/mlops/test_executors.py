@@ -6,6 +6,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from services.pipeline_orchestrator.domain.executors import DefinitionSource, LocalExecutor, process_alive
@@ -29,6 +30,10 @@ def _run(tmp_path: Path, run_id: str, pid: int, status: dict | None) -> dict:
 def test_process_alive_checks_the_run_id_so_a_reused_pid_is_not_mistaken(tmp_path: Path):
     proc = subprocess.Popen([sys.executable, "-c", "import time, sys; time.sleep(30)", "run-x"])
     try:
+        # Until the child has exec'd, /proc/<pid>/cmdline is still the parent's: poll (bounded) for the new program.
+        deadline = time.monotonic() + 10
+        while not process_alive(proc.pid, "run-x") and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert process_alive(proc.pid, "run-x")
         assert not process_alive(proc.pid, "run-y")  # same pid, another command line
     finally:
