@@ -128,7 +128,10 @@ def augmenter() -> v2.Compose:
 def make_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
     """Shuffled index batches for one epoch, a function of (seed, epoch) only."""
     perm = np.random.default_rng([seed, epoch]).permutation(n)
-    return [perm[i : i + batch_size] for i in range(0, n, batch_size)]
+    batches = [perm[i : i + batch_size] for i in range(0, n, batch_size)]
+    if len(batches) > 1 and len(batches[-1]) == 1:  # BatchNorm cannot train on one sample: fold it into the last
+        batches[-2:] = [np.concatenate(batches[-2:])]
+    return batches
 
 
 @torch.no_grad()

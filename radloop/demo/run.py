@@ -54,9 +54,11 @@ class DemoConfig:
     seed: int = 7
     #: synthetic difficulty in [0, 1] (training.synthetic; 0.5 is its calibrated default)
     difficulty: float = 0.5
+    prevalence: float = 0.3
     #: the registry's sensitivity floor for automatic approval (its policy file says 0.8)
     sensitivity_floor: float = 0.8
     train_epochs: int = 6
+    train_batch_size: int = 32
     train_image_size: int = 128
     trigger_min_new_labels: int = 100
     trigger_min_per_class: int = 15
@@ -74,9 +76,10 @@ class DemoConfig:
     def quick(cls, **kw: Any) -> DemoConfig:
         # Small data: easier cases, more epochs and a lower sensitivity floor, so that a test split of a dozen
         # images can still approve a first champion; the policy still rejects models below the AUC floor.
-        base = dict(radiographs=200, image_size=192, ct_slices=40, ct_size=256, waves=2, reads_per_round=90,
-                    train_epochs=8, train_image_size=64, trigger_min_new_labels=70, trigger_min_per_class=12,
-                    round_timeout_s=300.0, difficulty=0.2, sensitivity_floor=0.5)
+        base = dict(radiographs=240, image_size=128, ct_slices=40, ct_size=256, waves=2, reads_per_round=110,
+                    train_epochs=30, train_batch_size=16, train_image_size=64, trigger_min_new_labels=90,
+                    trigger_min_per_class=20,
+                    round_timeout_s=300.0, difficulty=0.0, prevalence=0.5, sensitivity_floor=0.5)
         base.update(kw)
         return cls(**base)  # type: ignore[arg-type]
 
@@ -145,7 +148,7 @@ class Demo:
             "RADLOOP_TRIGGER_COOLDOWN_S": "0",
             "RADLOOP_TRAIN_EPOCHS": str(c.train_epochs),
             "RADLOOP_TRAIN_IMAGE_SIZE": str(c.train_image_size),
-            "RADLOOP_TRAIN_BATCH_SIZE": "32",
+            "RADLOOP_TRAIN_BATCH_SIZE": str(c.train_batch_size),
             "RADLOOP_AUC_FLOOR": str(c.auc_floor),
             "RADLOOP_APPROVAL_AUC_FLOOR": str(c.auc_floor),
             "RADLOOP_APPROVAL_SENSITIVITY_FLOOR": str(c.sensitivity_floor),
@@ -201,7 +204,8 @@ class Demo:
             step = max(1, c.radiographs // 20)
             for start in range(0, c.radiographs, step):
                 n = min(step, c.radiographs - start)
-                for rd in synthetic.iter_cohort(n, c.seed, size=c.image_size, start=start, difficulty=c.difficulty):
+                for rd in synthetic.iter_cohort(n, c.seed, size=c.image_size, start=start, difficulty=c.difficulty,
+                                                prevalence=c.prevalence):
                     s = rd.spec
                     name = cohort_dir / f"{s.index:06d}.dcm"
                     name.parent.mkdir(parents=True, exist_ok=True)
