@@ -86,3 +86,48 @@ async def test_overwrite_when_configured(adeployment, clients: AwsClients) -> No
     finally:
         await pipeline.outbox.stop(timeout_s=1)
         pool.shutdown()
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_lost_claim_waits_for_the_new_owner_instead_of_failing(adeployment, clients: AwsClients) -> None:
+    """Another sender takes the claim over while this one is storing (its lease looked expired): the index
+    transaction's claim condition fails, and the instance is still acknowledged exactly once, not refused."""
+    import time
+
+    settings = IngestionSettings().model_copy(update={"aws_endpoint_url": adeployment.aws_endpoint_url,
+                                                      "prefix": adeployment.prefix})
+    ctx = ServiceContext("ingestion", settings, clients, EventPublisher(clients, "ingestion"),
+                         IdempotencyStore(clients), AuditLog(clients, "ingestion"))
+    pool = CpuPool(1, "thread")
+    pipeline = IngestPipeline(ctx, settings, pool)
+    ds, data = fresh("SC_rgb.dcm")
+    ddb = await clients.dynamodb()
+    claims_table = adeployment.topology.table("idempotency")
+    real_store = pipeline._store
+    stolen: list[str] = []
+
+    async def store_then_lose_claim(prep) -> None:  # type: ignore[no-untyped-def]
+        await real_store(prep)
+        if not stolen:  # once: a real write that replaces our claim with another (already expired) owner's
+            item = (await ddb.get_item(TableName=claims_table, Key={"id": {"S": f"ingest#sop#{prep.sop_uid}"}},
+                                       ConsistentRead=True))["Item"]
+            item.update({"owner": {"S": "someone-else"}, "lease_until": {"N": f"{time.time() - 1:.3f}"}})
+            await ddb.put_item(TableName=claims_table, Item=item)
+            stolen.append(prep.sop_uid)
+
+    pipeline._store = store_then_lose_claim  # type: ignore[method-assign]
+    try:
+        result = await pipeline.ingest(data, source="stow")
+        assert stolen == [str(ds.SOPInstanceUID)]
+        assert result.status == "stored"
+        claim = (await ddb.get_item(TableName=claims_table, Key={"id": {"S": f"ingest#sop#{ds.SOPInstanceUID}"}},
+                                    ConsistentRead=True))["Item"]
+        assert claim["status"]["S"] == "COMPLETED"
+        items = [i for i in (await ddb.scan(TableName=adeployment.topology.table("instances")))["Items"]
+                 if i["pk"]["S"] == f"STUDY#{ds.StudyInstanceUID}"]
+        assert sum(i["sk"]["S"].startswith("INSTANCE#") for i in items) == 1
+        # A resend is a plain duplicate.
+        assert (await pipeline.ingest(data, source="stow")).status == "duplicate"
+    finally:
+        await pipeline.outbox.stop(timeout_s=1)
+        pool.shutdown()

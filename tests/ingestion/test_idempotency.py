@@ -42,7 +42,8 @@ def test_ten_parallel_duplicates_one_record_one_event(service, pacs_token, aws) 
     sop = str(ds.SOPInstanceUID)
     with ThreadPoolExecutor(10) as pool:
         responses = list(pool.map(lambda _: stow(service.url, pacs_token, [data]), range(10)))
-    assert [r.status_code for r in responses] == [200] * 10, [r.text[:200] for r in responses]
+    reasons = [i.get("00000902", {}).get("Value") for r in responses if r.status_code != 200 for i in failed_items(r)]
+    assert [r.status_code for r in responses] == [200] * 10, reasons
     assert all(referenced(r) == [sop] for r in responses)
     assert len(_instance_items(aws, sop)) == 1
     assert len(_stored_events(aws, sop)) == 1
@@ -67,3 +68,25 @@ def test_partial_success_is_202(service, pacs_token) -> None:
     r = stow(service.url, pacs_token, [good, b"not dicom at all" * 20])
     assert r.status_code == 202
     assert len(referenced(r)) == 1 and len(failed_items(r)) == 1
+
+
+def test_storage_outage_is_503_retry_later(aws_endpoint, tmp_path, pacs_token) -> None:
+    """When nothing was stored only because storage is unavailable, the sender is told to retry (503 +
+    Retry-After, 0xA700 per instance), not that its instances conflict (409)."""
+    import boto3
+
+    from tests.ingestion.conftest import new_deployment
+    from tests.support.ingestion_service import ingestion_service
+
+    settings = new_deployment(aws_endpoint, tmp_path / "var")
+    with ingestion_service(settings, tmp_path) as svc:
+        boto3.client("dynamodb", endpoint_url=aws_endpoint, region_name="us-east-1").delete_table(
+            TableName=settings.topology.table("idempotency"))  # the claim store is gone: a real outage
+        _, data = fresh("SC_rgb.dcm")
+        r = stow(svc.url, pacs_token, [data])
+        assert r.status_code == 503, r.text[:300]
+        assert r.headers["Retry-After"] == "5"
+        (item,) = failed_items(r)
+        assert item["00081197"]["Value"] == [0xA700]
+        assert "retry" in item["00000902"]["Value"][0]
+        assert svc.alive()

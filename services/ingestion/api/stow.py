@@ -4,7 +4,8 @@ The body is read as a stream with a cap; each ``application/dicom`` part goes th
 it has arrived, concurrently with the rest of the upload. The answer is the PS3.18 store response:
 
 - 200 when every instance was stored (or was already stored with the same content);
-- 202 when some were stored and some failed; 409 when none was stored;
+- 202 when some were stored and some failed; 409 when none was stored; 503 (Retry-After) when none was stored
+  only because storage was unavailable (every failure is 0xA700 "retry later");
 - 415 for a media type other than ``multipart/related; type="application/dicom"``; 413 past the body cap;
 - 400 for a multipart body whose framing is broken (no boundary, no closing delimiter, no parts).
 """
@@ -21,7 +22,7 @@ from fastapi.responses import JSONResponse
 from services.ingestion.api.multipart import BodyTooLargeError, MultipartError, iter_parts, parse_media_type
 from services.ingestion.domain.pipeline import IngestPipeline, IngestResult
 from shared.auth import StoreUser
-from shared.dicom.errors import CANNOT_UNDERSTAND, DicomRejection
+from shared.dicom.errors import CANNOT_UNDERSTAND, DicomRejection, TransientFailure
 from shared.exceptions import InvalidUIDError
 from shared.service import ContextDep
 from shared.uids import validate_uid
@@ -112,11 +113,15 @@ async def _store(request: Request, ctx: Any, principal: Any, study: str | None) 
     results = list(await asyncio.gather(*tasks))
     stored = sum(isinstance(r, IngestResult) for r in results)
     status = 200 if stored == len(results) else (202 if stored else 409)
+    headers: dict[str, str] = {}
+    if not stored and all(isinstance(r, TransientFailure) for r in results):
+        status, headers = 503, {"Retry-After": "5"}  # nothing was refused: storage was unavailable; send again
     # The audit record is not on the request path (it is not what makes the instances durable).
     task = asyncio.create_task(_audit(ctx, principal, study, len(results), stored))
     _background.add(task)
     task.add_done_callback(_background.discard)
-    return JSONResponse(store_response(results, _base_url(request), study), status_code=status, media_type=DICOM_JSON)
+    return JSONResponse(store_response(results, _base_url(request), study), status_code=status, media_type=DICOM_JSON,
+                        headers=headers)
 
 
 _background: set[asyncio.Task[None]] = set()

@@ -123,6 +123,13 @@ class ClaimStore:
             ExpressionAttributeValues={":done": {"S": COMPLETED}, ":t": {"S": claim.token}},
         )
 
+    async def holds(self, sop: str, claim: Claim) -> bool:
+        """Whether the claim is still ours (a consistent read)."""
+        ddb = await self._ddb()
+        item = (await ddb.get_item(TableName=self.table, Key={"id": {"S": self._id(sop)}},
+                                   ConsistentRead=True)).get("Item")
+        return item is not None and item.get("owner", {}).get("S") == claim.token
+
     async def release(self, sop: str, claim: Claim) -> None:
         """Give up an owned claim after a failure, so a retry can run (only if it is still ours)."""
         ddb = await self._ddb()

@@ -22,7 +22,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from services.ingestion.domain.claims import ClaimStore
+from botocore.exceptions import ClientError
+
+from services.ingestion.domain.claims import Claim, ClaimStore
 from services.ingestion.domain.outbox import Outbox
 from services.ingestion.domain.pool import CpuPool, WorkerCrashedError
 from services.ingestion.domain.prepare import Prepared, PrepareOptions, prepare
@@ -36,7 +38,7 @@ from shared.dicom.errors import (
 )
 from shared.dicom.parse import ParseLimits
 from shared.events import InstanceRejected, InstanceStored
-from shared.instance_index import IndexConflictError, IndexWriter
+from shared.instance_index import IndexConflictError, IndexWriter, WriteOutcome
 from shared.service import ServiceContext
 from shared.telemetry import inject_context, tracer
 
@@ -59,6 +61,10 @@ class IngestResult:
     sop_class_uid: str
     original_key: str
     seconds: float
+
+
+def _cancelled(exc: ClientError) -> bool:
+    return exc.response.get("Error", {}).get("Code") in ("TransactionCanceledException", "ConditionalCheckFailedException")
 
 
 def stored_event_id(sop: str, sha: str) -> str:
@@ -127,17 +133,39 @@ class IngestPipeline:
         if len(prep.dicom_json) > MAX_INLINE_JSON:
             prep.record.instance.pop("dicom_json", None)
         marks["prepare"] = time.perf_counter()
+        # Bounded: a claim can be lost only when another sender took it over (an expired lease, or a store whose
+        # conditional writes are not atomic); then that sender's outcome is ours too, so wait for it once more.
+        for attempt in range(3):
+            claim = await self._acquire(prep)
+            marks["claim"] = time.perf_counter()
+            if claim.outcome == "duplicate":
+                return self._result("duplicate", prep, t0)
+            outcome = await self._store_and_index(prep, claim, marks, last=attempt == 2)
+            if outcome is not None:
+                break
+            log.warning("ingestion claim lost to another sender; waiting for its outcome",
+                        extra={"sop_uid": prep.sop_uid, "attempt": attempt + 1})
+        names = list(marks)
+        steps = {f"{b}_ms": round((marks[b] - marks[a]) * 1000, 1) for a, b in zip(names, names[1:], strict=False)}
+        log.info("instance stored", extra={"sop_uid": prep.sop_uid, "source": source, "index": outcome,
+                                           "frames": len(prep.frames), "index_retries_total": self.index.retries,
+                                           **steps})
+        return self._result("stored", prep, t0)
+
+    async def _acquire(self, prep: Prepared) -> Claim:
         try:
-            claim = await self.claims.acquire(prep.sop_uid, prep.content_sha256,
-                                              overwrite=self.settings.allow_overwrite)
+            return await self.claims.acquire(prep.sop_uid, prep.content_sha256, overwrite=self.settings.allow_overwrite)
         except DicomRejection:
             raise
         except Exception as exc:
             raise TransientFailure(OUT_OF_RESOURCES, f"The instance could not be stored durably ({type(exc).__name__}); "
                                    "retry later.", kind="storage-failure", sop_uid=prep.sop_uid) from None
-        marks["claim"] = time.perf_counter()
-        if claim.outcome == "duplicate":
-            return self._result("duplicate", prep, t0)
+
+    async def _store_and_index(self, prep: Prepared, claim: Claim, marks: dict[str, float], *,
+                               last: bool) -> WriteOutcome | None:
+        """Store the objects, then index + complete the claim + queue the event in one transaction.
+
+        Returns None when the claim turned out to be someone else's (the caller waits for that sender)."""
         try:
             await self._store(prep)
             marks["store"] = time.perf_counter()
@@ -154,10 +182,15 @@ class IngestPipeline:
                 raise DicomRejection(DUPLICATE_SOP_INSTANCE, f"SOP Instance UID {prep.sop_uid} is already stored with "
                                      f"different content (sha256 {exc.existing_sha256[:16]}...).",
                                      kind="conflicting-payload", sop_uid=prep.sop_uid) from None
+            except ClientError as exc:
+                if not last and _cancelled(exc) and not await self.claims.holds(prep.sop_uid, claim):
+                    return None  # not ours any more: nothing to release
+                raise
             if outcome == "exists":  # a crashed earlier attempt indexed it; finish its claim (its event is in the outbox)
                 await self.claims.complete(prep.sop_uid, claim)
             marks["index"] = time.perf_counter()
             self.outbox.enqueue(event)
+            return outcome
         except DicomRejection:
             await asyncio.shield(self._release(prep.sop_uid, claim))
             raise
@@ -170,12 +203,6 @@ class IngestPipeline:
         except BaseException:
             await asyncio.shield(self._release(prep.sop_uid, claim))
             raise
-        names = list(marks)
-        steps = {f"{b}_ms": round((marks[b] - marks[a]) * 1000, 1) for a, b in zip(names, names[1:], strict=False)}
-        log.info("instance stored", extra={"sop_uid": prep.sop_uid, "source": source, "index": outcome,
-                                           "frames": len(prep.frames), "index_retries_total": self.index.retries,
-                                           **steps})
-        return self._result("stored", prep, t0)
 
     async def _release(self, sop: str, claim: Any) -> None:
         try:
