@@ -60,21 +60,25 @@ def throughput(arch: str, size: int, batch: int, precision: str, steps: int, war
 
 
 def quality(n: int, size: int, render_size: int, epochs: int, curve: list[int], difficulty: float,
-            seed: int) -> dict[str, object]:
+            seed: int, *, workers: int = 1, batch: int = 32, lr: float = 2e-3, arch: str = "resnet18",
+            progress: Path | None = None) -> dict[str, object]:
     from training.evaluate import compute_metrics
     from training.preprocess import load_shards, write_shard
     from training.synthetic import cohort_shards
     from training.train import HParams, predict, threshold_for_sensitivity, train
 
     out: dict[str, object] = {"n": n, "size": size, "render_size": render_size, "epochs": epochs,
-                              "difficulty": difficulty, "prevalence": 0.3}
+                              "difficulty": difficulty, "prevalence": 0.3, "arch": arch, "batch": batch, "lr": lr}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         t0 = time.perf_counter()
         meta = cohort_shards(root / "data", n, seed, image_size=size, render_size=render_size, prevalence=0.3,
-                             difficulty=difficulty)
+                             difficulty=difficulty, workers=workers)
         out["render_s"] = round(time.perf_counter() - t0, 1)
         out["splits"] = meta["counts"]
+        # After rendering: the render workers are forked, and CUDA must not be initialised before a fork.
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # train() makes the same choice
+        out["device"] = torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"
         tr = load_shards(root / "data" / "train")
         runs = []
         for labels in sorted(set(curve + [len(tr["y"])])):
@@ -83,7 +87,7 @@ def quality(n: int, size: int, render_size: int, epochs: int, curve: list[int], 
             sub = root / f"train_{labels}"
             idx = np.random.default_rng(0).permutation(len(tr["y"]))[:labels]
             write_shard(sub, tr["x"][idx], tr["y"][idx], tr["ids"][idx], tr["patients"][idx])
-            hp = HParams(arch="resnet18", epochs=epochs, batch_size=32, lr=2e-3, patience=max(3, epochs // 3), seed=0)
+            hp = HParams(arch=arch, epochs=epochs, batch_size=batch, lr=lr, patience=max(3, epochs // 3), seed=0)
             t1 = time.perf_counter()
             card = train(hp, sub, root / "data" / "val", root / f"model_{labels}", root / f"ckpt_{labels}")
             wall = time.perf_counter() - t1
@@ -91,8 +95,8 @@ def quality(n: int, size: int, render_size: int, epochs: int, curve: list[int], 
 
             model, cfg = load_model_dir(root / f"model_{labels}")
             va, te = load_shards(root / "data" / "val"), load_shards(root / "data" / "test")
-            thr = threshold_for_sensitivity(va["y"], predict(model, va["x"], torch.device("cpu")), 0.9)
-            pt = predict(model, te["x"], torch.device("cpu"))
+            thr = threshold_for_sensitivity(va["y"], predict(model.to(device), va["x"], device), 0.9)
+            pt = predict(model, te["x"], device)
             m = compute_metrics(te["y"], pt, thr)["binary_classification_metrics"]
             # accuracy at the 0.5 probability threshold, as well as at the sensitivity-90 operating point
             acc05 = float(((pt >= 0.5).astype(int) == te["y"]).mean())
@@ -100,6 +104,8 @@ def quality(n: int, size: int, render_size: int, epochs: int, curve: list[int], 
                          "test_auc": m["auc"]["value"], "test_accuracy_at_sens90": m["accuracy"]["value"],
                          "test_accuracy_at_0.5": acc05, "epochs_run": card["training"]["epochs_run"]})
             print(json.dumps(runs[-1]), flush=True)
+            if progress is not None:  # a partial result survives a run that is stopped part-way
+                progress.write_text(json.dumps(dict(out, learning_curve=runs), indent=2))
         out["learning_curve"] = runs
     return out
 
@@ -117,6 +123,10 @@ def main() -> int:
     ap.add_argument("--difficulty", type=float, default=0.5)
     ap.add_argument("--curve", default="100,200,400")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes rendering the cohort")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--arch", default="resnet18", choices=["resnet18", "resnet50"])
     ap.add_argument("--out", default="train.json", help="file name under bench/results/")
     a = ap.parse_args()
     if a.threads:
@@ -138,9 +148,12 @@ def main() -> int:
         if torch.cuda.is_available():
             result["note_gpu"] = "run bench/gpu_check.py for the CUDA AMP numbers"
     if not a.skip_quality:
+        (ROOT / "bench" / "results").mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         result["quality"] = quality(a.quality_n, a.quality_size, a.render_size, a.epochs,
-                                    [int(c) for c in a.curve.split(",") if c], a.difficulty, a.seed)
+                                    [int(c) for c in a.curve.split(",") if c], a.difficulty, a.seed, workers=a.workers,
+                                    batch=a.batch, lr=a.lr, arch=a.arch,
+                                    progress=ROOT / "bench" / "results" / f"partial-{a.out}")
         result["quality_wall_s"] = round(time.perf_counter() - t0, 1)
     result["load_avg_end"] = os.getloadavg()
     out = ROOT / "bench" / "results"

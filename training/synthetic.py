@@ -753,29 +753,51 @@ __all__ = [
 ]
 
 
-def cohort_shards(out_root: str | Path, n: int, seed: int = 0, *, image_size: int = 128, render_size: int | None = None,
-                  pseudonym_key: str = "synthetic", **kw: Any) -> dict[str, Any]:
-    """Render ``n`` cases straight into preprocessed train/val/test shards (no S3), split by patient like the manifest.
-
-    For tests and benchmarks: the same :func:`shared.preprocessing.preprocess` and :func:`shared.datasets.split_for`
-    as the pipeline, without the HTJ2K round trip (which is lossless, so the arrays are the same).
-    """
+def _shard_cases(args: tuple[int, int, int, int, int | None, str, dict[str, Any]]
+                 ) -> list[tuple[str, np.ndarray, int, str, str]]:
+    """Render and preprocess cases ``start .. start+n-1`` (one worker's chunk of :func:`cohort_shards`)."""
     from shared.datasets import split_for
     from shared.events import pseudonymise
     from shared.preprocessing import params_from_dataset, preprocess
+
+    start, n, seed, image_size, render_size, pseudonym_key, kw = args
+    out = []
+    for rd in iter_cohort(n, seed, size=render_size or image_size, start=start, **kw):
+        pseudo = pseudonymise(rd.spec.patient_id, pseudonym_key)
+        x = preprocess(rd.pixels, params_from_dataset(to_dataset(rd)), size=image_size)
+        out.append((split_for(pseudo), x, rd.spec.label, rd.spec.sop_uid, pseudo))
+    return out
+
+
+def cohort_shards(out_root: str | Path, n: int, seed: int = 0, *, image_size: int = 128, render_size: int | None = None,
+                  pseudonym_key: str = "synthetic", workers: int = 1, **kw: Any) -> dict[str, Any]:
+    """Render ``n`` cases straight into preprocessed train/val/test shards (no S3), split by patient like the manifest.
+
+    For tests and benchmarks: the same :func:`shared.preprocessing.preprocess` and :func:`shared.datasets.split_for`
+    as the pipeline, without the HTJ2K round trip (which is lossless, so the arrays are the same). ``workers`` > 1
+    renders chunks in worker processes; the shards are identical for any number of workers (cases keep their order).
+    """
     from training.preprocess import write_shard
 
     root = Path(out_root)
     buckets: dict[str, tuple[list[np.ndarray], list[int], list[str], list[str]]] = {
         s: ([], [], [], []) for s in ("train", "val", "test")}
-    for rd in iter_cohort(n, seed, size=render_size or image_size, **kw):
-        ds = to_dataset(rd)
-        pseudo = pseudonymise(rd.spec.patient_id, pseudonym_key)
-        b = buckets[split_for(pseudo)]
-        b[0].append(preprocess(rd.pixels, params_from_dataset(ds), size=image_size))
-        b[1].append(rd.spec.label)
-        b[2].append(rd.spec.sop_uid)
-        b[3].append(pseudo)
+    chunk = max(1, min(64, -(-n // max(1, workers * 4))))
+    jobs = [(a, min(chunk, n - a), seed, image_size, render_size, pseudonym_key, kw) for a in range(0, n, chunk)]
+    if workers > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers) as pool:
+            results = list(pool.map(_shard_cases, jobs))
+    else:
+        results = [_shard_cases(j) for j in jobs]
+    for part in results:
+        for split, x, label, sop, pseudo in part:
+            b = buckets[split]
+            b[0].append(x)
+            b[1].append(label)
+            b[2].append(sop)
+            b[3].append(pseudo)
     counts = {}
     for split, (xs, ys, ids, pats) in buckets.items():
         x = np.stack(xs) if xs else np.zeros((0, image_size, image_size), np.float32)
