@@ -143,3 +143,15 @@ def test_cli_writes_a_cohort(tmp_path, capsys) -> None:
     assert summary["images"] == 3 and len(list(tmp_path.glob("*.dcm"))) == 3
     with pytest.raises(SystemExit):
         syn.main(["--out", str(tmp_path), "--n", "0"])
+
+
+def test_cohort_shards_are_the_same_for_any_number_of_render_workers(tmp_path) -> None:
+    from training.preprocess import load_shards
+
+    one = syn.cohort_shards(tmp_path / "one", 24, 7, image_size=32, render_size=64, workers=1)
+    two = syn.cohort_shards(tmp_path / "two", 24, 7, image_size=32, render_size=64, workers=2)
+    assert one["counts"] == two["counts"] and sum(c["n"] for c in one["counts"].values()) == 24
+    for split in ("train", "val", "test"):
+        a, b = load_shards(tmp_path / "one" / split), load_shards(tmp_path / "two" / split)
+        assert list(a["ids"]) == list(b["ids"]) and list(a["y"]) == list(b["y"])
+        assert np.array_equal(a["x"], b["x"])
