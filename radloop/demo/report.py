@@ -172,6 +172,11 @@ def write_report(out_dir: Path, figures: dict[str, Any]) -> Path:
     if not figures.get("heatmaps"):
         parts.append("<p>No heatmap was produced.</p>")
 
+    stages = figures.get("stages", {})
+    if stages:
+        parts.append("<h3>Where the time went</h3>")
+        parts.append(_table([{"stage": k, "seconds": v} for k, v in stages.items()], ["stage", "seconds"]))
+
     parts.append("<h2 id='environment'>Environment</h2>")
     parts.append(_table([{"key": k, "value": v} for k, v in figures.get("environment", {}).items()], ["key", "value"]))
 

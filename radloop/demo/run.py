@@ -20,8 +20,9 @@ import os
 import platform as pyplatform
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,8 @@ class DemoState:
     wave_of: dict[str, int] = field(default_factory=dict)
     wave_started: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    #: wall seconds per stage, in order (the report's "where the time went")
+    stages: dict[str, float] = field(default_factory=dict)
 
 
 class Demo:
@@ -138,6 +141,14 @@ class Demo:
                 return v
             time.sleep(interval_s)
         raise TimeoutError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+
+    @contextmanager
+    def _stage(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.state.stages[name] = round(self.state.stages.get(name, 0.0) + time.perf_counter() - t0, 1)
 
     # -- stages ------------------------------------------------------------------------------------------------------
     def start_platform(self) -> None:
@@ -193,29 +204,36 @@ class Demo:
                                f"{self.work / 'pipeline-definition.log'}")
         self.definition_path.with_suffix(".tmp").replace(self.definition_path)
 
-    def generate(self) -> None:
-        from training import synthetic
+    def start_generation(self) -> None:
+        """Render the cohort and the CT series in worker processes, in the background (the platform starts
+        meanwhile). Cases are deterministic by (seed, index), so the chunking does not change the data."""
+        from concurrent.futures import ProcessPoolExecutor
 
         c = self.cfg
+        workers = max(1, min(4, os.cpu_count() or 1))
+        self._gen_pool = ProcessPoolExecutor(workers)
+        step = max(1, min(25, -(-c.radiographs // (workers * 4))))
         cohort_dir = self.work / "cohort"
+        self._gen_jobs = [self._gen_pool.submit(_render_chunk, cohort_dir, a, min(step, c.radiographs - a), c.seed,
+                                                c.image_size, c.difficulty, c.prevalence)
+                          for a in range(0, c.radiographs, step)]
+        self._ct_job = self._gen_pool.submit(_render_ct, self.work / "ct", c.seed, c.ct_slices, c.ct_size)
+
+    def generate(self) -> None:
+        """Wait for the background generation (with a progress bar), then split the cohort into waves."""
+        from concurrent.futures import as_completed
+
+        c = self.cfg
+        if not hasattr(self, "_gen_jobs"):
+            self.start_generation()
+        rows: list[dict[str, Any]] = []
         with self._progress() as prog:
             t = prog.add_task("generating chest radiographs", total=c.radiographs)
-            rows: list[dict[str, Any]] = []
-            step = max(1, c.radiographs // 20)
-            for start in range(0, c.radiographs, step):
-                n = min(step, c.radiographs - start)
-                for rd in synthetic.iter_cohort(n, c.seed, size=c.image_size, start=start, difficulty=c.difficulty,
-                                                prevalence=c.prevalence):
-                    s = rd.spec
-                    name = cohort_dir / f"{s.index:06d}.dcm"
-                    name.parent.mkdir(parents=True, exist_ok=True)
-                    synthetic.to_dataset(rd).save_as(name, enforce_file_format=True)
-                    rows.append({"file": name, "sop_uid": s.sop_uid, "label": s.label, "patient": s.patient_id})
-                prog.advance(t, n)
-            t2 = prog.add_task("generating the CT series", total=1)
-            self.state.ct_files = synthetic.write_ct_series(self.work / "ct", seed=c.seed, slices=c.ct_slices,
-                                                            size=c.ct_size)
-            prog.advance(t2)
+            for fut in as_completed(self._gen_jobs):
+                chunk = fut.result()
+                rows += chunk
+                prog.advance(t, len(chunk))
+        rows.sort(key=lambda r: r["index"])
         for r in rows:
             self.state.truth[r["sop_uid"]] = int(r["label"])
             self.state.patient_of[r["sop_uid"]] = str(r["patient"])
@@ -392,6 +410,10 @@ class Demo:
     def stream_ct(self) -> dict[str, Any]:
         """Send the CT series, then fetch it through the gateway as a viewer would."""
         token = self.token("pacs", "demo-pacs")
+        if not self.state.ct_files:
+            with self.console.status(f"finishing the {self.cfg.ct_slices}-slice CT series (rendered in the background)"):
+                self.state.ct_files = self._ct_job.result()
+            self._gen_pool.shutdown()
         files = self.state.ct_files
         with self._progress() as prog:
             t = prog.add_task("sending the CT series (STOW-RS)", total=len(files))
@@ -533,6 +555,7 @@ class Demo:
             "journey": journey,
             "heatmaps": heatmaps,
             "errors": self.state.errors,
+            "stages": dict(self.state.stages),
             "environment": {"python": pyplatform.python_version(), "torch": torch.__version__,
                             "machine": pyplatform.machine(), "cpus": os.cpu_count(), "os": pyplatform.platform(),
                             "seed": self.cfg.seed, "config": json.dumps({k: str(v) for k, v in
@@ -558,19 +581,28 @@ class Demo:
         started = time.time()
         self.work.mkdir(parents=True, exist_ok=True)
         try:
-            self.start_platform()
+            self.start_generation()
+            with self._stage("start the platform"):
+                self.start_platform()
             self.start_definition()
-            self.generate()
+            with self._stage("generate the cohort (after the platform was up)"):
+                self.generate()
             for w in range(len(self.state.waves)):
-                self.send_wave(w)
-                self.finish_definition()
+                with self._stage("send the waves (STOW-RS, C-STORE, S3) until on the worklist"):
+                    self.send_wave(w)
+                with self._stage("wait for the pipeline definition (SageMaker SDK)"):
+                    self.finish_definition()
                 runs_before = len(self._runs())
-                done = self.read_round(w)
+                with self._stage("radiologists read"):
+                    done = self.read_round(w)
                 self.state.rounds.append({"round": w + 1, "reads": done})
-                self.wait_for_training(w, runs_before)
-            late = self.send_final()
+                with self._stage("retrain, evaluate and decide (no command sent)"):
+                    self.wait_for_training(w, runs_before)
+            with self._stage("late arrivals scored by the champion"):
+                late = self.send_final()
             self.console.print(f"late arrivals scored by: {late}")
-            streaming = self.stream_ct()
+            with self._stage("send and stream the CT series"):
+                streaming = self.stream_ct()
             final_status = self.final_status()
             figures = self.collect(streaming, started)
             figures["final_status"] = final_status
@@ -584,6 +616,9 @@ class Demo:
             return 0 if ok else 1
         finally:
             self.http.close()
+            pool = getattr(self, "_gen_pool", None)
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
             proc = getattr(self, "_definition_proc", None)
             if proc is not None and proc.poll() is None:
                 proc.kill()
@@ -591,6 +626,27 @@ class Demo:
             if self.platform is not None:
                 with self.console.status("stopping the platform"):
                     self.platform.stop()
+
+
+def _render_chunk(cohort_dir: Path, start: int, n: int, seed: int, size: int, difficulty: float,
+                  prevalence: float) -> list[dict[str, Any]]:
+    """Write radiographs ``start .. start+n-1`` as DICOM files (runs in a worker process)."""
+    from training import synthetic
+
+    cohort_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for rd in synthetic.iter_cohort(n, seed, size=size, start=start, difficulty=difficulty, prevalence=prevalence):
+        s = rd.spec
+        name = cohort_dir / f"{s.index:06d}.dcm"
+        synthetic.to_dataset(rd).save_as(name, enforce_file_format=True)
+        rows.append({"index": s.index, "file": name, "sop_uid": s.sop_uid, "label": s.label, "patient": s.patient_id})
+    return rows
+
+
+def _render_ct(out: Path, seed: int, slices: int, size: int) -> list[Path]:
+    from training import synthetic
+
+    return synthetic.write_ct_series(out, seed=seed, slices=slices, size=size)
 
 
 def _block_until_interrupt() -> None:

@@ -25,12 +25,14 @@ async def startup(ctx: ServiceContext) -> None:
     except Exception:  # readiness reports it and scoring retries the load; the service itself stays up
         log.exception("champion could not be loaded at start-up")
     triage.batcher.start()
+    triage.schedule_backlog()  # a restart finishes a backlog that an earlier process left (no-op without a model)
 
 
 async def shutdown(ctx: ServiceContext) -> None:
     """Stop the micro-batcher after the consumer drained."""
     triage = ctx.extras.get("triage")
     if triage is not None:
+        await triage.cancel_backlog()
         await triage.batcher.stop()
 
 

@@ -22,6 +22,7 @@ def handlers(ctx: ServiceContext) -> Mapping[str, Handler]:
     async def model_approved(event: ModelApproved, _m: MessageContext) -> dict[str, Any]:
         model = await triage.holder.on_approved(event.version, event.model_artifact_uri, event.threshold,
                                                 event.model_package_arn)
+        triage.schedule_backlog()  # images that arrived before any model get this one's score
         return {"model_version": model.version}
 
     return {ev.INSTANCE_STORED: instance_stored, ev.MODEL_APPROVED: model_approved}

@@ -33,6 +33,10 @@ def priority_for(probability: float | None, threshold: float | None) -> str:
     return "urgent" if probability >= threshold else "routine"
 
 
+#: The reason recorded for an applicable image that arrived before any model was approved (it joins the backlog).
+AWAITING_MODEL = "no approved model yet; the worklist orders this image by arrival until a model scores it"
+
+
 class Triage:
     """The triage service's behaviour, wired with its clients in ``bootstrap.py``."""
 
@@ -46,6 +50,7 @@ class Triage:
         self.images_bucket = settings.topology.bucket("images")
         self.scores_table = settings.topology.table("scores")
         self.scored = 0
+        self._backlog_task: asyncio.Task[int] | None = None
 
     # -- inputs ------------------------------------------------------------------------------------------------------
     async def _get(self, key: str) -> bytes:
@@ -84,11 +89,17 @@ class Triage:
             # now, and if that fails let the message be retried rather than marking the image unscored.
             model = await self.holder.ensure_loaded()
         if model is None:
-            return await self._record(InstanceScored(
-                status="unscored", reason="no approved model yet; the worklist orders this image by arrival", **base))
+            out = await self._record(InstanceScored(status="unscored", reason=AWAITING_MODEL, **base))
+            if self.holder.current is not None:  # a champion arrived meanwhile: do not leave this one waiting
+                self.schedule_backlog()
+            return out
+        return await self._score(model, base)
 
+    async def _score(self, model: LoadedModel, base: dict[str, Any]) -> dict[str, Any]:
+        """Score an applicable instance with ``model`` (the batcher may use a newer champion); record it."""
+        s = self.settings
         try:
-            frame = await self.read_frame(event.study_uid, event.series_uid, event.sop_uid)
+            frame = await self.read_frame(base["study_uid"], base["series_uid"], base["sop_uid"])
             pre = await asyncio.to_thread(model_input, frame, model.input_size)
         except ValueError as exc:  # undecodable: it can never succeed, so say so instead of retrying forever
             return await self._record(InstanceScored(status="unscored", reason=str(exc)[:500], **base))
@@ -96,10 +107,76 @@ class Triage:
         priority = priority_for(prob, used.threshold)
         heatmap = None
         if s.triage_heatmaps == "all" or (s.triage_heatmaps == "positives" and priority == "urgent"):
-            heatmap = await self.write_heatmap(event.study_uid, event.series_uid, event.sop_uid, used, frame, x)
+            heatmap = await self.write_heatmap(base["study_uid"], base["series_uid"], base["sop_uid"], used, frame, x)
         return await self._record(InstanceScored(
             status="scored", probability=round(prob, 6), threshold=used.threshold, priority=priority,
             model_version=used.version, heatmap_key=heatmap, **base))
+
+    # -- the backlog -------------------------------------------------------------------------------------------------
+    def schedule_backlog(self) -> None:
+        """Score, in the background, the images that arrived before any model was approved (single flight)."""
+        if self._backlog_task is None or self._backlog_task.done():
+            self._backlog_task = asyncio.create_task(self.rescore_backlog(), name="triage-backlog")
+
+    async def cancel_backlog(self) -> None:
+        task = self._backlog_task
+        if task is not None and not task.done():
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+
+    async def rescore_backlog(self, max_items: int = 100_000, max_rounds: int = 5) -> int:
+        """Score every instance recorded as unscored for want of a model, with the champion now in memory.
+
+        Bounded (``max_items``, ``max_rounds`` scans, to catch images recorded while a round ran) and idempotent:
+        an image leaves the backlog when its score record is replaced, and one that fails stays for the next
+        champion or restart. Returns how many were scored."""
+        total = 0
+        sem = asyncio.Semaphore(self.settings.triage_max_batch)
+        for _ in range(max_rounds):
+            model = self.holder.current
+            if model is None:
+                break
+            backlog = await self._backlog(max_items - total)
+            if not backlog:
+                break
+            log.info("scoring the backlog of images that arrived before any model",
+                     extra={"count": len(backlog), "model_version": model.version})
+            async def one(item: dict[str, Any], model: LoadedModel = model) -> bool:
+                base = {"study_uid": item["study_uid"]["S"], "series_uid": item["series_uid"]["S"],
+                        "sop_uid": item["sop_uid"]["S"],
+                        "patient_pseudo_id": item.get("patient_pseudo_id", {}).get("S")}
+                async with sem:
+                    try:
+                        await self._score(model, base)
+                        return True
+                    except Exception:
+                        log.exception("backlog scoring failed; the image stays in the backlog",
+                                      extra={"sop_uid": base["sop_uid"]})
+                        return False
+
+            done = sum(await asyncio.gather(*(one(i) for i in backlog)))
+            total += done
+            if done < len(backlog) or total >= max_items:
+                break  # failures stay for the next champion or restart: no hot retry loop
+        if total:
+            log.info("backlog scored", extra={"count": total})
+        return total
+
+    async def _backlog(self, limit: int) -> list[dict[str, Any]]:
+        ddb = await self.clients.dynamodb()
+        out: list[dict[str, Any]] = []
+        kw: dict[str, Any] = {"TableName": self.scores_table, "FilterExpression": "awaiting_model = :t",
+                              "ExpressionAttributeValues": {":t": {"BOOL": True}}}
+        for _ in range(10_000):  # pages
+            resp = await ddb.scan(**kw)
+            out += resp.get("Items", [])
+            if "LastEvaluatedKey" not in resp or len(out) >= limit:
+                break
+            kw["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+        return out[:limit]
 
     async def write_heatmap(self, study: str, series: str, sop: str, model: LoadedModel, frame: Frame,
                             x: np.ndarray | None = None) -> str:
@@ -137,6 +214,10 @@ class Triage:
             item["heatmap_key"] = {"S": scored.heatmap_key}
         if scored.reason:
             item["reason"] = {"S": scored.reason}
+        if scored.reason == AWAITING_MODEL:  # the backlog that the first approved model scores
+            item["awaiting_model"] = {"BOOL": True}
+            if scored.patient_pseudo_id:
+                item["patient_pseudo_id"] = {"S": scored.patient_pseudo_id}
         ddb = await self.clients.dynamodb()
         await ddb.put_item(TableName=self.scores_table, Item=item)
         await self.publisher.publish(scored)

@@ -48,3 +48,6 @@ def test_quick_demo_runs_the_whole_loop(tmp_path: Path) -> None:
     # no message sits in any DLQ, and every service was healthy at the end
     assert all(q["dlq"] == 0 for q in fig["final_status"]["queues"].values()), fig["final_status"]["queues"]
     assert fig["final_status"]["healthy"], fig["final_status"]
+    # where the time went: every stage timed, and the stages fit inside the wall time
+    assert "start the platform" in fig["stages"] and "radiologists read" in fig["stages"]
+    assert sum(fig["stages"].values()) <= fig["summary"]["kpis"]["wall time (s)"] + 1

@@ -183,6 +183,22 @@ async def test_scoring_orders_the_worklist_and_marks_unsuitable_images(env: Env)
                if r["priority"] == "routine")
 
 
+async def test_the_first_champion_scores_the_backlog_that_arrived_before_it(env: Env) -> None:
+    """The images of the first test arrived with no model; champion v1 (approved in the previous test) scores them
+    without any new InstanceStored, and the worklist re-orders them by that score."""
+    sops = [make_case(i, 21, size=128, uid_salt="unscored").sop_uid for i in range(3)]
+
+    async def rescored() -> list[dict[str, Any]] | None:
+        items = [i for i in await _worklist(env) if i["case_id"] in sops]
+        return items if len(items) == 3 and all(i["ai"]["status"] == "scored" for i in items) else None
+
+    items = await wait_for(rescored, 60, 0.5)
+    assert items, f"the backlog was not scored:\n{env.triage.tail()}"
+    assert all(i["ai"]["model_version"] == 1 and i["ai"]["probability"] is not None for i in items)
+    rows = await _scores(env, sops)
+    assert all(r["status"] == "scored" and "awaiting_model" not in r for r in rows.values())
+
+
 async def test_hot_swap_mid_stream_loses_nothing_and_scores_nothing_twice(env: Env) -> None:
     async with AwsClients(env.settings) as c:
         await captured(c, env.capture, wait_s=0.5)  # forget the earlier tests' events
