@@ -130,3 +130,20 @@ def test_http_errors(orch, mdeployment):
     assert r.status_code == 422 and "cannot be overridden" in r.text
     r = httpx.post(url, json={"parameters": {"Epochs": "many"}}, headers=h(mdeployment, "ml"), timeout=10)
     assert r.status_code == 422 and "not a valid int" in r.text
+
+
+def test_a_coalesced_policy_trigger_without_enough_new_labels_is_dropped(orch, mdeployment, tap):
+    """Concurrent label events can all ask for the run that one of them started; the follow-up they leave must not
+    retrain on almost the same data: once the lock is free it is dropped while the new labels are below N/M."""
+    from services.pipeline_orchestrator.domain.store import STATE_KEY
+
+    wait_until(lambda: trainings(orch, mdeployment).json()["active_run"] is None, 30, "no active run")
+    before = len(tap.of("TrainingStarted"))
+    assert sum(trainings(orch, mdeployment).json()["new_labels"].values()) < 8
+    boto3_client(mdeployment, "dynamodb").update_item(  # what the racing label events leave behind
+        TableName=mdeployment.topology.table("state"), Key={"key": {"S": STATE_KEY}},
+        UpdateExpression="SET pending = :p", ExpressionAttributeValues={":p": {"S": "policy"}})
+    wait_until(lambda: trainings(orch, mdeployment).json()["pending"] is None, 20, "the follow-up to be dropped")
+    time.sleep(2.0)
+    assert len(tap.of("TrainingStarted")) == before
+    assert "coalesced policy trigger dropped" in orch.log_tail(200_000)

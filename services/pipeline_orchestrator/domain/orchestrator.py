@@ -299,6 +299,13 @@ class Orchestrator:
         now = time.time()
         if pending and self.policy.cooldown_left(now, state.get("last_started_at"), pending) <= 0:
             if await self.store.take_pending(pending):
+                counts = self.store.new_counts(state)
+                if pending == "policy" and not self.policy.labels_due(counts):
+                    # Concurrent label events asked for the run that has just been made: the labels counted since
+                    # its snapshot are too few to train again (a follow-up would retrain on almost the same data).
+                    log.info("coalesced policy trigger dropped: too few new labels since the last snapshot",
+                             extra={"new": counts})
+                    return
                 log.info("starting the coalesced follow-up", extra={"trigger": pending})
                 await self.request(pending)
             return
