@@ -279,9 +279,10 @@ def demo(
     seed: Annotated[int, typer.Option(help="Seed of the synthetic cohort (runs are reproducible).")] = 7,
     keep_running: Annotated[bool, typer.Option("--keep-running", help="Leave the platform up afterwards.")] = False,
     out: Annotated[Path, typer.Option(help="Where the report is written.")] = Path("demo-report"),
-    radiographs: Annotated[int | None, typer.Option(help="Override the number of chest radiographs.")] = None,
+    radiographs: Annotated[int | None, typer.Option(min=40, help="Override the number of chest radiographs.")] = None,
     double_read: Annotated[bool, typer.Option("--double-read", help="Two readers per case, with adjudication.")] = False,
-    read_error_rate: Annotated[float, typer.Option(help="Share of simulated reads that disagree with the truth.")] = 0.03,
+    read_error_rate: Annotated[float, typer.Option(min=0.0, max=0.5,
+                                                   help="Share of simulated reads that disagree with the truth.")] = 0.03,
 ) -> None:
     """Run the whole triage-and-learning loop on generated data and write demo-report/ (HTML + JSON).
 

@@ -1,4 +1,4 @@
-"""The embedded AWS endpoint: moto server as a child process on loopback.
+"""The embedded AWS endpoint: moto server (with radloop's DynamoDB fixes) as a child process on loopback.
 
 moto keeps state in memory only, so the topology is bootstrapped each time the endpoint starts.
 """
@@ -6,7 +6,6 @@ moto keeps state in memory only, so the topology is bootstrapped each time the e
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -58,10 +57,8 @@ class EmbeddedAws:
 
 
 def moto_command(port: int) -> list[str]:
-    exe = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or shutil.which("moto_server")
-    if exe:
-        return [exe, "-H", "127.0.0.1", "-p", str(port)]
-    return [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    """moto's server with radloop's DynamoDB fixes (see :mod:`radloop.local.moto_server`)."""
+    return [sys.executable, "-m", "radloop.local.moto_server", "-H", "127.0.0.1", "-p", str(port)]
 
 
 def start_embedded_aws(port: int | None = None, *, log_path: Path | None = None, timeout_s: float = 30.0) -> EmbeddedAws:
