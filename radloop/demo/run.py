@@ -631,17 +631,31 @@ class Demo:
                 _block_until_interrupt()
             return 0 if ok else 1
         finally:
-            self.http.close()
-            pool = getattr(self, "_gen_pool", None)
-            if pool is not None:
-                pool.shutdown(cancel_futures=True)
-            proc = getattr(self, "_definition_proc", None)
-            if proc is not None and proc.poll() is None:
+            try:
+                self._stop_background()
+            finally:  # whatever happened above (a second Ctrl-C, a broken pool), the platform is stopped by PID
+                if self.platform is not None:
+                    with self.console.status("stopping the platform"):
+                        self.platform.stop()
+
+    def _stop_background(self) -> None:
+        """Close the HTTP client, the render workers and the definition builder; each step on its own."""
+        steps: list[Callable[[], None]] = [self.http.close]
+        pool = getattr(self, "_gen_pool", None)
+        if pool is not None:
+            steps.append(lambda: pool.shutdown(wait=False, cancel_futures=True))
+        proc = getattr(self, "_definition_proc", None)
+        if proc is not None and proc.poll() is None:
+            def kill_definition() -> None:
                 proc.kill()
                 proc.wait(10)
-            if self.platform is not None:
-                with self.console.status("stopping the platform"):
-                    self.platform.stop()
+
+            steps.append(kill_definition)
+        for step in steps:
+            try:
+                step()
+            except Exception as exc:  # cleanup goes on: the platform must still be stopped
+                self.console.print(f"[yellow]cleanup step failed:[/] {type(exc).__name__}: {exc}")
 
 
 def _render_cases(cohort_dir: Path, indices: list[int], seed: int, size: int, difficulty: float,
