@@ -402,8 +402,12 @@ class Demo:
                 return None
             if run.get("status") == "Succeeded":
                 try:
-                    self._wait("the registry's decision",
-                               lambda: any(m.get("run_id") == run.get("run_id") for m in self._models()), 120, 1.0)
+                    model = self._wait("the registry's decision", lambda: next(
+                        (m for m in self._models() if m.get("run_id") == run.get("run_id")), None), 120, 1.0)
+                    if str(model.get("status") or model.get("approval_status")).lower() == "approved":
+                        # the champion pointer follows the approval: wait for it, so the next wave uses it
+                        self._wait("the new champion", lambda: (self._champion() or {}).get("version") ==
+                                   model.get("version"), 60, 1.0)
                 except TimeoutError as exc:
                     self.state.errors.append(str(exc))
         champ = self._champion()

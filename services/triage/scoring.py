@@ -107,7 +107,12 @@ class Triage:
         priority = priority_for(prob, used.threshold)
         heatmap = None
         if s.triage_heatmaps == "all" or (s.triage_heatmaps == "positives" and priority == "urgent"):
-            heatmap = await self.write_heatmap(base["study_uid"], base["series_uid"], base["sop_uid"], used, frame, x)
+            try:
+                heatmap = await self.write_heatmap(base["study_uid"], base["series_uid"], base["sop_uid"], used,
+                                                   frame, x)
+            except ValueError as exc:  # the score stands without its explanation; the viewer shows none
+                log.warning("heatmap failed; scored without one", extra={"sop_uid": base["sop_uid"],
+                                                                         "error": str(exc)[:300]})
         return await self._record(InstanceScored(
             status="scored", probability=round(prob, 6), threshold=used.threshold, priority=priority,
             model_version=used.version, heatmap_key=heatmap, **base))

@@ -45,3 +45,19 @@ def test_heatmap_of_a_positive_peaks_inside_the_lesion(model, index: int) -> Non
     assert near[peak], f"heatmap peak {peak} ({layer}) is not on the lesion"
     inside, outside = alpha[mask].mean(), alpha[~near].mean()
     assert inside > 2.0 * outside, f"mean heat inside the lesion {inside:.1f} vs outside {outside:.1f}: no clear margin"
+
+
+def test_concurrent_heatmaps_on_one_model_match_serial_ones(model) -> None:
+    """Triage computes heatmaps in worker threads on the one champion: concurrent calls must not mix their hooks."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    xs = []
+    for index in (3, 40, 41, 42, 43, 44):
+        case = make_case(index, seed=99, size=128, positive=True)
+        xs.append(model_input(load_frame(htj2k.encode(case.pixels), case.meta), model.input_size))
+    serial = [grad_cam(model.module, x, min_size=7)[0] for x in xs]
+    with ThreadPoolExecutor(6) as pool:
+        for _ in range(3):
+            parallel = list(pool.map(lambda x: grad_cam(model.module, x, min_size=7)[0], xs))
+            for a, b in zip(serial, parallel, strict=True):
+                np.testing.assert_allclose(a, b, atol=1e-5)

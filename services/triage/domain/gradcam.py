@@ -7,15 +7,28 @@ The feature map is the deepest one produced by a top-level child of the network 
 
 from __future__ import annotations
 
+import threading
+
 import imagecodecs
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+#: Grad-CAM registers forward hooks on the shared model: two threads at once would each capture the other's
+#: activations (and then find no gradient on them), so one map is computed at a time.
+_CAM_LOCK = threading.Lock()
+
 
 def grad_cam(module: nn.Module, x: np.ndarray, *, min_size: int = 7) -> tuple[np.ndarray, str]:
-    """Grad-CAM of one preprocessed frame (S×S float32) -> (S×S map in [0, 1], the name of the layer used)."""
+    """Grad-CAM of one preprocessed frame (S×S float32) -> (S×S map in [0, 1], the name of the layer used).
+
+    Thread-safe: calls are serialised (see ``_CAM_LOCK``)."""
+    with _CAM_LOCK:
+        return _grad_cam(module, x, min_size=min_size)
+
+
+def _grad_cam(module: nn.Module, x: np.ndarray, *, min_size: int) -> tuple[np.ndarray, str]:
     acts: dict[str, torch.Tensor] = {}
     order: list[str] = []
 
