@@ -86,6 +86,7 @@ async def bootstrap_topology(clients: AwsClients, topo: Topology | None = None) 
                 Bucket=spec.name, NotificationConfiguration={"EventBridgeConfiguration": {}}
             )
         summary["buckets"].append(spec.name)
+    await ensure_no_champion_marker(s3, topo.bucket("ml"))
 
     # --- tables ---
     existing = set()
@@ -146,3 +147,11 @@ def table_definition(spec: TableSpec) -> dict[str, Any]:
     if gsis:
         out["GlobalSecondaryIndexes"] = gsis
     return out
+
+
+async def ensure_no_champion_marker(s3: Any, ml_bucket: str) -> None:
+    """The object that makes the "no champion" input of the pipeline's Evaluate step a non-empty prefix."""
+    from shared.storage import NO_CHAMPION_MARKER
+
+    await s3.put_object(Bucket=ml_bucket, Key=NO_CHAMPION_MARKER, ContentType="text/plain",
+                        Body=b"No champion model: the Evaluate step of the training pipeline compares with none.\n")

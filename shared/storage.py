@@ -64,5 +64,10 @@ def model_prefix(run_id: str) -> str:
     return f"models/{run_id}"
 
 
+#: In the ml bucket: the prefix the pipeline's Evaluate step reads as "the champion" when there is none (SageMaker
+#: refuses an empty input prefix, so it holds one marker object, :data:`NO_CHAMPION_MARKER`).
+NO_CHAMPION_PREFIX = "models/no-champion/"
+NO_CHAMPION_MARKER = NO_CHAMPION_PREFIX + "NONE"
+
 IMPORTS_PREFIX = "imports/"
 IMPORTS_REJECTED_PREFIX = "imports-rejected/"

@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared.storage import NO_CHAMPION_PREFIX
 from training.evaluate import AUC_PATH, CHAMPION_BAR_PATH
 from training.train import METRIC_DEFINITIONS
 
@@ -125,6 +126,8 @@ def build_pipeline(cfg: PipelineConfig, session: Any) -> Any:
     # --- parameters (names are a contract with the orchestrator: contracts_ml.md)
     manifest = ParameterString("ManifestUri", default_value=f"s3://{cfg.ml_bucket}/datasets/latest/manifest.json")
     champion = ParameterFloat("ChampionAuc", default_value=0.0)
+    #: the champion's model.tar.gz, re-scored by Evaluate on the same test split (default: the "no champion" marker)
+    champion_model = ParameterString("ChampionModelUri", default_value=f"s3://{cfg.ml_bucket}/{NO_CHAMPION_PREFIX}")
     floor = ParameterFloat("AucFloor", default_value=0.85)
     margin = ParameterFloat("AucMargin", default_value=0.0)
     epochs = ParameterInteger("Epochs", default_value=20)
@@ -137,8 +140,8 @@ def build_pipeline(cfg: PipelineConfig, session: Any) -> Any:
     proc_type = ParameterString("ProcessingInstanceType", default_value=cfg.processing_instance_type)
     image = ParameterString("TrainingImageUri", default_value=cfg.image_uri)
     kms = ParameterString("KmsKeyId", default_value=cfg.kms_key_id)
-    params = [manifest, champion, floor, margin, epochs, image_size, arch, batch_size, sens_target, seed, train_type,
-              proc_type, image, kms]
+    params = [manifest, champion, champion_model, floor, margin, epochs, image_size, arch, batch_size, sens_target, seed,
+              train_type, proc_type, image, kms]
 
     run_root = Join(on="/", values=[f"s3://{cfg.ml_bucket}/pipelines", ExecutionVariables.PIPELINE_EXECUTION_ID])
     subnets, sgs = list(cfg.subnets), list(cfg.security_groups)
@@ -213,10 +216,11 @@ def build_pipeline(cfg: PipelineConfig, session: Any) -> Any:
     eval_args = processor("evaluate", "training.evaluate", isolated=True).run(
         inputs=[s3_in("model", model_uri, f"{PROCESSING_ROOT}/model"),
                 s3_in("val", pre_out("val"), f"{PROCESSING_ROOT}/val"),
-                s3_in("test", pre_out("test"), f"{PROCESSING_ROOT}/test")],
+                s3_in("test", pre_out("test"), f"{PROCESSING_ROOT}/test"),
+                s3_in("champion", champion_model, f"{PROCESSING_ROOT}/champion")],
         outputs=[s3_out("evaluation", Join(on="/", values=[run_root, "evaluation"]), f"{PROCESSING_ROOT}/evaluation")],
         arguments=["--sensitivity-target", sens_target.to_string(), "--champion-auc", champion.to_string(),
-                   "--auc-margin", margin.to_string()],
+                   "--auc-margin", margin.to_string(), "--champion-dir", f"{PROCESSING_ROOT}/champion"],
         wait=False,
     )
     step_eval = ProcessingStep(name=STEP_EVALUATE, step_args=eval_args, property_files=[evaluation],

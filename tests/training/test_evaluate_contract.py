@@ -76,6 +76,37 @@ def test_definition_json_get_paths_resolve_against_a_real_evaluation(evaluation:
         assert isinstance(v, float), path
 
 
+def test_the_champion_is_re_scored_on_the_same_test_split(evaluation: Path, tmp_path: Path) -> None:
+    """With the champion's model.tar.gz as an input, the gate and the registry compare with the champion's AUC on
+    this test split, not with the AUC it was registered with (an older, smaller split)."""
+    d = evaluation.parent
+    out = tmp_path / "evaluation"
+    rc = E.main(["--model-dir", str(d / "model"), "--val-dir", str(d / "val"), "--test-dir", str(d / "test"),
+                 "--output-dir", str(out), "--champion-auc", "0.99", "--auc-margin", "0.02",
+                 "--champion-dir", str(d / "model")])  # the same model as champion: the same AUC, by construction
+    assert rc == 0
+    report = json.loads((out / "evaluation.json").read_text())
+    auc = report["binary_classification_metrics"]["auc"]["value"]
+    assert report["binary_classification_metrics"]["champion_auc"]["value"] == pytest.approx(auc)
+    assert report["gate"]["champion_auc"] == pytest.approx(auc) and report["gate"]["recorded_champion_auc"] == 0.99
+    assert report["gate"]["champion_bar"] == pytest.approx(auc + 0.02, abs=1e-6)
+    assert report["gate"]["champion_source"] == "re-scored on this test split"
+
+
+def test_no_champion_model_keeps_the_recorded_auc(evaluation: Path, tmp_path: Path) -> None:
+    d = evaluation.parent
+    empty = tmp_path / "champion"
+    empty.mkdir()
+    (empty / "NONE").write_text("no champion")  # what the pipeline's default input holds
+    rc = E.main(["--model-dir", str(d / "model"), "--val-dir", str(d / "val"), "--test-dir", str(d / "test"),
+                 "--output-dir", str(tmp_path / "ev"), "--champion-auc", "0.8", "--auc-margin", "0.02",
+                 "--champion-dir", str(empty)])
+    assert rc == 0
+    report = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
+    assert "champion_auc" not in report["binary_classification_metrics"]
+    assert report["gate"]["champion_bar"] == pytest.approx(0.82)
+
+
 def test_metrics_on_known_predictions() -> None:
     y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
     p = np.array([0.1, 0.2, 0.3, 0.6, 0.4, 0.7, 0.8, 0.9])

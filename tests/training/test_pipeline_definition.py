@@ -9,8 +9,9 @@ from shared.topology import build_topology
 from tests.training.conftest import KMS_KEY, SECURITY_GROUPS, SUBNETS
 from training.train import METRIC_DEFINITIONS
 
-CONTRACT_PARAMETERS = {"ManifestUri": "String", "ChampionAuc": "Float", "AucFloor": "Float", "AucMargin": "Float",
-                       "Epochs": "Integer", "ImageSize": "Integer", "Arch": "String", "BatchSize": "Integer"}
+CONTRACT_PARAMETERS = {"ManifestUri": "String", "ChampionAuc": "Float", "ChampionModelUri": "String", "AucFloor": "Float",
+                       "AucMargin": "Float", "Epochs": "Integer", "ImageSize": "Integer", "Arch": "String",
+                       "BatchSize": "Integer"}
 
 
 def _steps(defn: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -57,7 +58,11 @@ def test_steps_and_dependencies(definition: dict[str, Any]) -> None:
     assert ev["PropertyFiles"] == [{"PropertyFileName": "EvaluationReport", "OutputName": "evaluation",
                                     "FilePath": "evaluation.json"}]
     args = ev["Arguments"]["AppSpecification"]["ContainerArguments"]
-    assert "--champion-auc" in args and "--auc-margin" in args
+    assert "--champion-auc" in args and "--auc-margin" in args and "--champion-dir" in args
+    # the champion's model is an input of Evaluate, re-scored on the same test split as the challenger
+    inputs = {i["InputName"]: i["S3Input"] for i in ev["Arguments"]["ProcessingInputs"]}
+    assert inputs["champion"]["S3Uri"] == {"Get": "Parameters.ChampionModelUri"}
+    assert inputs["champion"]["LocalPath"] == args[args.index("--champion-dir") + 1]
 
 
 def test_parameters_follow_the_contract(definition: dict[str, Any]) -> None:
@@ -69,6 +74,7 @@ def test_parameters_follow_the_contract(definition: dict[str, Any]) -> None:
     defaults = {p["Name"]: p.get("DefaultValue") for p in definition["Parameters"]}
     assert defaults["TrainingInstanceType"].startswith(("ml.g", "ml.p"))  # a GPU instance by default
     assert defaults["KmsKeyId"] == KMS_KEY and defaults["ChampionAuc"] == 0.0
+    assert defaults["ChampionModelUri"].endswith("/models/no-champion/")
 
 
 def test_every_job_is_encrypted_in_the_vpc(definition: dict[str, Any]) -> None:

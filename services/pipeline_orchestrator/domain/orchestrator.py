@@ -20,9 +20,10 @@ from services.pipeline_orchestrator.domain.snapshot import build_snapshot
 from services.pipeline_orchestrator.domain.store import TERMINAL, OrchestratorStore
 from services.pipeline_orchestrator.settings import OrchestratorSettings
 from shared.aws import AwsClients
+from shared.bootstrap import ensure_no_champion_marker
 from shared.events import ImageVerified, ModelPerformanceDegraded, TrainingCompleted, TrainingStarted
 from shared.publisher import EventPublisher
-from shared.storage import dataset_manifest_key
+from shared.storage import NO_CHAMPION_PREFIX, dataset_manifest_key
 from shared.telemetry import tracer
 
 log = logging.getLogger(__name__)
@@ -143,6 +144,8 @@ class Orchestrator:
             await self.executor.prepare()
             champion = await self.store.champion()
             parameters = self.parameters(manifest_uri, champion, overrides)
+            if parameters["ChampionModelUri"].endswith(NO_CHAMPION_PREFIX):
+                await ensure_no_champion_marker(s3, bucket)  # Evaluate's "champion" input must not be empty
             now = time.time()
             run = {
                 "run_id": run_id,
@@ -193,6 +196,9 @@ class Orchestrator:
         params: dict[str, Any] = {
             "ManifestUri": manifest_uri,
             "ChampionAuc": float(champion.get("auc") or 0.0) if champion and s.gate_on_champion else 0.0,
+            # Evaluate re-scores the champion on the challenger's test split (the same patients)
+            "ChampionModelUri": str(champion["model_artifact_uri"]) if champion and champion.get("model_artifact_uri")
+            else f"s3://{s.topology.bucket('ml')}/{NO_CHAMPION_PREFIX}",
             "AucFloor": s.auc_floor,
             "AucMargin": s.auc_margin,
             "Epochs": s.train_epochs,
