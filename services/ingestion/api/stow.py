@@ -141,12 +141,24 @@ async def _drain(tasks: list[asyncio.Task[Any]]) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-@router.post("/studies", summary="Store instances (STOW-RS).", response_class=JSONResponse)
+#: PS3.18 store-response statuses, in the OpenAPI schema (and so in docs/api.md).
+STOW_RESPONSES: dict[int | str, dict[str, Any]] = {
+    202: {"description": "some instances stored, some failed (each failure with its FailureReason)"},
+    400: {"description": "malformed multipart body, or an invalid StudyInstanceUID in the path"},
+    409: {"description": "no instance stored: each was refused (FailureReason per instance, e.g. 0x0111, 0xC000)"},
+    413: {"description": "the body or one part exceeds the size limit"},
+    415: {"description": "not multipart/related; type=\"application/dicom\""},
+    503: {"description": "no instance stored because storage was unavailable (0xA700 each); retry after Retry-After"},
+}
+
+
+@router.post("/studies", summary="Store instances (STOW-RS).", response_class=JSONResponse, responses=STOW_RESPONSES)
 async def store_instances(request: Request, ctx: ContextDep, principal: StoreUser) -> JSONResponse:
     return await _store(request, ctx, principal, None)
 
 
-@router.post("/studies/{study}", summary="Store instances of one study (STOW-RS).", response_class=JSONResponse)
+@router.post("/studies/{study}", summary="Store instances of one study (STOW-RS).", response_class=JSONResponse,
+             responses=STOW_RESPONSES)
 async def store_study_instances(study: str, request: Request, ctx: ContextDep, principal: StoreUser) -> JSONResponse:
     try:
         validate_uid(study, what="StudyInstanceUID")
