@@ -52,9 +52,12 @@ def create_proxy(ports: dict[str, int] | None = None) -> Starlette:
         if service is None:
             return JSONResponse({"detail": f"no service serves {request.url.path}"}, status_code=404)
         url = httpx.URL(f"http://127.0.0.1:{ports[service]}{request.url.path}", query=request.url.query.encode())
-        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP]
-        headers.append(("x-forwarded-for", request.client.host if request.client else ""))
-        headers.append(("x-forwarded-host", request.headers.get("host", "")))
+        # Raw bytes both ways: a header value that is not ASCII (a client's mistake) reaches the service, which
+        # answers it (401 for a garbled token), instead of failing here with a 500.
+        headers: list[tuple[bytes, bytes]] = [(k, v) for k, v in request.headers.raw
+                                              if k.decode("latin-1").lower() not in _HOP]
+        headers.append((b"x-forwarded-for", (request.client.host if request.client else "").encode()))
+        headers.append((b"x-forwarded-host", request.headers.get("host", "").encode("latin-1")))
         body: AsyncIterator[bytes] | None = request.stream() if request.method in ("POST", "PUT", "PATCH") else None
         upstream_req = client.build_request(request.method, url, headers=headers, content=body)
         try:

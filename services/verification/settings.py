@@ -26,6 +26,9 @@ class VerificationSettings(Settings):
     verification_heatmap_url_ttl_s: int = 300
     #: How often unpublished ImageVerified events (outbox) are retried.
     verification_outbox_sweep_s: float = 30.0
+    #: at most one live-performance check (a scan of the final cases) per model version in this many seconds: reads
+    #: arrive faster than a scan, and back-to-back scans starved every other request of the table
+    verification_check_interval_s: float = 10.0
 
 
 def verification_settings(settings: Settings | None = None) -> VerificationSettings:

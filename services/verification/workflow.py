@@ -271,5 +271,7 @@ class Verification:
                     log.exception("performance check failed", extra={"model_version": model_version})
                 if model_version not in self._check_again:
                     return
+                # reads that arrived during the check are covered by one more check, after a pause (debounce)
+                await asyncio.sleep(self.settings.verification_check_interval_s)
 
         self._checks[model_version] = asyncio.create_task(run())

@@ -27,5 +27,8 @@ def test_dicomweb_and_viewer_through_the_entry_proxy(corpus: Corpus, gateway: Ga
             r = await c.get("/viewer/", follow_redirects=True)
             assert r.status_code == 200 and "radloop viewer" in r.text
             assert (await c.get("/dicomweb/studies")).status_code == 401
+            # a garbled (non-ASCII) token reaches the service and is refused there, not a 500 in the proxy
+            r = await c.get("/dicomweb/studies", headers={"Authorization": "Bearer \u2570\u2500".encode()})
+            assert r.status_code == 401, r.text
 
     asyncio.run(go())

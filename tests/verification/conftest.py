@@ -42,7 +42,8 @@ def _deployment(aws_endpoint: str, tmp: Path, mode: str) -> Iterator[Deployment]
     capture = asyncio.run(_prepare(s))
     env = {"RADLOOP_VERIFICATION_READ_MODE": mode, "RADLOOP_VERIFICATION_LEASE_S": "1.5",
            "RADLOOP_VERIFICATION_MIN_SAMPLE": "8", "RADLOOP_VERIFICATION_AUC_FLOOR": "0.75",
-           "RADLOOP_VERIFICATION_SENSITIVITY_FLOOR": "0.8", "RADLOOP_VERIFICATION_OUTBOX_SWEEP_S": "2"}
+           "RADLOOP_VERIFICATION_SENSITIVITY_FLOOR": "0.8", "RADLOOP_VERIFICATION_OUTBOX_SWEEP_S": "2",
+           "RADLOOP_VERIFICATION_CHECK_INTERVAL_S": "0.5"}
     with running("verification", s, tmp / "logs", **env) as proc:
         yield Deployment(s, proc, capture)
 
