@@ -37,7 +37,7 @@ def _roc_chart(models: list[dict[str, Any]]) -> str | None:
     ax.plot([0, 1], [0, 1], "k--", lw=0.8)
     ax.set_xlabel("1 - specificity")
     ax.set_ylabel("sensitivity")
-    ax.set_title("ROC on the fixed test split")
+    ax.set_title("ROC of each version on its test split")
     ax.legend(fontsize=8)
     return _png(fig)
 
@@ -80,7 +80,7 @@ def _fmt(v: Any) -> str:
     if v is None:
         return "–"
     if isinstance(v, float):
-        return f"{v:.3f}"
+        return f"{v:.3f}" if abs(v) < 10 else f"{v:,.1f}"  # metrics to 3 places; times and sizes to 1
     return str(v)
 
 
