@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from datetime import UTC, datetime
@@ -127,10 +128,8 @@ class Triage:
         task = self._backlog_task
         if task is not None and not task.done():
             task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await task
-            except asyncio.CancelledError:
-                pass
 
     async def rescore_backlog(self, max_items: int = 100_000, max_rounds: int = 5) -> int:
         """Score every instance recorded as unscored for want of a model, with the champion now in memory.

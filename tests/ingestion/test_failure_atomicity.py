@@ -17,14 +17,19 @@ from shared.service import ServiceContext
 from tests.ingestion.stow_helpers import fresh
 
 
-@pytest.mark.asyncio(loop_scope="session")
-async def test_storage_failure_leaves_nothing_then_retry_succeeds(adeployment, clients: AwsClients) -> None:
-    settings = IngestionSettings().model_copy(update={"aws_endpoint_url": adeployment.aws_endpoint_url,
-                                                      "prefix": adeployment.prefix})
+def _pipeline(deployment, clients: AwsClients, **update: object) -> tuple[IngestPipeline, CpuPool]:
+    """The real ingestion pipeline in this process (one worker thread), against ``deployment``."""
+    settings = IngestionSettings().model_copy(update={"aws_endpoint_url": deployment.aws_endpoint_url,
+                                                      "prefix": deployment.prefix, **update})
     ctx = ServiceContext("ingestion", settings, clients, EventPublisher(clients, "ingestion"),
                          IdempotencyStore(clients), AuditLog(clients, "ingestion"))
     pool = CpuPool(1, "thread")
-    pipeline = IngestPipeline(ctx, settings, pool)
+    return IngestPipeline(ctx, settings, pool), pool
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_storage_failure_leaves_nothing_then_retry_succeeds(adeployment, clients: AwsClients) -> None:
+    pipeline, pool = _pipeline(adeployment, clients)
     ds, data = fresh("SC_rgb.dcm")
     real_bucket = pipeline.images_bucket
     pipeline.images_bucket = f"{adeployment.prefix}-no-such-bucket"  # S3 refuses every PUT: a real storage failure
@@ -56,12 +61,7 @@ async def test_overwrite_when_configured(adeployment, clients: AwsClients) -> No
 
     import pydicom
 
-    settings = IngestionSettings().model_copy(update={"aws_endpoint_url": adeployment.aws_endpoint_url,
-                                                      "prefix": adeployment.prefix, "allow_overwrite": True})
-    ctx = ServiceContext("ingestion", settings, clients, EventPublisher(clients, "ingestion"),
-                         IdempotencyStore(clients), AuditLog(clients, "ingestion"))
-    pool = CpuPool(1, "thread")
-    pipeline = IngestPipeline(ctx, settings, pool)
+    pipeline, pool = _pipeline(adeployment, clients, allow_overwrite=True)
     try:
         ds, first = fresh("SC_rgb.dcm")
         assert (await pipeline.ingest(first, source="stow")).status == "stored"
@@ -94,12 +94,7 @@ async def test_lost_claim_waits_for_the_new_owner_instead_of_failing(adeployment
     transaction's claim condition fails, and the instance is still acknowledged exactly once, not refused."""
     import time
 
-    settings = IngestionSettings().model_copy(update={"aws_endpoint_url": adeployment.aws_endpoint_url,
-                                                      "prefix": adeployment.prefix})
-    ctx = ServiceContext("ingestion", settings, clients, EventPublisher(clients, "ingestion"),
-                         IdempotencyStore(clients), AuditLog(clients, "ingestion"))
-    pool = CpuPool(1, "thread")
-    pipeline = IngestPipeline(ctx, settings, pool)
+    pipeline, pool = _pipeline(adeployment, clients)
     ds, data = fresh("SC_rgb.dcm")
     ddb = await clients.dynamodb()
     claims_table = adeployment.topology.table("idempotency")
