@@ -30,9 +30,6 @@ from training.train import predict, safe_auc, threshold_for_sensitivity
 
 log = logging.getLogger("radloop.training.evaluate")
 
-#: JsonGet paths the pipeline's condition and the local executor's outputs rely on
-AUC_PATH = "binary_classification_metrics.auc.value"
-CHAMPION_BAR_PATH = "gate.champion_bar"
 
 
 def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:

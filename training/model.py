@@ -17,7 +17,9 @@ import torch
 from torch import nn
 from torchvision import models
 
-ARCHS = ("resnet18", "resnet34", "resnet50")
+#: resnet10 is ResNet-18 with one basic block per stage (4.9 M parameters against 11.2 M): about twice as fast on a
+#: CPU and as accurate on small cohorts, which is what the on-machine demo trains
+ARCHS = ("resnet10", "resnet18", "resnet34", "resnet50")
 CLASSES = ["normal", "pneumonia"]
 WEIGHTS_FILE = "weights.pt"
 CONFIG_FILE = "config.json"
@@ -32,8 +34,12 @@ def build_model(arch: str = "resnet18", in_channels: int = 1, *, pretrained: boo
     """
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture {arch!r}; expected one of {', '.join(ARCHS)}")
-    weights = "DEFAULT" if pretrained else None
-    net: models.ResNet = getattr(models, arch)(weights=weights)
+    if arch == "resnet10":
+        if pretrained:
+            raise ValueError("resnet10 has no pretrained weights; use resnet18 or larger with pretrained=True")
+        net: models.ResNet = models.resnet.ResNet(models.resnet.BasicBlock, [1, 1, 1, 1])
+    else:
+        net = getattr(models, arch)(weights="DEFAULT" if pretrained else None)
     old = net.conv1
     stem = nn.Conv2d(in_channels, old.out_channels, kernel_size=7, stride=2, padding=3, bias=False)
     if pretrained:

@@ -31,8 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.storage import NO_CHAMPION_PREFIX
-from training.evaluate import AUC_PATH, CHAMPION_BAR_PATH
-from training.train import METRIC_DEFINITIONS
+from training.sm import AUC_PATH, CHAMPION_BAR_PATH, METRIC_DEFINITIONS
 
 PIPELINE_NAME_SUFFIX = "training"
 STEP_PREPROCESS, STEP_TRAIN, STEP_EVALUATE = "Preprocess", "Train", "Evaluate"
@@ -81,6 +80,7 @@ class PipelineConfig:
 
 
 def _quiet_sdk() -> None:
+    _validate_config_once()
     os.environ.setdefault("SAGEMAKER_VALIDATE_ROLE", "false")
     warnings.filterwarnings("ignore", module="sagemaker")
     for name in ("sagemaker", "sagemaker.config", "botocore.credentials", "sagemaker.core", "sagemaker.mlops",
@@ -89,6 +89,27 @@ def _quiet_sdk() -> None:
 
 
 SDK_CONFIG = {"SchemaVersion": "1.0", "SageMaker": {"PythonSDK": {"Modules": {"TelemetryOptOut": True}}}}
+
+
+def _validate_config_once() -> None:
+    """The SDK validates its config against the JSON schema (and checks the schema itself) at every config lookup:
+    43 times for one definition, 11 of its 22 s. Validation is a pure function of the config, so each distinct config
+    is validated once; an invalid one still raises every time."""
+    from sagemaker.core.config.config_manager import SageMakerConfig
+
+    original = SageMakerConfig.validate_sagemaker_config
+    if getattr(original, "__radloop_once__", False):
+        return
+    valid: set[str] = set()
+
+    def validate_sagemaker_config(sagemaker_config: dict[str, Any] | None = None) -> None:
+        key = json.dumps(sagemaker_config, sort_keys=True, default=str)
+        if key not in valid:
+            original(sagemaker_config)
+            valid.add(key)
+
+    validate_sagemaker_config.__radloop_once__ = True  # type: ignore[attr-defined]
+    SageMakerConfig.validate_sagemaker_config = staticmethod(validate_sagemaker_config)  # type: ignore[method-assign]
 
 
 def build_pipeline(cfg: PipelineConfig, session: Any) -> Any:

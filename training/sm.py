@@ -13,6 +13,18 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+#: JsonGet paths into evaluation.json that the pipeline's condition and the local executor's outputs rely on
+AUC_PATH = "binary_classification_metrics.auc.value"
+CHAMPION_BAR_PATH = "gate.champion_bar"
+
+#: regexes for SageMaker metric definitions: what train.py prints, what the pipeline's training step scrapes
+METRIC_DEFINITIONS = [
+    {"Name": "train:loss", "Regex": r"train_loss=([0-9.eE+-]+)"},
+    {"Name": "validation:loss", "Regex": r"val_loss=([0-9.eE+-]+)"},
+    {"Name": "validation:auc", "Regex": r"val_auc=([0-9.eE+-]+)"},
+    {"Name": "train:images_per_second", "Regex": r"images_per_s=([0-9.eE+-]+)"},
+]
+
 
 def opt_ml(*parts: str) -> Path:
     """``/opt/ml/<parts>``, or the same under ``$RADLOOP_OPT_ML`` when set."""

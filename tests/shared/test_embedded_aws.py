@@ -99,3 +99,50 @@ def test_transactions_racing_writes_never_fail_with_a_server_error(table) -> Non
         list(pool.map(lambda i: txn(i) if i % 2 else put(i), range(120)))
     counter = ddb.get_item(TableName=name, Key={"pk": {"S": "counter"}}, ConsistentRead=True)["Item"]
     assert counter["n"] == {"N": "60"}  # every transaction applied once, none lost to a 500 and a retry
+
+
+def test_sqs_retention_is_read_directly_and_still_expires_old_messages() -> None:
+    """Patch 5: the retention check reads the queue's period instead of computing every attribute; same answers."""
+    import time
+
+    from moto.sqs.models import Message, SQSBackend
+
+    from radloop.local import moto_server
+
+    moto_server.patch()
+    moto_server.patch()  # idempotent
+    backend = SQSBackend("us-east-1", "123456789012")
+    backend.create_queue("retention-q", MessageRetentionPeriod="60")
+    fresh, old = Message("m1", "fresh"), Message("m2", "old")
+    fresh.mark_sent()
+    old.sent_timestamp = int((time.time() - 61) * 1000)
+    assert backend.is_message_valid_based_on_retention_period("retention-q", fresh)
+    assert not backend.is_message_valid_based_on_retention_period("retention-q", old)
+
+
+def test_the_routing_and_jsonpath_caches_give_moto_s_answers(aws_endpoint: str) -> None:
+    """Patches 3 and 4, through the real server: each service still reaches its own backend, and an EventBridge rule
+    still delivers the event (through the cached default input paths) to its SQS target, more than once."""
+    import json
+
+    kw = {"endpoint_url": aws_endpoint, "region_name": "us-east-1"}
+    name = f"emb-{uuid.uuid4().hex[:8]}"
+    sqs, events, s3 = boto3.client("sqs", **kw), boto3.client("events", **kw), boto3.client("s3", **kw)
+    s3.create_bucket(Bucket=name)
+    s3.put_object(Bucket=name, Key="k", Body=b"v")
+    assert s3.get_object(Bucket=name, Key="k")["Body"].read() == b"v"
+    url = sqs.create_queue(QueueName=name)["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    events.create_event_bus(Name=name)
+    events.put_rule(Name=name, EventBusName=name, EventPattern=json.dumps({"source": ["radloop.test"]}))
+    events.put_targets(Rule=name, EventBusName=name, Targets=[{"Id": "q", "Arn": arn}])
+    for i in range(3):
+        events.put_events(Entries=[{"Source": "radloop.test", "DetailType": "T", "Detail": json.dumps({"i": i}),
+                                    "EventBusName": name}])
+    got = []
+    for _ in range(10):
+        got += [json.loads(m["Body"])["detail"]["i"] for m in
+                sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", [])]
+        if len(got) == 3:
+            break
+    assert sorted(got) == [0, 1, 2]

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from training import evaluate as E
+from training import sm
 from training.local_executor import parse_path, walk
 from training.model import build_model, default_config, save_model_dir, write_model_tar
 from training.preprocess import write_shard
@@ -70,7 +71,7 @@ def test_definition_json_get_paths_resolve_against_a_real_evaluation(evaluation:
                                                                      definition: dict[str, Any]) -> None:
     report = json.loads((evaluation / "evaluation.json").read_text())
     gets = [(ref, path) for ref, path in _json_gets(definition, []) if ref.endswith("PropertyFiles.EvaluationReport")]
-    assert {p for _, p in gets} >= {E.AUC_PATH, E.CHAMPION_BAR_PATH}
+    assert {p for _, p in gets} >= {sm.AUC_PATH, sm.CHAMPION_BAR_PATH}
     for _, path in gets:
         v = walk(report, parse_path(path), path)
         assert isinstance(v, float), path

@@ -7,7 +7,7 @@ from typing import Any
 
 from shared.topology import build_topology
 from tests.training.conftest import KMS_KEY, SECURITY_GROUPS, SUBNETS
-from training.train import METRIC_DEFINITIONS
+from training.sm import METRIC_DEFINITIONS
 
 CONTRACT_PARAMETERS = {"ManifestUri": "String", "ChampionAuc": "Float", "ChampionModelUri": "String", "AucFloor": "Float",
                        "AucMargin": "Float", "Epochs": "Integer", "ImageSize": "Integer", "Arch": "String",

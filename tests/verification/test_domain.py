@@ -105,3 +105,23 @@ def test_metrics_match_a_hand_computed_confusion_matrix() -> None:
                           ("normal", "normal")])
     # po = 3/4; pe = (2*1 + 2*3)/16 = 1/2 -> kappa = 0.5
     assert k["kappa"] == pytest.approx(0.5)
+
+
+def test_live_performance_counts_only_scores_given_before_the_label_was_final() -> None:
+    """Monitoring is prospective: a champion scoring the backlog after the reads (images it may have been trained on)
+    must not count towards its live performance."""
+    before = apply_scored(apply_stored(None, stored("1.8.9"), mode="single"),
+                          scored("1.8.9", 0.8).model_copy(update={"occurred_at": datetime(2026, 1, 1, 8, 1, tzinfo=UTC)}))
+    read = apply_read(before, "r1", "pneumonia", 0.9, None, now=0).case
+    o = perf.outcome_of(read)
+    assert o is not None and (o.model_version, o.label, o.probability) == (3, 1, 0.8)
+
+    unscored = apply_read(apply_stored(None, stored("1.8.10"), mode="single"), "r1", "normal", 0.9, None, now=0).case
+    assert perf.outcome_of(unscored) is None  # no model scored it
+    final_at = datetime.fromisoformat(unscored["final"]["at"])
+    late = apply_scored(unscored, scored("1.8.10", 0.2).model_copy(
+        update={"occurred_at": final_at.replace(microsecond=final_at.microsecond + 1)}))
+    assert late is not None and late["score"]["model_version"] == 3
+    assert perf.outcome_of(late) is None  # scored after its label was final: retrospective, not counted
+    same_instant = apply_scored(unscored, scored("1.8.10", 0.2).model_copy(update={"occurred_at": final_at}))
+    assert perf.outcome_of(same_instant) is not None  # millisecond and microsecond stamps compare as instants

@@ -1,7 +1,10 @@
 """Live model performance from verified labels: confusion matrix, sensitivity, specificity, PPV, NPV, AUC, kappa.
 
 The population of a model version is the images it scored that have a final, non-excluded label (pneumonia or
-normal; ``indeterminate`` is excluded). The rolling window keeps the most recently verified ``window`` of them. A
+normal; ``indeterminate`` is excluded), and only those it scored *before* the label was final: monitoring is
+prospective. A score given after the read (a new champion scoring the backlog, which holds the very images it was
+trained on) says nothing about how the model triages new images, and would flatter or condemn it unfairly.
+The rolling window keeps the most recently verified ``window`` of them. A
 positive call is ``probability >= threshold``, the threshold the model scored with.
 """
 
@@ -10,6 +13,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 
@@ -95,12 +99,25 @@ def breaches(m: dict[str, Any], *, min_sample: int, auc_floor: float, sensitivit
 
 
 def outcome_of(case: dict[str, Any]) -> Outcome | None:
-    """The outcome a case contributes, or None (not final, excluded, or not scored by a model)."""
+    """The outcome a case contributes, or None (not final, excluded, not scored by a model, or scored only after its
+    label was final)."""
     final, score = case.get("final") or {}, case.get("score") or {}
     if not final or final.get("excluded") or final.get("label") not in ("pneumonia", "normal"):
         return None
     if score.get("status") != "scored" or score.get("probability") is None or score.get("model_version") is None:
         return None
+    scored_at, final_at = _instant(score.get("event_at")), _instant(final.get("at"))
+    if scored_at is not None and final_at is not None and scored_at > final_at:
+        return None
     return Outcome(model_version=int(score["model_version"]), probability=float(score["probability"]),
                    threshold=float(score["threshold"]), label=1 if final["label"] == "pneumonia" else 0,
                    verified_at=str(final.get("at", "")))
+
+
+def _instant(value: Any) -> datetime | None:
+    """An ISO-8601 timestamp as a datetime (None when absent or unreadable): the score and the label carry different
+    precisions, so they are compared as instants, not as strings."""
+    try:
+        return datetime.fromisoformat(str(value)) if value else None
+    except ValueError:
+        return None
