@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 from contextlib import AsyncExitStack
+from types import TracebackType
 from typing import Any
 
 from aiobotocore.config import AioConfig
@@ -58,9 +59,10 @@ class AwsClients:
         await self._stack.__aenter__()
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
         self._clients.clear()
-        await self._stack.__aexit__(*exc)
+        await self._stack.__aexit__(exc_type, exc, tb)
 
     async def get(self, service: str) -> Any:
         client = self._clients.get(service)

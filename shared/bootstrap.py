@@ -97,14 +97,14 @@ async def bootstrap_topology(clients: AwsClients, topo: Topology | None = None) 
         paginator_token = resp.get("LastEvaluatedTableName")
         if not paginator_token:
             break
-    for spec in topo.tables.values():
-        if spec.name not in existing:
-            await ddb.create_table(**table_definition(spec))
-            if spec.ttl_attribute:
+    for table in topo.tables.values():
+        if table.name not in existing:
+            await ddb.create_table(**table_definition(table))
+            if table.ttl_attribute:
                 await ddb.update_time_to_live(
-                    TableName=spec.name, TimeToLiveSpecification={"Enabled": True, "AttributeName": spec.ttl_attribute}
+                    TableName=table.name, TimeToLiveSpecification={"Enabled": True, "AttributeName": table.ttl_attribute}
                 )
-        summary["tables"].append(spec.name)
+        summary["tables"].append(table.name)
 
     # --- model package group ---
     try:

@@ -12,7 +12,7 @@ HTJ2K_EXT = "jph"
 
 
 def _uids(study: str, series: str, sop: str | None = None) -> tuple[str, ...]:
-    out = (validate_uid(study, what="StudyInstanceUID"), validate_uid(series, what="SeriesInstanceUID"))
+    out: tuple[str, ...] = (validate_uid(study, what="StudyInstanceUID"), validate_uid(series, what="SeriesInstanceUID"))
     if sop is not None:
         out += (validate_uid(sop, what="SOPInstanceUID"),)
     return out

@@ -51,6 +51,7 @@ class JsonLinesSpanExporter(SpanExporter):
 
 def span_to_dict(span: ReadableSpan) -> dict[str, Any]:
     ctx = span.get_span_context()
+    assert ctx is not None, "a finished span always has a context"
     parent = span.parent
     return {
         "trace_id": format(ctx.trace_id, "032x"),
