@@ -28,7 +28,8 @@ SERVICES: tuple[str, ...] = (
 
 #: Which event names each consuming service listens to (ARCHITECTURE.md, "Services").
 SUBSCRIPTIONS: dict[str, tuple[str, ...]] = {
-    "triage": (ev.INSTANCE_STORED, ev.MODEL_APPROVED),
+    # ImageVerified: an image read before any model was approved leaves triage's backlog (docs/triage.md)
+    "triage": (ev.INSTANCE_STORED, ev.MODEL_APPROVED, ev.IMAGE_VERIFIED),
     "verification": (ev.INSTANCE_STORED, ev.INSTANCE_SCORED),
     "pipeline_orchestrator": (ev.IMAGE_VERIFIED, ev.MODEL_PERFORMANCE_DEGRADED),
     "registry": (ev.TRAINING_COMPLETED,),

@@ -8,7 +8,7 @@ from typing import Any
 from services.triage.scoring import Triage
 from shared import event_names as ev
 from shared.consumer import Handler, MessageContext
-from shared.events import InstanceStored, ModelApproved
+from shared.events import ImageVerified, InstanceStored, ModelApproved
 from shared.service import ServiceContext
 
 
@@ -25,4 +25,7 @@ def handlers(ctx: ServiceContext) -> Mapping[str, Handler]:
         triage.schedule_backlog()  # images that arrived before any model get this one's score
         return {"model_version": model.version}
 
-    return {ev.INSTANCE_STORED: instance_stored, ev.MODEL_APPROVED: model_approved}
+    async def image_verified(event: ImageVerified, _m: MessageContext) -> dict[str, Any]:
+        return await triage.on_verified(event)
+
+    return {ev.INSTANCE_STORED: instance_stored, ev.MODEL_APPROVED: model_approved, ev.IMAGE_VERIFIED: image_verified}

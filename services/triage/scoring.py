@@ -21,7 +21,7 @@ from services.triage.domain.model import LoadedModel
 from services.triage.settings import TriageSettings
 from shared import storage
 from shared.aws import AwsClients
-from shared.events import InstanceScored, InstanceStored
+from shared.events import ImageVerified, InstanceScored, InstanceStored
 from shared.publisher import EventPublisher
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,8 @@ def priority_for(probability: float | None, threshold: float | None) -> str:
 
 #: The reason recorded for an applicable image that arrived before any model was approved (it joins the backlog).
 AWAITING_MODEL = "no approved model yet; the worklist orders this image by arrival until a model scores it"
+#: The reason an image leaves the backlog unscored: a radiologist read it before any model was approved.
+VERIFIED_BEFORE_MODEL = "verified by a radiologist before any model was approved; no longer awaiting triage"
 
 
 class Triage:
@@ -119,6 +121,22 @@ class Triage:
             model_version=used.version, heatmap_key=heatmap, **base))
 
     # -- the backlog -------------------------------------------------------------------------------------------------
+    async def on_verified(self, event: ImageVerified) -> dict[str, Any]:
+        """An image read before any model was approved leaves the backlog: triage orders what is still unread, and a
+        score given after the label would neither order the worklist nor count towards live performance."""
+        ddb = await self.clients.dynamodb()
+        try:
+            await ddb.update_item(
+                TableName=self.scores_table, Key={"sop_uid": {"S": event.sop_uid}},
+                UpdateExpression="REMOVE awaiting_model SET reason = :r",
+                ConditionExpression="awaiting_model = :t",
+                ExpressionAttributeValues={":t": {"BOOL": True}, ":r": {"S": VERIFIED_BEFORE_MODEL}})
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
+            return {"backlog": "not in it"}  # scored already, or never waiting: nothing to do (and redelivery-safe)
+        return {"backlog": "left"}
+
     def schedule_backlog(self) -> None:
         """Score, in the background, the images that arrived before any model was approved (single flight)."""
         if self._backlog_task is None or self._backlog_task.done():

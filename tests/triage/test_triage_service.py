@@ -19,10 +19,11 @@ import httpx
 import imagecodecs
 import pytest
 
+from services.triage.scoring import VERIFIED_BEFORE_MODEL
 from shared.auth import mint_token
 from shared.aws import AwsClients
 from shared.bootstrap import bootstrap_topology
-from shared.events import InstanceStored, ModelApproved
+from shared.events import ImageVerified, InstanceStored, ModelApproved
 from shared.publisher import EventPublisher
 from shared.settings import Settings
 from tests.support.aws import wait_for
@@ -121,6 +122,19 @@ async def test_without_a_champion_images_are_unscored_and_listed_by_arrival(env:
     items = await _wait_listed(env, [c.sop_uid for c in cases])
     assert [i["case_id"] for i in items] == [c.sop_uid for c in cases]
     assert all(i["ai"]["status"] == "unscored" and "no approved model" in i["ai"]["reason"] for i in items)
+    # a radiologist reads the last one before any model exists: it leaves triage's backlog (twice: redelivery-safe)
+    read = events[-1]
+    verified = ImageVerified(study_uid=read.study_uid, series_uid=read.series_uid, sop_uid=read.sop_uid,
+                             case_id=read.sop_uid, label="normal", label_version=1, resolution="single",
+                             reader="dr-test", patient_pseudo_id=read.patient_pseudo_id,
+                             frame_key=f"{read.frames_prefix}1.jph")
+    await _publish(env, verified, verified)
+
+    async def left() -> bool:
+        row = (await _scores(env, [read.sop_uid]))[read.sop_uid]
+        return "awaiting_model" not in row and row["reason"] == VERIFIED_BEFORE_MODEL
+
+    assert await wait_for(left, 30, 0.3), env.triage.tail()
 
 
 def model_threshold(data: bytes) -> float:
@@ -186,17 +200,20 @@ async def test_scoring_orders_the_worklist_and_marks_unsuitable_images(env: Env)
 async def test_the_first_champion_scores_the_backlog_that_arrived_before_it(env: Env) -> None:
     """The images of the first test arrived with no model; champion v1 (approved in the previous test) scores them
     without any new InstanceStored, and the worklist re-orders them by that score."""
-    sops = [make_case(i, 21, size=128, uid_salt="unscored").sop_uid for i in range(3)]
+    *sops, read = [make_case(i, 21, size=128, uid_salt="unscored").sop_uid for i in range(3)]
 
     async def rescored() -> list[dict[str, Any]] | None:
         items = [i for i in await _worklist(env) if i["case_id"] in sops]
-        return items if len(items) == 3 and all(i["ai"]["status"] == "scored" for i in items) else None
+        return items if len(items) == 2 and all(i["ai"]["status"] == "scored" for i in items) else None
 
     items = await wait_for(rescored, 60, 0.5)
     assert items, f"the backlog was not scored:\n{env.triage.tail()}"
     assert all(i["ai"]["model_version"] == 1 and i["ai"]["probability"] is not None for i in items)
     rows = await _scores(env, sops)
     assert all(r["status"] == "scored" and "awaiting_model" not in r for r in rows.values())
+    # the image read before the champion was not scored by it: it had left the backlog
+    row = (await _scores(env, [read]))[read]
+    assert row["status"] == "unscored" and row["reason"] == VERIFIED_BEFORE_MODEL and "model_version" not in row
 
 
 async def test_hot_swap_mid_stream_loses_nothing_and_scores_nothing_twice(env: Env) -> None:
