@@ -125,3 +125,10 @@ def test_live_performance_counts_only_scores_given_before_the_label_was_final() 
     assert perf.outcome_of(late) is None  # scored after its label was final: retrospective, not counted
     same_instant = apply_scored(unscored, scored("1.8.10", 0.2).model_copy(update={"occurred_at": final_at}))
     assert perf.outcome_of(same_instant) is not None  # millisecond and microsecond stamps compare as instants
+    naive = copy_with_final_at(same_instant, final_at.replace(tzinfo=None).isoformat())
+    assert perf.outcome_of(naive) is not None  # a timestamp without an offset is read as UTC, not a TypeError
+
+
+def copy_with_final_at(case: dict, at: str) -> dict:
+    return {**case, "final": {**case["final"], "at": at}}
+

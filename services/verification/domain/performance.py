@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 
@@ -118,6 +118,7 @@ def _instant(value: Any) -> datetime | None:
     """An ISO-8601 timestamp as a datetime (None when absent or unreadable): the score and the label carry different
     precisions, so they are compared as instants, not as strings."""
     try:
-        return datetime.fromisoformat(str(value)) if value else None
+        instant = datetime.fromisoformat(str(value)) if value else None
     except ValueError:
         return None
+    return instant.replace(tzinfo=UTC) if instant is not None and instant.tzinfo is None else instant  # naive: UTC
