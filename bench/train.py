@@ -100,7 +100,7 @@ def quality(n: int, size: int, render_size: int, epochs: int, curve: list[int], 
             m = compute_metrics(te["y"], pt, thr)["binary_classification_metrics"]
             # accuracy at the 0.5 probability threshold, as well as at the sensitivity-90 operating point
             acc05 = float(((pt >= 0.5).astype(int) == te["y"]).mean())
-            runs.append({"labels": labels, "wall_s": round(wall, 1), "best_val_auc": round(card["metrics"]["val_auc"], 4),
+            runs.append({"labels": labels, "wall_s": round(wall, 1), "best_val_auc": round(card["metrics"]["best_val_auc"], 4),
                          "test_auc": m["auc"]["value"], "test_accuracy_at_sens90": m["accuracy"]["value"],
                          "test_accuracy_at_0.5": acc05, "epochs_run": card["training"]["epochs_run"]})
             print(json.dumps(runs[-1]), flush=True)

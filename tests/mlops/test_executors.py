@@ -27,14 +27,19 @@ def _run(tmp_path: Path, run_id: str, pid: int, status: dict | None) -> dict:
     return {"run_id": run_id, "pid": pid, "status_file": str(d / "status.json"), "log_file": str(d / "executor.log")}
 
 
+def _wait_until_exec(proc: subprocess.Popen, run_id: str) -> None:
+    """Until the child has exec'd, /proc/<pid>/cmdline is still the parent's (pytest's): poll, bounded, for the new
+    program, so a test does not race the fork. (A loaded CI machine lost that race once.)"""
+    deadline = time.monotonic() + 10
+    while not process_alive(proc.pid, run_id) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert process_alive(proc.pid, run_id), "the child never showed its command line"
+
+
 def test_process_alive_checks_the_run_id_so_a_reused_pid_is_not_mistaken(tmp_path: Path):
     proc = subprocess.Popen([sys.executable, "-c", "import time, sys; time.sleep(30)", "run-x"])
     try:
-        # Until the child has exec'd, /proc/<pid>/cmdline is still the parent's: poll (bounded) for the new program.
-        deadline = time.monotonic() + 10
-        while not process_alive(proc.pid, "run-x") and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert process_alive(proc.pid, "run-x")
+        _wait_until_exec(proc, "run-x")
         assert not process_alive(proc.pid, "run-y")  # same pid, another command line
     finally:
         proc.kill()
@@ -65,6 +70,7 @@ def test_a_live_executor_is_re_attached_through_its_status_file(tmp_path: Path):
     run_id = "run-20260101-000000-cccccc"
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", run_id])
     try:
+        _wait_until_exec(proc, run_id)
         status = {"execution_id": run_id, "status": "Executing", "steps": [{"name": "Preprocess"}]}
         run = _run(tmp_path, run_id, proc.pid, status)
         assert asyncio.run(_executor(tmp_path).poll(run)) == status

@@ -117,7 +117,25 @@ def test_metrics_on_known_predictions() -> None:
     assert m["auc"]["value"] == pytest.approx(15 / 16)
     assert m["brier"]["value"] == pytest.approx(np.mean((p - y) ** 2))
     assert 0 <= m["ece"]["value"] <= 1
-    # the operating threshold keeps at least the target sensitivity
+    # the operating threshold keeps at least the target sensitivity on validation, by the split-conformal rule:
+    # the k-th lowest positive score, k = floor((n + 1) * (1 - target)), at least 1
     t = threshold_for_sensitivity(y, p, 0.75)
-    assert t == pytest.approx(0.7) and ((p >= t) & (y == 1)).sum() / 4 >= 0.75
+    assert t == pytest.approx(0.4) and ((p >= t) & (y == 1)).sum() / 4 >= 0.75  # k = floor(5 * 0.25) = 1
     assert threshold_for_sensitivity(y, p, 1.0) == pytest.approx(0.4)
+    assert threshold_for_sensitivity(y, p, 0.0) == pytest.approx(0.9)  # k capped at n
+    assert threshold_for_sensitivity(np.zeros(3), np.ones(3) * 0.2, 0.9) == 0.5  # no positives
+
+
+def test_the_conformal_threshold_meets_the_target_on_new_positives() -> None:
+    """Draw validation and test positives from one distribution: averaged over draws, the test sensitivity at the
+    threshold meets the target. The in-sample rule (k-th highest, k = ceil(target * n)) falls short of it."""
+    rng = np.random.default_rng(0)
+    target, n_val, n_test = 0.9, 14, 2000
+    conformal, in_sample = [], []
+    for _ in range(400):
+        val_pos, test_pos = rng.normal(size=n_val), rng.normal(size=n_test)
+        y = np.ones(n_val, dtype=int)
+        conformal.append(np.mean(test_pos >= threshold_for_sensitivity(y, val_pos, target)))
+        in_sample.append(np.mean(test_pos >= np.sort(val_pos)[::-1][int(np.ceil(target * n_val)) - 1]))
+    assert np.mean(conformal) >= target
+    assert np.mean(in_sample) < target

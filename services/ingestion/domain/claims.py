@@ -115,13 +115,7 @@ class ClaimStore:
 
     async def complete(self, sop: str, claim: Claim) -> None:
         ddb = await self._ddb()
-        await ddb.update_item(
-            TableName=self.table, Key={"id": {"S": self._id(sop)}},
-            UpdateExpression="SET #s = :done REMOVE lease_until",
-            ConditionExpression="#o = :t",
-            ExpressionAttributeNames={"#s": "status", "#o": "owner"},
-            ExpressionAttributeValues={":done": {"S": COMPLETED}, ":t": {"S": claim.token}},
-        )
+        await ddb.update_item(**self.complete_item(sop, claim)["Update"])  # one expression, alone or in a transaction
 
     async def holds(self, sop: str, claim: Claim) -> bool:
         """Whether the claim is still ours (a consistent read)."""
