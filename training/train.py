@@ -157,7 +157,8 @@ def threshold_for_sensitivity(y: np.ndarray, p: np.ndarray, target: float) -> fl
     ``target``: the expected sensitivity on new patients meets the target. The in-sample rule (the highest threshold
     whose validation sensitivity is at least the target) does not: on 14 validation positives it takes the second
     lowest, and on a quick demo's test split its sensitivity was 0.5 to 0.67 for a 0.9 target (docs/training.md).
-    With fewer than 1 / (1 - target) - 1 positives, this is the lowest positive score. 0.5 when there are none.
+    With fewer than 2 / (1 - target) - 1 positives (19 for a 0.9 target), this is the lowest positive score. 0.5 when
+    there are none.
     """
     pos = np.sort(p[y == 1])
     if len(pos) == 0:
