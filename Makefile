@@ -10,7 +10,7 @@ TOOLS_STAMP := $(TOOLS)/.setup-stamp
 APT_PACKAGES := dcmtk chromium orthanc orthanc-dicomweb
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: setup viewer up demo test lint bench docs clean help
+.PHONY: setup viewer up demo test test-unit lint lint-imports bench docs clean help
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -46,10 +46,19 @@ up: setup ## start the embedded AWS endpoint and every service (Ctrl-C stops)
 demo: setup ## run the whole triage-and-learning loop on generated data and write demo-report/
 	$(BIN)/radloop demo
 
-test: setup ## run the full test suite
+# The tiers (unit, integration, e2e) are markers set by tests/conftest.py; docs/testing.md says which test gets which.
+test: setup lint-imports ## the architecture contracts, then every test tier (unit, integration, e2e)
 	$(BIN)/pytest -q -p no:cacheprovider
 
-lint: setup ## ruff and mypy
+test-unit: setup ## the fast tier only: no processes, no moto server (under a minute)
+	$(BIN)/pytest -q -p no:cacheprovider -m unit
+
+# The architecture contracts ([tool.importlinter] in pyproject.toml). Building the import graph is cheap, so no cache
+# directory is written into the tree (--no-cache).
+lint-imports: setup ## import-linter: service independence, shared as a leaf, infra without radloop.local, pure domain/
+	$(BIN)/lint-imports --no-cache
+
+lint: setup lint-imports ## import-linter, ruff and mypy
 	$(BIN)/ruff check shared services radloop training tests bench
 	$(BIN)/mypy shared
 

@@ -42,7 +42,7 @@ import torch  # noqa: E402
 from radloop.local.embedded_aws import start_embedded_aws  # noqa: E402
 from services.triage.domain.batcher import MicroBatcher  # noqa: E402
 from services.triage.domain.inputs import Frame  # noqa: E402
-from services.triage.domain.model import ChampionRecord, cpu_has_bf16, load_model_artifact  # noqa: E402
+from services.triage.domain.model import cpu_has_bf16, load_model_artifact  # noqa: E402
 from shared.auth import mint_token  # noqa: E402
 from shared.aws import AwsClients  # noqa: E402
 from shared.bootstrap import bootstrap_topology  # noqa: E402
@@ -72,8 +72,7 @@ async def throughput(data: bytes, size: int, n: int, budget_s: float) -> dict[st
     fs = frames(n)
     for precision in ("auto", "fp32", "bf16"):
         # Loaded in a worker thread as the service does: the precision probe must run where scoring runs.
-        model = await asyncio.to_thread(load_model_artifact, data, ChampionRecord(1, "s3://bench/model.tar.gz", 0.5),
-                                        precision=precision)
+        model = await asyncio.to_thread(load_model_artifact, data, version=1, threshold=0.5, precision=precision)
         pre = [preprocess(f.pixels, f.params, size=size) for f in fs]
         row: dict[str, Any] = {"chosen": model.precision, "probe": model.probe}
         for label, max_batch in (("one_at_a_time", 1), ("micro_batched", 16)):

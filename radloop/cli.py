@@ -15,8 +15,9 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
-from rich.tree import Tree
 
+from radloop.status import collect_status
+from radloop.traces import build_trace_trees, render_trace
 from shared.settings import DEFAULT_PORTS, Settings
 
 app = typer.Typer(
@@ -132,46 +133,6 @@ def _print_urls(platform: Any) -> None:
     console.print(t)
 
 
-def collect_status(s: Settings) -> dict[str, Any]:
-    """Health of every service and the depth of every queue and DLQ."""
-    from radloop.local.platform import fetch_json, read_state
-    from shared.aws import boto3_client
-
-    state = read_state(s.var_dir) or {}
-    ports = {**DEFAULT_PORTS, **state.get("ports", {})}
-    endpoint = s.aws_endpoint_url or state.get("endpoint", "")
-    out: dict[str, Any] = {"endpoint": endpoint or "aws", "prefix": s.prefix, "services": {}, "queues": {}}
-    from shared.topology import SERVICES
-
-    for name in (*SERVICES, "entry"):
-        url = f"http://127.0.0.1:{ports[name]}"
-        code, body = fetch_json(url + ("/readyz" if name != "entry" else "/healthz"))
-        out["services"][name] = {
-            "url": url,
-            "healthy": code == 200,
-            "status": code,
-            "detail": body if code != 200 else None,
-            "pid": state.get("pids", {}).get(name),
-        }
-    out["dimse_port"] = ports["dimse"]
-    out["dimse_ae_title"] = "RADLOOP"
-    try:
-        sqs = boto3_client(s.model_copy(update={"aws_endpoint_url": endpoint}), "sqs")
-        for service, q in s.topology.queues.items():
-            depths = {}
-            for label, qname in (("queue", q.name), ("dlq", q.dlq_name)):
-                url = sqs.get_queue_url(QueueName=qname)["QueueUrl"]
-                a = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=[
-                    "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
-                depths[label] = int(a["ApproximateNumberOfMessages"])
-                depths[f"{label}_in_flight"] = int(a["ApproximateNumberOfMessagesNotVisible"])
-            out["queues"][service] = depths
-    except Exception as exc:
-        out["queues_error"] = f"{type(exc).__name__}: {exc}"
-    out["healthy"] = all(v["healthy"] for v in out["services"].values()) and "queues_error" not in out
-    return out
-
-
 @app.command()
 def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
@@ -220,38 +181,6 @@ def token(
     except ValueError as exc:
         err.print(f"[red]{exc}[/]")
         raise typer.Exit(2) from None
-
-
-def build_trace_trees(spans: list[dict[str, Any]], trace_id: str | None = None) -> dict[str, list[dict[str, Any]]]:
-    """Group spans by trace id, each list ordered by start time."""
-    traces: dict[str, list[dict[str, Any]]] = {}
-    for sp in spans:
-        if trace_id and sp["trace_id"] != trace_id:
-            continue
-        traces.setdefault(sp["trace_id"], []).append(sp)
-    return traces
-
-
-def render_trace(spans: list[dict[str, Any]]) -> Tree:
-    by_id = {s["span_id"]: s for s in spans}
-    children: dict[str | None, list[dict[str, Any]]] = {}
-    for sp in spans:
-        parent = sp.get("parent_span_id") if sp.get("parent_span_id") in by_id else None
-        children.setdefault(parent, []).append(sp)
-    t0 = min(s["start_ns"] for s in spans)
-    root = Tree(f"trace [bold]{spans[0]['trace_id']}[/] ({len(spans)} spans)")
-
-    def add(node: Tree, sp: dict[str, Any]) -> None:
-        dur = ((sp.get("end_ns") or sp["start_ns"]) - sp["start_ns"]) / 1e6
-        off = (sp["start_ns"] - t0) / 1e6
-        mark = "[red]✗[/] " if sp.get("status") == "ERROR" else ""
-        child = node.add(f"{mark}[cyan]{sp.get('service')}[/] {sp['name']} [dim]+{off:.1f} ms, {dur:.1f} ms[/]")
-        for c in sorted(children.get(sp["span_id"], []), key=lambda x: x["start_ns"]):
-            add(child, c)
-
-    for r in sorted(children.get(None, []), key=lambda x: x["start_ns"]):
-        add(root, r)
-    return root
 
 
 @app.command()

@@ -12,7 +12,6 @@ The generated image holds no real patient data: a synthetic 64x64 CR with fresh 
 from __future__ import annotations
 
 import io
-import json
 import sys
 import time
 import uuid
@@ -167,12 +166,14 @@ def smoke(base: str, token: str, *, timeout: float = 60.0, poll_s: float = 1.0,
         version = r.json().get("version")
 
         def probe() -> Any:
-            w = http.get(f"{base}/verification/worklist", headers=headers, params={"limit": 500})
+            # The worklist's page limit is 200; a case carries its AI result under "ai" (probability once scored).
+            w = http.get(f"{base}/verification/worklist", headers=headers, params={"limit": 200})
             if w.status_code != 200:
                 raise SmokeFailure(f"the worklist answered {w.status_code} (expected 200): {w.text[:200]}")
             for item in _items(w.json()):
-                if result.sop in json.dumps(item) and item.get("score") is not None:
-                    return item["score"]
+                ai = item.get("ai") or {}
+                if item.get("sop_uid") == result.sop and ai.get("probability") is not None:
+                    return ai["probability"]
             return None
 
         value = until(f"a triage score for {result.sop}", probe)

@@ -72,7 +72,7 @@ def _routes(routes: Any) -> list[Any]:
 
 def service_section(service: str) -> str:
     mod = importlib.import_module(f"services.{service}.app")
-    app = mod.create_app(Settings())
+    app = mod.create_app(Settings(environment="local"))
     spec = app.openapi()
     perms: dict[tuple[str, str], str | None] = {}
     raised: dict[tuple[str, str], set[int]] = {}

@@ -1,15 +1,21 @@
 """Append-only audit records for every access to PHI.
 
 A record says who (subject and role), did what (action), to which resources (identifiers only: UIDs, case ids,
-model versions), with what outcome, under which trace. It is written to the DynamoDB audit table (partitioned by
-day, sorted by time and a random id, written with a conditional put so it can never overwrite) and to the structured
+model versions), with what outcome, under which trace. It is written to the DynamoDB audit table and to the structured
 log. Records never hold patient names or IDs.
+
+Table design: the partition key is ``{day}#{shard}`` with :data:`AUDIT_SHARDS` shards per day (a random shard per
+record), so writes spread over that many partitions instead of one per day (a partition takes about 1,000 writes/s);
+the sort key is the time plus a random id, and every put is conditional on the key being new, so no record can ever
+be overwritten. Reading a day queries its shards and merges them by time.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import secrets
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -19,6 +25,14 @@ from shared.aws import AwsClients
 from shared.telemetry import current_ids
 
 log = logging.getLogger("radloop.audit")
+
+#: Partitions per day of the audit table (each takes about 1,000 writes/s).
+AUDIT_SHARDS = 16
+
+
+def partition(day: str, shard: int) -> str:
+    """The audit table's partition key of one shard of one day (UTC, ``YYYY-MM-DD``)."""
+    return f"{day}#{shard:02d}"
 
 
 class AuditLog:
@@ -39,7 +53,7 @@ class AuditLog:
         now = datetime.now(UTC)
         trace_id, _ = current_ids()
         rec = {
-            "day": now.strftime("%Y-%m-%d"),
+            "day": partition(now.strftime("%Y-%m-%d"), secrets.randbelow(AUDIT_SHARDS)),
             "ts_id": f"{now.isoformat(timespec='microseconds')}#{uuid.uuid4().hex[:12]}",
             "at": now.isoformat(timespec="milliseconds"),
             "service": self.service,
@@ -73,21 +87,27 @@ class AuditLog:
         return rec
 
     async def recent(self, day: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        """Records of one day (UTC, default today), newest first."""
+        """Records of one day (UTC, default today), newest first: each shard's newest ``limit``, merged."""
         ddb = await self.clients.dynamodb()
         day = day or datetime.now(UTC).strftime("%Y-%m-%d")
-        resp = await ddb.query(
-            TableName=self.table,
-            KeyConditionExpression="#d = :d",
-            ExpressionAttributeNames={"#d": "day"},
-            ExpressionAttributeValues={":d": {"S": day}},
-            ScanIndexForward=False,
-            Limit=limit,
-        )
+
+        async def shard(n: int) -> list[dict[str, Any]]:
+            resp = await ddb.query(
+                TableName=self.table,
+                KeyConditionExpression="#d = :d",
+                ExpressionAttributeNames={"#d": "day"},
+                ExpressionAttributeValues={":d": {"S": partition(day, n)}},
+                ScanIndexForward=False,
+                Limit=limit,
+            )
+            return list(resp.get("Items", []))
+
+        items = [it for part in await asyncio.gather(*(shard(n) for n in range(AUDIT_SHARDS))) for it in part]
         out = []
-        for it in resp.get("Items", []):
+        for it in items:
             rec = {k: next(iter(v.values())) for k, v in it.items()}
             rec["resource"] = json.loads(rec["resource"])
             rec["count"] = int(rec["count"])
             out.append(rec)
-        return out
+        out.sort(key=lambda r: r["ts_id"], reverse=True)
+        return out[:limit]

@@ -22,6 +22,7 @@ Each permission is a FastAPI dependency (``StoreUser``, ``ReadUser``, ``VerifyUs
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -89,8 +90,11 @@ def mint_token(
 
 
 @lru_cache(maxsize=4)
-def _jwks_client(url: str) -> jwt.PyJWKClient:
-    return jwt.PyJWKClient(url, cache_keys=True, lifespan=3600)
+def _jwks_client(url: str, cooldown_s: float = 5.0) -> jwt.PyJWKClient:
+    # The key set is cached for 5 minutes, so a key the identity provider withdraws stops verifying within that
+    # time; no per-key cache (it never expires). An unknown kid re-fetches the set (a rotation), at most once per
+    # cooldown, so tokens with made-up kids cannot make every request hit the identity provider.
+    return jwt.PyJWKClient(url, cache_keys=False, lifespan=300, cooldown_duration=cooldown_s, timeout=5)
 
 
 def verify_token(settings: Settings, token: str) -> Principal:
@@ -99,7 +103,8 @@ def verify_token(settings: Settings, token: str) -> Principal:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "the development key is not accepted outside local")
     try:
         if settings.auth_jwks_url:
-            key: Any = _jwks_client(settings.auth_jwks_url).get_signing_key_from_jwt(token).key
+            key: Any = _jwks_client(settings.auth_jwks_url, settings.auth_jwks_refresh_cooldown_s).get_signing_key_from_jwt(
+                token).key
             algorithms = ["RS256", "ES256"]
         else:
             key, algorithms = settings.auth_signing_key, ["HS256"]
@@ -121,18 +126,47 @@ def verify_token(settings: Settings, token: str) -> Principal:
     return Principal(subject=str(claims["sub"]), roles=tuple(r for r in roles if r in ROLES))
 
 
+_JWKS_CHECK_TTL_S = 30.0
+_jwks_checked: dict[str, tuple[float, str | None]] = {}
+
+
+async def jwks_problem(settings: Settings) -> str | None:
+    """Readiness: None when the identity provider's JWKS answers with at least one key (cached 30 s), else why not.
+
+    A service that cannot fetch the keys would answer 401 to every real user, so it must not take traffic.
+    """
+    url = settings.auth_jwks_url
+    if not url:
+        return None
+    now = time.monotonic()
+    hit = _jwks_checked.get(url)
+    if hit is not None and now - hit[0] < _JWKS_CHECK_TTL_S:
+        return hit[1]
+    try:
+        keys = await asyncio.to_thread(
+            lambda: _jwks_client(url, settings.auth_jwks_refresh_cooldown_s).get_jwk_set(refresh=True).keys)
+        problem = None if keys else "JWKS has no usable keys"
+    except Exception as exc:  # any failure to fetch or parse is a not-ready reason
+        problem = f"JWKS unreachable: {type(exc).__name__}"
+    _jwks_checked[url] = (now, problem)
+    return problem
+
+
 def _unauthorized(reason: str) -> HTTPException:
     return HTTPException(status.HTTP_401_UNAUTHORIZED, reason, headers={"WWW-Authenticate": 'Bearer realm="radloop"'})
 
 
 def bearer_token(request: Request) -> str:
+    """The bearer token of the ``Authorization`` header; nothing else is accepted.
+
+    A token in a query string (``?token=``) lands in access logs, proxy logs and browser history, where it can be read
+    and replayed, so it is refused with a reason rather than silently ignored.
+    """
     header = request.headers.get("authorization", "")
     if header.lower().startswith("bearer "):
         return header[7:].strip()
-    # Viewers that cannot set headers (an <img> tag, a WebSocket) may pass ?token=...
-    token = request.query_params.get("token") or request.query_params.get("access_token")
-    if token:
-        return token
+    if "token" in request.query_params or "access_token" in request.query_params:
+        raise _unauthorized("tokens are accepted only in the Authorization header, never in the URL")
     raise _unauthorized("missing bearer token")
 
 

@@ -1,18 +1,30 @@
 """The local renderer of :mod:`shared.topology`: creates every resource idempotently through aiobotocore.
 
 Used by ``radloop aws``/``radloop up`` against the embedded endpoint, and by the tests. Running it twice is a no-op
-the second time (every create either tolerates "already exists" or is preceded by a lookup).
+the second time (every create either tolerates "already exists" or is preceded by a lookup), and several processes
+may run it at once (a lost race to create a table is "already exists" too).
+
+The boot marker. The embedded endpoint (moto) keeps everything in memory: when it restarts, every queue, table,
+bucket and stored item is gone, and each client only sees "does not exist" errors. The bootstrap's last step writes
+one item, ``platform#boot`` in the ``state`` table, with a random boot id. Its absence on an endpoint that answers
+means the endpoint lost its state; a boot id other than the one recorded at ``radloop up`` means it lost it and the
+topology was re-created since (:func:`endpoint_state`). Consumers re-create the topology when their queue disappears
+(:func:`rebootstrap`), only against a local endpoint: in AWS the CDK app owns the resources.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import time
+import uuid
 from typing import Any
 
 from botocore.exceptions import ClientError
 
 from shared.aws import AwsClients
+from shared.settings import Settings
 from shared.topology import TableSpec, Topology
 
 log = logging.getLogger(__name__)
@@ -99,7 +111,11 @@ async def bootstrap_topology(clients: AwsClients, topo: Topology | None = None) 
             break
     for table in topo.tables.values():
         if table.name not in existing:
-            await ddb.create_table(**table_definition(table))
+            try:
+                await ddb.create_table(**table_definition(table))
+            except ClientError as exc:  # another process re-creating the topology at the same time won the race
+                if exc.response["Error"]["Code"] != "ResourceInUseException":
+                    raise
             if table.ttl_attribute:
                 await ddb.update_time_to_live(
                     TableName=table.name, TimeToLiveSpecification={"Enabled": True, "AttributeName": table.ttl_attribute}
@@ -120,7 +136,120 @@ async def bootstrap_topology(clients: AwsClients, topo: Topology | None = None) 
         ):
             raise
     summary["model_package_group"] = topo.model_package_group
+    # Last, so that its presence means everything above exists.
+    summary["boot_id"] = await ensure_boot_marker(clients, topo)
     return summary
+
+
+#: The ``state``-table key of the boot marker (see the module docstring).
+BOOT_MARKER_KEY = "platform#boot"
+#: Error codes that mean "this queue/table/bucket does not exist" (the endpoint lost its state, or it was never made).
+MISSING_CODES = frozenset({"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist", "ResourceNotFoundException",
+                           "NoSuchBucket"})
+
+
+def is_missing_resource(exc: BaseException) -> bool:
+    """Whether ``exc`` says a queue, table or bucket does not exist."""
+    if isinstance(exc, ClientError):
+        return exc.response.get("Error", {}).get("Code", "") in MISSING_CODES
+    return type(exc).__name__ in ("QueueDoesNotExist", "ResourceNotFoundException", "NoSuchBucket")
+
+
+async def ensure_boot_marker(clients: AwsClients, topo: Topology | None = None) -> str:
+    """Write the boot marker unless one exists; return the boot id in effect (ours, or the one already there)."""
+    topo = topo or clients.settings.topology
+    ddb = await clients.dynamodb()
+    boot_id = uuid.uuid4().hex
+    try:
+        await ddb.put_item(TableName=topo.table("state"), ConditionExpression="attribute_not_exists(#k)",
+                           ExpressionAttributeNames={"#k": "key"},
+                           Item={"key": {"S": BOOT_MARKER_KEY}, "boot_id": {"S": boot_id},
+                                 "bootstrapped_at": {"N": str(int(time.time()))}})
+        return boot_id
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
+            raise
+    current = await read_boot_id(clients, topo)
+    return current or boot_id
+
+
+async def read_boot_id(clients: AwsClients, topo: Topology | None = None) -> str | None:
+    """The boot id of the endpoint's current state, or None if its topology is gone (raises if it does not answer)."""
+    topo = topo or clients.settings.topology
+    ddb = await clients.dynamodb()
+    try:
+        item = (await ddb.get_item(TableName=topo.table("state"), Key={"key": {"S": BOOT_MARKER_KEY}},
+                                   ConsistentRead=True)).get("Item")
+    except ClientError as exc:
+        if is_missing_resource(exc):
+            return None
+        raise
+    return item["boot_id"]["S"] if item else None
+
+
+def read_boot_id_sync(settings: Settings) -> str | None:
+    """:func:`read_boot_id` for synchronous callers (``radloop status``, the local supervisor)."""
+    from shared.aws import boto3_client
+
+    ddb = boto3_client(settings, "dynamodb")
+    try:
+        item = ddb.get_item(TableName=settings.topology.table("state"), Key={"key": {"S": BOOT_MARKER_KEY}},
+                            ConsistentRead=True).get("Item")
+    except ClientError as exc:
+        if is_missing_resource(exc):
+            return None
+        raise
+    return item["boot_id"]["S"] if item else None
+
+
+def endpoint_state(settings: Settings, recorded_boot_id: str | None) -> dict[str, Any]:
+    """Whether the endpoint still holds the data bootstrapped as ``recorded_boot_id`` (what ``radloop status`` shows).
+
+    ``data_lost`` is True when the boot marker is gone (the endpoint restarted) or differs from the recorded one (it
+    restarted and the topology was re-created since): everything stored before is gone either way.
+    """
+    where = settings.aws_endpoint_url or "AWS"
+    try:
+        current = read_boot_id_sync(settings)
+    except Exception as exc:
+        return {"data_lost": None, "boot_id": None, "message": f"the AWS endpoint at {where} does not answer: "
+                                                               f"{type(exc).__name__}"}
+    lost = current is None or (recorded_boot_id is not None and current != recorded_boot_id)
+    out: dict[str, Any] = {"data_lost": lost, "boot_id": current, "recorded_boot_id": recorded_boot_id}
+    if current is None:
+        out["message"] = (f"STORED DATA IS GONE: the embedded AWS endpoint at {where} restarted and lost everything it "
+                          "held in memory (images, index, scores, worklist cases, models, queued messages). The "
+                          "services re-create the empty topology; send the studies again.")
+    elif lost:
+        out["message"] = (f"STORED DATA IS GONE: the embedded AWS endpoint at {where} restarted since radloop started; "
+                          "the topology was re-created, but every image, score, case, model and message stored before "
+                          "is gone. Send the studies again (or restart radloop for a clean start).")
+    else:
+        out["message"] = "the endpoint holds the data bootstrapped at start"
+    return out
+
+
+_REBOOT_LOCKS: dict[int, asyncio.Lock] = {}
+
+
+async def rebootstrap(clients: AwsClients, reason: str = "") -> bool:
+    """Re-create the topology after the embedded endpoint lost it; returns whether it ran.
+
+    Only against a local endpoint (``aws_endpoint_url`` set): in AWS a missing queue is a deployment fault for the
+    CDK app to fix, and a service must not create resources there. Single-flight per process (one lock per running
+    event loop), and a no-op when the marker is back (another process re-created it meanwhile).
+    """
+    if not clients.settings.aws_endpoint_url:
+        return False
+    loop_id = id(asyncio.get_running_loop())
+    lock = _REBOOT_LOCKS.setdefault(loop_id, asyncio.Lock())
+    async with lock:
+        if await read_boot_id(clients) is not None:
+            return False
+        log.warning("the AWS endpoint lost its state (restarted?); re-creating the topology; data stored before is gone",
+                    extra={"endpoint": clients.settings.aws_endpoint_url, "reason": reason[:200]})
+        await bootstrap_topology(clients)
+        return True
 
 
 def table_definition(spec: TableSpec) -> dict[str, Any]:

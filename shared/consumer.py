@@ -31,9 +31,17 @@ from shared.aws import AwsClients
 from shared.events import Envelope, Event, S3ObjectCreated, parse_detail, parse_envelope
 from shared.exceptions import EventParseError, IdempotencyInProgressError, IdempotencyPayloadMismatchError
 from shared.idempotency import IdempotencyStore
+from shared.metrics import instrument
 from shared.telemetry import extract_context, tracer
 
 log = logging.getLogger(__name__)
+
+_SQS_MAX_VISIBILITY_S = 43_200
+#: How often the consumer reads its queue's and DLQ's depth for the ``radloop.queue.depth`` gauge.
+QUEUE_DEPTH_INTERVAL_S = 30.0
+#: SQS attribute -> the ``state`` label of ``radloop.queue.depth``.
+_DEPTH_ATTRIBUTES = {"ApproximateNumberOfMessages": "visible", "ApproximateNumberOfMessagesNotVisible": "in_flight",
+                     "ApproximateNumberOfMessagesDelayed": "delayed"}
 
 Message = Event | S3ObjectCreated
 
@@ -74,8 +82,9 @@ class SqsConsumer:
         concurrency: int | None = None,
         wait_time_s: int | None = None,
         queue_name: str | None = None,
-        retry_backoff_s: float = 1.0,
+        retry_backoff_s: float | None = None,
         visibility_timeout_s: int | None = None,
+        on_missing_queue: Callable[[str], Awaitable[Any]] | None = None,
     ) -> None:
         settings = clients.settings
         spec = settings.topology.queue_for(service)
@@ -89,14 +98,32 @@ class SqsConsumer:
         self.dlq_name = spec.dlq_name
         #: Must equal the queue's VisibilityTimeout (the topology's value unless a deployment changed it).
         self.visibility_timeout_s = visibility_timeout_s or spec.visibility_timeout_s
-        self.retry_backoff_s = retry_backoff_s
+        self.spec = spec
+        #: Overrides the queue's backoff base (tests); the cap and the schedule stay the queue's.
+        self.retry_backoff_s = spec.retry_backoff_s if retry_backoff_s is None else retry_backoff_s
+        #: A record INPROGRESS elsewhere is stale at most this long from now (its holder heartbeats it otherwise).
+        self.inprogress_expiry_s = (idempotency.inprogress_expiry_s if idempotency is not None
+                                    else settings.idempotency_inprogress_expiry_s)
         self.stats = ConsumerStats()
+        #: Called (with the error) when the queue does not exist any more: the embedded endpoint restarted and lost
+        #: its state. The service passes :func:`shared.bootstrap.rebootstrap`; without a hook the loop backs off.
+        self.on_missing_queue = on_missing_queue
+        #: Since when the queue has been missing (readiness reports it), or None.
+        self.queue_missing_since: float | None = None
+        #: After :meth:`stop`, in-flight handlers get this long (SIGTERM budget); unfinished messages reappear later.
+        self.drain_timeout_s: float | None = settings.drain_timeout_s
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._sem = asyncio.Semaphore(self.concurrency)
         self._queue_url: str | None = None
         self._dlq_url: str | None = None
+        # Metrics (shared/metrics.py): labels are the queue name, the event type and an outcome word only.
+        self._m_received = instrument("radloop.messages.received")
+        self._m_handled = instrument("radloop.messages.handled")
+        self._m_duration = instrument("radloop.message.handler.duration")
+        self._m_age = instrument("radloop.message.queue.age")
+        self._m_depth = instrument("radloop.queue.depth")
 
     # -- lifecycle ------------------------------------------------------------------------------------------------
     async def _urls(self) -> tuple[str, str]:
@@ -114,15 +141,57 @@ class SqsConsumer:
     def stopping(self) -> bool:
         return self._stopping.is_set()
 
+    async def _queue_missing(self, exc: BaseException) -> None:
+        """The queue is gone (the endpoint lost its state): re-create the topology through the hook, then carry on."""
+        if self.queue_missing_since is None:
+            self.queue_missing_since = time.time()
+        self._queue_url = self._dlq_url = None
+        log.warning("queue does not exist; the endpoint lost its state?",
+                    extra={"queue": self.queue_name, "error": f"{type(exc).__name__}: {exc}"[:300]})
+        if self.on_missing_queue is not None:
+            try:
+                await self.on_missing_queue(f"{type(exc).__name__}: {exc}")
+            except Exception as hook_exc:
+                log.warning("re-creating the topology failed; retrying",
+                            extra={"error": f"{type(hook_exc).__name__}: {hook_exc}"[:300]})
+        await asyncio.sleep(1.0)
+
+    async def _queue_url_or_wait(self) -> str | None:
+        """The queue's URL; None (after handling it) if the queue does not exist."""
+        from shared.bootstrap import is_missing_resource
+
+        try:
+            url, _ = await self._urls()
+        except Exception as exc:
+            if not is_missing_resource(exc):
+                raise
+            await self._queue_missing(exc)
+            return None
+        if self.queue_missing_since is not None:
+            log.info("queue is back", extra={"queue": self.queue_name,
+                                              "missing_s": round(time.time() - self.queue_missing_since, 1)})
+            self.queue_missing_since = None
+        return url
+
     async def run(self, *, max_messages: int | None = None) -> None:
-        """Receive and handle until :meth:`stop` (or until ``max_messages`` were received, for tools and tests)."""
-        queue_url, _ = await self._urls()
+        """Receive and handle until :meth:`stop` (or until ``max_messages`` were received, for tools and tests).
+
+        A queue that disappears (the embedded endpoint restarted) is not fatal: :attr:`on_missing_queue` re-creates
+        the topology and the loop carries on with the new queue.
+        """
+        from shared.bootstrap import is_missing_resource
+
+        queue_url = await self._queue_url_or_wait()
         sqs = await self.clients.sqs()
         log.info("consumer started", extra={"queue": self.queue_name, "concurrency": self.concurrency})
+        depth = asyncio.create_task(self._poll_depth(), name=f"{self.service}-queue-depth")
         try:
             while not self._stopping.is_set():
                 if max_messages is not None and self.stats.received >= max_messages:
                     break
+                if queue_url is None:
+                    queue_url = await self._queue_url_or_wait()
+                    continue
                 # Wait for a free slot before asking for more, so a slow handler never holds extra messages invisibly.
                 await self._sem.acquire()
                 self._sem.release()
@@ -133,7 +202,7 @@ class SqsConsumer:
                         MaxNumberOfMessages=free,
                         WaitTimeSeconds=self.wait_time_s,
                         MessageAttributeNames=["All"],
-                        MessageSystemAttributeNames=["ApproximateReceiveCount"],
+                        MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
                     )
                 )
                 stop_wait = asyncio.ensure_future(self._stopping.wait())
@@ -149,17 +218,23 @@ class SqsConsumer:
                 try:
                     resp = receive.result()
                 except Exception as exc:
+                    if is_missing_resource(exc):
+                        await self._queue_missing(exc)
+                        queue_url = None
+                        continue
                     log.warning("receive_message failed; backing off", extra={"error": f"{type(exc).__name__}: {exc}"})
                     await asyncio.sleep(1.0)
                     continue
                 for m in resp.get("Messages", []):
                     self.stats.received += 1
+                    self._observe_received(m)
                     await self._sem.acquire()
                     task = asyncio.create_task(self._handle(m))
                     self._tasks.add(task)
                     task.add_done_callback(self._done)
         finally:
-            await self.drain()
+            depth.cancel()
+            await self.drain(self.drain_timeout_s)
             self._stopped.set()
             log.info("consumer stopped", extra={"queue": self.queue_name, **self._stats_dict()})
 
@@ -179,6 +254,37 @@ class SqsConsumer:
         s = self.stats
         return {"received": s.received, "succeeded": s.succeeded, "duplicates": s.duplicates, "failed": s.failed,
                 "dead_lettered": s.dead_lettered}
+
+    def _observe_received(self, m: dict[str, Any]) -> None:
+        self._m_received.add(1, {"queue": self.queue_name})
+        sent = m.get("Attributes", {}).get("SentTimestamp")
+        if sent:
+            with contextlib.suppress(ValueError):
+                self._m_age.record(max(0.0, time.time() - int(sent) / 1000), {"queue": self.queue_name})
+
+    async def _poll_depth(self) -> None:
+        """Set ``radloop.queue.depth`` for the queue and its DLQ every :data:`QUEUE_DEPTH_INTERVAL_S` (best effort)."""
+        while True:
+            try:
+                sqs = await self.clients.sqs()
+                queue_url, dlq_url = await self._urls()
+                for name, url in ((self.queue_name, queue_url), (self.dlq_name, dlq_url)):
+                    attrs = await sqs.get_queue_attributes(QueueUrl=url, AttributeNames=list(_DEPTH_ATTRIBUTES))
+                    for attr, state in _DEPTH_ATTRIBUTES.items():
+                        value = attrs.get("Attributes", {}).get(attr)
+                        if value is not None:
+                            self._m_depth.set(int(value), {"queue": name, "state": state})
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a missed reading is a gap in a graph, never a consumer failure
+                log.debug("queue depth poll failed", extra={"error": type(exc).__name__})
+            await asyncio.sleep(QUEUE_DEPTH_INTERVAL_S)
+
+    def _handled(self, event: str, outcome: str, started: float | None = None) -> None:
+        labels = {"queue": self.queue_name, "event": event, "outcome": outcome}
+        self._m_handled.add(1, labels)
+        if started is not None:
+            self._m_duration.record(time.perf_counter() - started, labels)
 
     async def _release(self, m: dict[str, Any]) -> None:
         sqs = await self.clients.sqs()
@@ -207,6 +313,8 @@ class SqsConsumer:
             event = parse_detail(envelope.detail_type, envelope.detail)
         except EventParseError as exc:
             await self._dead_letter(m, str(exc))
+            # The detail-type of an unparseable message is untrusted text: it is not a label.
+            self._handled("_unparsed", "dead_lettered")
             return
 
         parent = extract_context(envelope.detail)
@@ -227,19 +335,27 @@ class SqsConsumer:
         )
         ctx = MessageContext(envelope, m["MessageId"], receive_count, m["ReceiptHandle"])
         heartbeat = asyncio.create_task(self._heartbeat(queue_url, m["ReceiptHandle"]))
+        started = time.perf_counter()
+        event_label = envelope.detail_type
         try:
             with trace.use_span(span, end_on_exit=False):
                 ran = await self._invoke(handler, event, envelope, ctx)
         except IdempotencyInProgressError as exc:
+            # Not a failure: either another process is running this event (its record is heartbeated) or the
+            # process that received it was killed. Hide the message until the record would be stale, so the next
+            # receive either finds the work done or takes it over; a short backoff would spend every receive
+            # before the record goes stale and dead-letter a healthy message.
             heartbeat.cancel()
             span.set_attribute("radloop.outcome", "in_progress_elsewhere")
-            log.info("duplicate in progress elsewhere; will retry", extra={"reason": str(exc)})
-            await self._backoff(queue_url, m["ReceiptHandle"], receive_count)
+            log.info("event in progress elsewhere; waiting for it to finish or go stale", extra={"reason": str(exc)})
+            await self._hide(queue_url, m["ReceiptHandle"], min(_SQS_MAX_VISIBILITY_S, self.inprogress_expiry_s + 1))
+            self._handled(event_label, "deferred", started)
             return
         except IdempotencyPayloadMismatchError as exc:
             heartbeat.cancel()
             await self._dead_letter(m, str(exc))
             span.set_status(trace.Status(trace.StatusCode.ERROR, str(exc)))
+            self._handled(event_label, "dead_lettered", started)
             return
         except Exception as exc:
             heartbeat.cancel()
@@ -254,6 +370,7 @@ class SqsConsumer:
                 exc_info=not isinstance(exc, (ValueError, LookupError)),
             )
             await self._backoff(queue_url, m["ReceiptHandle"], receive_count)
+            self._handled(event_label, "failed", started)
             return
         finally:
             heartbeat.cancel()
@@ -265,6 +382,7 @@ class SqsConsumer:
             self.stats.succeeded += 1
         else:
             self.stats.duplicates += 1
+        self._handled(event_label, "succeeded" if ran else "duplicate", started)
 
     async def _invoke(self, handler: Handler, event: Message, envelope: Envelope, ctx: MessageContext) -> bool:
         if self.idempotency is None:
@@ -288,10 +406,14 @@ class SqsConsumer:
                 log.warning("visibility heartbeat failed", extra={"error": f"{type(exc).__name__}: {exc}"})
 
     async def _backoff(self, queue_url: str, receipt: str, receive_count: int) -> None:
-        delay = int(min(self.visibility_timeout_s, self.retry_backoff_s * (2 ** (receive_count - 1))))
+        """Hide a failed message on the queue's exponential schedule, so retries span an outage of minutes."""
+        delay = int(min(self.spec.retry_backoff_max_s, self.retry_backoff_s * 2 ** max(0, receive_count - 1)))
+        await self._hide(queue_url, receipt, delay)
+
+    async def _hide(self, queue_url: str, receipt: str, seconds: int) -> None:
         sqs = await self.clients.sqs()
-        with contextlib.suppress(Exception):
-            await sqs.change_message_visibility(QueueUrl=queue_url, ReceiptHandle=receipt, VisibilityTimeout=delay)
+        with contextlib.suppress(Exception):  # if this fails, the queue's visibility timeout applies instead
+            await sqs.change_message_visibility(QueueUrl=queue_url, ReceiptHandle=receipt, VisibilityTimeout=seconds)
 
     async def _dead_letter(self, m: dict[str, Any], reason: str) -> None:
         """Send an unprocessable message straight to the DLQ with its reason, then delete it from the queue."""

@@ -35,3 +35,51 @@ class AuthError(RadloopError):
 
 class ForbiddenError(RadloopError):
     """Authenticated, but the role does not allow the action (403)."""
+
+
+class DomainError(RadloopError):
+    """An error a use case raises on purpose, with the answer it deserves.
+
+    ``status`` is the HTTP status, ``dicom_status`` the DICOM status (PS3.7 / PS3.18) where one applies, and the
+    message is a full sentence for the caller. :func:`shared.service.build_app` maps every ``DomainError`` to a
+    response in one place; subclasses set their defaults as class attributes.
+    """
+
+    status: int = 400
+    dicom_status: int | None = None
+
+    def __init__(self, message: str, *, status: int | None = None, dicom_status: int | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        if status is not None:
+            self.status = status
+        if dicom_status is not None:
+            self.dicom_status = dicom_status
+        self.headers: dict[str, str] = dict(headers or {})
+
+    def body(self) -> dict[str, object]:
+        """The JSON answer: ``detail`` (the sentence), and ``dicom_status`` where one applies."""
+        out: dict[str, object] = {"detail": str(self)}
+        if self.dicom_status is not None:
+            out["dicom_status"] = f"0x{self.dicom_status:04X}"
+        return out
+
+
+class NotFoundError(DomainError):
+    """The thing asked for does not exist (404)."""
+
+    status = 404
+
+
+class ConflictError(DomainError):
+    """The request conflicts with the current state (409)."""
+
+    status = 409
+
+
+class ConditionFailedError(RadloopError):
+    """A DynamoDB conditional write found its condition false; ``item`` is the current item when it was returned."""
+
+    def __init__(self, message: str = "conditional check failed", item: dict[str, object] | None = None) -> None:
+        super().__init__(message)
+        self.item = item

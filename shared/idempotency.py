@@ -8,7 +8,7 @@ Timeline a conditional write protects::
                        INPROGRESS (live) -> IdempotencyInProgressError (message retried later)
                        INPROGRESS (stale: in-progress expiry passed, e.g. A was SIGKILLed) -> B may take it over
 
-Invariants:
+Invariants (the lease protocol of :mod:`shared.lease`, shared with ingestion's claims):
 - The first write succeeds only if the key is absent, or its record expired, or it is INPROGRESS and stale.
 - If the handler raises, the record is deleted (only if it is still ours), so a retry can run it again.
 - A payload hash is stored; the same key with a different payload raises :class:`IdempotencyPayloadMismatchError`.
@@ -19,23 +19,23 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from botocore.exceptions import ClientError
-
 from shared.aws import AwsClients
-from shared.exceptions import IdempotencyInProgressError, IdempotencyPayloadMismatchError
+from shared.exceptions import ConditionFailedError, IdempotencyInProgressError, IdempotencyPayloadMismatchError
+from shared.lease import COMPLETED, INPROGRESS, LeaseTable, LeaseTaken, new_token
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-INPROGRESS = "INPROGRESS"
-COMPLETED = "COMPLETED"
+__all__ = ["COMPLETED", "INPROGRESS", "IdempotencyStore", "payload_hash"]
 
 
 def payload_hash(payload: Any) -> str:
+    """SHA-256 of a payload (bytes, text, or JSON with sorted keys)."""
     if isinstance(payload, bytes):
         data = payload
     elif isinstance(payload, str):
@@ -46,6 +46,8 @@ def payload_hash(payload: Any) -> str:
 
 
 class IdempotencyStore:
+    """Runs handlers at most once per key (records in the ``idempotency`` table, see the module docstring)."""
+
     def __init__(
         self,
         clients: AwsClients,
@@ -61,62 +63,40 @@ class IdempotencyStore:
         self.expiry_s = expiry_s or s.idempotency_expiry_s
         self.inprogress_expiry_s = inprogress_expiry_s or s.idempotency_inprogress_expiry_s
         self.namespace = namespace
+        self.leases = LeaseTable(clients.dynamodb, self.table)
 
     def _id(self, key: str) -> str:
         return f"{self.namespace}#{key}" if self.namespace else key
 
     async def run(self, key: str, payload: Any, handler: Callable[[], Awaitable[T]]) -> tuple[T | Any, bool]:
         """Run ``handler`` at most once for ``key``. Returns ``(result, ran)``; ``ran`` is False for a duplicate."""
-        ddb = await self.clients.dynamodb()
         rid = self._id(key)
         phash = payload_hash(payload)
-        token = uuid.uuid4().hex
+        token = new_token()
         now = int(time.time())
         try:
-            await ddb.put_item(
-                TableName=self.table,
-                Item={
-                    "id": {"S": rid},
-                    "status": {"S": INPROGRESS},
-                    "payload_hash": {"S": phash},
-                    "expiration": {"N": str(now + self.expiry_s)},
-                    "in_progress_expiry": {"N": str(now + self.inprogress_expiry_s)},
-                    "owner": {"S": token},
-                },
-                ConditionExpression=(
-                    "attribute_not_exists(id) OR expiration < :now OR "
-                    "(#s = :inprogress AND in_progress_expiry < :now)"
-                ),
-                ExpressionAttributeNames={"#s": "status"},
-                ExpressionAttributeValues={":now": {"N": str(now)}, ":inprogress": {"S": INPROGRESS}},
-            )
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
-                raise
-            return await self._existing(ddb, rid, phash), False
+            await self.leases.acquire(rid, token, now=now, lease_until=now + self.inprogress_expiry_s,
+                                      expires_at=now + self.expiry_s, attrs={"payload_hash": phash})
+        except LeaseTaken:
+            return await self._existing(rid, phash), False
 
-        keepalive = asyncio.create_task(self._keep_alive(ddb, rid, token))
+        keepalive = asyncio.create_task(self._keep_alive(rid, token))
         try:
             result = await handler()
         except BaseException:
             keepalive.cancel()
-            await self._delete_if_owner(ddb, rid, token)
+            await self.leases.release(rid, token)
             raise
         finally:
             keepalive.cancel()
-        await ddb.put_item(
-            TableName=self.table,
-            Item={
-                "id": {"S": rid},
-                "status": {"S": COMPLETED},
-                "payload_hash": {"S": phash},
-                "expiration": {"N": str(int(time.time()) + self.expiry_s)},
-                "result": {"S": json.dumps(result, default=str)},
-            },
-        )
+        try:
+            await self.leases.complete(rid, token, attrs={"result": json.dumps(result, default=str)},
+                                       expires_at=int(time.time()) + self.expiry_s)
+        except ConditionFailedError:  # taken over meanwhile (the lease lapsed): the new holder completes it
+            log.warning("idempotency record was taken over before completion", extra={"key": rid})
         return result, True
 
-    async def _keep_alive(self, ddb: Any, rid: str, token: str) -> None:
+    async def _keep_alive(self, rid: str, token: str) -> None:
         """Push ``in_progress_expiry`` forward while a long handler runs, so its record never looks stale.
 
         Without this a handler that outlives the in-progress expiry could be run again by a duplicate copy of its
@@ -126,43 +106,20 @@ class IdempotencyStore:
         while True:
             await asyncio.sleep(interval)
             try:
-                await ddb.update_item(
-                    TableName=self.table,
-                    Key={"id": {"S": rid}},
-                    UpdateExpression="SET in_progress_expiry = :e",
-                    ConditionExpression="#o = :token",
-                    ExpressionAttributeNames={"#o": "owner"},
-                    ExpressionAttributeValues={
-                        ":e": {"N": str(int(time.time()) + self.inprogress_expiry_s)},
-                        ":token": {"S": token},
-                    },
-                )
-            except ClientError:
+                if not await self.leases.renew(rid, token, int(time.time()) + self.inprogress_expiry_s):
+                    return
+            except Exception:  # a failed beat ends the keep-alive; the lease still runs its course
                 return
 
-    async def _existing(self, ddb: Any, rid: str, phash: str) -> Any:
-        resp = await ddb.get_item(TableName=self.table, Key={"id": {"S": rid}}, ConsistentRead=True)
-        item = resp.get("Item")
+    async def _existing(self, rid: str, phash: str) -> Any:
+        item = await self.leases.get(rid)
         if item is None:  # deleted between our write and read (the holder failed): let the caller retry
             raise IdempotencyInProgressError(f"idempotency record {rid!r} changed concurrently; retry")
-        if item["payload_hash"]["S"] != phash:
+        if item.get("payload_hash") != phash:
             raise IdempotencyPayloadMismatchError(
                 f"idempotency key {rid!r} was already used with a different payload"
             )
-        if item["status"]["S"] == INPROGRESS:
+        if item.get("status") == INPROGRESS:
             raise IdempotencyInProgressError(f"idempotency key {rid!r} is being processed by another worker")
-        raw = item.get("result", {}).get("S")
+        raw = item.get("result")
         return json.loads(raw) if raw else None
-
-    async def _delete_if_owner(self, ddb: Any, rid: str, token: str) -> None:
-        try:
-            await ddb.delete_item(
-                TableName=self.table,
-                Key={"id": {"S": rid}},
-                ConditionExpression="#o = :token",
-                ExpressionAttributeNames={"#o": "owner"},
-                ExpressionAttributeValues={":token": {"S": token}},
-            )
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
-                raise

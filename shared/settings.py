@@ -22,6 +22,17 @@ from shared.topology import Topology, build_topology
 #: The development key signs local tokens only. It is public (it is in this file) and refused outside ``local``.
 DEV_SIGNING_KEY = "radloop-local-development-key-not-for-production-use"
 
+#: The issuer and audience of locally minted tokens: placeholders, refused outside ``local``.
+LOCAL_ISSUER = "radloop-local"
+LOCAL_AUDIENCE = "radloop"
+
+
+def _is_placeholder(value: str) -> bool:
+    """Values copied from examples (``example.org``, ``changeme``...) that no real identity provider uses."""
+    v = value.lower()
+    return any(p in v for p in ("example.", "example-", "changeme", "change-me", "placeholder", "todo"))
+
+
 #: Fixed default ports of the local runtime (each overridable per service with RADLOOP_PORT).
 DEFAULT_PORTS: dict[str, int] = {
     "entry": 8080,
@@ -37,13 +48,18 @@ DEFAULT_PORTS: dict[str, int] = {
 
 Environment = Literal["local", "dev", "prod"]
 
+#: SQS refuses a longer visibility timeout.
+_SQS_MAX_VISIBILITY_S = 43_200
+
 
 class Settings(BaseSettings):
     """Settings every service shares."""
 
     model_config = SettingsConfigDict(env_prefix="RADLOOP_", extra="ignore", frozen=True)
 
-    environment: Environment = "local"
+    #: Required, with no default: a container started without RADLOOP_ENVIRONMENT refuses to start, so a production
+    #: task can never fall back to ``local`` (which accepts tokens signed with the public development key).
+    environment: Environment
     prefix: str = "radloop"
     region: str = Field("us-east-1", validation_alias=AliasChoices("AWS_REGION", "AWS_DEFAULT_REGION", "RADLOOP_REGION"))
     #: Empty means real AWS. Locally it points at the embedded moto server.
@@ -63,10 +79,12 @@ class Settings(BaseSettings):
 
     # --- auth -------------------------------------------------------------------------------------------------------
     auth_signing_key: str = DEV_SIGNING_KEY
-    auth_issuer: str = "radloop-local"
-    auth_audience: str = "radloop"
+    auth_issuer: str = LOCAL_ISSUER
+    auth_audience: str = LOCAL_AUDIENCE
     #: In AWS, tokens are RS256 from an OIDC provider whose keys are published here.
     auth_jwks_url: str = ""
+    #: A token whose key id is unknown re-fetches the JWKS (a key rotation) at most this often.
+    auth_jwks_refresh_cooldown_s: float = Field(5.0, ge=0)
 
     #: Key for pseudonymising patient IDs in events (HMAC-SHA256). Refused at its default outside ``local``.
     pseudonym_key: str = "radloop-local-pseudonym-key"
@@ -80,21 +98,61 @@ class Settings(BaseSettings):
     consumer_concurrency: int = 8
     consumer_wait_time_s: int = 5
     idempotency_expiry_s: int = 3600
+    #: A handler's INPROGRESS record goes stale this long after its last heartbeat (its process was killed).
     idempotency_inprogress_expiry_s: int = 120
+    #: From SIGTERM to exit, the whole process (HTTP drain, in-flight messages, outbox flush) takes at most this
+    #: long. The CDK app sets ECS's ``stopTimeout`` a few seconds above it (Fargate allows at most 120 s).
+    drain_timeout_s: float = Field(30.0, gt=0, le=110)
+    #: Every queue must ride out an outage of its dependencies this long before dead-lettering (checked at start-up).
+    outage_tolerance_s: int = 600
+
+    @model_validator(mode="before")
+    @classmethod
+    def _require_environment(cls, data: object) -> object:
+        if isinstance(data, dict) and not data.get("environment"):
+            raise ValueError("RADLOOP_ENVIRONMENT is required (local, dev or prod): a process never guesses where it "
+                             "runs, because 'local' accepts tokens signed with the public development key")
+        return data
 
     @model_validator(mode="after")
     def _refuse_insecure_defaults(self) -> Settings:
         if self.environment != "local":
-            if self.auth_signing_key == DEV_SIGNING_KEY and not self.auth_jwks_url:
-                raise ValueError(
-                    f"environment={self.environment!r} refuses the development signing key: set "
-                    "RADLOOP_AUTH_JWKS_URL (OIDC) or RADLOOP_AUTH_SIGNING_KEY to a secret"
-                )
+            # Production trusts its identity provider only: all three must be the hospital's own values.
+            for name, value, placeholder in (("RADLOOP_AUTH_JWKS_URL", self.auth_jwks_url, ""),
+                                             ("RADLOOP_AUTH_ISSUER", self.auth_issuer, LOCAL_ISSUER),
+                                             ("RADLOOP_AUTH_AUDIENCE", self.auth_audience, LOCAL_AUDIENCE)):
+                if not value or value == placeholder or _is_placeholder(value):
+                    raise ValueError(
+                        f"environment={self.environment!r} needs {name} set to your identity provider's value "
+                        f"(got {value!r}); issuer, audience and JWKS URL are required outside local"
+                    )
+            if not self.auth_jwks_url.startswith("https://"):
+                raise ValueError(f"RADLOOP_AUTH_JWKS_URL must be an https:// URL outside local (got "
+                                 f"{self.auth_jwks_url!r})")
             if self.pseudonym_key == "radloop-local-pseudonym-key":
                 raise ValueError(
                     f"environment={self.environment!r} refuses the development pseudonym key: "
                     "set RADLOOP_PSEUDONYM_KEY to a secret"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _refuse_dead_lettering_timings(self) -> Settings:
+        # A killed handler's message is received again (visibility timeout), finds its record INPROGRESS and waits
+        # until the record is stale (the consumer hides it that long), then a third receive takes the work over. So
+        # a queue needs 3 receives for a kill, and enough backoff to outlast an outage before the DLQ.
+        if not 0 < self.idempotency_inprogress_expiry_s <= _SQS_MAX_VISIBILITY_S:
+            raise ValueError(f"idempotency_inprogress_expiry_s={self.idempotency_inprogress_expiry_s} must be in "
+                             f"1..{_SQS_MAX_VISIBILITY_S} s (SQS's longest visibility timeout)")
+        for service, q in build_topology(self.prefix).queues.items():
+            if q.max_receive_count < 3:
+                raise ValueError(f"queue {q.name}: maxReceiveCount {q.max_receive_count} would dead-letter the message "
+                                 "of a killed handler (it needs 3 receives: killed, waiting for the stale record, "
+                                 "taken over)")
+            if q.outage_tolerance_s() < self.outage_tolerance_s:
+                raise ValueError(f"queue {q.name} ({service}) dead-letters after {q.outage_tolerance_s()} s of failing "
+                                 f"deliveries, less than outage_tolerance_s={self.outage_tolerance_s}: raise its "
+                                 "maxReceiveCount or backoff")
         return self
 
     @cached_property

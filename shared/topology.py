@@ -35,6 +35,32 @@ SUBSCRIPTIONS: dict[str, tuple[str, ...]] = {
     "registry": (ev.TRAINING_COMPLETED,),
 }
 
+#: The HTTP routes, ``(path prefix, methods or None for any, service)``, first match wins. The one declaration read by
+#: both the local entry proxy (``radloop/local/proxy.py``) and the ALB listener rules of the CDK app
+#: (``infra/radloop_infra/compute.py``, one rule per entry, in this order). Paths are never rewritten (an ALB cannot
+#: rewrite them), so each service serves its routes under its own prefix.
+ROUTES: tuple[tuple[str, frozenset[str] | None, str], ...] = (
+    ("/dicomweb", frozenset({"POST"}), "ingestion"),  # STOW-RS
+    ("/dicomweb", None, "streaming_gateway"),  # QIDO-RS, WADO-RS
+    ("/viewer", None, "streaming_gateway"),
+    ("/verification", None, "verification"),
+    ("/registry", None, "registry"),
+    ("/orchestrator", None, "pipeline_orchestrator"),
+)
+
+
+def route_for(path: str, method: str) -> str | None:
+    """The service that serves ``method path`` by :data:`ROUTES` (first match wins), or None if none does."""
+    for prefix, methods, service in ROUTES:
+        if (path == prefix or path.startswith(prefix + "/")) and (methods is None or method in methods):
+            return service
+    return None
+
+
+def routed_services() -> tuple[str, ...]:
+    """The services that :data:`ROUTES` sends HTTP traffic to, in order of first appearance."""
+    return tuple(dict.fromkeys(service for _prefix, _methods, service in ROUTES))
+
 
 @dataclass(frozen=True)
 class QueueSpec:
@@ -43,9 +69,22 @@ class QueueSpec:
     name: str
     dlq_name: str
     visibility_timeout_s: int = 60
-    max_receive_count: int = 5
+    #: Receives before SQS moves a message to the DLQ. With the backoff below, 9 receives ride out an outage of
+    #: :meth:`outage_tolerance_s` (810 s) of DynamoDB, EventBridge or S3 before anything is dead-lettered.
+    max_receive_count: int = 9
+    #: A failed receive n comes back after ``min(retry_backoff_max_s, retry_backoff_s * 2**(n-1))`` seconds.
+    retry_backoff_s: float = 2.0
+    retry_backoff_max_s: int = 300
     retention_s: int = 4 * 24 * 3600
     dlq_retention_s: int = 14 * 24 * 3600
+
+    def retry_delay_s(self, receive_count: int) -> int:
+        """How long a message whose ``receive_count``-th delivery failed stays invisible before the next one."""
+        return int(min(self.retry_backoff_max_s, self.retry_backoff_s * 2 ** max(0, receive_count - 1)))
+
+    def outage_tolerance_s(self) -> int:
+        """How long a dependency can fail every delivery before the message is dead-lettered."""
+        return sum(self.retry_delay_s(n) for n in range(1, self.max_receive_count + 1))
 
 
 @dataclass(frozen=True)
@@ -134,11 +173,11 @@ def build_topology(prefix: str = "radloop") -> Topology:
     bus = f"{prefix}-bus"
     queues = {
         # Ingestion's queue receives S3 drop-folder notifications; transcoding a CR can take several seconds.
-        "ingestion": _queue(prefix, "ingestion", visibility_timeout_s=120, max_receive_count=3),
-        "triage": _queue(prefix, "triage", visibility_timeout_s=60, max_receive_count=5),
-        "verification": _queue(prefix, "verification", visibility_timeout_s=30, max_receive_count=5),
-        "pipeline_orchestrator": _queue(prefix, "pipeline-orchestrator", visibility_timeout_s=60, max_receive_count=5),
-        "registry": _queue(prefix, "registry", visibility_timeout_s=60, max_receive_count=5),
+        "ingestion": _queue(prefix, "ingestion", visibility_timeout_s=120),
+        "triage": _queue(prefix, "triage", visibility_timeout_s=60),
+        "verification": _queue(prefix, "verification", visibility_timeout_s=30),
+        "pipeline_orchestrator": _queue(prefix, "pipeline-orchestrator", visibility_timeout_s=60),
+        "registry": _queue(prefix, "registry", visibility_timeout_s=60),
     }
     buckets = {
         "ingestion": BucketSpec(f"{prefix}-ingest", eventbridge_notifications=True),

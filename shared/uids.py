@@ -11,8 +11,8 @@ import uuid
 
 from shared.exceptions import InvalidUIDError
 
-_UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
-_LOOSE_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_UID_RE = re.compile(r"\A(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*\Z")
+_LOOSE_RE = re.compile(r"\A[0-9]+(\.[0-9]+)*\Z")
 
 #: The UID root for UIDs radloop generates: 2.25 (UUID-derived, PS3.5 §B.2).
 UUID_ROOT = "2.25"

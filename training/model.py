@@ -17,13 +17,14 @@ import torch
 from torch import nn
 from torchvision import models
 
+from shared.model_format import CARD_FILE, CLASSES, CONFIG_FILE, WEIGHTS_FILE, default_config
+
+__all__ = ["ARCHS", "CARD_FILE", "CLASSES", "CONFIG_FILE", "WEIGHTS_FILE", "build_model", "default_config",
+           "extract_model_tar", "load_model_dir", "save_model_dir"]
+
 #: resnet10 is ResNet-18 with one basic block per stage (4.9 M parameters against 11.2 M): about twice as fast on a
 #: CPU and as accurate on small cohorts, which is what the on-machine demo trains
 ARCHS = ("resnet10", "resnet18", "resnet34", "resnet50")
-CLASSES = ["normal", "pneumonia"]
-WEIGHTS_FILE = "weights.pt"
-CONFIG_FILE = "config.json"
-CARD_FILE = "model_card.json"
 
 
 def build_model(arch: str = "resnet18", in_channels: int = 1, *, pretrained: bool = False) -> nn.Module:
@@ -49,18 +50,6 @@ def build_model(arch: str = "resnet18", in_channels: int = 1, *, pretrained: boo
     net.conv1 = stem
     net.fc = nn.Linear(net.fc.in_features, 1)
     return net
-
-
-def default_config(arch: str = "resnet18", input_size: int = 224, threshold: float = 0.5) -> dict[str, Any]:
-    """The ``config.json`` of a model artefact."""
-    return {
-        "arch": arch,
-        "input_size": int(input_size),
-        "threshold": float(threshold),
-        "preprocessing": "shared.preprocessing",
-        "classes": list(CLASSES),
-        "in_channels": 1,
-    }
 
 
 def save_model_dir(model: nn.Module, config: dict[str, Any], path: str | Path) -> Path:

@@ -7,6 +7,10 @@ PropertyFile) -> CheckQuality (ConditionStep: test AUC >= AucFloor and >= Champi
 Pipeline definitions cannot do arithmetic, so Evaluate receives ChampionAuc and AucMargin as arguments and writes
 ``gate.champion_bar`` (= champion + margin) into evaluation.json; the condition compares two numbers from there.
 
+The defaults of ``AucFloor`` and ``AucMargin`` are the approval policy's (:mod:`shared.approval`: the packaged
+document, ``RADLOOP_APPROVAL_POLICY_FILE`` or ``--approval-policy``), the same numbers the orchestrator passes to
+every execution and the registry decides with: the gate is never configured anywhere else.
+
 Security, on every step: KMS keys for volumes and outputs (``KmsKeyId`` parameter), the VPC (``--subnet`` /
 ``--security-group``, SageMaker parameters cannot be lists), network isolation for Train and Evaluate (``Preprocess``
 must reach the images bucket through the VPC's S3 endpoint, because the manifest names objects), and inter-container
@@ -30,6 +34,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared.approval import ApprovalPolicy, load_policy
 from shared.storage import NO_CHAMPION_PREFIX
 from training.sm import AUC_PATH, CHAMPION_BAR_PATH, METRIC_DEFINITIONS
 
@@ -61,6 +66,13 @@ class PipelineConfig:
     max_runtime_s: int = 4 * 3600
     max_wait_s: int = 8 * 3600
     tags: dict[str, str] = field(default_factory=lambda: {"project": "radloop", "data-classification": "phi-derived"})
+    #: The floors and margin of the gate's defaults (None: the policy named by the environment, else the default).
+    approval: ApprovalPolicy | None = None
+
+    @property
+    def policy(self) -> ApprovalPolicy:
+        """The approval policy the condition's defaults come from."""
+        return self.approval or load_policy()
 
     @property
     def ml_bucket(self) -> str:
@@ -149,8 +161,10 @@ def build_pipeline(cfg: PipelineConfig, session: Any) -> Any:
     champion = ParameterFloat("ChampionAuc", default_value=0.0)
     #: the champion's model.tar.gz, re-scored by Evaluate on the same test split (default: the "no champion" marker)
     champion_model = ParameterString("ChampionModelUri", default_value=f"s3://{cfg.ml_bucket}/{NO_CHAMPION_PREFIX}")
-    floor = ParameterFloat("AucFloor", default_value=0.85)
-    margin = ParameterFloat("AucMargin", default_value=0.0)
+    # the gate's defaults are the approval policy's numbers (the orchestrator passes the same ones to each execution)
+    policy = cfg.policy
+    floor = ParameterFloat("AucFloor", default_value=policy.auc_floor)
+    margin = ParameterFloat("AucMargin", default_value=policy.auc_margin)
     epochs = ParameterInteger("Epochs", default_value=20)
     image_size = ParameterInteger("ImageSize", default_value=224)
     arch = ParameterString("Arch", default_value="resnet18")
@@ -330,7 +344,8 @@ def definition(cfg: PipelineConfig | None = None) -> dict[str, Any]:
 
 
 def config_from_env(**overrides: Any) -> PipelineConfig:
-    """PipelineConfig from ``RADLOOP_*`` variables (prefix, role, image, KMS key, subnets, security groups)."""
+    """PipelineConfig from ``RADLOOP_*`` variables (prefix, role, image, KMS key, subnets, security groups, approval
+    policy document)."""
     env = os.environ
     kw: dict[str, Any] = {
         "prefix": env.get("RADLOOP_PREFIX", "radloop"),
@@ -345,6 +360,8 @@ def config_from_env(**overrides: Any) -> PipelineConfig:
     if env.get("RADLOOP_SECURITY_GROUP_IDS"):
         kw["security_groups"] = tuple(s for s in env["RADLOOP_SECURITY_GROUP_IDS"].split(",") if s)
     kw.update({k: v for k, v in overrides.items() if v not in (None, (), "")})
+    if kw.get("approval") is None:
+        kw["approval"] = load_policy()  # RADLOOP_APPROVAL_POLICY_FILE, else the packaged policy
     return PipelineConfig(**kw)
 
 
@@ -360,12 +377,16 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--subnet", action="append", default=None, help="VPC subnet id (repeat)")
         p.add_argument("--security-group", action="append", default=None, help="VPC security group id (repeat)")
         p.add_argument("--training-instance-type", default=None)
+        p.add_argument("--approval-policy", default=None,
+                       help="approval policy document for the gate's defaults (default: RADLOOP_APPROVAL_POLICY_FILE, "
+                            "else shared/approval_policy.json)")
         if name == "definition":
             p.add_argument("--out", default=None, help="write the JSON here instead of stdout")
     a = ap.parse_args(argv)
     cfg = config_from_env(prefix=a.prefix, role_arn=a.role_arn, image_uri=a.image_uri, kms_key_id=a.kms_key_id,
                           subnets=tuple(a.subnet or ()), security_groups=tuple(a.security_group or ()),
-                          training_instance_type=a.training_instance_type)
+                          training_instance_type=a.training_instance_type,
+                          approval=load_policy(a.approval_policy) if a.approval_policy else None)
     if a.cmd == "definition":
         text = json.dumps(definition(cfg), indent=2)
         if a.out:

@@ -55,8 +55,8 @@ class HParams:
     patience: int = 4
     #: early stopping cannot stop before this epoch (0: half of ``epochs``): the one-cycle warm-up is noisy
     min_epochs: int = 0
-    #: early stopping needs a validation split of at least this many images. On a smaller one the AUC moves in large
-    #: steps by chance, and stopping on it cost 0.05 to 0.15 test AUC on ~100-label cohorts (docs/training.md)
+    #: early stopping needs a validation split of at least this many images: on a smaller one the AUC moves in large
+    #: steps by chance, so stopping on it stops on noise (docs/training.md)
     early_stop_min_val: int = 50
     #: which weights become the model: ``best_val`` (the epoch with the best validation AUC), ``last`` (the final
     #: epoch, where the one-cycle schedule has annealed), or ``auto``: ``best_val`` when the validation split has at
@@ -155,8 +155,8 @@ def threshold_for_sensitivity(y: np.ndarray, p: np.ndarray, target: float) -> fl
 
     For a new positive exchangeable with the n validation positives, P(its score >= threshold) >= 1 - k / (n + 1) >=
     ``target``: the expected sensitivity on new patients meets the target. The in-sample rule (the highest threshold
-    whose validation sensitivity is at least the target) does not: on 14 validation positives it takes the second
-    lowest, and on a quick demo's test split its sensitivity was 0.5 to 0.67 for a 0.9 target (docs/training.md).
+    whose validation sensitivity is at least the target) gives no such guarantee: it sits at or above the conformal one and
+    falls short of the target on new patients when positives are few (docs/training.md).
     With fewer than 2 / (1 - target) - 1 positives (19 for a 0.9 target), this is the lowest positive score. 0.5 when
     there are none.
     """

@@ -1,13 +1,15 @@
 """ECS Fargate: one cluster, one service per radloop service, the internal ALB (HTTPS) and the DIMSE NLB.
 
-The ALB's listener rules are ``radloop.local.proxy.ROUTES`` in order (the local entry proxy and the ALB route the
-same paths to the same services); ports are ``shared.settings.DEFAULT_PORTS``; each task role is rendered from
+The ALB's listener rules are ``shared.topology.ROUTES`` in order (the local entry proxy reads the same tuple, so both
+route the same paths to the same services); ports are ``shared.settings.DEFAULT_PORTS``; each task role is rendered from
 :mod:`.needs`.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +31,8 @@ from infra.radloop_infra.config import DeployParams
 from infra.radloop_infra.data import Data
 from infra.radloop_infra.messaging import Messaging
 from infra.radloop_infra.security import Keys, Network, retention
-from radloop.local.proxy import ROUTES
-from shared.settings import DEFAULT_PORTS
-from shared.topology import SERVICES, Topology
+from shared.settings import DEFAULT_PORTS, Settings
+from shared.topology import ROUTES, SERVICES, Topology, routed_services
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COLLECTOR_CONFIG = REPO_ROOT / "infra" / "otel-collector.yaml"
@@ -45,15 +46,42 @@ DICOM_TLS_PORT = 2762
 HEALTH_PATH = "/healthz"
 #: Backlog each triage task should carry (messages visible per running task) before scaling out.
 BACKLOG_PER_TASK = 20
+#: ECS waits this much longer than the process's own drain (``drain_timeout_s``) before SIGKILL: the time to exit
+#: after the drain's deadline (interpreter shutdown, flushing logs and spans).
+STOP_MARGIN_S = 5
+#: Fargate's longest stopTimeout.
+FARGATE_MAX_STOP_TIMEOUT_S = 120
+
+
+def settings_class(service: str) -> type[Settings]:
+    """The service's settings class (the most derived Settings subclass in services/<name>/settings.py) or the
+    shared one."""
+    try:
+        mod = importlib.import_module(f"services.{service}.settings")
+    except ModuleNotFoundError:
+        return Settings
+    classes = [v for v in vars(mod).values() if isinstance(v, type) and issubclass(v, Settings)]
+    return max(classes, key=lambda c: len(c.__mro__)) if classes else Settings
+
+
+def drain_timeout_s(service: str) -> float:
+    """The service's ``drain_timeout_s`` default: the one source of its shutdown budget."""
+    return float(settings_class(service).model_fields["drain_timeout_s"].default)
+
+
+def stop_timeout_s(service: str) -> int:
+    """ECS ``stopTimeout``: SIGTERM to SIGKILL. The drain (stop receiving, finish in-flight work, drain HTTP and the
+    outbox) ends within ``drain_timeout_s``; ECS waits :data:`STOP_MARGIN_S` more."""
+    stop = math.ceil(drain_timeout_s(service)) + STOP_MARGIN_S
+    if stop > FARGATE_MAX_STOP_TIMEOUT_S:
+        raise ValueError(f"{service}: drain_timeout_s={drain_timeout_s(service)} needs a stopTimeout of {stop} s, "
+                         f"more than Fargate's {FARGATE_MAX_STOP_TIMEOUT_S} s")
+    return stop
 
 
 def http_services() -> list[str]:
     """Services the ALB routes to, in ROUTES order (unique)."""
-    out: list[str] = []
-    for _prefix, _methods, service in ROUTES:
-        if service not in out:
-            out.append(service)
-    return out
+    return list(routed_services())
 
 
 def ecs_collector_config(region: str) -> dict[str, Any]:
@@ -82,7 +110,7 @@ class Compute(Construct):
         for service in SERVICES:
             kind = N.NEEDS[service].kind
             if (kind == "http") != (service in routed):
-                raise ValueError(f"service {service!r} is declared {kind!r} in infra needs but the proxy ROUTES "
+                raise ValueError(f"service {service!r} is declared {kind!r} in infra needs but shared.topology.ROUTES "
                                  f"{'do' if service in routed else 'do not'} route to it")
         removal = RemovalPolicy.RETAIN if env.retain_data else RemovalPolicy.DESTROY
         vpc = network.vpc
@@ -124,10 +152,14 @@ class Compute(Construct):
         self.alb_sg = ec2.SecurityGroup(self, "AlbSg", vpc=vpc, allow_all_outbound=False,
                                         description="ALB: HTTPS from the hospital network only")
         self.nlb_sg = ec2.SecurityGroup(self, "NlbSg", vpc=vpc, allow_all_outbound=False,
-                                        description="NLB: DIMSE from the hospital network only")
+                                        description="NLB: DICOM TLS from the configured PACS only")
         for cidr in params.client_cidrs:
             self.alb_sg.add_ingress_rule(ec2.Peer.ipv4(cidr), ec2.Port.tcp(443), f"HTTPS from {cidr}")
-            self.nlb_sg.add_ingress_rule(ec2.Peer.ipv4(cidr), ec2.Port.tcp(DICOM_TLS_PORT), f"DICOM TLS from {cidr}")
+        # DIMSE is admitted from the PACS networks only (pacs_cidrs), not the whole hospital network: the SCP
+        # additionally checks the calling AE title, but an address filter keeps everyone else off the port.
+        for cidr in params.pacs_cidrs:
+            peer = ec2.Peer.ipv6(cidr) if ":" in cidr else ec2.Peer.ipv4(cidr)
+            self.nlb_sg.add_ingress_rule(peer, ec2.Port.tcp(DICOM_TLS_PORT), f"DICOM TLS from PACS {cidr}")
 
         self.alb = elbv2.ApplicationLoadBalancer(
             self, "Alb", vpc=vpc, internet_facing=False, security_group=self.alb_sg,
@@ -221,6 +253,10 @@ class Compute(Construct):
             "RADLOOP_PORT": str(port),
             "RADLOOP_VAR_DIR": "/tmp/radloop",
             "RADLOOP_AUTH_JWKS_URL": params.auth_jwks_url,
+            "RADLOOP_AUTH_ISSUER": params.auth_issuer,
+            "RADLOOP_AUTH_AUDIENCE": params.auth_audience,
+            # The drain budget ECS's stopTimeout was computed from (stop_timeout_s), so the two cannot disagree.
+            "RADLOOP_DRAIN_TIMEOUT_S": f"{drain_timeout_s(service):g}",
             "AWS_REGION": stack.region,
             "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318",
             "OTEL_SERVICE_NAME": service,
@@ -237,7 +273,8 @@ class Compute(Construct):
         app = task.add_container(
             "app",
             image=ecs.ContainerImage.from_asset(
-                str(REPO_ROOT), file=f"services/{service}/Dockerfile", platform=ecr_assets.Platform.LINUX_AMD64,
+                str(REPO_ROOT), file="Dockerfile", build_args={"SERVICE": service},
+                platform=ecr_assets.Platform.LINUX_AMD64,
             ),
             essential=True,
             environment=environment,
@@ -245,7 +282,8 @@ class Compute(Construct):
             logging=ecs.LogDrivers.aws_logs(stream_prefix="app", log_group=log_group),
             readonly_root_filesystem=True,
             user="10001",
-            stop_timeout=Duration.seconds(60),  # SIGTERM drains in-flight messages before exit
+            # SIGTERM starts the drain (drain_timeout_s); SIGKILL comes STOP_MARGIN_S after it
+            stop_timeout=Duration.seconds(stop_timeout_s(service)),
             health_check=ecs.HealthCheck(
                 command=["CMD", "python", "-c",
                          f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{port}{HEALTH_PATH}', "

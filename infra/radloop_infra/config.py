@@ -5,8 +5,13 @@ Everything that differs between them is here, as data: sizes, retention, Spot ca
 
 from __future__ import annotations
 
+import ipaddress
+import math
 from dataclasses import dataclass, field
 from typing import Any
+
+from shared.settings import LOCAL_AUDIENCE, LOCAL_ISSUER, _is_placeholder
+from shared.topology import Topology
 
 #: CloudWatch Logs retention in prod: 7 years (2557 days is the closest value CloudWatch accepts), the seed's
 #: retention for audit data in a hospital.
@@ -35,8 +40,6 @@ class EnvConfig:
     sizes: dict[str, TaskSize] = field(default_factory=dict)
     #: S3 noncurrent versions expire after this many days (recovery window for overwrites and deletes).
     noncurrent_version_days: int = 30
-    #: Objects under ``imports/`` (the drop folder) expire after this many days: ingestion copies them out.
-    imports_expire_days: int = 7
     #: Frames move to Intelligent-Tiering after this many days.
     frames_tiering_days: int = 0
     backup_retention_days: int = 35
@@ -90,37 +93,100 @@ def env_config(name: str) -> EnvConfig:
         raise ValueError(f"unknown environment {name!r}: expected one of {sorted(ENVIRONMENTS)}") from None
 
 
+def imports_expire_days(topology: Topology) -> int:
+    """Days after which a drop-folder object (``imports/``) expires: one day after the last DLQ that can still hold
+    its S3 notification has dropped it, so a redrive always finds the file.
+
+    The notification reaches the queue of the S3-imports rule and, when delivery fails, that queue's DLQ; SQS keeps
+    a dead-lettered message for the DLQ's retention counted from its first enqueue. EventBridge's own rule DLQ
+    (:data:`RULE_DLQ_RETENTION_DAYS`) holds notifications it could not deliver at all.
+    """
+    retention_s = [RULE_DLQ_RETENTION_DAYS * 86_400]
+    for rule in topology.rules:
+        if rule.event_pattern.get("source") == ["aws.s3"]:
+            retention_s.append(topology.queues[rule.target_queue].dlq_retention_s)
+    return math.ceil(max(retention_s) / 86_400) + 1
+
+
+#: Retention of the EventBridge rule DLQ (events the bus could not deliver to a queue), in days.
+RULE_DLQ_RETENTION_DAYS = 14
+
+
 @dataclass(frozen=True)
 class DeployParams:
-    """What the person deploying supplies (CDK context), with safe defaults for synthesis."""
+    """What the person deploying supplies (CDK context). The identity provider and the PACS networks have no
+    defaults: :func:`params_from_context` refuses a deployment without them."""
 
     env: EnvConfig
     prefix: str
     account: str
     region: str
+    #: OIDC JWKS URL, issuer (``iss``) and audience (``aud``) of the hospital's identity provider
+    #: (RADLOOP_AUTH_JWKS_URL, RADLOOP_AUTH_ISSUER, RADLOOP_AUTH_AUDIENCE). Outside local the services refuse to start
+    #: without all three, so they are required here too, and placeholders are refused at synth time.
+    auth_jwks_url: str
+    auth_issuer: str
+    auth_audience: str
+    #: CIDR ranges of the PACS allowed to send over DIMSE: the only sources the DIMSE NLB (DICOM TLS) admits.
+    pacs_cidrs: tuple[str, ...]
     #: ACM certificate for the ALB's HTTPS listener (a CloudFormation parameter when empty).
     certificate_arn: str = ""
-    #: CIDR ranges of the hospital network allowed to reach the ALB and the DIMSE NLB (over VPN or Direct Connect).
+    #: CIDR ranges of the hospital network allowed to reach the ALB (over VPN or Direct Connect).
     client_cidrs: tuple[str, ...] = ("10.0.0.0/8",)
     vpc_cidr: str = "10.42.0.0/16"
     alarm_email: str = ""
-    #: OIDC issuer JWKS URL for RS256 tokens (RADLOOP_AUTH_JWKS_URL).
-    auth_jwks_url: str = "https://login.example-hospital.org/.well-known/jwks.json"
     #: Calling AE titles of the PACS allowed to send over DIMSE (RADLOOP_DIMSE_ALLOWED_CALLING_AES; never "*").
     dimse_calling_aes: tuple[str, ...] = ("PACS",)
     #: A pipeline definition JSON file (``python -m training.pipeline definition --out FILE``) to upsert.
     pipeline_definition: str = ""
 
 
+#: Identity-provider parameters and the local value each must not be (the services' own placeholders).
+_AUTH_PARAMS: dict[str, str] = {"auth_jwks_url": "", "auth_issuer": LOCAL_ISSUER, "auth_audience": LOCAL_AUDIENCE}
+#: Networks too wide to be "the PACS": anything that contains a large part of the address space.
+_MIN_PACS_PREFIX = {4: 8, 6: 32}
+
+
+def _list(value: Any) -> tuple[str, ...]:
+    """A context list: a JSON list (cdk.json) or a comma-separated string (``-c key=a,b``)."""
+    items = value.split(",") if isinstance(value, str) else list(value or ())
+    return tuple(str(x).strip() for x in items if str(x).strip())
+
+
+def _auth_param(get: Any, name: str) -> str:
+    value = str(get(name) or "").strip()
+    local = _AUTH_PARAMS[name]
+    if not value:
+        raise ValueError(f"deploy parameter {name} is required (-c {name}=...): the identity provider's value; the "
+                         "services refuse to start without issuer, audience and JWKS URL outside local")
+    if value == local or _is_placeholder(value) or value.startswith("<"):
+        raise ValueError(f"deploy parameter {name}={value!r} is a placeholder: set your identity provider's value")
+    if name == "auth_jwks_url" and not value.startswith("https://"):
+        raise ValueError(f"deploy parameter auth_jwks_url must be an https:// URL (got {value!r})")
+    return value
+
+
+def _pacs_cidrs(get: Any) -> tuple[str, ...]:
+    cidrs = _list(get("pacs_cidrs"))
+    if not cidrs:
+        raise ValueError("deploy parameter pacs_cidrs is required while DIMSE is exposed (-c pacs_cidrs=CIDR,...): "
+                         "the networks of the PACS allowed to send to the DIMSE load balancer")
+    for cidr in cidrs:
+        try:
+            net = ipaddress.ip_network(cidr, strict=True)
+        except ValueError as exc:
+            raise ValueError(f"deploy parameter pacs_cidrs: {cidr!r} is not a network address ({exc})") from None
+        if net.prefixlen < _MIN_PACS_PREFIX[net.version]:
+            raise ValueError(f"deploy parameter pacs_cidrs: {cidr} admits far more than a PACS (0.0.0.0/0 and "
+                             f"anything wider than /{_MIN_PACS_PREFIX[net.version]} are refused)")
+    return cidrs
+
+
 def params_from_context(get: Any) -> DeployParams:
-    """Build :class:`DeployParams` from ``node.try_get_context``-like ``get``."""
+    """Build :class:`DeployParams` from ``node.try_get_context``-like ``get``; a ValueError names a missing or
+    unsafe parameter."""
     env = env_config(get("env") or "dev")
-    cidrs = get("client_cidrs") or "10.0.0.0/8"
-    if isinstance(cidrs, str):
-        cidrs = tuple(c.strip() for c in cidrs.split(",") if c.strip())
-    aes = get("dimse_calling_aes") or "PACS"
-    if isinstance(aes, str):
-        aes = tuple(a.strip() for a in aes.split(",") if a.strip())
+    aes = _list(get("dimse_calling_aes") or "PACS")
     if "*" in aes:
         raise ValueError("dimse_calling_aes must list the PACS AE titles; a wildcard '*' is refused outside local")
     return DeployParams(
@@ -128,11 +194,14 @@ def params_from_context(get: Any) -> DeployParams:
         prefix=get("prefix") or f"radloop-{env.name}",
         account=str(get("account") or "111111111111"),
         region=get("region") or "us-east-1",
+        auth_jwks_url=_auth_param(get, "auth_jwks_url"),
+        auth_issuer=_auth_param(get, "auth_issuer"),
+        auth_audience=_auth_param(get, "auth_audience"),
+        pacs_cidrs=_pacs_cidrs(get),
         certificate_arn=get("certificate_arn") or "",
-        client_cidrs=tuple(cidrs),
+        client_cidrs=_list(get("client_cidrs") or "10.0.0.0/8"),
         vpc_cidr=get("vpc_cidr") or "10.42.0.0/16",
         alarm_email=get("alarm_email") or "",
-        auth_jwks_url=get("auth_jwks_url") or DeployParams.auth_jwks_url,
-        dimse_calling_aes=tuple(aes),
+        dimse_calling_aes=aes,
         pipeline_definition=get("pipeline_definition") or "",
     )

@@ -9,7 +9,7 @@ from aws_cdk import aws_events as events
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
-from infra.radloop_infra.config import DeployParams
+from infra.radloop_infra.config import DeployParams, imports_expire_days
 from infra.radloop_infra.security import Keys
 from shared.storage import IMPORTS_PREFIX, IMPORTS_REJECTED_PREFIX
 from shared.topology import KeySpec, Topology
@@ -32,8 +32,11 @@ class Data(Construct):
         env = params.env
         removal = RemovalPolicy.RETAIN if env.retain_data else RemovalPolicy.DESTROY
 
-        # Server access logs and ALB access logs: both AWS log deliveries only support SSE-S3 on the target bucket,
-        # so this one bucket is SSE-S3 (justified in docs/security.md). It holds request metadata, no PHI bodies.
+        # Server access logs and ALB/NLB access logs: both AWS log deliveries only support SSE-S3 on the target bucket,
+        # so this one bucket is SSE-S3 (justified in docs/security.md). The logs hold request lines, whose URLs can
+        # carry query strings (QIDO matching keys such as PatientName), so the bucket is treated as holding PHI:
+        # encrypted, SSL-only, no public access, written only by the log delivery services, kept for the log
+        # retention. No API takes a credential in its URL, so the logs never hold a replayable token.
         self.access_logs = s3.Bucket(
             self, "AccessLogs",
             encryption=s3.BucketEncryption.S3_MANAGED,
@@ -50,6 +53,8 @@ class Data(Construct):
             )],
         )
 
+        # A drop-folder object must outlive the DLQ that may still hold its notification (a redrive finds the file).
+        imports_days = imports_expire_days(topology)
         self.buckets: dict[str, s3.Bucket] = {}
         for role, spec in topology.buckets.items():
             rules = [s3.LifecycleRule(
@@ -58,11 +63,12 @@ class Data(Construct):
                 abort_incomplete_multipart_upload_after=Duration.days(1),
             )]
             if spec.eventbridge_notifications:
-                # The drop folder: ingestion stores what it imports; leftovers expire.
+                # The drop folder: ingestion deletes what it stored; leftovers (a message still in a DLQ, waiting for
+                # a redrive) expire only after that DLQ has dropped the message. Rejected imports stay a month.
                 rules.append(s3.LifecycleRule(id="expire-imports", prefix=IMPORTS_PREFIX,
-                                              expiration=Duration.days(env.imports_expire_days)))
+                                              expiration=Duration.days(imports_days)))
                 rules.append(s3.LifecycleRule(id="expire-rejected-imports", prefix=IMPORTS_REJECTED_PREFIX,
-                                              expiration=Duration.days(max(env.imports_expire_days, 30))))
+                                              expiration=Duration.days(max(imports_days, 30))))
             if role == "images":
                 rules.append(s3.LifecycleRule(
                     id="frames-intelligent-tiering", prefix=FRAMES_PREFIX,

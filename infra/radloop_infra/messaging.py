@@ -13,7 +13,7 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
-from infra.radloop_infra.config import DeployParams
+from infra.radloop_infra.config import RULE_DLQ_RETENTION_DAYS, DeployParams
 from infra.radloop_infra.security import Keys
 from shared.topology import RuleSpec, Topology
 
@@ -60,7 +60,7 @@ class Messaging(Construct):
 
         # Events EventBridge could not deliver (after retries) land here, with their error, for replay.
         self.rule_dlq = queue("RuleDlq", queue_name=f"{topology.prefix}-events-dlq",
-                              retention_period=Duration.days(14))
+                              retention_period=Duration.days(RULE_DLQ_RETENTION_DAYS))
         # SQS2-4 on the rule DLQ itself: it is a DLQ, so it has no DLQ of its own.
 
         self.rules: dict[str, events.CfnRule] = {}

@@ -97,9 +97,12 @@ NEEDS: dict[str, ServiceNeeds] = {
         s3=(
             # Drop-folder imports are read, then moved to imports-rejected/ or deleted once stored.
             S3Need("ingestion", "move", ("imports/", "imports-rejected/"), list=True),
+            # Instances that must not be stored (burned-in annotation) are kept with their reason
+            # (services/ingestion/adapters/objects.py, DropFolder.quarantine); written once, never read back.
+            S3Need("ingestion", "write", ("quarantine/",)),
             S3Need("images", "read_write", ("dicom/", "frames/", "metadata/")),
         ),
-        # The outbox is written in the same transaction as the instance record (services/ingestion/domain/outbox.py).
+        # The outbox is written in the same transaction as the instance record (services/ingestion/adapters/outbox.py).
         tables={"instances": "read_write", "outbox": "read_write", **_IDEM, **_AUDIT},
         publishes=True,
     ),
@@ -115,14 +118,14 @@ NEEDS: dict[str, ServiceNeeds] = {
             S3Need("images", "write", ("heatmaps/",)),
             S3Need("ml", "read", ("models/",), list=True),
         ),
-        # The champion pointer is read from the state table (services/triage/domain/champion.py).
+        # The champion pointer is read from the state table (shared/champion.py, via adapters/model_store.py).
         tables={"scores": "read_write", "state": "read", **_IDEM, **_AUDIT},
         publishes=True,
     ),
     "verification": ServiceNeeds(
         kind="http",
         s3=(S3Need("images", "read", ("metadata/", "heatmaps/")),),
-        # Degradation episodes are recorded in the state table (services/verification/workflow.py).
+        # Degradation episodes are recorded in the state table (services/verification/adapters/alarms.py).
         tables={"cases": "read_write", "labels": "read_write", "state": "read_write", **_IDEM, **_AUDIT},
         publishes=True,
     ),

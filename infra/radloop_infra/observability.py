@@ -1,4 +1,4 @@
-"""Audit trail (CloudTrail with S3 data events on the PHI buckets) and alarms to one encrypted SNS topic."""
+"""Audit trail (CloudTrail with data events on the PHI buckets and tables) and alarms to one encrypted SNS topic."""
 
 from __future__ import annotations
 
@@ -25,6 +25,11 @@ from shared.topology import Topology
 
 #: Alarm when more than this share of a service's requests fail with a 5xx, over 5 minutes.
 FIVE_XX_RATE_PERCENT = 5
+
+#: Tables (topology roles) that hold no PHI, so CloudTrail skips their data events: model versions, pipeline runs and
+#: small state pointers (champion, degradation episodes). Every other table is treated as holding PHI, including one
+#: added later, until it is listed here; shared.topology's TableSpec has no ``holds_phi`` flag (BucketSpec has).
+NON_PHI_TABLES: frozenset[str] = frozenset({"models", "runs", "state"})
 
 
 def _cid(name: str) -> str:
@@ -57,12 +62,31 @@ class Observability(Construct):
         self.trail = cloudtrail.Trail(
             self, "Trail", bucket=self.trail_bucket, encryption_key=keys.logs, enable_file_validation=True,
             send_to_cloud_watch_logs=True, cloud_watch_log_group=trail_logs, is_multi_region_trail=True,
-            include_global_service_events=True, management_events=cloudtrail.ReadWriteType.ALL,
+            include_global_service_events=True,
         )
-        phi = [data.buckets[role] for role, spec in topology.buckets.items() if spec.holds_phi]
-        self.trail.add_s3_event_selector([cloudtrail.S3EventSelector(bucket=b) for b in phi],
-                                         read_write_type=cloudtrail.ReadWriteType.ALL,
-                                         include_management_events=True)
+        # Who read or changed which PHI object or item: data events (reads and writes) of the PHI buckets and
+        # tables. DynamoDB data events exist only as advanced event selectors, and a trail cannot mix basic and
+        # advanced selectors, so management events are an advanced selector too.
+        phi_buckets = [data.buckets[role] for role, spec in topology.buckets.items() if spec.holds_phi]
+        phi_tables = [data.tables[role] for role in topology.tables if role not in NON_PHI_TABLES]
+        field = cloudtrail.CfnTrail.AdvancedFieldSelectorProperty
+        selector = cloudtrail.CfnTrail.AdvancedEventSelectorProperty
+        trail_l1: cloudtrail.CfnTrail = self.trail.node.default_child  # type: ignore[assignment]
+        trail_l1.advanced_event_selectors = [
+            selector(name="Management events", field_selectors=[field(field="eventCategory", equal_to=["Management"])]),
+            selector(name="PHI bucket objects", field_selectors=[
+                field(field="eventCategory", equal_to=["Data"]),
+                field(field="resources.type", equal_to=["AWS::S3::Object"]),
+                field(field="resources.ARN", starts_with=[f"{b.bucket_arn}/" for b in phi_buckets]),
+            ]),
+            selector(name="PHI table items", field_selectors=[
+                field(field="eventCategory", equal_to=["Data"]),
+                field(field="resources.type", equal_to=["AWS::DynamoDB::Table"]),
+                field(field="resources.ARN", equal_to=[t.table_arn for t in phi_tables]),
+            ]),
+        ]
+        # The L2 renders basic EventSelectors of its own; CloudTrail refuses a trail with both kinds.
+        trail_l1.add_property_deletion_override("EventSelectors")
 
         # --- alarms -------------------------------------------------------------------------------------------------
         self.topic = sns.Topic(self, "Alarms", topic_name=f"{topology.prefix}-alarms", master_key=keys.messaging,

@@ -7,6 +7,7 @@ cdk-nag findings are acknowledged with ``Validations.of(construct).acknowledge``
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -33,15 +34,32 @@ def _type(*types: str) -> Callable[[str, str, str], bool]:
     return lambda _p, t, _e: t in types
 
 
+#: The inline policies CDK writes for roles it creates itself (construct paths): the task execution roles (image
+#: pull, logs, secrets), the VPC flow-log role, the CloudTrail-to-Logs role and the policy a bucket's EventBridge
+#: notifications attach to CDK's notifications handler role. A task role or the SageMaker pipeline role never matches: their
+#: permissions are managed policies rendered from needs.py, and an inline policy on them must fail cdk-nag.
+CDK_INLINE_POLICY_PATHS = re.compile(
+    r"/(?:Compute/\w+Task/ExecutionRole/DefaultPolicy"
+    r"|Network/Vpc/FlowLog/IAMRole/DefaultPolicy"
+    r"|Observability/Trail/LogsRole/DefaultPolicy"
+    r"|Data/Bucket\w+/Notifications/HandlerPolicy)"
+    r"/Resource$"
+)
+
+
+def _cdk_inline_policy(path: str, rtype: str, _env: str) -> bool:
+    return rtype == "AWS::IAM::Policy" and CDK_INLINE_POLICY_PATHS.search(path) is not None
+
+
 SUPPRESSIONS: tuple[Suppression, ...] = (
     Suppression(
         "cdk-nag", "HIPAA.Security-IAMNoInlinePolicy",
-        "policies CDK generates for its own roles (task execution roles, flow-log, CloudTrail-to-Logs and custom "
-        "resource handler roles)",
+        "the default policies CDK generates for its own roles only (task execution roles, the VPC flow-log role, the "
+        "CloudTrail-to-Logs role and the S3 notifications handler role), matched by construct path",
         "Each is bound one-to-one to a CDK-managed role and scoped to that role's resources by CDK grants. The "
         "policies that carry application permissions (task roles, the SageMaker role) are managed policies rendered "
-        "from infra/radloop_infra/needs.py.",
-        _type("AWS::IAM::Policy"),
+        "from infra/radloop_infra/needs.py; an inline policy on any other role is reported.",
+        _cdk_inline_policy,
     ),
     Suppression(
         "cdk-nag", "HIPAA.Security-S3BucketReplicationEnabled",
@@ -55,15 +73,20 @@ SUPPRESSIONS: tuple[Suppression, ...] = (
         "cdk-nag", "HIPAA.Security-S3DefaultEncryptionKMS",
         "the access-log bucket",
         "S3 server access logging and ELB access logging deliver only to buckets encrypted with SSE-S3 (AWS "
-        "documentation). The bucket is still encrypted (AES-256), SSL-only, versioned and private; it holds request "
-        "metadata, not images.",
+        "documentation). The logs hold request lines, and a URL's query string can carry PHI (QIDO matching keys "
+        "such as PatientName), so the bucket is protected as PHI: encrypted at rest (SSE-S3, AES-256), SSL-only, "
+        "versioned, all public access blocked, written only by the log delivery services, and expired after the "
+        "environment's log retention. No radloop API accepts credentials in a URL (tokens travel in the "
+        "Authorization header only), so the logs hold no replayable token.",
         _path_endswith("/Data/AccessLogs/Resource"),
     ),
     Suppression(
         "checkov", "CKV_AWS_18",
         "the access-log bucket",
         "It is the access-log destination of every other bucket; logging it into itself would log its own log "
-        "writes without end. CloudTrail records its management and data access instead.",
+        "writes without end. Its objects (request URLs, whose query strings can carry PHI) are protected as PHI: "
+        "encrypted, SSL-only, private and expired after the log retention; CloudTrail records its management "
+        "access.",
         _path_endswith("/Data/AccessLogs/Resource"),
     ),
     Suppression(

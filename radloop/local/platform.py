@@ -1,8 +1,13 @@
 """The local platform: embedded AWS, every service as its own process, the entry proxy, and a supervisor.
 
 :class:`LocalPlatform` is used by ``radloop up``, ``radloop demo`` and the end-to-end tests. It records what it
-started in ``{var_dir}/run/state.json`` (PIDs, ports, endpoint) so ``radloop status`` can find it, and it stops every
-process it started by PID.
+started in ``{var_dir}/run/state.json`` (PIDs, ports, endpoint, the boot id of the topology it bootstrapped) so
+``radloop status`` can find it, and it stops every process it started by PID.
+
+The embedded endpoint keeps its state in memory. The supervisor restarts it if its process dies (same port) and
+re-creates the topology; and if the endpoint answers but its boot marker is gone (restarted by something else), it
+re-creates the topology too. Either way the data stored before is gone: ``state.json`` records the loss
+(``aws_data_lost``) and ``radloop status`` says so (:func:`shared.bootstrap.endpoint_state`).
 """
 
 from __future__ import annotations
@@ -77,6 +82,13 @@ class LocalPlatform:
     embedded: EmbeddedAws | None = None
     processes: dict[str, ManagedProcess] = field(default_factory=dict)
     endpoint: str = ""
+    #: The boot id of the topology bootstrapped at start (see :mod:`shared.bootstrap`).
+    boot_id: str | None = None
+    #: Each time the endpoint was found to have lost its state: ``{"at": epoch s, "how": ...}``.
+    aws_losses: list[dict[str, Any]] = field(default_factory=list)
+    #: How often the endpoint's boot marker is checked by :meth:`supervise_once` (seconds).
+    endpoint_check_interval_s: float = 2.0
+    _last_endpoint_check: float = 0.0
 
     def __post_init__(self) -> None:
         self.ports = {**DEFAULT_PORTS, **env_ports(), **self.ports}
@@ -110,8 +122,7 @@ class LocalPlatform:
             self.embedded = start_embedded_aws(self.aws_port or self.ports["aws"], log_path=self.run_dir / "aws.log")
             self.endpoint = self.embedded.endpoint
         self._say(progress, "creating the topology (bus, rules, queues, buckets, tables)")
-        settings = self.settings.model_copy(update={"aws_endpoint_url": self.endpoint})
-        asyncio.run(_bootstrap(settings))
+        self.boot_id = asyncio.run(_bootstrap(self._aws_settings()))
         env = self.child_env()
         for name in self.services:
             argv = [sys.executable, "-m", f"services.{name}"]
@@ -125,6 +136,9 @@ class LocalPlatform:
             self._say(progress, f"starting {p.name} on port {p.port}")
             p.start()
         self.write_state()
+
+    def _aws_settings(self) -> Settings:
+        return self.settings.model_copy(update={"aws_endpoint_url": self.endpoint})
 
     def child_env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -150,6 +164,8 @@ class LocalPlatform:
             "prefix": self.settings.prefix,
             "ports": self.ports,
             "pids": {n: p.pid for n, p in self.processes.items()},
+            "boot_id": self.boot_id,
+            "aws_data_lost": self.aws_losses,
             "started_at": time.time(),
             "supervisor_pid": os.getpid(),
         }
@@ -175,8 +191,14 @@ class LocalPlatform:
 
     # -- supervise ---------------------------------------------------------------------------------------------------
     def supervise_once(self) -> list[str]:
-        """Restart crashed processes (with backoff); return the names restarted."""
+        """Restart crashed processes (with backoff) and a lost embedded endpoint; return the names restarted.
+
+        ``aws`` in the result means the embedded endpoint was restarted or found empty and its topology re-created:
+        the data it held is gone (recorded in ``state.json``).
+        """
         restarted = []
+        if self.check_endpoint():
+            restarted.append("aws")
         for p in self.processes.values():
             if p.process is not None and p.process.poll() is not None:
                 backoff = min(30.0, 2.0 ** min(p.restarts, 5))
@@ -187,6 +209,36 @@ class LocalPlatform:
         if restarted:
             self.write_state()
         return restarted
+
+    def check_endpoint(self, *, force: bool = False) -> bool:
+        """Restart a dead embedded endpoint, or re-create the topology of one that lost it; True if either happened.
+
+        Checked at most every :attr:`endpoint_check_interval_s` unless ``force``.
+        """
+        from shared.bootstrap import read_boot_id_sync
+
+        if not self.endpoint or (not force and time.monotonic() - self._last_endpoint_check < self.endpoint_check_interval_s):
+            return False
+        self._last_endpoint_check = time.monotonic()
+        how = ""
+        if self.embedded is not None and self.embedded.process.poll() is not None:
+            how = f"embedded endpoint exited with status {self.embedded.process.returncode}; restarted on the same port"
+            try:
+                self.embedded = start_embedded_aws(self.embedded.port, log_path=self.embedded.log_path)
+            except RuntimeError:  # port not free yet, or moto failed to start: the next check tries again
+                return False
+        else:
+            try:
+                if read_boot_id_sync(self._aws_settings()) is not None:
+                    return False
+            except Exception:  # not answering: nothing to re-create yet (services report it as unreachable)
+                return False
+            how = "endpoint answers without its topology (it restarted)"
+        # self.boot_id stays the start-up one: status compares the endpoint's marker against it
+        asyncio.run(_bootstrap(self._aws_settings()))
+        self.aws_losses.append({"at": time.time(), "how": how})
+        self.write_state()
+        return True
 
     # -- stop --------------------------------------------------------------------------------------------------------
     def stop(self, timeout_s: float = 30.0) -> None:
@@ -224,12 +276,13 @@ def env_ports() -> dict[str, int]:
     return out
 
 
-async def _bootstrap(settings: Settings) -> None:
+async def _bootstrap(settings: Settings) -> str:
+    """Create the topology; returns the boot id in effect."""
     from shared.aws import AwsClients
     from shared.bootstrap import bootstrap_topology
 
     async with AwsClients(settings) as clients:
-        await bootstrap_topology(clients)
+        return str((await bootstrap_topology(clients))["boot_id"])
 
 
 def check_http(url: str, timeout_s: float = 2.0) -> bool:

@@ -1,6 +1,7 @@
 """The local entry point: a lean streaming reverse proxy that routes by path and method as the ALB does in AWS.
 
-One DICOMweb base URL (``http://127.0.0.1:8080/dicomweb``) serves STOW (POST → ingestion) and QIDO/WADO (GET →
+The routes are :data:`shared.topology.ROUTES` (the ALB's listener rules in infra/ are rendered from the same tuple):
+one DICOMweb base URL (``http://127.0.0.1:8080/dicomweb``) serves STOW (POST → ingestion) and QIDO/WADO (GET →
 streaming_gateway). Request and response bodies are streamed chunk by chunk, never held whole in memory. Paths are
 not rewritten (an ALB cannot rewrite either), so each service serves its routes under its own prefix.
 """
@@ -18,26 +19,10 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from shared.settings import DEFAULT_PORTS
-
-#: (path prefix, methods or None for any, service): first match wins. Mirrored by the ALB listener rules in infra/.
-ROUTES: tuple[tuple[str, frozenset[str] | None, str], ...] = (
-    ("/dicomweb", frozenset({"POST"}), "ingestion"),
-    ("/dicomweb", None, "streaming_gateway"),
-    ("/viewer", None, "streaming_gateway"),
-    ("/verification", None, "verification"),
-    ("/registry", None, "registry"),
-    ("/orchestrator", None, "pipeline_orchestrator"),
-)
+from shared.topology import route_for
 
 _HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
         "transfer-encoding", "upgrade", "host", "content-length"}
-
-
-def route_for(path: str, method: str) -> str | None:
-    for prefix, methods, service in ROUTES:
-        if (path == prefix or path.startswith(prefix + "/")) and (methods is None or method in methods):
-            return service
-    return None
 
 
 def create_proxy(ports: dict[str, int] | None = None) -> Starlette:

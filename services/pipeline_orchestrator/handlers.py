@@ -1,25 +1,25 @@
-"""Event handlers of the pipeline orchestrator service, and the map from event name to handler."""
+"""Event handlers of the pipeline orchestrator: the map from event class to handler."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-from services.pipeline_orchestrator.domain.orchestrator import Orchestrator
-from shared import event_names as ev
-from shared.consumer import Handler, MessageContext
+from shared.consumer import MessageContext
 from shared.events import ImageVerified, ModelPerformanceDegraded
-from shared.service import ServiceContext
+from shared.service import HandlerMap
+
+if TYPE_CHECKING:  # bootstrap imports this module to declare the service
+    from services.pipeline_orchestrator.bootstrap import OrchestratorDeps
 
 
-def handlers(ctx: ServiceContext) -> Mapping[str, Handler]:
-    """Event name -> handler. The whole event-driven behaviour of the service is listed here."""
+async def image_verified(deps: OrchestratorDeps, event: ImageVerified, _m: MessageContext) -> None:
+    """Project the final label; the label-count policy may start a run."""
+    await deps.orchestrator.on_image_verified(event)
 
-    async def image_verified(event: ImageVerified, _: MessageContext) -> None:
-        orch: Orchestrator = ctx["orchestrator"]
-        await orch.on_image_verified(event)
 
-    async def performance_degraded(event: ModelPerformanceDegraded, _: MessageContext) -> None:
-        orch: Orchestrator = ctx["orchestrator"]
-        await orch.on_degraded(event)
+async def performance_degraded(deps: OrchestratorDeps, event: ModelPerformanceDegraded, _m: MessageContext) -> None:
+    """Request a run (subject to the cooldown and single-flight) when so configured."""
+    await deps.orchestrator.on_degraded(event)
 
-    return {ev.IMAGE_VERIFIED: image_verified, ev.MODEL_PERFORMANCE_DEGRADED: performance_degraded}
+
+HANDLERS: HandlerMap = {ImageVerified: image_verified, ModelPerformanceDegraded: performance_degraded}

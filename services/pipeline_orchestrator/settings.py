@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from shared.approval import DEFAULT_POLICY_FILE
 from shared.settings import Settings
 
 
@@ -44,8 +45,9 @@ class OrchestratorSettings(Settings):
     train_image_size: int = Field(224, ge=16)
     train_arch: str = "resnet18"
     train_batch_size: int = Field(32, ge=1)
-    auc_floor: float = Field(0.70, ge=0, le=1)
-    auc_margin: float = Field(0.0, ge=0, le=1)
+    #: The approval policy document (:mod:`shared.approval`): the only source of ``AucFloor`` and ``AucMargin``.
+    #: The registry reads the same document (``RADLOOP_APPROVAL_POLICY_FILE`` for both).
+    approval_policy_file: Path = DEFAULT_POLICY_FILE
     #: Whether the pipeline's own condition also compares with the champion (``ChampionAuc`` = champion's AUC).
     #: Off by default: the pipeline gates on the absolute floor only and the registry's approval policy makes the
     #: champion/challenger decision, so a worse challenger is still recorded (pending, never deployed) for people.

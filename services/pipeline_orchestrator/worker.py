@@ -4,10 +4,8 @@
 deployments that scale the worker separately. The ticker (tracking, follow-ups, schedule) runs here too.
 """
 
-from services.pipeline_orchestrator import SERVICE
-from services.pipeline_orchestrator.bootstrap import startup
-from services.pipeline_orchestrator.handlers import handlers
-from shared.worker import main
+from services.pipeline_orchestrator.bootstrap import SPEC
+from shared.service import worker_main
 
 if __name__ == "__main__":
-    main(SERVICE, handlers, startup)
+    worker_main(SPEC)

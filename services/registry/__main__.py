@@ -1,8 +1,7 @@
 """`python -m services.registry`: run the registry service (HTTP on its port, with its SQS worker)."""
 
-from services.registry import SERVICE
-from services.registry.app import create_app
+from services.registry.bootstrap import SPEC
 from shared.service import serve
 
 if __name__ == "__main__":
-    serve(SERVICE, create_app)
+    serve(SPEC)

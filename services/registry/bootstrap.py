@@ -1,29 +1,43 @@
-"""Wires the registry service's dependencies into its context at start-up."""
+"""The registry service's declaration (:data:`SPEC`) and its start-up: the approval policy and the registry."""
 
 from __future__ import annotations
 
-from services.registry.domain.policy import ApprovalPolicy
-from services.registry.domain.registry import Registry
+import contextlib
+from dataclasses import dataclass
+
+from services.registry import SERVICE
+from services.registry.api.routes import router
+from services.registry.handlers import HANDLERS
+from services.registry.service import Registry
 from services.registry.settings import RegistrySettings
-from shared.service import ServiceContext
+from shared.approval import ApprovalPolicy, refuse_removed_variables
+from shared.service import Runtime, ServiceSpec
 
 
-def load_policy(settings: RegistrySettings) -> ApprovalPolicy:
-    """The approval policy file with the settings' overrides applied."""
-    return ApprovalPolicy.load(
-        settings.approval_policy_file,
-        auc_margin=settings.approval_auc_margin,
-        auc_floor=settings.approval_auc_floor,
-        sensitivity_floor=settings.approval_sensitivity_floor,
-    )
+@dataclass
+class RegistryDeps:
+    """What the handlers and routes of the registry use."""
+
+    rt: Runtime[RegistrySettings]
+    registry: Registry
 
 
-async def startup(ctx: ServiceContext) -> None:
-    """Load the approval policy (a bad policy file stops start-up) and create the registry."""
-    settings = ctx.settings
-    if not isinstance(settings, RegistrySettings):
-        # The stand-alone worker passes base Settings: read this service's own fields from the environment.
-        settings = RegistrySettings().model_copy(update={"service_name": settings.service_name})
-    ctx.extras["registry"] = Registry(
-        ctx.clients, ctx.publisher, load_policy(settings), resamples=settings.card_bootstrap_resamples
-    )
+async def startup(rt: Runtime[RegistrySettings]) -> RegistryDeps:
+    """Load the approval policy (a bad policy document stops start-up) and create the registry."""
+    refuse_removed_variables()
+    policy = ApprovalPolicy.load(rt.settings.approval_policy_file)
+    registry = Registry(rt.clients, rt.publisher, policy, resamples=rt.settings.card_bootstrap_resamples)
+    with contextlib.suppress(Exception):  # the champion-version gauge from the start; a miss is no start-up failure
+        await registry.champion()
+    return RegistryDeps(rt=rt, registry=registry)
+
+
+SPEC: ServiceSpec[RegistrySettings, RegistryDeps] = ServiceSpec(
+    name=SERVICE,
+    title="radloop registry",
+    description="Model versions, metrics, lineage, approval, champion and rollback.",
+    settings=RegistrySettings,
+    startup=startup,
+    routers=[router],
+    handlers=HANDLERS,
+)

@@ -1,21 +1,20 @@
-"""Event handlers of the registry service, and the map from event name to handler."""
+"""Event handlers of the registry service: the map from event class to handler."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-from services.registry.domain.registry import Registry
-from shared import event_names as ev
-from shared.consumer import Handler, MessageContext
+from shared.consumer import MessageContext
 from shared.events import TrainingCompleted
-from shared.service import ServiceContext
+from shared.service import HandlerMap
+
+if TYPE_CHECKING:  # bootstrap imports this module to declare the service
+    from services.registry.bootstrap import RegistryDeps
 
 
-def handlers(ctx: ServiceContext) -> Mapping[str, Handler]:
-    """Event name -> handler. The whole event-driven behaviour of the service is listed here."""
+async def training_completed(deps: RegistryDeps, event: TrainingCompleted, _m: MessageContext) -> int | None:
+    """Register the run's model package as a version (the policy may make it champion at once)."""
+    return await deps.registry.on_training_completed(event)
 
-    async def training_completed(event: TrainingCompleted, _: MessageContext) -> None:
-        registry: Registry = ctx["registry"]
-        await registry.on_training_completed(event)
 
-    return {ev.TRAINING_COMPLETED: training_completed}
+HANDLERS: HandlerMap = {TrainingCompleted: training_completed}

@@ -4,10 +4,8 @@
 deployments that scale the worker separately.
 """
 
-from services.registry import SERVICE
-from services.registry.bootstrap import startup
-from services.registry.handlers import handlers
-from shared.worker import main
+from services.registry.bootstrap import SPEC
+from shared.service import worker_main
 
 if __name__ == "__main__":
-    main(SERVICE, handlers, startup)
+    worker_main(SPEC)

@@ -1,9 +1,13 @@
 """`python -m services.streaming_gateway`: run the streaming gateway service (HTTP on its port)."""
 
-from services.streaming_gateway import SERVICE
-from services.streaming_gateway.app import create_app
-from services.streaming_gateway.settings import GatewaySettings
+import os
+
+from services.streaming_gateway.bootstrap import SPEC
 from shared.service import serve
 
 if __name__ == "__main__":
-    serve(SERVICE, create_app, GatewaySettings())
+    # uvicorn would otherwise replace the peer address and scheme with X-Forwarded-For/-Proto from any loopback
+    # peer (its FORWARDED_ALLOW_IPS default). The gateway decides which proxies to believe itself
+    # (RADLOOP_TRUSTED_PROXIES, api/deps.base_url), so it needs the connection's own peer address: trust nobody here.
+    os.environ["FORWARDED_ALLOW_IPS"] = ""
+    serve(SPEC)

@@ -1,9 +1,7 @@
 """`python -m services.triage`: run the triage service (HTTP on its port, with its SQS worker)."""
 
-from services.triage import SERVICE
-from services.triage.app import create_app
-from services.triage.settings import TriageSettings
+from services.triage.bootstrap import SPEC
 from shared.service import serve
 
 if __name__ == "__main__":
-    serve(SERVICE, create_app, TriageSettings())
+    serve(SPEC)

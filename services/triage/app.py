@@ -4,26 +4,11 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from services.triage import SERVICE
-from services.triage.api.routes import router
-from services.triage.bootstrap import model_ready, shutdown, startup
-from services.triage.handlers import handlers
-from services.triage.settings import triage_settings
-from shared.service import service_app
+from services.triage.bootstrap import SPEC
+from shared.service import build_app
 from shared.settings import Settings
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    """The triage app; the consumer runs enough messages at once for micro-batches to fill."""
-    s = triage_settings(settings)
-    return service_app(
-        SERVICE,
-        s,
-        title="radloop triage",
-        routers=[router],
-        startup=startup,
-        shutdown=shutdown,
-        handlers=handlers,
-        readiness=[model_ready],
-        consumer_options={"concurrency": s.triage_concurrency},
-    )
+    """The triage app (see :data:`services.triage.bootstrap.SPEC`)."""
+    return build_app(SPEC, settings)

@@ -30,11 +30,3 @@ class TriageSettings(Settings):
     #: Largest bf16-vs-fp32 probability difference accepted when ``triage_precision=auto``.
     triage_bf16_tolerance: float = 0.02
 
-
-def triage_settings(settings: Settings | None = None) -> TriageSettings:
-    """TriageSettings from the environment, or from a base Settings object (keeping its values)."""
-    if isinstance(settings, TriageSettings):
-        return settings
-    if settings is None:
-        return TriageSettings()
-    return TriageSettings(**settings.model_dump())

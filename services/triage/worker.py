@@ -4,15 +4,8 @@
 deployments that scale the worker separately.
 """
 
-import asyncio
-
-from services.triage import SERVICE
-from services.triage.bootstrap import startup
-from services.triage.handlers import handlers
-from services.triage.settings import TriageSettings
-from shared.worker import run_worker
+from services.triage.bootstrap import SPEC
+from shared.service import worker_main
 
 if __name__ == "__main__":
-    _settings = TriageSettings()
-    asyncio.run(run_worker(SERVICE, handlers, settings=_settings, startup=startup,
-                           concurrency=_settings.triage_concurrency))
+    worker_main(SPEC)

@@ -1,9 +1,7 @@
 """`python -m services.verification`: run the verification service (HTTP on its port, with its SQS worker)."""
 
-from services.verification import SERVICE
-from services.verification.app import create_app
-from services.verification.settings import VerificationSettings
+from services.verification.bootstrap import SPEC
 from shared.service import serve
 
 if __name__ == "__main__":
-    serve(SERVICE, create_app, VerificationSettings())
+    serve(SPEC)

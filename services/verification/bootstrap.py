@@ -1,20 +1,44 @@
-"""Wires the verification service's dependencies into its context at start-up."""
+"""The verification service's declaration (:data:`SPEC`) and its start-up: the workflow and its outbox sweeper."""
 
 from __future__ import annotations
 
-from services.verification.settings import verification_settings
-from services.verification.workflow import Verification
-from shared.service import ServiceContext
+from dataclasses import dataclass
+
+from services.verification import SERVICE
+from services.verification.api.routes import router
+from services.verification.handlers import HANDLERS
+from services.verification.service import Verification
+from services.verification.settings import VerificationSettings
+from shared.service import Runtime, ServiceSpec
 
 
-async def startup(ctx: ServiceContext) -> None:
-    """Create the workflow (case store, publisher) and start its outbox sweeper."""
-    v = Verification(ctx.clients, verification_settings(ctx.settings), ctx.publisher)
-    ctx.extras["verification"] = v
+@dataclass
+class VerificationDeps:
+    """What the handlers and routes of the verification service use."""
+
+    rt: Runtime[VerificationSettings]
+    verification: Verification
+
+
+async def startup(rt: Runtime[VerificationSettings]) -> VerificationDeps:
+    """Create the workflow (case store, publisher, idempotency) and start its outbox sweeper."""
+    v = Verification(rt.clients, rt.settings, rt.publisher, rt.idempotency)
     v.start()
+    return VerificationDeps(rt=rt, verification=v)
 
 
-async def shutdown(ctx: ServiceContext) -> None:
-    v = ctx.extras.get("verification")
-    if v is not None:
-        await v.stop()
+async def shutdown(deps: VerificationDeps) -> None:
+    """Stop the sweeper and the checks in flight after the consumer drained."""
+    await deps.verification.stop()
+
+
+SPEC: ServiceSpec[VerificationSettings, VerificationDeps] = ServiceSpec(
+    name=SERVICE,
+    title="radloop verification",
+    description="Worklist, claims, reads (single and double with adjudication), live model performance.",
+    settings=VerificationSettings,
+    startup=startup,
+    shutdown=shutdown,
+    routers=[router],
+    handlers=HANDLERS,
+)

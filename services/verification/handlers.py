@@ -1,25 +1,25 @@
-"""Event handlers of the verification service, and the map from event name to handler."""
+"""Event handlers of the verification service: either event may arrive first; both complete the same case."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from services.verification.workflow import Verification
-from shared import event_names as ev
-from shared.consumer import Handler, MessageContext
+from shared.consumer import MessageContext
 from shared.events import InstanceScored, InstanceStored
-from shared.service import ServiceContext
+from shared.service import HandlerMap
+
+if TYPE_CHECKING:  # bootstrap imports this module to declare the service
+    from services.verification.bootstrap import VerificationDeps
 
 
-def handlers(ctx: ServiceContext) -> Mapping[str, Handler]:
-    """Event name -> handler. Either event may arrive first; both complete the same case record."""
-    v: Verification = ctx["verification"]
+async def instance_stored(deps: VerificationDeps, event: InstanceStored, _m: MessageContext) -> dict[str, Any]:
+    """Create (or complete) the case of the stored instance."""
+    return await deps.verification.on_stored(event)
 
-    async def instance_stored(event: InstanceStored, _m: MessageContext) -> dict[str, Any]:
-        return await v.on_stored(event)
 
-    async def instance_scored(event: InstanceScored, _m: MessageContext) -> dict[str, Any]:
-        return await v.on_scored(event)
+async def instance_scored(deps: VerificationDeps, event: InstanceScored, _m: MessageContext) -> dict[str, Any]:
+    """Attach the AI score to the case."""
+    return await deps.verification.on_scored(event)
 
-    return {ev.INSTANCE_STORED: instance_stored, ev.INSTANCE_SCORED: instance_scored}
+
+HANDLERS: HandlerMap = {InstanceStored: instance_stored, InstanceScored: instance_scored}

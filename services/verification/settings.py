@@ -30,11 +30,3 @@ class VerificationSettings(Settings):
     #: arrive faster than a scan, and back-to-back scans starved every other request of the table
     verification_check_interval_s: float = 10.0
 
-
-def verification_settings(settings: Settings | None = None) -> VerificationSettings:
-    """VerificationSettings from the environment, or from a base Settings object (keeping its values)."""
-    if isinstance(settings, VerificationSettings):
-        return settings
-    if settings is None:
-        return VerificationSettings()
-    return VerificationSettings(**settings.model_dump())

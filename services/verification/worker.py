@@ -4,13 +4,8 @@
 deployments that scale the worker separately.
 """
 
-import asyncio
-
-from services.verification import SERVICE
-from services.verification.bootstrap import startup
-from services.verification.handlers import handlers
-from services.verification.settings import VerificationSettings
-from shared.worker import run_worker
+from services.verification.bootstrap import SPEC
+from shared.service import worker_main
 
 if __name__ == "__main__":
-    asyncio.run(run_worker(SERVICE, handlers, settings=VerificationSettings(), startup=startup))
+    worker_main(SPEC)

@@ -1,20 +1,31 @@
 """De-identification following the PS3.15 Annex E Basic Application Level Confidentiality Profile.
 
 The actions live in ``deid_basic_profile.csv`` beside this module (tag as 8 hex digits, ``x`` for masked digits,
-keyword, action), transcribed from PS3.15 Table E.1-1; this module only interprets action codes:
+keyword, action). The table is the complete "Basic Prof." column of PS3.15 Table E.1-1 (edition 2024b, 620 rows,
+including the repeating-group rows Curve Data (50xx,xxxx), Overlay Data (60xx,3000) and Overlay Comments
+(60xx,4000)), plus two rows older editions listed (Creator Version UID, Modifying Device Manufacturer) that are kept
+because dropping a row can only weaken the profile. The table's "Private Attributes" row is not a tag; it is
+implemented in code (below). This module only interprets action codes:
 
-- ``D`` replace with a dummy value of the same VR (a sequence is emptied);
+- ``D`` replace with a dummy value of the same VR (a sequence is emptied; a UID gets a remapped UID, as ``U``);
 - ``Z`` replace with a zero-length value;
 - ``X`` remove;
 - ``K`` keep (sequences are still cleaned inside);
-- ``C`` clean: treated as ``D`` (no descriptor cleaning heuristics here);
+- ``C`` clean: **removed**, like ``X``. The Basic Profile column itself has no ``C``; it appears only in the option
+  columns (Clean Descriptors, Clean Structured Content, Clean Graphics, Retain Longitudinal Temporal Information
+  with Modified Dates), which this profile does not implement. Should a row ever carry ``C``, no heuristic here can
+  prove that a free-text descriptor, a structured content tree or a graphic holds no identifying information, so
+  the conservative clean is removal (never a dummy that would look like real content, never "keep and hope");
 - ``U`` replace the UID by a deterministic one (HMAC of the UID under the de-identification key, under 2.25);
 - composite codes resolve conservatively: ``X/Z``, ``X/D``, ``X/Z/D`` remove; ``Z/D`` empties; ``X/Z/U*`` remaps
   UIDs inside a sequence (so references stay consistent) and removes anything else.
 
-Actions apply at every nesting level. Private elements are removed unless their tag is allow-listed. Afterwards
-``PatientIdentityRemoved`` is YES and ``DeidentificationMethod``/``DeidentificationMethodCodeSequence`` name the
-profile (DCM 113100).
+Actions apply at every nesting level, and masked rows match every group they cover (all 50xx curve groups, all
+60xx overlay groups). Private elements (odd groups, creators included) are removed unless their tag is
+allow-listed (the table's Private Attributes row, X). Afterwards ``PatientIdentityRemoved`` is YES and
+``DeidentificationMethod``/``DeidentificationMethodCodeSequence`` name the profile (DCM 113100).
+``tests/shared/test_deid_profile.py`` checks the result against maintained implementations (dicognito, deid) on a
+corpus holding every attribute of the table.
 """
 
 from __future__ import annotations
@@ -38,6 +49,8 @@ _DUMMY = {
     "UT": "ANONYMIZED", "UC": "ANONYMIZED", "CS": "ANONYMIZED", "AE": "ANONYMIZED", "DA": "19000101",
     "TM": "000000", "DT": "19000101000000", "AS": "000Y", "UR": "http://example.invalid",
     "IS": "0", "DS": "0", "US": 0, "SS": 0, "UL": 0, "SL": 0, "FL": 0.0, "FD": 0.0, "UV": 0, "SV": 0,
+    # Binary VRs: an all-zero value of one element's width (even length, as the encoding requires).
+    "OB": b"\0\0", "OW": b"\0\0", "UN": b"\0\0", "OF": b"\0" * 4, "OL": b"\0" * 4, "OD": b"\0" * 8, "OV": b"\0" * 8,
 }
 
 
@@ -94,14 +107,16 @@ def _resolve(action: str, vr: str) -> str:
     if action == "Z/D":
         return "Z"
     if action == "C":
-        return "D"
+        return "X"  # see the module docstring: the conservative clean is removal
+    if action == "D" and vr == "UI":
+        return "U"  # a dummy UID must still be a valid, unique UID: the remapped one is
     if action == "X/Z/U*":
         return "U*" if vr in ("SQ", "UI") else "X"
     return action
 
 
 def _dummy(elem_vr: str) -> object:
-    return _DUMMY.get(elem_vr, b"\0\0" if elem_vr in ("OB", "OW", "UN") else "ANONYMIZED")
+    return _DUMMY.get(elem_vr, "ANONYMIZED")
 
 
 def _clean(ds: Dataset, key: str, private_allowlist: frozenset[int]) -> None:

@@ -1,7 +1,7 @@
 """Safe parsing of untrusted DICOM Part 10 bytes.
 
-pydicom is permissive by design; an ingestion endpoint must not be. :func:`parse_safely` closes the hazards listed
-in STACK_NOTES.md, in this order, and refuses with a :class:`~shared.dicom.errors.DicomRejection` naming the reason:
+pydicom is permissive by design; an ingestion endpoint must not be. :func:`parse_safely` closes these hazards, in
+this order, and refuses with a :class:`~shared.dicom.errors.DicomRejection` naming the reason:
 
 1. a size cap before anything is parsed;
 2. the ``DICM`` prefix at byte 128 (never ``force=True``), and no executable magic (MZ/ELF/...) in the preamble, so
@@ -12,7 +12,8 @@ in STACK_NOTES.md, in this order, and refuses with a :class:`~shared.dicom.error
    dataset) is refused;
 5. Deflated Explicit VR Little Endian is inflated by us with a bound (pydicom would inflate without one);
 6. the type-1 identifying attributes and valid UIDs (they become storage keys);
-7. the image pixel module, with the declared size bounded and native pixel data at least as long as declared.
+7. the image pixel module, with the declared size and frame count bounded and native pixel data at least as long as
+   declared.
 """
 
 from __future__ import annotations
@@ -68,6 +69,9 @@ class ParseLimits:
     max_pixel_bytes: int = 1 << 30
     #: Largest frame side accepted.
     max_side: int = 16384
+    #: Most frames per instance: each frame costs an encode, an S3 PUT and an entry in the index's offset table, so
+    #: the bound is on the count, not only on the pixel bytes (500,000 frames of 1x1 are a few hundred KB).
+    max_frames: int = 20_000
 
 
 @dataclass
@@ -285,6 +289,9 @@ def _validate(ds: FileDataset, ts: UID, limits: ParseLimits) -> ParsedInstance:
     if not (1 <= rows <= limits.max_side and 1 <= cols <= limits.max_side):
         raise _reject(OUT_OF_RESOURCES, f"Rows x Columns {rows} x {cols} is outside 1..{limits.max_side} per side.",
                       "bad-dimensions", **ref)
+    if frames > limits.max_frames:
+        raise _reject(OUT_OF_RESOURCES, f"NumberOfFrames {frames} exceeds the bound of {limits.max_frames} frames per "
+                      "instance.", "too-many-frames", **ref)
     if frames < 1 or spp not in (1, 3) or bits_alloc not in (8, 16):
         raise _reject(CANNOT_UNDERSTAND, f"NumberOfFrames {frames}, SamplesPerPixel {spp} and BitsAllocated {bits_alloc} "
                       "are not supported: expected at least 1 frame, 1 or 3 samples, and 8 or 16 bits allocated.",

@@ -20,6 +20,13 @@ os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 
 ENVS = ("dev", "prod")
 REPO = Path(__file__).resolve().parents[2]
+#: The identity provider a deployer must name (required deploy parameters; placeholders are refused).
+IDP_CONTEXT = {"auth_jwks_url": "https://idp.hospital.internal/.well-known/jwks.json",
+               "auth_issuer": "https://idp.hospital.internal", "auth_audience": "radloop-api"}
+#: The hospital network reaching the ALB, and the PACS (a narrower, different range) reaching the DIMSE NLB, so the
+#: tests can tell which one each load balancer admits.
+CLIENT_CIDRS = "10.10.0.0/16,10.20.0.0/16"
+PACS_CIDRS = "10.77.1.0/24,10.77.2.10/32"
 
 
 def settings_class(service: str) -> type[Settings]:
@@ -80,7 +87,9 @@ def synth(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Synth]:
     out: dict[str, Synth] = {}
     for env in ENVS:
         outdir = base / env
-        app, stack = build_app({"env": env, "pipeline_definition": str(definition)}, outdir=str(outdir))
+        context = {"env": env, "pipeline_definition": str(definition), **IDP_CONTEXT,
+                   "client_cidrs": CLIENT_CIDRS, "pacs_cidrs": PACS_CIDRS}
+        app, stack = build_app(context, outdir=str(outdir))
         app.synth()
         tpath = outdir / f"{stack.stack_name}.template.json"
         out[env] = Synth(env, app, stack, outdir, tpath, json.loads(tpath.read_text()))

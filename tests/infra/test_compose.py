@@ -31,8 +31,13 @@ def test_every_service_and_the_observability_stack_is_present() -> None:
     for s in SERVICES:
         name = s.replace("_", "-")
         assert name in services, f"compose.yaml lacks {name}"
-        assert services[name]["build"]["dockerfile"] == f"services/{s}/Dockerfile"
-        assert (REPO / f"services/{s}/Dockerfile").exists()
+        # every service is built from the one Dockerfile at the root, which picks the service by its SERVICE argument
+        build = services[name]["build"]
+        assert build["context"] == "." and build.get("dockerfile", "Dockerfile") == "Dockerfile"
+        assert build["args"] == {"SERVICE": s}
+        assert (REPO / "services" / s).is_dir()
+    assert (REPO / "Dockerfile").exists()
+    assert not list(REPO.glob("services/*/Dockerfile")), "the services are built from the root Dockerfile only"
     for extra in ("aws", "bootstrap", "otel-collector", "tempo", "grafana"):
         assert extra in services
     assert services["aws"]["image"].startswith("motoserver/moto:")
@@ -86,6 +91,7 @@ def test_collector_exports_traces_to_tempo() -> None:
     assert "otlp" in tempo_cfg["distributor"]["receivers"]
 
 
+@pytest.mark.integration  # importing the CDK app starts its jsii node process
 def test_ecs_reuses_the_collector_config_with_xray() -> None:
     pytest.importorskip("aws_cdk")
     from infra.radloop_infra.compute import ecs_collector_config

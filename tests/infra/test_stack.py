@@ -10,10 +10,9 @@ import yaml
 
 from infra.radloop_infra import needs as N
 from infra.radloop_infra.compute import http_services
-from infra.radloop_infra.config import PROD_LOG_RETENTION_DAYS, env_config
-from radloop.local.proxy import ROUTES
+from infra.radloop_infra.config import PROD_LOG_RETENTION_DAYS, env_config, imports_expire_days
 from shared.settings import DEFAULT_PORTS
-from shared.topology import SERVICES, build_topology
+from shared.topology import ROUTES, SERVICES, build_topology
 from tests.infra.conftest import ENVS, REPO
 
 pytestmark = pytest.mark.parametrize("env", ENVS)
@@ -162,7 +161,8 @@ def test_lifecycle_expires_imports_and_tiers_frames(synth, env) -> None:
     topo = _topology(synth, env)
     by_name = {v["Properties"].get("BucketName"): v["Properties"] for v in s.of_type("AWS::S3::Bucket").values()}
     ingest_rules = by_name[topo.bucket("ingestion")]["LifecycleConfiguration"]["Rules"]
-    assert any(r.get("Prefix") == "imports/" and r["ExpirationInDays"] == env_config(env).imports_expire_days
+    # the expiry is derived from the DLQ retention (test_hardening checks that it outlives the DLQ)
+    assert any(r.get("Prefix") == "imports/" and r["ExpirationInDays"] == imports_expire_days(topo)
                for r in ingest_rules)
     image_rules = by_name[topo.bucket("images")]["LifecycleConfiguration"]["Rules"]
     tiering = [r for r in image_rules if r.get("Prefix") == "frames/"]
@@ -182,12 +182,13 @@ def test_trail_logs_s3_data_events_on_the_phi_buckets(synth, env) -> None:
     assert p["EnableLogFileValidation"] is True and p["IsMultiRegionTrail"] is True and _ref(p["KMSKeyId"])
     assert p["CloudWatchLogsLogGroupArn"]
     logged = set()
-    for sel in p["EventSelectors"]:
-        for dr in sel.get("DataResources", []):
-            assert dr["Type"] == "AWS::S3::Object"
-            for v in dr["Values"]:
+    # advanced event selectors (DynamoDB data events need them; test_hardening checks the tables)
+    for sel in p["AdvancedEventSelectors"]:
+        fields = {f["Field"]: f for f in sel["FieldSelectors"]}
+        if fields.get("resources.type", {}).get("Equals") == ["AWS::S3::Object"]:
+            assert "readOnly" not in fields  # reads and writes
+            for v in fields["resources.ARN"]["StartsWith"]:
                 logged.add(v["Fn::Join"][1][0]["Fn::GetAtt"][0])
-            assert sel["ReadWriteType"] == "All"
     phi = {bucket_lid[spec.name] for spec in topo.buckets.values() if spec.holds_phi}
     assert phi and phi <= logged
 
@@ -313,7 +314,7 @@ def test_one_ecs_service_per_radloop_service_with_health_checks_and_circuit_brea
     assert len(backlog) == sum(1 for x in SERVICES if N.NEEDS[x].kind == "worker")
 
 
-def test_alb_routes_mirror_the_local_proxy(synth, env) -> None:
+def test_alb_routes_are_the_topology_routes(synth, env) -> None:
     s = synth[env]
     tg_port = {k: v["Properties"]["Port"] for k, v in s.of_type("AWS::ElasticLoadBalancingV2::TargetGroup").items()}
     port_service = {DEFAULT_PORTS[x]: x for x in http_services()}

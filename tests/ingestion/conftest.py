@@ -16,7 +16,7 @@ import pytest
 from shared.auth import mint_token
 from shared.aws import AwsClients
 from shared.bootstrap import bootstrap_topology
-from shared.instance_index import decode_item
+from shared.index_writer import decode_item
 from shared.settings import Settings
 from tests.support.ingestion_service import RunningService, ingestion_service
 

@@ -112,3 +112,22 @@ def test_burned_in_annotation_quarantine(value: str | None, quarantined: bool) -
     if value is not None:
         ds.BurnedInAnnotation = value
     assert (burned_in_annotation_reason(ds) is not None) is quarantined
+
+
+def test_two_patients_get_two_pseudonyms_when_deidentified() -> None:
+    """The pseudonym is computed from the PatientID as received, before de-identification blanks it: two patients
+    keep two pseudonyms (and so can land in different train/val/test splits); one patient keeps one."""
+    from shared.events import pseudonymise
+
+    opts = PrepareOptions(limits=ParseLimits(), pseudonym_key="pk", deidentify=True, deid_key=KEY)
+    a1 = prepare(fresh("emri_small.dcm", PatientID="PAT-A")[1], opts)
+    a2 = prepare(fresh("emri_small.dcm", PatientID="PAT-A")[1], opts)
+    b = prepare(fresh("emri_small.dcm", PatientID="PAT-B")[1], opts)
+    assert all(p.deidentified for p in (a1, a2, b))
+    pseudo = [p.record.instance["patient_pseudo_id"] for p in (a1, a2, b)]
+    assert pseudo[0] == pseudo[1] != pseudo[2]
+    assert pseudo[0] == pseudonymise("PAT-A", "pk") and pseudo[2] == pseudonymise("PAT-B", "pk")
+    assert [p.event_fields["patient_pseudo_id"] for p in (a1, a2, b)] == pseudo
+    # the stored object and the index still hold no PatientID from the input
+    assert b"PAT-B" not in b.stored_bytes and "PAT-B" not in b.record.instance["dicom_json"]
+    assert "PAT-B" not in b.record.patient_id

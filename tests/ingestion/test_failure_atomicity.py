@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-from services.ingestion.domain.pipeline import IngestPipeline
 from services.ingestion.domain.pool import CpuPool
+from services.ingestion.service import IngestPipeline
 from services.ingestion.settings import IngestionSettings
 from shared.audit import AuditLog
 from shared.aws import AwsClients
 from shared.dicom.errors import OUT_OF_RESOURCES, TransientFailure
 from shared.idempotency import IdempotencyStore
 from shared.publisher import EventPublisher
-from shared.service import ServiceContext
+from shared.service import Runtime
 from tests.ingestion.stow_helpers import fresh
 
 
@@ -21,18 +21,18 @@ def _pipeline(deployment, clients: AwsClients, **update: object) -> tuple[Ingest
     """The real ingestion pipeline in this process (one worker thread), against ``deployment``."""
     settings = IngestionSettings().model_copy(update={"aws_endpoint_url": deployment.aws_endpoint_url,
                                                       "prefix": deployment.prefix, **update})
-    ctx = ServiceContext("ingestion", settings, clients, EventPublisher(clients, "ingestion"),
-                         IdempotencyStore(clients), AuditLog(clients, "ingestion"))
+    rt = Runtime("ingestion", settings, clients, EventPublisher(clients, "ingestion"), IdempotencyStore(clients),
+                 AuditLog(clients, "ingestion"))
     pool = CpuPool(1, "thread")
-    return IngestPipeline(ctx, settings, pool), pool
+    return IngestPipeline(rt, pool), pool
 
 
 @pytest.mark.asyncio(loop_scope="session")
 async def test_storage_failure_leaves_nothing_then_retry_succeeds(adeployment, clients: AwsClients) -> None:
     pipeline, pool = _pipeline(adeployment, clients)
     ds, data = fresh("SC_rgb.dcm")
-    real_bucket = pipeline.images_bucket
-    pipeline.images_bucket = f"{adeployment.prefix}-no-such-bucket"  # S3 refuses every PUT: a real storage failure
+    real_bucket = pipeline.images.bucket
+    pipeline.images.bucket = f"{adeployment.prefix}-no-such-bucket"  # S3 refuses every PUT: a real storage failure
     try:
         with pytest.raises(TransientFailure) as info:
             await pipeline.ingest(data, source="stow")
@@ -44,7 +44,7 @@ async def test_storage_failure_leaves_nothing_then_retry_succeeds(adeployment, c
         claim = await ddb.get_item(TableName=adeployment.topology.table("idempotency"),
                                    Key={"id": {"S": f"ingest#sop#{ds.SOPInstanceUID}"}})
         assert "Item" not in claim  # released, so the retry is not mistaken for a duplicate
-        pipeline.images_bucket = real_bucket
+        pipeline.images.bucket = real_bucket
         result = await pipeline.ingest(data, source="stow")
         assert result.status == "stored"
         items = (await ddb.scan(TableName=table)).get("Items")
@@ -80,7 +80,7 @@ async def test_overwrite_when_configured(adeployment, clients: AwsClients) -> No
         study = next(i for i in items if i["sk"]["S"] == "STUDY")
         assert study["num_instances"]["N"] == "1"
         s3 = await clients.s3()
-        obj = await s3.get_object(Bucket=pipeline.images_bucket, Key=inst["original_key"]["S"])
+        obj = await s3.get_object(Bucket=pipeline.images.bucket, Key=inst["original_key"]["S"])
         async with obj["Body"] as body:
             assert pydicom.dcmread(io.BytesIO(await body.read())).PixelData == ds.PixelData
     finally:
@@ -106,7 +106,7 @@ async def test_lost_claim_waits_for_the_new_owner_instead_of_failing(adeployment
         if not stolen:  # once: a real write that replaces our claim with another (already expired) owner's
             item = (await ddb.get_item(TableName=claims_table, Key={"id": {"S": f"ingest#sop#{prep.sop_uid}"}},
                                        ConsistentRead=True))["Item"]
-            item.update({"owner": {"S": "someone-else"}, "lease_until": {"N": f"{time.time() - 1:.3f}"}})
+            item.update({"owner": {"S": "someone-else"}, "in_progress_expiry": {"N": f"{time.time() - 1:.3f}"}})
             await ddb.put_item(TableName=claims_table, Item=item)
             stolen.append(prep.sop_uid)
 

@@ -9,8 +9,12 @@ import sys
 import time
 from pathlib import Path
 
-from services.pipeline_orchestrator.domain.executors import DefinitionSource, LocalExecutor, process_alive
+import pytest
+
+from services.pipeline_orchestrator.adapters.executors import DefinitionSource, LocalExecutor, process_alive
 from services.pipeline_orchestrator.settings import OrchestratorSettings
+
+pytestmark = pytest.mark.integration  # real child processes
 
 
 def _executor(tmp_path: Path) -> LocalExecutor:

@@ -28,19 +28,14 @@ from shared.aws import boto3_client
 from shared.events import TrainingCompleted
 from shared.settings import Settings
 from shared.storage import frame_key
-from tests.mlops.conftest import _bootstrap
+from tests.mlops.conftest import LOOP_POLICY, _bootstrap
 from tests.mlops.support import EventTap, ServiceProcess, publish, splits, store_cases, verified, wait_until
+
+#: Real service processes, the real local executor and real (tiny) trainings.
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 PER_SPLIT = {"train": 16, "val": 6, "test": 6}
 N_LABELS = sum(PER_SPLIT.values())
-REGISTRY_ENV = {
-    "RADLOOP_APPROVAL_AUC_FLOOR": "0.6",
-    # One epoch on 17 images picks its threshold on 6 validation cases, so test sensitivity is noise here; the
-    # sensitivity floor is covered by test_registry.py and test_policies.py.
-    "RADLOOP_APPROVAL_SENSITIVITY_FLOOR": "0.0",
-    "RADLOOP_APPROVAL_AUC_MARGIN": "0.01",
-    "RADLOOP_CARD_BOOTSTRAP_RESAMPLES": "200",
-}
 RUN_TIMEOUT_S = 240
 
 
@@ -56,9 +51,10 @@ def mdeployment(moto: EmbeddedAws, tmp_path_factory: pytest.TempPathFactory, loo
 
 
 @pytest.fixture(scope="module")
-def orch_env(pipeline_definition: Path) -> dict[str, str]:
+def orch_env(pipeline_definition: Path, loop_policy: Path) -> dict[str, str]:
     return {
         "RADLOOP_PIPELINE_DEFINITION": str(pipeline_definition),
+        "RADLOOP_APPROVAL_POLICY_FILE": str(loop_policy),
         "RADLOOP_TRIGGER_MIN_NEW_LABELS": str(N_LABELS),
         "RADLOOP_TRIGGER_MIN_PER_CLASS": "12",
         "RADLOOP_TRIGGER_COOLDOWN_S": "0",
@@ -67,7 +63,6 @@ def orch_env(pipeline_definition: Path) -> dict[str, str]:
         "RADLOOP_TRAIN_IMAGE_SIZE": "32",
         # 17 training images: a batch size that leaves no final batch of one (BatchNorm cannot train on one).
         "RADLOOP_TRAIN_BATCH_SIZE": "10",
-        "RADLOOP_AUC_FLOOR": "0.0",
     }
 
 
@@ -77,8 +72,9 @@ def tap(mdeployment: Settings) -> EventTap:
 
 
 @pytest.fixture(scope="module")
-def registry(mdeployment: Settings, logs_dir: Path) -> Iterator[ServiceProcess]:
-    svc = ServiceProcess("registry", mdeployment, logs_dir / "registry.log", env_extra=REGISTRY_ENV).start()
+def registry(mdeployment: Settings, logs_dir: Path, loop_policy: Path) -> Iterator[ServiceProcess]:
+    env = {"RADLOOP_APPROVAL_POLICY_FILE": str(loop_policy), "RADLOOP_CARD_BOOTSTRAP_RESAMPLES": "200"}
+    svc = ServiceProcess("registry", mdeployment, logs_dir / "registry.log", env_extra=env).start()
     try:
         yield svc
     finally:
@@ -102,7 +98,7 @@ def _stop_leftover_executions(settings: Settings) -> None:
     import os
     import signal
 
-    from services.pipeline_orchestrator.domain.executors import process_alive
+    from services.pipeline_orchestrator.adapters.executors import process_alive
 
     ddb = boto3_client(settings, "dynamodb")
     for item in ddb.scan(TableName=settings.topology.table("runs")).get("Items", []):
@@ -156,6 +152,15 @@ def wait_run(holder: dict[str, Any], settings: Settings, run_id: str, timeout_s:
 
 def reg_get(registry: ServiceProcess, settings: Settings, path: str) -> httpx.Response:
     return httpx.get(f"{registry.url}/registry{path}", headers=auth(settings, "viewer"), timeout=10)
+
+
+def test_the_definition_gate_defaults_are_the_policy_documents(pipeline_definition: Path):
+    """``training.pipeline definition`` took AucFloor/AucMargin from the document RADLOOP_APPROVAL_POLICY_FILE names
+    (the loop's, whose numbers differ from the packaged default's), not from a default of its own."""
+    import json
+
+    defaults = {p["Name"]: p.get("DefaultValue") for p in json.loads(pipeline_definition.read_text())["Parameters"]}
+    assert (defaults["AucFloor"], defaults["AucMargin"]) == (LOOP_POLICY.auc_floor, LOOP_POLICY.auc_margin)
 
 
 def test_failing_pipeline_reports_failed_with_reason(mdeployment, orchestrator, registry, tap, lost_case):
@@ -217,6 +222,9 @@ def test_full_loop_with_coalesced_triggers(mdeployment, orchestrator, registry, 
     assert all(steps[n]["status"] == "Succeeded" and steps[n]["started_at"] and steps[n]["ended_at"]
                for n in ("Preprocess", "Train", "Evaluate")), run["steps"]
     assert run["parameters"]["ImageSize"] == 32 and run["parameters"]["ManifestUri"].endswith(key)
+    # One policy document: the pipeline's gate got its numbers, and the registry decided with the same ones.
+    assert (run["parameters"]["AucFloor"], run["parameters"]["AucMargin"]) == (LOOP_POLICY.auc_floor,
+                                                                               LOOP_POLICY.auc_margin)
 
     completed = tap.wait_for("TrainingCompleted", run_id=run_id, timeout_s=30)[0]
     assert completed["status"] == "Succeeded" and completed["model_package_arn"]
@@ -232,6 +240,7 @@ def test_full_loop_with_coalesced_triggers(mdeployment, orchestrator, registry, 
     assert model["lineage"]["label_counts"] == {"normal": N_LABELS // 2, "pneumonia": N_LABELS // 2 + 1}
     assert model["lineage"]["pipeline_execution"] == run_id and model["lineage"]["code_version"]
     assert model["model_package"]["approval_status"] == "Approved"
+    assert model["policy"] == LOOP_POLICY.as_dict()
     assert model["metrics"]["auc"] == pytest.approx(completed["metrics"]["auc"])
     assert len(tap.of("TrainingStarted", run_id=run_id)) == 1
 
@@ -259,6 +268,7 @@ def test_worse_follow_up_survives_a_restart_and_stays_pending(
     completed = tap.wait_for("TrainingCompleted", run_id=run_id, timeout_s=30)
     registered = tap.wait_for("ModelRegistered", run_id=run_id, timeout_s=30)[0]
     assert registered["decision"] == "pending", registered
+    assert f"margin {LOOP_POLICY.auc_margin:.4f}" in registered["reason"], registered["reason"]
     version = registered["version"]
     m_new = reg_get(registry, mdeployment, f"/models/{version}").json()
     m_champ = reg_get(registry, mdeployment, f"/models/{champion_version}").json()

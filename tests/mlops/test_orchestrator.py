@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from shared.approval import load_policy
 from shared.auth import mint_token
 from shared.aws import boto3_client
 from shared.datasets import parse
@@ -87,6 +88,8 @@ def test_policy_projection_cooldown_and_sagemaker_path(orch, mdeployment, tap):
     assert run["executor"] == "sagemaker" and run["parameters"]["ManifestUri"] == started["manifest_uri"]
     assert set(run["parameters"]) >= {"ManifestUri", "ChampionAuc", "AucFloor", "AucMargin", "Epochs", "ImageSize",
                                       "Arch", "BatchSize"}
+    policy = load_policy()  # what this orchestrator reads: the packaged document unless the environment names one
+    assert (run["parameters"]["AucFloor"], run["parameters"]["AucMargin"]) == (policy.auc_floor, policy.auc_margin)
     sm = boto3_client(mdeployment, "sagemaker")
     desc = sm.describe_pipeline_execution(PipelineExecutionArn=completed["pipeline_execution"])
     assert desc["PipelineExecutionDisplayName"] == started["run_id"]
@@ -135,7 +138,7 @@ def test_http_errors(orch, mdeployment):
 def test_a_coalesced_policy_trigger_without_enough_new_labels_is_dropped(orch, mdeployment, tap):
     """Concurrent label events can all ask for the run that one of them started; the follow-up they leave must not
     retrain on almost the same data: once the lock is free it is dropped while the new labels are below N/M."""
-    from services.pipeline_orchestrator.domain.store import STATE_KEY
+    from services.pipeline_orchestrator.adapters.store import STATE_KEY
 
     wait_until(lambda: trainings(orch, mdeployment).json()["active_run"] is None, 30, "no active run")
     before = len(tap.of("TrainingStarted"))

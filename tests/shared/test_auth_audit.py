@@ -16,7 +16,7 @@ from shared.audit import AuditLog
 from shared.auth import ReadUser, StoreUser, mint_token
 from shared.aws import AwsClients
 from shared.logging import JsonFormatter, PhiFilter
-from shared.service import service_app
+from shared.service import ServiceSpec, build_app
 from shared.settings import DEV_SIGNING_KEY, Settings
 
 CANARY = "CANARY^PATIENT^NAME"
@@ -33,7 +33,11 @@ def app_for(settings: Settings):  # type: ignore[no-untyped-def]
     async def store(user: StoreUser) -> dict[str, str]:
         return {"subject": user.subject}
 
-    return service_app("registry", settings, title="t", routers=[router])
+    async def startup(rt: object) -> object:
+        return rt
+
+    return build_app(ServiceSpec(name="registry", title="t", settings=Settings, startup=startup, routers=[router]),
+                     settings)
 
 
 async def call(settings: Settings, method: str, path: str, token: str | None = None) -> httpx.Response:
@@ -62,10 +66,13 @@ async def test_missing_expired_invalid_and_wrong_role_tokens(adeployment: Settin
 
 
 def test_development_key_is_refused_outside_local() -> None:
-    with pytest.raises(ValueError, match="refuses the development signing key"):
+    # Outside local only the identity provider's RS/ES keys are trusted (JWKS), so the development key, or any
+    # shared HS256 secret, cannot sign a production token.
+    with pytest.raises(ValueError, match="RADLOOP_AUTH_JWKS_URL"):
         Settings(environment="prod", pseudonym_key="x" * 32)
-    ok = Settings(environment="prod", auth_signing_key="s" * 40, pseudonym_key="x" * 32)
-    assert ok.auth_signing_key != DEV_SIGNING_KEY
+    with pytest.raises(ValueError, match="RADLOOP_AUTH_JWKS_URL"):
+        Settings(environment="prod", auth_signing_key="s" * 40, pseudonym_key="x" * 32)
+    assert Settings(environment="local").auth_signing_key == DEV_SIGNING_KEY
     with pytest.raises(ValueError, match="unknown role"):
         mint_token(Settings(), "superuser")
 
@@ -81,6 +88,20 @@ async def test_audit_record_is_written_and_holds_no_phi(clients: AwsClients) -> 
     mine = next(r for r in recent if r["ts_id"] == rec["ts_id"])
     assert mine["subject"] == "dr-who" and mine["role"] == "radiologist" and mine["action"] == "wado.metadata"
     assert mine["resource"] == {"study_uid": "1.2.3", "series_uid": "1.2.3.4"}
+
+
+async def test_audit_writes_spread_over_shards_and_read_back_in_order(clients: AwsClients) -> None:
+    from shared.audit import AUDIT_SHARDS
+    from shared.auth import Principal
+
+    audit = AuditLog(clients, "ingestion")
+    written = [await audit.record(Principal("pacs-1", ("pacs",)), "stow.store", {"sop_uid": f"1.2.{i}"})
+               for i in range(40)]
+    parts = {r["day"] for r in written}
+    assert len(parts) > 1, "one partition per day caps writes at about 1,000/s"
+    assert all(p.split("#")[1].isdigit() and int(p.split("#")[1]) < AUDIT_SHARDS for p in parts)
+    recent = await audit.recent(limit=40)
+    assert [r["ts_id"] for r in recent] == sorted((r["ts_id"] for r in written), reverse=True)
 
 
 def test_json_logs_redact_phi_fields_and_carry_trace_ids() -> None:

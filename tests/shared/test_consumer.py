@@ -55,7 +55,9 @@ async def test_duplicate_deliveries_cause_one_effect(clients: AwsClients) -> Non
 
     await send(clients, body, copies=2)  # the same event delivered twice...
     await send(clients, body, copies=10)  # ...and ten more copies processed concurrently
-    consumer = SqsConsumer(clients, "triage", {ev.MODEL_APPROVED: handle}, idempotency=IdempotencyStore(clients),
+    # Copies that find the record in progress are hidden until it would be stale (here 2 s), then find it complete.
+    consumer = SqsConsumer(clients, "triage", {ev.MODEL_APPROVED: handle},
+                           idempotency=IdempotencyStore(clients, inprogress_expiry_s=2),
                            concurrency=12, wait_time_s=1, retry_backoff_s=0.2)
     triage_q = clients.settings.topology.queues["triage"].name
 

@@ -1,4 +1,5 @@
-"""`radloop up` as a user runs it: every service healthy, `radloop status --json` agrees, Ctrl-C stops all."""
+"""`radloop up` as a user runs it: every service healthy, `radloop status --json` agrees, the entry proxy sends each
+route of :data:`shared.topology.ROUTES` to its service, Ctrl-C stops all."""
 
 from __future__ import annotations
 
@@ -9,13 +10,65 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
 
 from radloop.local.embedded_aws import free_port
-from shared.settings import DEFAULT_PORTS
+from shared.auth import mint_token
+from shared.settings import DEFAULT_PORTS, Settings
+from shared.topology import ROUTES, route_for
+
+pytestmark = pytest.mark.integration  # starts `radloop up` (its own moto server and every service process)
 
 ROOT = Path(__file__).resolve().parents[2]
+HTTP_SERVICES = ("ingestion", "streaming_gateway", "triage", "verification", "pipeline_orchestrator", "registry")
+
+#: One request per route of ROUTES that only the route's service answers with a success or its own error: STOW with
+#: a body that is not multipart (ingestion's 415; the gateway has no POST there), a QIDO search, the viewer's page, and
+#: a listing of each other prefix.
+PROBES: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    ("POST", "/dicomweb/studies", {"content": b"{}", "headers": {"Content-Type": "application/json"}}),
+    ("GET", "/dicomweb/studies", {"headers": {"Accept": "application/dicom+json"}}),
+    ("GET", "/viewer/", {}),
+    ("GET", "/verification/worklist", {}),
+    ("GET", "/registry/models", {}),
+    ("GET", "/orchestrator/trainings", {}),
+)
+
+
+def _answer(r: httpx.Response) -> tuple[int, str, object]:
+    """What identifies an answer: status, media type, and the JSON keys (or the body) -- not timestamps in it."""
+    ctype = r.headers.get("content-type", "").split(";")[0]
+    if ctype == "application/json" or ctype.endswith("+json"):
+        body = r.json() if r.content else None
+        return r.status_code, ctype, sorted(body) if isinstance(body, dict) else type(body).__name__
+    return r.status_code, ctype, r.content
+
+
+def check_routing(entry_port: int, ports: dict[str, int], token: str) -> None:
+    """Each probe through the entry proxy gets the answer of the service ROUTES names, and no other service gives
+    that answer to the same request (so the answer identifies who served it)."""
+    probed = {(prefix, service) for prefix, _methods, service in ROUTES}
+    covered = {(p, route_for(path, method)) for method, path, _ in PROBES for p, _m, _s in ROUTES
+               if path == p or path.startswith(p + "/")}
+    assert probed <= covered, f"a route has no probe: {sorted(probed - covered)}"
+    with httpx.Client(timeout=30.0, headers={"Authorization": f"Bearer {token}"}) as http:
+        for method, path, kw in PROBES:
+            service = route_for(path, method)
+            assert service is not None, f"{method} {path} is routed nowhere"
+            via_entry = http.request(method, f"http://127.0.0.1:{entry_port}{path}", **kw)
+            direct = {name: http.request(method, f"http://127.0.0.1:{ports[name]}{path}", **kw)
+                      for name in HTTP_SERVICES}
+            assert direct[service].status_code < 500, f"{service} failed {method} {path}: {direct[service].text}"
+            assert direct[service].status_code not in (404, 405), f"{service} does not serve {method} {path}"
+            assert _answer(via_entry) == _answer(direct[service]), (
+                f"{method} {path} through the entry proxy did not get {service}'s answer: "
+                f"{via_entry.status_code} {via_entry.text[:200]!r}")
+            others = [name for name in HTTP_SERVICES if name != service
+                      and _answer(direct[name]) == _answer(direct[service])]
+            assert not others, f"{method} {path}: {others} answer like {service}, so the probe proves nothing"
 
 
 def test_radloop_up_brings_every_service_to_healthy_and_stops_cleanly(tmp_path: Path) -> None:
@@ -46,8 +99,11 @@ def test_radloop_up_brings_every_service_to_healthy_and_stops_cleanly(tmp_path: 
         assert status["dimse_port"] == ports["dimse"]
         assert all(q["dlq"] == 0 for q in status["queues"].values())
         pids = [v["pid"] for v in status["services"].values()]
-        # the entry point routes by path: STOW (POST) to ingestion, QIDO (GET) to the gateway
         assert httpx.get(f"http://127.0.0.1:{ports['entry']}/healthz").json()["service"] == "entry"
+        for name in HTTP_SERVICES:  # each port is the service it claims to be
+            assert httpx.get(f"http://127.0.0.1:{ports[name]}/healthz").json()["service"] == name
+        # the entry point routes by path and method (STOW POST to ingestion, QIDO GET to the gateway, ...)
+        check_routing(ports["entry"], ports, mint_token(Settings(var_dir=tmp_path), "admin"))
     finally:
         up.send_signal(signal.SIGINT)
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import pytest
 
@@ -11,6 +12,7 @@ from shared import events as E
 from shared.aws import AwsClients
 from shared.bootstrap import bootstrap_topology
 from shared.publisher import EventPublisher
+from shared.settings import Settings
 from shared.topology import SUBSCRIPTIONS, build_topology
 from tests.support.aws import drain_queue
 
@@ -107,3 +109,19 @@ def test_topology_names_derive_from_the_prefix() -> None:
     assert all(t.name.startswith("alpha-") for t in a.tables.values())
     with pytest.raises(ValueError, match="lower-case"):
         build_topology("Bad_Prefix")
+
+
+async def test_sync_bootstrap_works_while_an_event_loop_runs(make_settings: Callable[..., Settings]) -> None:
+    """``bootstrap_sync`` (behind the ``deployment`` fixture) bootstraps even when called with a running loop (here,
+    this async test's), where ``asyncio.run`` cannot nest: never a silently un-bootstrapped deployment."""
+    from tests.conftest import bootstrap_sync
+
+    settings = make_settings()
+    bootstrap_sync(settings)
+    async with AwsClients(settings) as clients:
+        topo = settings.topology
+        ddb, sqs = await clients.dynamodb(), await clients.sqs()
+        for spec in topo.tables.values():
+            assert (await ddb.describe_table(TableName=spec.name))["Table"]["TableStatus"] == "ACTIVE"
+        for q in topo.queues.values():
+            assert (await sqs.get_queue_url(QueueName=q.name))["QueueUrl"].endswith(q.name)

@@ -24,6 +24,8 @@ import httpx
 from radloop.local.embedded_aws import free_port
 from shared import htj2k, storage
 from shared.aws import AwsClients
+from shared.champion import ChampionPointer
+from shared.ddb import to_item
 from shared.events import InstanceStored, pseudonymise
 from shared.settings import Settings
 
@@ -143,8 +145,9 @@ async def install_champion(clients: AwsClients, data: bytes, version: int, thres
     key = f"models/test-v{version}/output/model.tar.gz"
     await s3.put_object(Bucket=s.topology.bucket("ml"), Key=key, Body=data)
     uri = f"s3://{s.topology.bucket('ml')}/{key}"
-    await ddb.put_item(TableName=s.topology.table("state"), Item={
-        "key": {"S": "champion"}, "version": {"N": str(version)}, "model_artifact_uri": {"S": uri},
-        "model_package_arn": {"S": f"arn:aws:sagemaker:us-east-1:000000000000:model-package/{s.prefix}/{version}"},
-        "threshold": {"N": repr(threshold)}, "updated_at": {"S": "2026-01-01T00:00:00Z"}})
+    pointer = ChampionPointer(
+        version=version, model_artifact_uri=uri, threshold=threshold, updated_at="2026-01-01T00:00:00Z",
+        model_package_arn=f"arn:aws:sagemaker:us-east-1:000000000000:model-package/{s.prefix}/{version}")
+    # written unconditionally (tests replace the champion at will); the registry uses replace_champion
+    await ddb.put_item(TableName=s.topology.table("state"), Item=to_item(pointer.to_record()))
     return uri

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from services.triage.domain.applicability import not_applicable_reason
-from services.triage.scoring import priority_for
+from services.triage.domain.priority import priority_for
 
 KW = {"modalities": ("CR", "DX"), "body_parts": ("CHEST",)}
 

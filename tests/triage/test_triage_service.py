@@ -19,11 +19,12 @@ import httpx
 import imagecodecs
 import pytest
 
-from services.triage.scoring import VERIFIED_BEFORE_MODEL
+from services.triage.domain.priority import VERIFIED_BEFORE_MODEL
 from shared.auth import mint_token
 from shared.aws import AwsClients
 from shared.bootstrap import bootstrap_topology
 from shared.events import ImageVerified, InstanceStored, ModelApproved
+from shared.model_format import CONFIG_FILE
 from shared.publisher import EventPublisher
 from shared.settings import Settings
 from tests.support.aws import wait_for
@@ -144,7 +145,7 @@ def model_threshold(data: bytes) -> float:
     import tarfile
 
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-        member = next(m for m in tar.getmembers() if m.name.rsplit("/", 1)[-1] == "config.json")
+        member = next(m for m in tar.getmembers() if m.name.rsplit("/", 1)[-1] == CONFIG_FILE)
         return float(json.load(tar.extractfile(member))["threshold"])  # type: ignore[arg-type]
 
 

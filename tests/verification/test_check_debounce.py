@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+from services.verification.service import Verification
 from services.verification.settings import VerificationSettings
-from services.verification.workflow import Verification
 from shared.aws import AwsClients
 
 

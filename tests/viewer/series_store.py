@@ -3,7 +3,7 @@
 :func:`store_instances` runs ingestion's own CPU half (``prepare``: parse, HTJ2K RPCL transcode, DICOM JSON, index
 record) and then writes what ingestion's pipeline writes: the original to ``original_key``, every frame to
 ``frame_key`` (n from 1), the DICOM JSON to ``metadata_key`` (images bucket), and the index items with
-:func:`shared.instance_index.write_instance`. The gateway then serves them like anything received over STOW-RS.
+:func:`shared.index_writer.write_instance`. The gateway then serves them like anything received over STOW-RS.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from pathlib import Path
 from services.ingestion.domain.prepare import Prepared, PrepareOptions, prepare
 from shared.aws import AwsClients
 from shared.dicom.parse import ParseLimits
-from shared.instance_index import encode_item, instance_sk, now_iso, series_sk, study_pk, write_instance
+from shared.index_writer import encode_item, write_instance
+from shared.instance_index import instance_sk, now_iso, series_sk, study_pk
 from shared.settings import Settings
 from shared.storage import frame_key
 
@@ -40,7 +41,7 @@ def _code_hash() -> str:
     """Hash of the code that decides the stored bytes, so a cached phantom is rebuilt when any of it changes."""
     h = hashlib.sha256()
     for rel in ("tests/viewer/phantom.py", "services/ingestion/domain/prepare.py", "shared/dicom/pixels.py",
-                "shared/dicom/dicomjson.py", "shared/htj2k.py", "shared/instance_index.py"):
+                "shared/dicom/dicomjson.py", "shared/htj2k.py", "shared/instance_index.py", "shared/index_writer.py"):
         h.update((REPO / rel).read_bytes())
     return h.hexdigest()[:16]
 

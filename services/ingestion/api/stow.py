@@ -6,7 +6,13 @@ it has arrived, concurrently with the rest of the upload. The answer is the PS3.
 - 200 when every instance was stored (or was already stored with the same content);
 - 202 when some were stored and some failed; 409 when none was stored; 503 (Retry-After) when none was stored
   only because storage was unavailable (every failure is 0xA700 "retry later");
-- 415 for a media type other than ``multipart/related; type="application/dicom"``; 413 past the body cap;
+- 415 for a media type other than ``multipart/related; type="application/dicom"``; 413 past the body cap or past
+  ``max_stow_parts`` parts;
+- 503 (Retry-After, 0xA700 for every instance) when the audit record of the request cannot be written: nothing is
+  acknowledged before its audit record is durable.
+
+Back-pressure: at most ``stow_max_inflight_parts`` parts are processed at once; the body is not read further until
+one finishes, so memory holds a bounded number of parts, never the whole body.
 - 400 for a multipart body whose framing is broken (no boundary, no closing delimiter, no parts).
 """
 
@@ -16,15 +22,16 @@ import asyncio
 import logging
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from services.ingestion.api.deps import DepsDep
 from services.ingestion.api.multipart import BodyTooLargeError, MultipartError, iter_parts, parse_media_type
-from services.ingestion.domain.pipeline import IngestPipeline, IngestResult
+from services.ingestion.domain.errors import MalformedRequestError, RequestTooLargeError, UnsupportedMediaTypeError
+from services.ingestion.service import IngestResult
 from shared.auth import StoreUser
-from shared.dicom.errors import CANNOT_UNDERSTAND, DicomRejection, TransientFailure
+from shared.dicom.errors import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, DicomRejection, TransientFailure
 from shared.exceptions import InvalidUIDError
-from shared.service import ContextDep
 from shared.uids import validate_uid
 
 log = logging.getLogger(__name__)
@@ -70,23 +77,26 @@ def store_response(results: list[IngestResult | DicomRejection], base: str, stud
     return dict(sorted(body.items()))
 
 
-async def _store(request: Request, ctx: Any, principal: Any, study: str | None) -> JSONResponse:
-    pipeline: IngestPipeline = ctx["pipeline"]
+async def _store(request: Request, deps: DepsDep, principal: Any, study: str | None) -> JSONResponse:
+    pipeline = deps.pipeline
     settings = pipeline.settings
     mtype, params = parse_media_type(request.headers.get("content-type", ""))
     part_type = params.get("type", "application/dicom").lower()
     if mtype != "multipart/related" or part_type != "application/dicom":
-        raise HTTPException(415, f"Content-Type {request.headers.get('content-type', '(none)')!r} is not supported; "
-                            'send multipart/related; type="application/dicom".')
+        raise UnsupportedMediaTypeError(f"Content-Type {request.headers.get('content-type', '(none)')!r} is not supported; "
+                                        'send multipart/related; type="application/dicom".')
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > settings.max_request_bytes:
-        raise HTTPException(413, f"The request body is {length} bytes; at most {settings.max_request_bytes} bytes are "
-                            "accepted.")
-    sem = asyncio.Semaphore(max(2, pipeline.pool.workers * 2))
+        raise RequestTooLargeError(f"The request body is {length} bytes; at most {settings.max_request_bytes} bytes "
+                                   "are accepted.")
+    # Back-pressure: at most `inflight` parts are being processed at once, and the body is not read further until
+    # one of them finishes, so a fast sender waits on TCP instead of the process holding its whole body in memory.
+    inflight = settings.stow_max_inflight_parts or max(2, pipeline.pool.workers * 2)
+    sem = asyncio.Semaphore(inflight)
     tasks: list[asyncio.Task[IngestResult | DicomRejection]] = []
 
     async def one(data: bytes, ctype: str) -> IngestResult | DicomRejection:
-        async with sem:
+        try:
             if ctype and parse_media_type(ctype)[0] != "application/dicom":
                 return DicomRejection(CANNOT_UNDERSTAND, f"A part has Content-Type {ctype!r}; expected "
                                       "application/dicom.", kind="part-media-type")
@@ -94,46 +104,63 @@ async def _store(request: Request, ctx: Any, principal: Any, study: str | None) 
                 return await pipeline.ingest(data, source="stow", expected_study=study)
             except DicomRejection as rej:
                 return rej
+        finally:
+            sem.release()
 
     try:
         async for part in iter_parts(request.stream(), params.get("boundary", ""), max_body=settings.max_request_bytes,
                                      max_part=settings.max_instance_bytes):
+            if len(tasks) >= settings.max_stow_parts:
+                raise TooManyPartsError(settings.max_stow_parts)
+            await sem.acquire()  # released by `one` when the part is done
             tasks.append(asyncio.create_task(one(part.body, part.content_type)))
+    except TooManyPartsError as exc:
+        await _drain(tasks)
+        raise RequestTooLargeError(f"The request holds more than {exc.limit} parts; send at most {exc.limit} "
+                                   "instances per request (instances already stored from it are acknowledged as "
+                                   "duplicates when sent again).") from None
     except BodyTooLargeError as exc:
         await _drain(tasks)
-        raise HTTPException(413, f"The request body (or one part of it) exceeds {exc.limit} bytes.") from None
+        raise RequestTooLargeError(f"The request body (or one part of it) exceeds {exc.limit} bytes.") from None
     except MultipartError as exc:
         await _drain(tasks)
-        raise HTTPException(400, f"The multipart body is malformed: {exc}.") from None
+        raise MalformedRequestError(f"The multipart body is malformed: {exc}.") from None
     except BaseException:
         await _drain(tasks)
         raise
     if not tasks:
-        raise HTTPException(400, "The multipart body holds no parts; send at least one application/dicom part.")
+        raise MalformedRequestError("The multipart body holds no parts; send at least one application/dicom part.")
     results = list(await asyncio.gather(*tasks))
     stored = sum(isinstance(r, IngestResult) for r in results)
-    status = 200 if stored == len(results) else (202 if stored else 409)
     headers: dict[str, str] = {}
+    # The audit record is durable before the answer: when it cannot be written, nothing is acknowledged (every
+    # stored instance is answered 0xA700 and the request 503, so the sender retries; the retry is a duplicate).
+    try:
+        await pipeline.audit(principal, "store", {"study": study, "instances": len(results), "stored": stored},
+                             outcome="success" if stored == len(results) else "partial" if stored else "failure",
+                             count=len(results))
+    except TransientFailure as exc:
+        results = [_unacknowledged(r, exc) if isinstance(r, IngestResult) else r for r in results]
+        return JSONResponse(store_response(results, _base_url(request), study), status_code=503,
+                            media_type=DICOM_JSON, headers={"Retry-After": "5"})
+    status = 200 if stored == len(results) else (202 if stored else 409)
     if not stored and all(isinstance(r, TransientFailure) for r in results):
         status, headers = 503, {"Retry-After": "5"}  # nothing was refused: storage was unavailable; send again
-    # The audit record is not on the request path (it is not what makes the instances durable).
-    task = asyncio.create_task(_audit(ctx, principal, study, len(results), stored))
-    _background.add(task)
-    task.add_done_callback(_background.discard)
     return JSONResponse(store_response(results, _base_url(request), study), status_code=status, media_type=DICOM_JSON,
                         headers=headers)
 
 
-_background: set[asyncio.Task[None]] = set()
+class TooManyPartsError(Exception):
+    """The request holds more parts than ``max_stow_parts``."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"more than {limit} parts")
+        self.limit = limit
 
 
-async def _audit(ctx: Any, principal: Any, study: str | None, total: int, stored: int) -> None:
-    try:
-        await ctx.audit.record(principal, "store", {"study": study, "instances": total, "stored": stored},
-                               outcome="success" if stored == total else "partial" if stored else "failure",
-                               count=total)
-    except Exception:
-        log.exception("audit record failed")
+def _unacknowledged(r: IngestResult, cause: TransientFailure) -> TransientFailure:
+    return TransientFailure(OUT_OF_RESOURCES, cause.reason, kind=cause.kind, sop_uid=r.sop_uid,
+                            sop_class_uid=r.sop_class_uid, study_uid=r.study_uid)
 
 
 async def _drain(tasks: list[asyncio.Task[Any]]) -> None:
@@ -146,22 +173,25 @@ STOW_RESPONSES: dict[int | str, dict[str, Any]] = {
     202: {"description": "some instances stored, some failed (each failure with its FailureReason)"},
     400: {"description": "malformed multipart body, or an invalid StudyInstanceUID in the path"},
     409: {"description": "no instance stored: each was refused (FailureReason per instance, e.g. 0x0111, 0xC000)"},
-    413: {"description": "the body or one part exceeds the size limit"},
+    413: {"description": "the body or one part exceeds the size limit, or the body holds too many parts"},
     415: {"description": "not multipart/related; type=\"application/dicom\""},
-    503: {"description": "no instance stored because storage was unavailable (0xA700 each); retry after Retry-After"},
+    503: {"description": "no instance acknowledged because storage (or the audit table) was unavailable, or another "
+                         "upload of the same instance is in progress (0xA700 each); retry after Retry-After"},
 }
 
 
 @router.post("/studies", summary="Store instances (STOW-RS).", response_class=JSONResponse, responses=STOW_RESPONSES)
-async def store_instances(request: Request, ctx: ContextDep, principal: StoreUser) -> JSONResponse:
-    return await _store(request, ctx, principal, None)
+async def store_instances(request: Request, deps: DepsDep, principal: StoreUser) -> JSONResponse:
+    """Store the instances of a multipart/related body; the answer is the PS3.18 store response."""
+    return await _store(request, deps, principal, None)
 
 
 @router.post("/studies/{study}", summary="Store instances of one study (STOW-RS).", response_class=JSONResponse,
              responses=STOW_RESPONSES)
-async def store_study_instances(study: str, request: Request, ctx: ContextDep, principal: StoreUser) -> JSONResponse:
+async def store_study_instances(study: str, request: Request, deps: DepsDep, principal: StoreUser) -> JSONResponse:
+    """Store instances that must all belong to ``study`` (0xA900 for any that does not)."""
     try:
         validate_uid(study, what="StudyInstanceUID")
     except InvalidUIDError as exc:
-        raise HTTPException(400, f"{exc}.") from None
-    return await _store(request, ctx, principal, study)
+        raise MalformedRequestError(f"{exc}.") from None
+    return await _store(request, deps, principal, study)

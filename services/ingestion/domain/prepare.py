@@ -56,6 +56,8 @@ class Prepared:
     deidentified: bool = False
     #: Set when the instance must be quarantined instead of stored (the reason).
     quarantine_reason: str | None = None
+    #: The frame-offset table when it is stored in S3 instead of the index item (set by the pipeline).
+    offsets_object: bytes | None = None
 
     @property
     def original_key(self) -> str:
@@ -101,6 +103,9 @@ def prepare(data: bytes, opts: PrepareOptions) -> Prepared:
     stored = data
     deidentified = False
     quarantine: str | None = None
+    # The pseudonym comes from the PatientID as received: de-identification replaces it with a constant, so a
+    # pseudonym computed afterwards would be the same for every patient (one patient, one train/val/test split).
+    pseudo = pseudonymise(_s(ds, "PatientID"), opts.pseudonym_key)
     if opts.deidentify:
         from shared.dicom.deid import burned_in_annotation_reason, deidentify
 
@@ -121,8 +126,7 @@ def prepare(data: bytes, opts: PrepareOptions) -> Prepared:
     encoded = transcode(ds, expected_frames=parsed.number_of_frames, sop_uid=parsed.sop_uid)
     meta = to_dicom_json(ds)
     meta_text = dumps(meta)
-    patient_id = _s(ds, "PatientID")
-    pseudo = pseudonymise(patient_id, opts.pseudonym_key)
+    patient_id = _s(ds, "PatientID")  # de-identified when de-identification ran (the index holds no PHI then)
     study_date = _s(ds, "StudyDate")
     prep = Prepared(
         study_uid=parsed.study_uid, series_uid=parsed.series_uid, sop_uid=parsed.sop_uid,

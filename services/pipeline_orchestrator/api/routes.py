@@ -1,16 +1,20 @@
-"""HTTP routes of the orchestrator, under ``/orchestrator`` (the entry proxy does not rewrite paths)."""
+"""HTTP routes of the orchestrator, under ``/orchestrator`` (the entry proxy does not rewrite paths).
+
+Errors are :class:`~shared.exceptions.DomainError` subclasses, answered as ``{"detail": ...}`` by shared code.
+"""
 
 from __future__ import annotations
 
 import re
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Response, status
+from fastapi import APIRouter, Response, status
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from services.pipeline_orchestrator.domain.orchestrator import OVERRIDABLE, Orchestrator
+from services.pipeline_orchestrator.api.deps import DepsDep
+from services.pipeline_orchestrator.service import OVERRIDABLE
 from shared.auth import ApproveUser, ReadUser
-from shared.service import ContextDep
+from shared.exceptions import ConflictError, NotFoundError
 
 router = APIRouter(prefix="/orchestrator", tags=["trainings"])
 RUN_ID = re.compile(r"^run-[0-9]{8}-[0-9]{6}-[0-9a-f]{6}$")
@@ -56,8 +60,8 @@ def _detail(run: dict[str, Any]) -> dict[str, Any]:
 
 
 @router.get("/trainings", summary="Pipeline runs, newest first, with the trigger state.")
-async def list_trainings(ctx: ContextDep, _: ReadUser) -> dict[str, Any]:
-    orch: Orchestrator = ctx["orchestrator"]
+async def list_trainings(deps: DepsDep, _: ReadUser) -> dict[str, Any]:
+    orch = deps.orchestrator
     state = await orch.store.state()
     runs = await orch.store.list_runs()
     p = orch.policy
@@ -73,25 +77,24 @@ async def list_trainings(ctx: ContextDep, _: ReadUser) -> dict[str, Any]:
 
 
 @router.get("/trainings/{run_id}", summary="One run: parameters, per-step status, timings and log tail.")
-async def get_training(run_id: str, ctx: ContextDep, _: ReadUser) -> dict[str, Any]:
-    orch: Orchestrator = ctx["orchestrator"]
-    run = await orch.store.get_run(run_id) if RUN_ID.match(run_id) else None
+async def get_training(run_id: str, deps: DepsDep, _: ReadUser) -> dict[str, Any]:
+    run = await deps.orchestrator.store.get_run(run_id) if RUN_ID.match(run_id) else None
     if run is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"training run {run_id!r} does not exist")
+        raise NotFoundError(f"training run {run_id!r} does not exist")
     return _detail(run)
 
 
 @router.post("/trainings", summary="Trigger a run by hand (role ml). Coalesces if one is running.")
 async def trigger_training(
-    ctx: ContextDep, principal: ApproveUser, response: Response, body: TrainingRequest | None = None
+    deps: DepsDep, principal: ApproveUser, response: Response, body: TrainingRequest | None = None
 ) -> dict[str, Any]:
     body = body or TrainingRequest()
-    orch: Orchestrator = ctx["orchestrator"]
-    result = await orch.request("manual", force=body.force, overrides=body.parameters, requested_by=principal.subject)
-    await ctx.audit.record(
+    result = await deps.orchestrator.request("manual", force=body.force, overrides=body.parameters,
+                                             requested_by=principal.subject)
+    await deps.rt.audit.record(
         principal, "trigger_training", {"run_id": result.get("run_id", "")}, outcome=result["outcome"]
     )
     if result["outcome"] == "empty":
-        raise HTTPException(status.HTTP_409_CONFLICT, result["detail"])
+        raise ConflictError(result["detail"])
     response.status_code = status.HTTP_200_OK if result["outcome"] == "unchanged" else status.HTTP_202_ACCEPTED
     return result

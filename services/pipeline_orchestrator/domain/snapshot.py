@@ -50,7 +50,7 @@ def build_snapshot(labels: Iterable[dict[str, Any]]) -> Snapshot:
             )
         )
     data = datasets.serialize(records)
-    per_class = Counter(r.label for r in records)
+    per_class: Counter[str] = Counter(r.label for r in records)
     per_split: dict[str, dict[str, int]] = {}
     for r in records:
         per_split.setdefault(r.split, {c: 0 for c in datasets.LABELS})[r.label] += 1

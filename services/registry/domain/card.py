@@ -11,6 +11,9 @@ The card says which one was used.
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import math
 from typing import Any
 
@@ -71,6 +74,35 @@ def metrics_from_evaluation(doc: dict[str, Any]) -> dict[str, Any]:
             out["n_test"] = int(v)
             break
     return out
+
+
+def metric_or_none(evaluation: dict[str, Any], key: str) -> float | None:
+    """One metric of ``binary_classification_metrics`` (a ``{"value": ..}`` block or a number), or None."""
+    block = (evaluation.get("binary_classification_metrics") or {}).get(key)
+    return metric_value(block) if block is not None else None
+
+
+def numeric_metrics(metrics: dict[str, Any] | None) -> dict[str, float]:
+    """The numeric entries of a metrics dict (what ``ModelRegistered`` carries)."""
+    return {k: float(v) for k, v in (metrics or {}).items() if isinstance(v, int | float)}
+
+
+def parse_predictions(name: str, text: str) -> tuple[list[int], list[float]] | None:
+    """Per-case test predictions from ``predictions.jsonl`` or ``predictions.csv`` (target, probability); None
+    unless both classes are present (an interval needs positives and negatives)."""
+    if name.endswith("jsonl"):
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    else:
+        rows = list(csv.DictReader(io.StringIO(text)))
+    y, p = [], []
+    for r in rows:
+        t = r.get("target", r.get("y_true", r.get("label")))
+        s = r.get("probability", r.get("y_score", r.get("score")))
+        if t is None or s is None:
+            continue
+        y.append(int(float(t)))
+        p.append(float(s))
+    return (y, p) if y and 0 < sum(y) < len(y) else None
 
 
 def _auc(y: np.ndarray, p: np.ndarray) -> float:

@@ -2,22 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 
 from services.streaming_gateway.domain.errors import BadRequest, Unavailable
-from services.streaming_gateway.domain.gateway import Gateway
+from services.streaming_gateway.domain.forwarded import external_origin
+from services.streaming_gateway.service import Gateway
 from shared.auth import Principal
 from shared.exceptions import InvalidUIDError
+from shared.service import get_deps
 from shared.uids import validate_uid
+
+if TYPE_CHECKING:  # bootstrap imports the routes to declare the service; FastAPI needs only the dependency
+    from services.streaming_gateway.bootstrap import StreamingGatewayDeps
 
 DICOM_JSON = "application/dicom+json"
 
 
+DepsDep = Annotated["StreamingGatewayDeps", Depends(get_deps)]
+
+
 async def get_gateway(request: Request) -> Gateway:
+    """The service object (the routes' only collaborator)."""
     # async: a plain function dependency would cost a thread-pool hop on every frame request.
-    return request.app.state.ctx.extras["gateway"]  # type: ignore[no-any-return]
+    return get_deps(request).gateway  # type: ignore[no-any-return]
 
 
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]
@@ -31,16 +40,32 @@ def uid(value: str, what: str) -> str:
         raise BadRequest(str(exc)) from None
 
 
-def base_url(request: Request) -> str:
-    """The DICOMweb base URL as the client sees it (honours the entry proxy's X-Forwarded-* headers)."""
-    proto = request.headers.get("x-forwarded-proto") or request.url.scheme
-    host = request.headers.get("x-forwarded-host") or request.headers.get("host") or request.url.netloc
-    return f"{proto}://{host}/dicomweb"
+def base_url(request: Request, gw: Gateway) -> str:
+    """The DICOMweb base URL as the client sees it, for RetrieveURLs.
+
+    Forwarded headers count only from ``trusted_proxies`` (see ``domain/forwarded.py``), judged by the connection's
+    peer address: ``__main__`` turns off uvicorn's own X-Forwarded-For/-Proto rewriting, so ``request.client`` and
+    ``request.url.scheme`` are the connection's, never a header's.
+    """
+    s = gw.settings
+    server = request.scope.get("server") or ("127.0.0.1", s.port)
+    origin = external_origin(
+        peer=request.client.host if request.client else None,
+        trusted=s.trusted_proxy_networks,
+        forwarded_host=request.headers.getlist("x-forwarded-host"),
+        forwarded_proto=request.headers.getlist("x-forwarded-proto"),
+        forwarded=request.headers.getlist("forwarded"),
+        public_base_url=s.public_base_url,
+        own_scheme=request.url.scheme,
+        own_host=request.headers.get("host"),
+        server=f"{server[0]}:{server[1]}",
+    )
+    return f"{origin}/dicomweb"
 
 
 async def audit(request: Request, principal: Principal, action: str, resource: dict[str, object], count: int = 1) -> None:
     """Write the audit record before PHI leaves; if the audit log cannot be written, nothing is sent (503)."""
     try:
-        await request.app.state.ctx.audit.record(principal, action, resource, count=count)
+        await get_deps(request).rt.audit.record(principal, action, resource, count=count)
     except Exception:
         raise Unavailable("the audit log is unavailable, so no patient data can be returned; retry later") from None

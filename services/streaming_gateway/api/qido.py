@@ -9,9 +9,9 @@ from fastapi import APIRouter, Request, Response
 from services.streaming_gateway.api.deps import DICOM_JSON, GatewayDep, audit, base_url, uid
 from services.streaming_gateway.domain import qido
 from services.streaming_gateway.domain.errors import NotAcceptable
-from services.streaming_gateway.domain.gateway import Gateway
 from services.streaming_gateway.domain.media import parse_accept
 from services.streaming_gateway.domain.search import SearchResult
+from services.streaming_gateway.service import Gateway
 from shared.auth import ReadUser
 
 router = APIRouter(prefix="/dicomweb", tags=["QIDO-RS"])
@@ -41,13 +41,15 @@ def _respond(result: SearchResult, q: qido.Query) -> Response:
 
 async def _search(request: Request, gw: GatewayDep, principal: ReadUser, level: str, fixed: dict[str, str]) -> Response:
     _check_accept(request)
-    q = qido.parse_query(level, request.query_params.multi_items(), fixed=fixed)
+    q = qido.parse_query(level, request.query_params.multi_items(), fixed=fixed,
+                         max_offset=gw.settings.qido_max_offset)
+    base = base_url(request, gw)
     if level == "STUDY":
-        result = await gw.searcher.studies(q, base_url(request))
+        result = await gw.searcher.studies(q, base)
     elif level == "SERIES":
-        result = await gw.searcher.series(q, base_url(request))
+        result = await gw.searcher.series(q, base)
     else:
-        result = await gw.searcher.instances(q, base_url(request))
+        result = await gw.searcher.instances(q, base)
     # Search results carry patient names and IDs: audit who searched, at which level, how much came back. The
     # query values themselves are never recorded (they may hold a patient name).
     resource: dict[str, object] = {"level": level.lower(), **{k: v for k, v in fixed.items()}}

@@ -8,28 +8,27 @@ import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
+from services.streaming_gateway.adapters.index import SeriesEntry
 from services.streaming_gateway.api.deps import DICOM_JSON, GatewayDep, audit, uid
+from services.streaming_gateway.domain import frame_response as fr
 from services.streaming_gateway.domain import media, render
-from services.streaming_gateway.domain.errors import BadRequest, NotAcceptable, NotFound
+from services.streaming_gateway.domain.errors import BadRequest, NotAcceptable, NotFound, TooLarge
 from services.streaming_gateway.domain.frames import Frame
-from services.streaming_gateway.domain.gateway import Gateway
-from services.streaming_gateway.domain.index import SeriesEntry
 from services.streaming_gateway.domain.transcode import transcode
+from services.streaming_gateway.service import Gateway
 from shared import storage
 from shared.auth import Principal, ReadUser
 from shared.htj2k import decode
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/dicomweb/studies", tags=["WADO-RS"])
-_EOC = b"\xff\xd9"
-#: Most frames one request may name (a long repeated list would otherwise build a huge body).
-_MAX_FRAMES = 1000
 _EXPOSE = (
     "ETag, Content-Range, Accept-Ranges, X-Resolution-Offsets, X-Resolution-Levels, X-Cache, Server-Timing, Warning"
 )
@@ -212,26 +211,6 @@ async def instance_metadata(
 
 
 # --- frames ------------------------------------------------------------------------------------------------------
-def _frame_numbers(frame_list: str) -> list[int]:
-    nums: list[int] = []
-    for part in frame_list.split(","):
-        p = part.strip()
-        if not p.isdigit() or int(p) < 1:
-            raise BadRequest(f"frame number {p!r} in {frame_list!r} is not a positive integer; frames count from 1")
-        nums.append(int(p))
-    if len(nums) > _MAX_FRAMES:
-        raise BadRequest(f"{len(nums)} frames were requested at once; at most {_MAX_FRAMES} are allowed")
-    return nums
-
-
-def _resolution(raw: str | None) -> int | None:
-    if raw is None:
-        return None
-    if not raw.strip().isdigit():
-        raise BadRequest(f"resolution value {raw!r} is not a non-negative integer (0 is the lowest resolution)")
-    return int(raw)
-
-
 def _decoded(f: Frame, skip: int) -> bytes:
     a = decode(f.data, skip_levels=skip)
     return np.ascontiguousarray(a.astype(a.dtype.newbyteorder("<"), copy=False)).tobytes()
@@ -256,6 +235,79 @@ def _maybe_prefetch(gw: Gateway, study: str, series: str) -> None:
         gw.frames.start_prefetch(study, series, instances)
 
 
+@dataclass
+class _Planned:
+    """One requested frame after the planning pass: what the headers need, and the frame while it is small."""
+
+    number: int
+    digest: str
+    offsets: tuple[int, ...]
+    size: int  # bytes of its part's payload
+    skip: int  # resolution levels dropped when decoding
+    cached: bool
+    frame: Frame | None  # kept only within the buffer budget; re-read (from the cache) when streaming
+
+
+async def _plan_frames(
+    gw: Gateway, ids: tuple[str, str, str], nums: list[int], res: int | None, encoded: bool
+) -> list[_Planned]:
+    """Read each frame once, in order with a bounded window, to learn its digest, resolution offsets and exact part
+    size; stop with 413 as soon as the parts pass ``wado_max_response_bytes``. At most ``wado_buffer_bytes`` of
+    frames stay referenced (the rest live in the byte-bounded frame cache, or are read again while streaming)."""
+    s = gw.settings
+    window = max(1, s.retrieve_concurrency)
+    pending: list[asyncio.Task[tuple[Frame, bool]]] = []
+    it = iter(nums)
+    planned: list[_Planned] = []
+    total = held = 0
+    try:
+        for n in it:
+            pending.append(asyncio.create_task(gw.frames.frame(*ids, n)))
+            if len(pending) >= window:
+                break
+        for n in nums:
+            f, hit = await pending.pop(0)
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append(asyncio.create_task(gw.frames.frame(*ids, nxt)))
+            if res is not None and res >= len(f.offsets):
+                raise BadRequest(f"resolution {res} does not exist for frame {n}; levels 0 to {len(f.offsets) - 1} exist")
+            skip = fr.skip_levels(f, res)
+            if encoded:
+                size = fr.encoded_payload(f, res)[1]
+            else:
+                known = fr.decoded_size(f.data, skip)
+                # No readable SIZ marker (not a stream radloop wrote): decode once to learn the size.
+                size = known if known is not None else len(await _decoded_cached(gw, f, skip))
+            total += size
+            if total > s.wado_max_response_bytes:
+                raise TooLarge(
+                    f"the {len(nums)} frame(s) asked for come to more than {s.wado_max_response_bytes} bytes "
+                    "(RADLOOP_WADO_MAX_RESPONSE_BYTES); ask for fewer frames per request or a lower ?resolution"
+                )
+            keep = held + len(f.data) <= s.wado_buffer_bytes
+            held += len(f.data) if keep else 0
+            planned.append(_Planned(n, f.digest, f.offsets, size, skip, hit, f if keep else None))
+    finally:
+        for t in pending:
+            t.cancel()
+        if pending:  # read-aheads of a request that failed: collect them (no "exception never retrieved")
+            await asyncio.gather(*pending, return_exceptions=True)
+    return planned
+
+
+def _payload(gw: Gateway, ids: tuple[str, str, str], p: _Planned, res: int | None, encoded: bool) -> fr.Payload:
+    async def produce() -> bytes:
+        f = p.frame
+        if f is None:
+            f, _ = await gw.frames.frame(*ids, p.number)
+            if f.digest != p.digest:  # frames are immutable; a different stream would break the announced length
+                raise fr.PayloadSizeError(f"frame {p.number} changed while it was being sent")
+        return fr.encoded_bytes(f, res) if encoded else await _decoded_cached(gw, f, p.skip)
+
+    return fr.Payload(p.size, produce)
+
+
 @router.get("/{study}/series/{series}/instances/{sop}/frames/{frame_list}", summary="Retrieve frames.")
 async def retrieve_frames(
     study: str,
@@ -269,30 +321,24 @@ async def retrieve_frames(
 ) -> Response:
     t0 = time.perf_counter()
     s, se, i = _ids(study, series, sop)
-    nums = _frame_numbers(frame_list)
-    res = _resolution(resolution)
+    ids = (s, se, i)
+    nums = fr.parse_frame_list(frame_list, max_frames=gw.settings.wado_max_frames)
+    res = fr.parse_resolution(resolution)
     rep = media.negotiate_frames(request.headers.get("accept"), len(nums))
-    got = await asyncio.gather(*(gw.frames.frame(s, se, i, n) for n in nums))
+    plan = await _plan_frames(gw, ids, nums, res, rep.encoded)
     t_read = time.perf_counter()
     # After the requested frames, so the first image does not wait behind its own series' prefetch.
     _maybe_prefetch(gw, s, se)
-    frames = [f for f, _ in got]
-    if res is not None:
-        for n, f in zip(nums, frames, strict=True):
-            if res >= len(f.offsets):
-                raise BadRequest(
-                    f"resolution {res} does not exist for frame {n}; levels 0 to {len(f.offsets) - 1} exist"
-                )
     variant = f"{rep.variant}|{res}"
-    etag = '"' + hashlib.blake2b((variant + "".join(f.digest for f in frames)).encode(), digest_size=16).hexdigest() + '"'
+    etag = '"' + hashlib.blake2b((variant + "".join(p.digest for p in plan)).encode(), digest_size=16).hexdigest() + '"'
     headers = {
         "ETag": etag,
         "Cache-Control": f"private, max-age={gw.settings.frame_max_age_s}, immutable",
         "Vary": "Accept",
         "Accept-Ranges": "bytes",
-        "X-Resolution-Offsets": ";".join(",".join(str(o) for o in f.offsets) for f in frames),
-        "X-Resolution-Levels": ";".join(str(len(f.offsets)) for f in frames),
-        "X-Cache": "hit" if all(hit for _, hit in got) else "miss",
+        "X-Resolution-Offsets": ";".join(",".join(str(o) for o in p.offsets) for p in plan),
+        "X-Resolution-Levels": ";".join(str(len(p.offsets)) for p in plan),
+        "X-Cache": "hit" if all(p.cached for p in plan) else "miss",
         "Access-Control-Expose-Headers": _EXPOSE,
     }
     timing = f"read;dur={(t_read - t0) * 1000:.1f}"
@@ -300,36 +346,35 @@ async def retrieve_frames(
     if _etag_matches(request, etag):
         return Response(status_code=304, headers=headers)
 
-    if rep.encoded:
-        payloads = []
-        for f in frames:
-            if res is None or res >= len(f.offsets) - 1:
-                payloads.append(f.data)
-            else:
-                payloads.append(f.data[: f.offsets[res]] + _EOC)
-    else:
-        payloads = list(
-            await asyncio.gather(
-                *(_decoded_cached(gw, f, 0 if res is None else max(0, len(f.offsets) - 1 - res)) for f in frames)
-            )
-        )
+    payloads = [_payload(gw, ids, p, res, rep.encoded) for p in plan]
     if rep.multipart:
         boundary = media.boundary_for(etag)
-        body = media.multipart_body([(rep.part_type, p) for p in payloads], boundary)
+        body = fr.Body.multipart([(rep.part_type, p) for p in payloads], boundary)
         ctype = media.multipart_content_type(boundary, rep.media_type)
     else:
-        body = payloads[0]
+        body = fr.Body.single(payloads[0])
         ctype = rep.media_type
-    headers["Server-Timing"] = f"{timing}, total;dur={(time.perf_counter() - t0) * 1000:.1f}"
-    rng = None
+    if body.length > gw.settings.wado_max_response_bytes:  # the parts fit, the multipart framing does not
+        raise TooLarge(f"the response would be {body.length} bytes, more than {gw.settings.wado_max_response_bytes} "
+                       "(RADLOOP_WADO_MAX_RESPONSE_BYTES); ask for fewer frames per request")
+    a, b = 0, body.length - 1
+    status = 200
     if_range = request.headers.get("if-range")
     if if_range is None or if_range.strip() == etag:
-        rng = media.parse_range(request.headers.get("range"), len(body))
-    if rng is not None:
-        a, b = rng
-        headers["Content-Range"] = f"bytes {a}-{b}/{len(body)}"
-        return Response(body[a : b + 1], status_code=206, media_type=ctype, headers=headers)
-    return Response(body, media_type=ctype, headers=headers)
+        rng = media.parse_range(request.headers.get("range"), body.length)
+        if rng is not None:
+            a, b = rng
+            status = 206
+            headers["Content-Range"] = f"bytes {a}-{b}/{body.length}"
+    if b - a + 1 <= gw.settings.wado_buffer_bytes:
+        data = await body.read(a, b)
+        headers["Server-Timing"] = f"{timing}, total;dur={(time.perf_counter() - t0) * 1000:.1f}"
+        return Response(data, status_code=status, media_type=ctype, headers=headers)
+    # Large: stream part by part (a bounded window of payloads in memory), with the exact length announced.
+    headers["Server-Timing"] = timing
+    headers["Content-Length"] = str(b - a + 1)
+    window = max(1, gw.settings.retrieve_concurrency)
+    return StreamingResponse(body.stream(a, b, window=window), status_code=status, media_type=ctype, headers=headers)
 
 
 # --- rendered and thumbnails -------------------------------------------------------------------------------------
@@ -374,8 +419,11 @@ async def _render(
     return Response(data, media_type=params.media_type, headers=headers)
 
 
+_RENDER_LIST_MAX = 100  # parsed (so the reason can say how many), but only one is rendered
+
+
 def _single_frame(frame_list: str) -> int:
-    nums = _frame_numbers(frame_list)
+    nums = fr.parse_frame_list(frame_list, max_frames=_RENDER_LIST_MAX)
     if len(nums) != 1:
         raise BadRequest(f"rendered frames are served one at a time; {frame_list!r} names {len(nums)} frames")
     return nums[0]

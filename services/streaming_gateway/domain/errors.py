@@ -1,11 +1,12 @@
-"""Errors of the streaming gateway, each mapped to one HTTP status by the API layer."""
+"""Errors of the streaming gateway: :class:`~shared.exceptions.DomainError` subclasses, each with its HTTP status
+(mapped to ``{"detail": reason}`` by the shared app)."""
 
 from __future__ import annotations
 
-from shared.exceptions import RadloopError
+from shared.exceptions import DomainError
 
 
-class GatewayError(RadloopError):
+class GatewayError(DomainError):
     """Base error; ``status`` is the HTTP status the API answers with, the message is the reason."""
 
     status = 500
@@ -29,13 +30,21 @@ class NotAcceptable(GatewayError):
     status = 406
 
 
+class TooLarge(GatewayError):
+    """The request asks for more work or bytes than a setting allows (413, Content Too Large); the reason names the
+    limit and how to ask for less. PS3.18 lists 413 for a search too broad for the origin server to complete."""
+
+    status = 413
+
+
 class RangeNotSatisfiable(GatewayError):
     """The Range header lies outside the representation (416)."""
 
     status = 416
 
     def __init__(self, message: str, length: int) -> None:
-        super().__init__(message)
+        # RFC 9110 §15.5.17: a 416 names the representation's length.
+        super().__init__(message, headers={"Content-Range": f"bytes */{length}"})
         self.length = length
 
 

@@ -7,14 +7,19 @@ Parsing is tolerant: ``type`` and ``transfer-syntax`` may be quoted or not (Corn
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from services.streaming_gateway.domain.errors import BadRequest, NotAcceptable, RangeNotSatisfiable
+from services.streaming_gateway.domain.numbers import MAX_DIGITS, is_uint
 from shared.htj2k import HTJ2K_LOSSLESS, HTJ2K_LOSSLESS_RPCL
 
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
 IMPLICIT_VR_LE = "1.2.840.10008.1.2"
+
+
+_QVALUE = re.compile(r"0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?")
 
 
 @dataclass(frozen=True)
@@ -67,10 +72,10 @@ def parse_accept(header: str | None) -> list[MediaRange]:
             k, _, v = b.partition("=")
             k, v = k.strip().lower(), v.strip().strip('"').strip()
             if k == "q":
-                try:
-                    q = float(v)
-                except ValueError:
-                    raise BadRequest(f"Accept q-value {v!r} is not a number between 0 and 1") from None
+                # RFC 9110 §12.4.2 qvalue, ASCII digits only: float() would also take "nan", "inf", "1e9" and "١".
+                if _QVALUE.fullmatch(v) is None:
+                    raise BadRequest(f"Accept q-value {v[:20]!r} is not a number between 0 and 1 (at most 3 decimals)")
+                q = float(v)
             elif k:
                 params[k] = v.lower() if k == "type" else v
         if q > 0:
@@ -206,8 +211,20 @@ def multipart_content_type(boundary: str, inner: str, transfer_syntax: str | Non
 
 
 # --- ranges --------------------------------------------------------------------------------------------------------
+def _position(raw: str, header: str) -> int:
+    if not is_uint(raw):
+        if raw.isascii() and raw.isdigit():  # more digits than MAX_DIGITS: past the end of anything served
+            return 10**MAX_DIGITS
+        raise BadRequest(f"Range header {header[:60]!r} is not bytes=first-last with the digits 0-9")
+    return int(raw)
+
+
 def parse_range(header: str | None, length: int) -> tuple[int, int] | None:
-    """A single ``bytes=`` range as (start, end inclusive), None to send everything (absent, multi or malformed)."""
+    """A single ``bytes=`` range as (start, end inclusive), None to send everything.
+
+    None for an absent header, another unit or several ranges (RFC 9110 §14.2 lets a server ignore those) and for
+    last < first; :class:`BadRequest` for a ``bytes=`` range whose positions are not ASCII digits.
+    """
     if not header:
         return None
     unit, _, spec = header.partition("=")
@@ -215,19 +232,17 @@ def parse_range(header: str | None, length: int) -> tuple[int, int] | None:
         return None
     a, sep, b = spec.strip().partition("-")
     if not sep:
-        return None
-    try:
-        if a == "":
-            n = int(b)
-            if n <= 0:
-                raise RangeNotSatisfiable(f"the suffix range {header!r} asks for no bytes", length)
-            return max(0, length - n), length - 1
-        start = int(a)
-        end = int(b) if b else length - 1
-    except ValueError:
-        return None
+        raise BadRequest(f"Range header {header[:60]!r} is not bytes=first-last, bytes=first- or bytes=-suffix")
+    if a == "":
+        n = _position(b, header)
+        if n <= 0:
+            raise RangeNotSatisfiable(f"the suffix range {header[:60]!r} asks for no bytes", length)
+        return max(0, length - n), length - 1
+    start = _position(a, header)
+    end = _position(b, header) if b else length - 1
     if start >= length:
-        raise RangeNotSatisfiable(f"range {header!r} starts past the end of the {length}-byte representation", length)
+        raise RangeNotSatisfiable(f"range {header[:60]!r} starts past the end of the {length}-byte representation",
+                                  length)
     if start > end:
         return None
     return start, min(end, length - 1)

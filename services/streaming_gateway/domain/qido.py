@@ -19,6 +19,8 @@ from typing import Any
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 
 from services.streaming_gateway.domain.errors import BadRequest
+from services.streaming_gateway.domain.numbers import parse_int, parse_uint
+from services.streaming_gateway.domain.wildcard import Wildcard
 from shared.exceptions import InvalidUIDError
 from shared.uids import validate_uid
 
@@ -77,7 +79,8 @@ MATCHABLE = {
                  "PhotometricInterpretation", "SamplesPerPixel", "BitsAllocated"},
 }
 CONTROL_KEYS = {"limit", "offset", "includefield", "fuzzymatching", "token", "access_token", "orderby"}
-_DATE = re.compile(r"^\d{8}$")
+_DATE = re.compile(r"[0-9]{8}")  # ASCII digits only (\d would also match "٣")
+_NAME_PARTS = re.compile(r"[\^ =,]+")
 _MAX_VALUE_LEN = 256
 
 
@@ -108,7 +111,7 @@ class Matcher:
     keyword: str
     kind: str  # uids | range | wildcard | exact | number | list
     values: tuple[Any, ...] = ()
-    pattern: re.Pattern[str] | None = None
+    pattern: Wildcard | None = None
     fuzzy: bool = False
 
     def matches(self, value: Any) -> bool:
@@ -130,9 +133,8 @@ class Matcher:
         text = str(value)
         if self.pattern.fullmatch(text):
             return True
-        if self.fuzzy:
-            parts = [p for p in re.split(r"[\^ =,]+", text) if p]
-            return any(self.pattern.match(p) for p in parts)
+        if self.fuzzy:  # the pattern ends with "*": a prefix of any name component
+            return any(self.pattern.fullmatch(p) for p in _NAME_PARTS.split(text) if p)
         return False
 
 
@@ -162,15 +164,13 @@ class Query:
         return None
 
 
-def _wildcard(value: str, *, case_insensitive: bool, prefix: bool = False) -> re.Pattern[str]:
-    rx = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in value)
-    if prefix and not value.endswith("*"):
-        rx += ".*"
-    return re.compile(rx, re.IGNORECASE if case_insensitive else 0)
+def _wildcard(value: str, *, case_insensitive: bool, prefix: bool = False) -> Wildcard:
+    # Linear-time matching (domain/wildcard.py); a regex of ".*" runs backtracked for minutes on hostile patterns.
+    return Wildcard(value, case_insensitive=case_insensitive, prefix=prefix)
 
 
 def _parse_date(value: str, what: str) -> str:
-    if not _DATE.match(value):
+    if not _DATE.fullmatch(value):
         raise BadRequest(f"{what} value {value!r} is not a date; expected YYYYMMDD or a range YYYYMMDD-YYYYMMDD")
     try:
         date(int(value[:4]), int(value[4:6]), int(value[6:8]))
@@ -209,18 +209,18 @@ def _matcher(keyword: str, value: str, fuzzy: bool) -> Matcher:
         return Matcher(keyword, "range", (d, d))
     if attr.vr in ("IS", "US"):
         try:
-            nums = tuple(int(v) for v in _split(value))
-        except ValueError:
+            nums = tuple(parse_int(v, keyword) for v in _split(value))
+        except BadRequest:
             raise BadRequest(f"{keyword} value {value!r} is not an integer (or a comma-separated list of integers)") from None
         return Matcher(keyword, "number", nums)
     if attr.vr == "TM":
         if "-" in value:
             lo, _, hi = value.partition("-")
             for part in (lo, hi):
-                if part and not re.fullmatch(r"\d{2,6}(\.\d{1,6})?", part):
+                if part and not re.fullmatch(r"[0-9]{2,6}(\.[0-9]{1,6})?", part):
                     raise BadRequest(f"{keyword} value {value!r} is not a time or time range (HHMMSS-HHMMSS)")
             return Matcher(keyword, "range", (lo or None, (hi + "~") if hi else None))
-        if not re.fullmatch(r"\d{2,6}(\.\d{1,6})?", value):
+        if not re.fullmatch(r"[0-9]{2,6}(\.[0-9]{1,6})?", value):
             raise BadRequest(f"{keyword} value {value!r} is not a time (HHMMSS)")
         return Matcher(keyword, "wildcard", pattern=_wildcard(value, case_insensitive=False, prefix=True))
     if keyword == "ModalitiesInStudy":
@@ -234,18 +234,19 @@ def _matcher(keyword: str, value: str, fuzzy: bool) -> Matcher:
     return Matcher(keyword, "exact", (value,))
 
 
-def _non_negative(name: str, raw: str) -> int:
-    try:
-        n = int(raw)
-    except ValueError:
-        raise BadRequest(f"{name} value {raw!r} is not an integer; expected a non-negative integer") from None
-    if n < 0:
-        raise BadRequest(f"{name} value {raw!r} is negative; expected a non-negative integer")
-    return n
+def _non_negative(name: str, raw: str, maximum: int | None = None) -> int:
+    # ASCII digits only: int() also takes "٣", "+3" and "1_000"; more than 18 digits is refused before int() runs.
+    return parse_uint(raw, name, maximum=maximum)
 
 
-def parse_query(level: str, params: Iterable[tuple[str, str]], *, fixed: Mapping[str, str] | None = None) -> Query:
-    """Parse QIDO query parameters for a search at ``level``; ``fixed`` are UIDs from the path."""
+def parse_query(
+    level: str, params: Iterable[tuple[str, str]], *, fixed: Mapping[str, str] | None = None,
+    max_offset: int | None = None,
+) -> Query:
+    """Parse QIDO query parameters for a search at ``level``; ``fixed`` are UIDs from the path.
+
+    ``offset`` above ``max_offset`` is refused (400): the matches before it are walked one by one.
+    """
     pairs = list(params)
     q = Query(level=level)
     for k, v in pairs:
@@ -261,7 +262,7 @@ def parse_query(level: str, params: Iterable[tuple[str, str]], *, fixed: Mapping
             if k == "limit":
                 q.limit = _non_negative("limit", v)
             elif k == "offset":
-                q.offset = _non_negative("offset", v)
+                q.offset = _non_negative("offset", v, max_offset)
             elif k == "includefield":
                 for f in _split(v):
                     if f.lower() == "all":

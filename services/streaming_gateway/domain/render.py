@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from services.streaming_gateway.domain.errors import BadRequest, NotAcceptable
+from services.streaming_gateway.domain.numbers import is_uint, parse_decimal
 from shared.htj2k import decode
 
 
@@ -50,9 +51,9 @@ def parse_render_params(accept: str | None, window: str | None, viewport: str | 
         if len(bits) not in (2, 3):
             raise BadRequest(f"window value {window!r} must be center,width[,function]")
         try:
-            c, w = float(bits[0]), float(bits[1])
-        except ValueError:
-            raise BadRequest(f"window value {window!r} must have numeric center and width") from None
+            c, w = parse_decimal(bits[0], "window center"), parse_decimal(bits[1], "window width")
+        except BadRequest:
+            raise BadRequest(f"window value {window[:60]!r} must have numeric center and width") from None
         fn = bits[2].lower() if len(bits) == 3 else "linear"
         if fn not in ("linear", "linear-exact", "sigmoid"):
             raise BadRequest(f"window function {fn!r} is not one of linear, linear-exact, sigmoid")
@@ -62,19 +63,17 @@ def parse_render_params(accept: str | None, window: str | None, viewport: str | 
     vp = None
     if viewport is not None:
         bits = [b.strip() for b in viewport.split(",")]
-        try:
-            vw, vh = int(bits[0]), int(bits[1])
-        except (ValueError, IndexError):
-            raise BadRequest(f"viewport value {viewport!r} must be width,height in pixels") from None
+        if len(bits) < 2 or not (is_uint(bits[0]) and is_uint(bits[1])):
+            raise BadRequest(f"viewport value {viewport[:60]!r} must be width,height in pixels (digits 0-9)")
+        vw, vh = int(bits[0]), int(bits[1])
         if not (0 < vw <= 4096 and 0 < vh <= 4096):
             raise BadRequest(f"viewport {viewport!r} must be between 1 and 4096 pixels on each side")
         vp = (vw, vh)
     q = 90
     if quality is not None:
-        try:
-            q = int(quality)
-        except ValueError:
-            raise BadRequest(f"quality value {quality!r} must be an integer from 1 to 100") from None
+        if not is_uint(quality.strip(" ")):
+            raise BadRequest(f"quality value {quality[:60]!r} must be an integer from 1 to 100")
+        q = int(quality)
         if not 1 <= q <= 100:
             raise BadRequest(f"quality value {quality!r} must be an integer from 1 to 100")
     return RenderParams(mt, win, vp, q)

@@ -1,16 +1,23 @@
-"""QIDO-RS searches: pick the cheapest index access path for a :class:`Query`, match, page and build results."""
+"""QIDO-RS searches: pick the cheapest index access path for a :class:`Query`, match, page and build results.
+
+Every search has a :class:`Budget`: at most ``max_examined`` index items looked at and ``deadline_s`` seconds. A
+query without UIDs may walk every study of the archive, and ``offset`` is applied by walking the matches; when the
+budget runs out before the page is complete the search stops with :class:`TooLarge` (413) and a reason that says how
+to narrow it. A partial page is never sent as if it were complete: a worklist that silently misses a study is worse
+than an error.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn, Protocol
 
 from services.streaming_gateway.domain import qido
-from services.streaming_gateway.domain.errors import NotFound
-from services.streaming_gateway.domain.index import IndexReader, study_pk
+from services.streaming_gateway.domain.errors import NotFound, TooLarge
 
 _SK_HIGH = "\uffff"
 
@@ -34,6 +41,34 @@ class SearchResult:
         if self.serialized is not None:
             return "[" + ",".join(self.serialized) + "]"
         return json.dumps(self.items, separators=(",", ":"))
+
+
+class Budget:
+    """How much one search may do: index items examined and wall-clock seconds (both checked in :meth:`spend`)."""
+
+    def __init__(self, max_examined: int, deadline_s: float) -> None:
+        self.max_examined = max_examined
+        self.deadline_s = deadline_s
+        self.examined = 0
+        self._deadline = time.monotonic() + deadline_s
+
+    def spend(self, items: int = 1) -> None:
+        """Count ``items`` index items as examined; :class:`TooLarge` once either limit is passed."""
+        self.examined += items
+        if self.examined > self.max_examined:
+            raise TooLarge(
+                f"the search would examine more than {self.max_examined} index items (RADLOOP_QIDO_MAX_EXAMINED); "
+                "narrow it with PatientID, StudyInstanceUID, a StudyDate range or a smaller offset"
+            )
+        if time.monotonic() > self._deadline:
+            self.timed_out()
+
+    def timed_out(self) -> NoReturn:
+        """Raise the deadline's :class:`TooLarge`."""
+        raise TooLarge(
+            f"the search did not complete within {self.deadline_s:g} s (RADLOOP_QIDO_DEADLINE_S); narrow it with "
+            "PatientID, StudyInstanceUID, a StudyDate range or a smaller offset"
+        )
 
 
 def _window(q: qido.Query, max_results: int) -> tuple[int, int]:
@@ -64,14 +99,54 @@ def _date_bounds(q: qido.Query) -> tuple[str, str] | None:
     return (f"{lo or '00000000'}#", f"{hi or '99999999'}#{_SK_HIGH}")
 
 
+class IndexReads(Protocol):
+    """The index reads a search needs (implemented by ``adapters.index.IndexReader``)."""
+
+    async def studies(self, uids: list[str]) -> list[dict[str, Any]]: ...
+
+    def level_items(self, level: str, *, newest_first: bool = False,
+                    sk_between: tuple[str, str] | None = None) -> AsyncIterator[dict[str, Any]]: ...
+
+    def patient_items(self, patient_id: str, level: str, *,
+                      sk_between: tuple[str, str] | None = None) -> AsyncIterator[dict[str, Any]]: ...
+
+    async def series_of_study(self, study: str) -> list[dict[str, Any]]: ...
+
+    async def instances_of_study(self, study: str, series: str | None = None) -> list[dict[str, Any]]: ...
+
+    async def instances_by_sop(self, sop: str) -> list[dict[str, Any]]: ...
+
+    async def heads(self, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], tuple[dict[str, Any], dict[str, Any]]]:
+        ...
+
+    async def series_entry(self, study: str, series: str) -> Any: ...
+
+    async def get_items(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]: ...
+
+
 class Searcher:
-    """QIDO-RS searches at the study, series and instance level."""
-    def __init__(self, index: IndexReader, *, max_results: int) -> None:
+    """QIDO-RS searches at the study, series and instance level, each within a :class:`Budget`."""
+    def __init__(self, index: IndexReads, *, max_results: int, max_examined: int = 50_000,
+                 deadline_s: float = 10.0) -> None:
         self.index = index
         self.max_results = max_results
+        self.max_examined = max_examined
+        self.deadline_s = deadline_s
+
+    def budget(self) -> Budget:
+        """A fresh budget for one search."""
+        return Budget(self.max_examined, self.deadline_s)
+
+    async def _bounded(self, search: Any, b: Budget) -> Any:
+        # The budget's clock is checked per item; this also ends a search stuck awaiting slow index pages.
+        try:
+            async with asyncio.timeout(self.deadline_s):
+                return await search
+        except TimeoutError:
+            b.timed_out()
 
     # --- studies -------------------------------------------------------------------------------------------------
-    async def _matching_studies(self, q: qido.Query) -> AsyncIterator[dict[str, Any]]:
+    async def _matching_studies(self, q: qido.Query, b: Budget) -> AsyncIterator[dict[str, Any]]:
         uids = q.matchers.get("StudyInstanceUID")
         pid = q.matchers.get("PatientID")
         if uids is not None:
@@ -83,12 +158,14 @@ class Searcher:
         else:
             source = self.index.level_items("STUDY", newest_first=True, sk_between=_date_bounds(q))
         async for st in source:
+            b.spend()
             if qido.study_matches(q, st):
                 yield st
 
     async def studies(self, q: qido.Query, base_url: str) -> SearchResult:
         """Matching studies, newest first."""
-        items, truncated = await _page(self._matching_studies(q), q, self.max_results)
+        b = self.budget()
+        items, truncated = await self._bounded(_page(self._matching_studies(q, b), q, self.max_results), b)
         return SearchResult([qido.sort_json(qido.study_result(st, base_url)) for st in items], truncated)
 
     # --- series ----------------------------------------------------------------------------------------------------
@@ -96,10 +173,12 @@ class Searcher:
         """Series matching needs study items first when any study-level key is given (relational query)."""
         return bool(q.at("STUDY"))
 
-    async def _matching_series(self, q: qido.Query) -> AsyncIterator[tuple[dict[str, Any], dict[str, Any]]]:
+    async def _matching_series(self, q: qido.Query, b: Budget) -> AsyncIterator[tuple[dict[str, Any], dict[str, Any]]]:
         if self._needs_study_filter(q):
-            async for st in self._matching_studies(q):
-                for se in await self.index.series_of_study(st["study_uid"]):
+            async for st in self._matching_studies(q, b):
+                series = await self.index.series_of_study(st["study_uid"])
+                b.spend(len(series))
+                for se in series:
                     if qido.series_matches(q, se):
                         yield st, se
             return
@@ -114,6 +193,7 @@ class Searcher:
             return [(studies.get(se["study_uid"]) or {}, se) for se in batch]
 
         async for se in self.index.level_items("SERIES"):
+            b.spend()
             if qido.series_matches(q, se):
                 batch.append(se)
                 if len(batch) >= 50:
@@ -125,11 +205,12 @@ class Searcher:
 
     async def series(self, q: qido.Query, base_url: str) -> SearchResult:
         """Matching series with the study attributes asked for."""
-        items, truncated = await _page(self._matching_series(q), q, self.max_results)
+        b = self.budget()
+        items, truncated = await self._bounded(_page(self._matching_series(q, b), q, self.max_results), b)
         return SearchResult([qido.sort_json(qido.series_result(st, se, base_url, q)) for st, se in items], truncated)
 
     # --- instances ---------------------------------------------------------------------------------------------------
-    async def _matching_instances(self, q: qido.Query) -> AsyncIterator[tuple[Any, Any, dict[str, Any]]]:
+    async def _matching_instances(self, q: qido.Query, b: Budget) -> AsyncIterator[tuple[Any, Any, dict[str, Any]]]:
         study_m = q.matchers.get("StudyInstanceUID")
         series_m = q.matchers.get("SeriesInstanceUID")
         sop_m = q.matchers.get("SOPInstanceUID")
@@ -141,6 +222,7 @@ class Searcher:
                 return
             if not qido.study_matches(q, entry.study) or not qido.series_matches(q, entry.series):
                 return
+            b.spend(len(entry.instances))
             for it in entry.instances:
                 if qido.instance_matches(q, it):
                     yield entry.study, entry.series, it
@@ -148,23 +230,23 @@ class Searcher:
         if sop_m is not None:
             found = [x for lst in await asyncio.gather(*(self.index.instances_by_sop(s) for s in sop_m.values))
                      for x in lst]
-            heads = await self.index.get_items(
-                [(study_pk(i["study_uid"]), "STUDY") for i in found]
-                + [(study_pk(i["study_uid"]), f"SERIES#{i['series_uid']}") for i in found]
-            )
+            b.spend(len(found))
+            heads = await self.index.heads([(i["study_uid"], i["series_uid"]) for i in found])
             for it in found:
-                st = heads.get((study_pk(it["study_uid"]), "STUDY"), {})
-                se = heads.get((study_pk(it["study_uid"]), f"SERIES#{it['series_uid']}"), {})
+                st, se = heads.get((it["study_uid"], it["series_uid"]), ({}, {}))
                 if qido.study_matches(q, st) and qido.series_matches(q, se) and qido.instance_matches(q, it):
                     yield st, se, it
             return
-        async for st in self._matching_studies(q):
+        async for st in self._matching_studies(q, b):
             series = {se["series_uid"]: se for se in await self.index.series_of_study(st["study_uid"])}
+            b.spend(len(series))
             want = {k for k, se in series.items() if qido.series_matches(q, se)}
             if not want:
                 continue
             only = next(iter(want)) if len(want) == 1 and len(series) > 1 else None
-            for it in await self.index.instances_of_study(st["study_uid"], only):
+            instances = await self.index.instances_of_study(st["study_uid"], only)
+            b.spend(len(instances))
+            for it in instances:
                 if it["series_uid"] in want and qido.instance_matches(q, it):
                     yield st, series[it["series_uid"]], it
 
@@ -175,7 +257,8 @@ class Searcher:
         if (study_m is not None and len(study_m.values) == 1 and series_m is not None and len(series_m.values) == 1
                 and not q.include_all and not (q.include - set(qido.BY_KEYWORD))):
             return await self._series_instances(q, base_url, study_m.values[0], series_m.values[0])
-        items, truncated = await _page(self._matching_instances(q), q, self.max_results)
+        b = self.budget()
+        items, truncated = await self._bounded(_page(self._matching_instances(q, b), q, self.max_results), b)
         need_json = q.include_all or bool(q.include - set(qido.BY_KEYWORD))
         if need_json:
             items = await self._with_json(items)
@@ -191,6 +274,7 @@ class Searcher:
             return SearchResult([], False)
         if not qido.study_matches(q, entry.study) or not qido.series_matches(q, entry.series):
             return SearchResult([], False)
+        self.budget().spend(len(entry.instances))
         matching = [it for it in entry.instances if qido.instance_matches(q, it)]
         offset, limit = _window(q, self.max_results)
         page = matching[offset : offset + limit]

@@ -26,31 +26,6 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class ChampionRecord:
-    """The registry's champion pointer (state table item ``champion``)."""
-
-    version: int
-    model_artifact_uri: str
-    threshold: float
-    model_package_arn: str = ""
-
-    @classmethod
-    def from_item(cls, item: dict[str, Any]) -> ChampionRecord:
-        """Parse the DynamoDB item (low-level attribute-value format)."""
-
-        def v(name: str) -> Any:
-            a = item.get(name)
-            return None if a is None else next(iter(a.values()))
-
-        return cls(
-            version=int(v("version")),
-            model_artifact_uri=str(v("model_artifact_uri")),
-            threshold=float(v("threshold")),
-            model_package_arn=str(v("model_package_arn") or ""),
-        )
-
-
-@dataclass(frozen=True)
 class LoadedModel:
     """A model ready to score: module (eval mode), its config, version, operating threshold and precision."""
 
@@ -124,12 +99,16 @@ def choose_precision(module: nn.Module, size: int, batch: int, requested: str, t
 
 
 def load_model_artifact(
-    data: bytes, record: ChampionRecord, *, precision: str = "auto", batch: int = 16, tolerance: float = 0.02
+    data: bytes, *, version: int, threshold: float | None = None, precision: str = "auto", batch: int = 16,
+    tolerance: float = 0.02,
 ) -> LoadedModel:
-    """Build a :class:`LoadedModel` from the bytes of a ``model.tar.gz`` (blocking: call it in a thread)."""
+    """Build a :class:`LoadedModel` from the bytes of a ``model.tar.gz`` (blocking: call it in a thread).
+
+    ``threshold`` is the champion pointer's operating threshold; without one, the artefact's ``config.json`` holds it.
+    """
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="radloop-model-") as tmp:
-        path = os.path.join(tmp, "model.tar.gz")
+        path = os.path.join(tmp, "model.tar.gz")  # load_model_dir recognises the archive by its suffix
         with open(path, "wb") as f:
             f.write(data)
         module, config = load_model_dir(path)
@@ -138,19 +117,10 @@ def load_model_artifact(
     for p in module.parameters():
         p.requires_grad_(False)
     chosen, probe = choose_precision(module, size, batch, precision, tolerance)
-    threshold = float(record.threshold if record.threshold is not None else config.get("threshold", 0.5))
-    lm = LoadedModel(module=module, config=config, version=record.version, threshold=threshold, precision=chosen,
+    thr = float(threshold if threshold is not None else config.get("threshold", 0.5))
+    lm = LoadedModel(module=module, config=config, version=version, threshold=thr, precision=chosen,
                      input_size=size, load_ms=(time.perf_counter() - t0) * 1000, probe=probe)
     log.info("model loaded", extra={"model_version": lm.version, "precision": chosen, "input_size": size,
                                      "load_ms": round(lm.load_ms, 1), **{f"probe_{k}": v for k, v in probe.items()}})
     return lm
 
-
-def parse_s3_uri(uri: str) -> tuple[str, str]:
-    """``s3://bucket/key`` -> (bucket, key); ValueError names the bad URI."""
-    if not uri.startswith("s3://") or "/" not in uri[5:]:
-        raise ValueError(f"model artefact URI {uri!r} is not of the form s3://bucket/key")
-    bucket, key = uri[5:].split("/", 1)
-    if not bucket or not key:
-        raise ValueError(f"model artefact URI {uri!r} is not of the form s3://bucket/key")
-    return bucket, key

@@ -6,17 +6,13 @@ import time
 from datetime import date
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, HTTPException, Query, Response, status
+from fastapi import APIRouter, Header, Query, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.verification.api.deps import DepsDep
 from services.verification.domain.cases import ADJUDICATION, FINAL, OPEN, display_status, lease_holder
-from services.verification.domain.errors import CaseConflict, CaseNotFound, InvalidRead
-from services.verification.store import decode_cursor, encode_cursor
-from services.verification.workflow import Verification
+from services.verification.domain.errors import CaseNotFound
 from shared.auth import Principal, ReadUser, VerifyUser
-from shared.exceptions import IdempotencyInProgressError, IdempotencyPayloadMismatchError
-from shared.service import ContextDep, ServiceContext
-from shared.uids import validate_uid
 
 router = APIRouter(prefix="/verification", tags=["verification"])
 
@@ -29,27 +25,6 @@ class ReadIn(BaseModel):
     label: Literal["pneumonia", "normal", "indeterminate"]
     confidence: float | None = Field(default=None, ge=0.0, le=1.0)
     comment: str | None = Field(default=None, max_length=2000)
-
-
-def _v(ctx: ServiceContext) -> Verification:
-    return ctx["verification"]  # type: ignore[no-any-return]
-
-
-def _case_id(case_id: str) -> str:
-    try:
-        return validate_uid(case_id, what="case id (SOP Instance UID)")
-    except ValueError as exc:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no such case: {exc}") from None
-
-
-def _http(exc: Exception) -> HTTPException:
-    if isinstance(exc, CaseNotFound):
-        return HTTPException(status.HTTP_404_NOT_FOUND, str(exc))
-    if isinstance(exc, CaseConflict):
-        return HTTPException(status.HTTP_409_CONFLICT, str(exc))
-    if isinstance(exc, InvalidRead):
-        return HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, str(exc))
-    raise exc
 
 
 def _ai(case: dict[str, Any]) -> dict[str, Any]:
@@ -73,7 +48,7 @@ def _entry(case: dict[str, Any], now: float) -> dict[str, Any]:
 
 @router.get("/worklist", summary="Unread and in-progress cases: priority, then AI probability, then arrival.")
 async def worklist(
-    ctx: ContextDep,
+    deps: DepsDep,
     user: ReadUser,
     status_: Annotated[Literal["unread", "in_progress", "adjudication"] | None, Query(alias="status")] = None,
     modality: Annotated[str | None, Query(max_length=16)] = None,
@@ -83,15 +58,8 @@ async def worklist(
     cursor: Annotated[str | None, Query(max_length=2000)] = None,
 ) -> dict[str, Any]:
     """One page of the worklist. ``status`` narrows to unread, in-progress or the adjudication queue."""
-    v = _v(ctx)
     now = time.time()
     partition = ADJUDICATION if status_ == "adjudication" else OPEN
-    try:
-        start = decode_cursor(cursor) if cursor else None
-    except ValueError as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from None
-    if start and start["status"]["S"] != partition:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, "cursor belongs to another status filter")
     lo, hi = (date_from.isoformat() if date_from else ""), (date_to.isoformat() if date_to else "")
     mod = modality.upper() if modality else None
 
@@ -103,30 +71,27 @@ async def worklist(
         day = str(c.get("arrived_at", ""))[:10]
         return not (lo and day < lo or hi and day > hi)
 
-    cases, next_key = await v.store.worklist_page(partition, start=start, keep=keep, limit=limit)
-    await ctx.audit.record(user, "worklist.list", {"status": status_ or "open", "modality": mod},
-                           count=len(cases))
-    return {"items": [_entry(c, now) for c in cases], "next_cursor": encode_cursor(next_key), "count": len(cases)}
+    cases, next_cursor = await deps.verification.worklist(partition, keep, limit=limit, cursor=cursor)
+    await deps.rt.audit.record(user, "worklist.list", {"status": status_ or "open", "modality": mod},
+                               count=len(cases))
+    return {"items": [_entry(c, now) for c in cases], "next_cursor": next_cursor, "count": len(cases)}
 
 
 @router.post("/cases/{case_id}/claim", summary="Claim a case: a time-limited lease that keeps others off it.")
-async def claim(case_id: str, ctx: ContextDep, user: VerifyUser) -> dict[str, Any]:
-    cid = _case_id(case_id)
-    try:
-        out = await _v(ctx).claim(cid, user.subject)
-    except (CaseNotFound, CaseConflict) as exc:
-        raise _http(exc) from None
-    await ctx.audit.record(user, "case.claim", {"case_id": cid})
+async def claim(case_id: str, deps: DepsDep, user: VerifyUser) -> dict[str, Any]:
+    """Lease the case to the caller."""
+    v = deps.verification
+    cid = v.case_id(case_id)
+    out = await v.claim(cid, user.subject)
+    await deps.rt.audit.record(user, "case.claim", {"case_id": cid})
     return out
 
 
 @router.delete("/cases/{case_id}/claim", status_code=status.HTTP_204_NO_CONTENT, summary="Release your claim.")
-async def release(case_id: str, ctx: ContextDep, user: VerifyUser) -> Response:
-    cid = _case_id(case_id)
-    try:
-        await _v(ctx).release(cid, user.subject)
-    except (CaseNotFound, CaseConflict) as exc:
-        raise _http(exc) from None
+async def release(case_id: str, deps: DepsDep, user: VerifyUser) -> Response:
+    """End the caller's lease."""
+    v = deps.verification
+    await v.release(v.case_id(case_id), user.subject)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -147,29 +112,24 @@ def _visible_history(case: dict[str, Any], rows: list[dict[str, Any]], user: Pri
 
 
 @router.get("/cases/{case_id}", summary="A case: identifiers, AI score, heatmap and viewer URLs, read history.")
-async def case_view(case_id: str, ctx: ContextDep, user: ReadUser) -> dict[str, Any]:
+async def case_view(case_id: str, deps: DepsDep, user: ReadUser) -> dict[str, Any]:
     """The case view. Audited: it leads to the patient's images."""
-    cid = _case_id(case_id)
-    v = _v(ctx)
+    v = deps.verification
+    cid = v.case_id(case_id)
     try:
         case = await v.existing(cid)
-    except CaseNotFound as exc:
-        await ctx.audit.record(user, "case.view", {"case_id": cid}, outcome="not_found")
-        raise _http(exc) from None
+    except CaseNotFound:
+        await deps.rt.audit.record(user, "case.view", {"case_id": cid}, outcome="not_found")
+        raise
     now = time.time()
     s = v.settings
     base = s.verification_gateway_base_url.rstrip("/")
     wado = f"{base}/dicomweb/studies/{case['study_uid']}/series/{case['series_uid']}/instances/{case['sop_uid']}"
     heatmap_key = (case.get("score") or {}).get("heatmap_key")
-    heatmap_url = None
-    if heatmap_key:
-        s3 = await ctx.clients.s3()
-        heatmap_url = await s3.generate_presigned_url(
-            "get_object", Params={"Bucket": s.topology.bucket("images"), "Key": heatmap_key},
-            ExpiresIn=s.verification_heatmap_url_ttl_s)
-    rows = await v.store.history(cid)
+    heatmap_url = await v.heatmap_url(heatmap_key)
+    rows = await v.history(cid)
     final = case.get("final")
-    await ctx.audit.record(user, "case.view", {"case_id": cid, "study_uid": case["study_uid"]})
+    await deps.rt.audit.record(user, "case.view", {"case_id": cid, "study_uid": case["study_uid"]})
     return {
         **_entry(case, now),
         "workflow_status": case.get("status"),
@@ -187,45 +147,28 @@ async def case_view(case_id: str, ctx: ContextDep, user: ReadUser) -> dict[str, 
 async def submit_read(
     case_id: str,
     body: ReadIn,
-    ctx: ContextDep,
+    deps: DepsDep,
     user: VerifyUser,
     response: Response,
     idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
 ) -> dict[str, Any]:
     """Record the read; answers the new case status and, when a label became final, its version."""
-    cid = _case_id(case_id)
-    v = _v(ctx)
-
-    async def run() -> dict[str, Any]:
-        return await v.read(cid, user.subject, body.label, body.confidence, body.comment)
-
-    try:
-        if idempotency_key:
-            payload = {"case_id": cid, **body.model_dump()}
-            out, ran = await ctx.idempotency.run(f"verification:read:{user.subject}:{idempotency_key}", payload, run)
-            if not ran:
-                response.headers["Idempotent-Replayed"] = "true"
-        else:
-            out = await run()
-    except IdempotencyPayloadMismatchError:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY,
-                            f"Idempotency-Key {idempotency_key!r} was already used for a different read") from None
-    except IdempotencyInProgressError:
-        raise HTTPException(status.HTTP_409_CONFLICT,
-                            f"a read with Idempotency-Key {idempotency_key!r} is still being processed") from None
-    except (CaseNotFound, CaseConflict, InvalidRead) as exc:
-        raise _http(exc) from None
-    await ctx.audit.record(user, "case.read", {"case_id": cid, "label_version": out.get("label_version")})
-    return out  # type: ignore[no-any-return]
+    v = deps.verification
+    cid = v.case_id(case_id)
+    out, replayed = await v.read_once(cid, user.subject, body.label, body.confidence, body.comment, idempotency_key)
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    await deps.rt.audit.record(user, "case.read", {"case_id": cid, "label_version": out.get("label_version")})
+    return out
 
 
 @router.get("/metrics/model-performance",
             summary="Rolling sensitivity, specificity, PPV, AUC per model version against verified labels; kappa.")
 async def model_performance(
-    ctx: ContextDep, _user: ReadUser, model_version: Annotated[int | None, Query(ge=1)] = None
+    deps: DepsDep, _user: ReadUser, model_version: Annotated[int | None, Query(ge=1)] = None
 ) -> dict[str, Any]:
     """Live performance; a floor breach over the minimum sample publishes ModelPerformanceDegraded (once)."""
-    v = _v(ctx)
+    v = deps.verification
     report = await v.performance(model_version)
     for entry in report["versions"]:
         if entry["degraded"]:

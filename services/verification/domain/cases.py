@@ -47,7 +47,7 @@ def priority_sk(case: dict[str, Any]) -> str:
 
 def apply_stored(case: dict[str, Any] | None, e: InstanceStored, *, mode: str) -> dict[str, Any]:
     """The record after ``InstanceStored`` (creating it, or completing one that a score created first)."""
-    c = copy.deepcopy(case) if case else {"case_id": e.sop_uid}
+    c: dict[str, Any] = copy.deepcopy(case) if case else {"case_id": e.sop_uid}
     c.update({
         "study_uid": e.study_uid, "series_uid": e.series_uid, "sop_uid": e.sop_uid,
         "modality": e.modality, "body_part": e.body_part or "", "patient_pseudo_id": e.patient_pseudo_id,
@@ -67,8 +67,8 @@ def apply_stored(case: dict[str, Any] | None, e: InstanceStored, *, mode: str) -
 
 def apply_scored(case: dict[str, Any] | None, e: InstanceScored) -> dict[str, Any] | None:
     """The record after ``InstanceScored``; None when it is older than the score already held (no change)."""
-    c = copy.deepcopy(case) if case else {"case_id": e.sop_uid, "study_uid": e.study_uid,
-                                          "series_uid": e.series_uid, "sop_uid": e.sop_uid}
+    c: dict[str, Any] = copy.deepcopy(case) if case else {"case_id": e.sop_uid, "study_uid": e.study_uid,
+                                                          "series_uid": e.series_uid, "sop_uid": e.sop_uid}
     at = e.occurred_at.astimezone(UTC).isoformat(timespec="microseconds")
     old = c.get("score")
     if old and old.get("event_at", "") > at:

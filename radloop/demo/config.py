@@ -1,0 +1,102 @@
+"""What the demo generates and how it drives the loop (:class:`DemoConfig`), and what it records on the way
+(:class:`DemoState`, the figures of the report)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shared.approval import ApprovalPolicy
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """What the demo generates and how it drives the loop."""
+
+    radiographs: int = 600
+    image_size: int = 512
+    ct_slices: int = 300
+    ct_size: int = 512
+    waves: int = 3
+    #: labels read per round (a round follows each wave; by default the whole wave is read)
+    reads_per_round: int = 180
+    read_error_rate: float = 0.03
+    double_read: bool = False
+    seed: int = 7
+    #: synthetic difficulty in [0, 1] (training.synthetic; 0.5 is its calibrated default, which needs far more
+    #: labels and larger inputs than a 10-minute CPU demo can train: see docs/training.md)
+    difficulty: float = 0.3
+    prevalence: float = 0.3
+    #: the sensitivity floor of the demo's approval policy (shared/approval_policy.json says 0.8; a test split of a
+    #: few dozen images makes sensitivity coarse, so the demo asks for 0.7)
+    sensitivity_floor: float = 0.7
+    train_epochs: int = 15
+    train_batch_size: int = 16
+    train_image_size: int = 64
+    #: resnet10 (one basic block per stage) trains about twice as fast as resnet18 on a CPU, as accurately at this size
+    train_arch: str = "resnet10"
+    #: torch threads of a training run (triage keeps one)
+    train_threads: int = 2
+    #: a round's reads, so each round triggers one run at its end (a run during a round slows the reading)
+    trigger_min_new_labels: int = 180
+    trigger_min_per_class: int = 20
+    #: the AUC floor of the demo's approval policy (the pipeline's quality gate and the registry's decision)
+    auc_floor: float = 0.6
+    #: share of each wave sent over DIMSE and through the S3 drop folder (the rest goes by STOW-RS)
+    dimse_share: float = 0.1
+    s3_share: float = 0.1
+    #: concurrent sends (STOW-RS batches of 8, the C-STORE association, the S3 drop), as a PACS pushes over a few
+    senders: int = 3
+    #: share of the cohort held back and sent after the last round, to show triage using the newest champion
+    final_share: float = 0.1
+    round_timeout_s: float = 420.0
+    out_dir: Path = Path("demo-report")
+    keep_running: bool = False
+
+    @classmethod
+    def quick(cls, **kw: Any) -> DemoConfig:
+        """One turn of the loop on small data, in under three minutes: one wave, one round of reading, one training run
+        on all of its labels, then the late arrivals scored by the new champion. (Two rounds on this cohort meant a
+        first model trained on ~60 images, and a minute longer.) Easier cases, and floors of 0.5 for AUC (better than
+        chance) and sensitivity: the test split holds 29 images, where the AUC's standard error is about 0.08; three
+        runs gave 0.66, 0.71 and 0.71. The model is the last epoch's (``HParams.select``) and its threshold is
+        split-conformal (``threshold_for_sensitivity``): picking the best epoch, and the threshold, on a 20-image
+        validation split had made approval a lottery (AUC 0.44 to 0.89, sensitivity down to 0.45)."""
+        base = dict(radiographs=240, image_size=128, ct_slices=40, ct_size=256, waves=1, reads_per_round=216,
+                    train_epochs=30, train_batch_size=16, train_image_size=64, trigger_min_new_labels=200,
+                    trigger_min_per_class=20,
+                    round_timeout_s=300.0, difficulty=0.0, prevalence=0.5, sensitivity_floor=0.5, auc_floor=0.5)
+        base.update(kw)
+        return cls(**base)  # type: ignore[arg-type]
+
+    def approval_policy(self) -> ApprovalPolicy:
+        """The approval policy document the demo's services read (``RADLOOP_APPROVAL_POLICY_FILE``): the packaged
+        policy with this demo's floors; its AUC margin over the champion is the packaged one."""
+        return dataclasses.replace(
+            ApprovalPolicy.load(), name="radloop-demo", auc_floor=self.auc_floor,
+            sensitivity_floor=self.sensitivity_floor,
+            description="Written by `radloop demo`: the packaged policy with floors a test split of a few dozen "
+                        "synthetic images can meet (radloop/demo/config.py).")
+
+
+@dataclass
+class DemoState:
+    truth: dict[str, int] = field(default_factory=dict)  # sop_uid -> observed label (0/1)
+    patient_of: dict[str, str] = field(default_factory=dict)
+    waves: list[list[dict[str, Any]]] = field(default_factory=list)
+    final_wave: list[dict[str, Any]] = field(default_factory=list)
+    ingest_ms: list[float] = field(default_factory=list)
+    sent_by: dict[str, int] = field(default_factory=lambda: {"stow": 0, "dimse": 0, "s3": 0})
+    reads: list[dict[str, Any]] = field(default_factory=list)
+    read_times: list[float] = field(default_factory=list)
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    ct_files: list[Path] = field(default_factory=list)
+    ct_series: tuple[str, str] | None = None
+    wave_of: dict[str, int] = field(default_factory=dict)
+    wave_started: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    #: wall seconds per stage, in order (the report's "where the time went")
+    stages: dict[str, float] = field(default_factory=dict)
+

@@ -1,0 +1,262 @@
+"""The figures of the demo report, read back from the platform at the end: its APIs (models, runs, the champion),
+its tables and buckets (scores, the instance index, storage, heat maps) and the local trace sink."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform as pyplatform
+import time
+from typing import Any
+
+from rich.console import Console
+
+from radloop.demo.api import PlatformApi
+from radloop.demo.config import DemoConfig, DemoState
+from radloop.traces import build_trace_trees, render_trace
+from shared.aws import boto3_client
+from shared.instance_index import INSTANCE_PREFIX
+from shared.settings import Settings
+
+
+def collect_figures(cfg: DemoConfig, state: DemoState, api: PlatformApi, endpoint: str, streaming: dict[str, Any],
+                    started: float) -> dict[str, Any]:
+    """Every figure of the report (``report.json``): ``endpoint`` is the platform's AWS endpoint, ``streaming`` the
+    CT streaming figures and ``started`` the wall time the demo began."""
+    s = api.settings.model_copy(update={"aws_endpoint_url": endpoint})
+    models = api.models()
+    runs = api.runs()
+    champion = api.champion()
+    ddb = boto3_client(s, "dynamodb")
+    s3 = boto3_client(s, "s3")
+    topo = s.topology
+
+    scores = _scan(ddb, topo.table("scores"))
+    index = [i for i in _scan(ddb, topo.table("instances")) if i.get("sk", "").startswith(INSTANCE_PREFIX)]
+    stored_at = {i["sop_uid"]: _ts(i.get("stored_at")) for i in index}
+    stored_to_scored = [
+        (_ts(sc.get("scored_at")) - stored_at[sc["sop_uid"]]) * 1000
+        for sc in scores
+        if sc.get("sop_uid") in stored_at and _ts(sc.get("scored_at")) and stored_at[sc["sop_uid"]]
+    ]
+    versions_used: dict[str, int] = {}
+    for sc in scores:
+        key = f"v{sc['model_version']}" if sc.get("model_version") not in (None, "") else sc.get("status", "?")
+        versions_used[str(key)] = versions_used.get(str(key), 0) + 1
+
+    model_rows, learning, decisions = [], [], []
+    for summary in sorted(models, key=lambda x: int(x.get("version", 0))):
+        m = api.model(int(summary["version"]))
+        metrics = m.get("metrics") or {}
+        lineage = m.get("lineage") or {}
+        labels = lineage.get("label_count") or sum((lineage.get("label_counts") or {}).values()) or None
+        ev = _evaluation(s3, m)
+        row = {"version": m.get("version"), "status": m.get("status") or m.get("approval_status"),
+               "auc": metrics.get("auc"), "sensitivity": metrics.get("sensitivity"),
+               "specificity": metrics.get("specificity"), "labels": labels, "run_id": m.get("run_id"),
+               "parent": lineage.get("parent_version"),
+               "champion": bool(champion and champion.get("version") == m.get("version")),
+               "threshold": m.get("threshold", metrics.get("threshold")), "roc": ev.get("roc"),
+               "confusion_matrix": ev.get("confusion_matrix")}
+        model_rows.append(row)
+        if row["auc"] is not None and labels:
+            learning.append({"version": row["version"], "labels": labels, "auc": row["auc"]})
+        for h in m.get("history") or []:
+            decisions.append({"version": m.get("version"), "decision": h.get("action"), "by": h.get("by"),
+                              "reason": h.get("reason"), "at": h.get("at")})
+    run_rows = [{"run_id": r.get("run_id"), "status": r.get("status"), "trigger": r.get("trigger"),
+                 "labels": r.get("label_count"), "duration_s": _duration(r),
+                 "failure_reason": r.get("failure_reason")} for r in runs]
+    verified_to_training = []
+    for r in runs:
+        st = _ts(r.get("created_at"))
+        before = [t for t in state.read_times if st and t <= st]
+        if before:
+            verified_to_training.append(st - max(before))
+
+    storage = _storage(s3, topo.bucket("images"), index)
+    journey = _journey(api.settings)
+    heatmaps = _heatmaps(s3, topo.bucket("images"), scores)
+    import torch
+
+    approved = [m for m in model_rows if m["status"] in ("Approved", "approved")]
+    later_scored_by_model = any(k.startswith("v") for k in versions_used)
+    problems = list(state.errors)
+    if not approved:
+        problems.append("no model was approved")
+    if not later_scored_by_model:
+        problems.append("triage scored no instance with an approved model")
+    loop_ok = not problems
+    elapsed = time.time() - started
+    read_acc = (sum(1 for x in state.reads if x["label"] == x["truth"]) / len(state.reads)
+                if state.reads else None)
+    return {
+        "problems": problems,
+        "summary": {
+            "loop_succeeded": loop_ok,
+            "headline": (f"The loop ran by itself: {len(runs)} training run(s), {len(approved)} model(s) approved; "
+                         f"champion v{champion.get('version') if champion else '–'}." if loop_ok else
+                         "The loop did not complete: " + "; ".join(problems[:4])),
+            "kpis": {"radiographs": len(state.truth), "verified labels": len(state.reads),
+                     "training runs": len(runs), "models approved": len(approved),
+                     "first image (ms)": streaming.get("first_image_ms"),
+                     "HTJ2K saving (%)": storage.get("saving_pct"), "wall time (s)": round(elapsed, 1)},
+        },
+        "counts": {"radiographs": len(state.truth), "ct_slices": len(state.ct_files),
+                   "sent_by": state.sent_by, "indexed_instances": len(index), "scores": len(scores),
+                   "scored_by": versions_used, "reads": len(state.reads), "runs": len(runs),
+                   "models": len(models), "reader_accuracy": read_acc},
+        "models": model_rows,
+        "learning_curve": learning,
+        "decisions": decisions,
+        "runs": run_rows,
+        "champion": champion,
+        "latency": {"ingest_ms": state.ingest_ms, "stored_to_scored_ms": stored_to_scored,
+                    "verified_to_training_s": verified_to_training},
+        "streaming": streaming,
+        "storage": storage,
+        "journey": journey,
+        "heatmaps": heatmaps,
+        "errors": state.errors,
+        "stages": dict(state.stages),
+        "environment": {"python": pyplatform.python_version(), "torch": torch.__version__,
+                        "machine": pyplatform.machine(), "cpus": os.cpu_count(), "os": pyplatform.platform(),
+                        "seed": cfg.seed, "config": json.dumps({k: str(v) for k, v in cfg.__dict__.items()})},
+    }
+
+
+def _scan(ddb: Any, table: str) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    kw: dict[str, Any] = {"TableName": table}
+    for _ in range(10_000):
+        resp = ddb.scan(**kw)
+        out += [{k: _plain(v) for k, v in it.items()} for it in resp.get("Items", [])]
+        if "LastEvaluatedKey" not in resp:
+            break
+        kw["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+    return out
+
+
+def _plain(v: dict[str, Any]) -> Any:
+    (t, x), = v.items()
+    if t == "N":
+        return float(x) if "." in x or "e" in x.lower() else int(x)
+    if t in ("S", "BOOL"):
+        return x
+    if t == "L":
+        return [_plain(i) for i in x]
+    if t == "M":
+        return {k: _plain(i) for k, i in x.items()}
+    if t == "NULL":
+        return None
+    return x
+
+
+def _ts(v: Any) -> float:
+    if v in (None, ""):
+        return 0.0
+    if isinstance(v, (int, float)):
+        return float(v)
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(str(v).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
+
+
+def _duration(r: dict[str, Any]) -> float | None:
+    a, b = _ts(r.get("created_at")), _ts(r.get("ended_at"))
+    return round(b - a, 1) if a and b else None
+
+
+def _evaluation(s3: Any, model: dict[str, Any]) -> dict[str, Any]:
+    uri = model.get("evaluation_uri") or (model.get("lineage") or {}).get("evaluation_uri")
+    if not uri or not str(uri).startswith("s3://"):
+        return {}
+    bucket, key = str(uri)[5:].split("/", 1)
+    try:
+        ev = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    except Exception:
+        return {}
+    m = ev.get("binary_classification_metrics", {})
+    out: dict[str, Any] = {}
+    roc = m.get("receiver_operating_characteristic_curve") or ev.get("roc") or {}
+    if roc.get("false_positive_rates") and roc.get("true_positive_rates"):
+        out["roc"] = {"fpr": roc["false_positive_rates"], "tpr": roc["true_positive_rates"],
+                      "auc": m.get("auc", {}).get("value")}
+    cm = m.get("confusion_matrix")
+    if isinstance(cm, dict):
+        flat = {}
+        for k in ("tp", "fp", "fn", "tn"):
+            v = cm.get(k)
+            flat[k] = v.get("value") if isinstance(v, dict) else v
+        if any(flat.values()):
+            out["confusion_matrix"] = flat
+        elif "1" in cm and "0" in cm:
+            out["confusion_matrix"] = {"tp": cm["1"].get("1"), "fn": cm["1"].get("0"), "fp": cm["0"].get("1"),
+                                       "tn": cm["0"].get("0")}
+    return out
+
+
+def _storage(s3: Any, bucket: str, index: list[dict[str, Any]]) -> dict[str, Any]:
+    sizes = {"dicom/": 0, "frames/": 0}
+    for prefix in sizes:
+        token = None
+        for _ in range(10_000):
+            kw: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
+            if token:
+                kw["ContinuationToken"] = token
+            resp = s3.list_objects_v2(**kw)
+            sizes[prefix] += sum(o["Size"] for o in resp.get("Contents", []))
+            token = resp.get("NextContinuationToken")
+            if not token:
+                break
+    raw = sum(int(i.get("rows", 0)) * int(i.get("columns", 0)) * int(i.get("number_of_frames", 1)) *
+              int(i.get("samples_per_pixel", 1)) * (int(i.get("bits_allocated", 16)) // 8) for i in index)
+    frames = sum(int(i.get("number_of_frames", 1)) for i in index)
+    ratio = raw / sizes["frames/"] if sizes["frames/"] else None
+    return {"instances": len(index), "frames": frames, "raw_pixel_bytes": raw, "original_bytes": sizes["dicom/"],
+            "htj2k_bytes": sizes["frames/"], "ratio": round(ratio, 2) if ratio else None,
+            "saving_pct": round(100 * (1 - sizes["frames/"] / raw), 1) if raw and sizes["frames/"] else None}
+
+
+def _journey(settings: Settings) -> dict[str, Any]:
+    """The richest trace that starts with a STOW-RS request: one image's path through the services."""
+    from shared.telemetry import read_local_spans
+
+    spans = read_local_spans(settings.traces_dir)
+    groups = build_trace_trees(spans)
+    best = None
+    for tid, g in groups.items():
+        if any("studies" in s["name"] and "POST" in s["name"] for s in g):
+            services = {s.get("service") for s in g}
+            if best is None or len(services) > best[1]:
+                best = (tid, len(services), g)
+    if best is None:
+        return {}
+    tid, _, g = best
+    console = Console(width=140, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
+    console.print(render_trace(g))
+    return {"trace_id": tid, "spans": len(g), "services": sorted({str(s.get("service")) for s in g}),
+            "tree_text": console.export_text()}
+
+
+def _heatmaps(s3: Any, bucket: str, scores: list[dict[str, Any]], n: int = 4) -> list[dict[str, Any]]:
+    import base64
+
+    out = []
+    for sc in sorted(scores, key=lambda x: -float(x.get("probability") or 0)):
+        key = sc.get("heatmap_key")
+        if not key:
+            continue
+        try:
+            data = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except Exception:
+            continue
+        out.append({"sop_uid": sc["sop_uid"], "probability": sc.get("probability"),
+                    "model_version": sc.get("model_version"),
+                    "data_uri": "data:image/png;base64," + base64.b64encode(data).decode()})
+        if len(out) >= n:
+            break
+    return out

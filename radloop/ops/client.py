@@ -1,0 +1,151 @@
+"""The HTTP client of the operator's commands: where to talk (``--url``), with which token, and what a failure says.
+
+Exit codes (every command): 0 success; 1 the deployment or the connection failed (unreachable, 401/403, 5xx);
+2 the request itself was wrong (a malformed URL, an unknown model version or run, a refused decision: 4xx).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+import httpx
+import typer
+from rich.console import Console
+
+from shared.settings import DEFAULT_PORTS, Settings
+
+console = Console()
+err = Console(stderr=True)
+
+#: The local platform's entry point (``radloop up``), unless ``--url`` or ``RADLOOP_URL`` says otherwise.
+LOCAL_URL = f"http://127.0.0.1:{DEFAULT_PORTS['entry']}"
+
+UrlOpt = Annotated[str | None, typer.Option(
+    "--url", envvar="RADLOOP_URL", show_default=False,
+    help=f"Entry point of a deployment (default {LOCAL_URL}, the local platform).")]
+TokenOpt = Annotated[str | None, typer.Option(
+    "--token", envvar="RADLOOP_TOKEN", show_default=False,
+    help="Bearer token (default: RADLOOP_TOKEN, else a token minted locally when environment=local).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
+TimeoutOpt = Annotated[float, typer.Option(help="Seconds to wait for each HTTP request.")]
+
+
+class OpsError(Exception):
+    """A failure the operator can act on: ``str(exc)`` is the sentence printed, ``code`` the exit status."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def fail(exc: OpsError) -> typer.Exit:
+    """Print the sentence of ``exc`` on stderr and return the Exit to raise."""
+    err.print(f"[red]error:[/] {exc}")
+    return typer.Exit(exc.code)
+
+
+def local_settings() -> Settings | None:
+    """The settings from the environment, or None when they do not load (no RADLOOP_ENVIRONMENT, say)."""
+    try:
+        return Settings()  # type: ignore[call-arg]
+    except ValueError:
+        return None
+
+
+def resolve_url(url: str | None) -> str:
+    """The base URL to talk to, checked: scheme http(s) and a host, no trailing slash."""
+    base = (url or LOCAL_URL).rstrip("/")
+    parts = urlsplit(base)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise OpsError(f"--url {base!r} is not an http:// or https:// URL with a host "
+                       "(for example http://127.0.0.1:8080)", 2)
+    return base
+
+
+def resolve_token(token: str | None, role: str = "admin") -> str:
+    """``--token`` / RADLOOP_TOKEN, else a token minted with the local development key (environment=local only)."""
+    if token:
+        return token
+    s = local_settings()
+    if s is None or s.environment != "local":
+        raise OpsError("no token: pass --token or set RADLOOP_TOKEN (tokens are minted automatically only when "
+                       "RADLOOP_ENVIRONMENT=local)", 2)
+    from shared.auth import mint_token
+
+    return mint_token(s, role, subject="radloop-cli", ttl_s=600)
+
+
+def _detail(r: httpx.Response) -> str:
+    try:
+        body = r.json()
+    except ValueError:
+        return r.text[:300].strip() or r.reason_phrase
+    if isinstance(body, dict) and "detail" in body:
+        d = body["detail"]
+        if isinstance(d, list):  # FastAPI's validation errors: field and message of each
+            return "; ".join(f"{'.'.join(str(x) for x in e.get('loc', [])[1:])}: {e.get('msg')}" for e in d
+                             if isinstance(e, dict)) or json.dumps(d)
+        return str(d)
+    return json.dumps(body)[:300]
+
+
+class Api:
+    """A deployment's entry point with a bearer token; every method returns parsed JSON or raises :class:`OpsError`."""
+
+    def __init__(self, url: str | None, token: str | None, *, timeout_s: float = 30.0, role: str = "admin") -> None:
+        self.base = resolve_url(url)
+        self.token = resolve_token(token, role)
+        self.http = httpx.Client(timeout=timeout_s, headers={"Authorization": f"Bearer {self.token}"})
+
+    def __enter__(self) -> Api:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.http.close()
+
+    def request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        """Send one request; transport errors and non-2xx answers become :class:`OpsError`."""
+        url = self.base + path
+        try:
+            r = self.http.request(method, url, **kw)
+        except httpx.TimeoutException:
+            raise OpsError(f"{method} {url} timed out; is the deployment overloaded or the URL wrong?") from None
+        except httpx.HTTPError as exc:
+            raise OpsError(f"cannot reach {self.base} ({type(exc).__name__}: {exc}); is radloop running there "
+                           "(`radloop up`), and is --url right?") from None
+        if r.status_code < 400:
+            return r
+        detail = _detail(r)
+        if r.status_code == 401:
+            raise OpsError(f"{self.base} refused the token (401: {detail}); check --token/RADLOOP_TOKEN and that "
+                           "the deployment's issuer, audience and JWKS match your identity provider "
+                           "(docs/troubleshooting.md)")
+        if r.status_code == 403:
+            raise OpsError(f"the token's roles do not allow {method} {path} (403: {detail})")
+        if r.status_code >= 500:
+            raise OpsError(f"{method} {path} failed on the server ({r.status_code}: {detail})")
+        raise OpsError(f"{method} {path}: {detail} ({r.status_code})", 2)
+
+    def get(self, path: str, **kw: Any) -> Any:
+        return self.request("GET", path, **kw).json()
+
+    def post(self, path: str, body: Any = None, **kw: Any) -> Any:
+        r = self.request("POST", path, json=body, **kw)
+        return r.json() if r.content else None
+
+
+def print_json(data: Any) -> None:
+    """JSON on stdout and nothing else, so ``--json`` output pipes into jq."""
+    print(json.dumps(data, indent=2, default=str))
+
+
+def run(action: Callable[[], None]) -> None:
+    """Run a command body, turning :class:`OpsError` into its sentence and exit code."""
+    try:
+        action()
+    except OpsError as exc:
+        raise fail(exc) from None
+

@@ -1,0 +1,106 @@
+"""``radloop models``: the registry's model versions (list, show) and the decisions on them (approve, reject,
+rollback), through ``/registry`` of the entry point."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from radloop.ops.client import Api, JsonOpt, OpsError, TokenOpt, UrlOpt, console, print_json, run
+
+app = typer.Typer(help="Model versions in the registry: list, show, approve, reject, rollback.", no_args_is_help=True)
+
+VersionArg = Annotated[int, typer.Argument(help="The model version (an integer, see `radloop models list`).")]
+ReasonOpt = Annotated[str, typer.Option("--reason", "-r", help="Why (kept in the approval history; 3+ characters).")]
+
+
+def _metric(m: dict[str, Any] | None, key: str) -> str:
+    v = (m or {}).get(key)
+    return f"{v:.3f}" if isinstance(v, int | float) else "-"
+
+
+def _render_list(d: dict[str, Any]) -> None:
+    t = Table(title=f"models (champion: {d.get('champion') or 'none'})")
+    for c in ("version", "status", "decision", "AUC", "sensitivity", "run", "created"):
+        t.add_column(c)
+    for m in d.get("models", []):
+        champ = " ★" if m.get("version") == d.get("champion") else ""
+        t.add_row(f"{m.get('version')}{champ}", str(m.get("status")), str(m.get("decision") or "-"),
+                  _metric(m.get("metrics"), "auc"), _metric(m.get("metrics"), "sensitivity"),
+                  str(m.get("run_id") or "-"), str(m.get("created_at") or "-"))
+    console.print(t)
+
+
+def _render_model(m: dict[str, Any]) -> None:
+    t = Table(title=f"model version {m.get('version')}{' (champion)' if m.get('champion') else ''}", show_header=False)
+    t.add_column("field")
+    t.add_column("value")
+    for k in ("status", "decision", "decision_reason", "run_id", "created_at", "model_package_arn"):
+        t.add_row(k, str(m.get(k) if m.get(k) is not None else "-"))
+    for k, v in sorted((m.get("metrics") or {}).items()):
+        t.add_row(f"metrics.{k}", f"{v:.4f}" if isinstance(v, float) else str(v))
+    console.print(t)
+
+
+@app.command("list")
+def list_(url: UrlOpt = None, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
+    """Every model version with its metrics, decision and status; the champion is starred."""
+    def go() -> None:
+        with Api(url, token) as api:
+            d = api.get("/registry/models")
+        if as_json:
+            print_json(d)
+        else:
+            _render_list(d)
+    run(go)
+
+
+@app.command()
+def show(version: VersionArg, url: UrlOpt = None, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
+    """One version: metrics, lineage, decision, and its SageMaker model package."""
+    def go() -> None:
+        with Api(url, token) as api:
+            m = api.get(f"/registry/models/{version}")
+        if as_json:
+            print_json(m)
+        else:
+            _render_model(m)
+    run(go)
+
+
+def _decide(action: str, version: int, reason: str, url: str | None, token: str | None, as_json: bool) -> None:
+    def go() -> None:
+        if len(reason.strip()) < 3:
+            raise OpsError("--reason needs at least 3 characters (it is kept in the approval history)", 2)
+        with Api(url, token) as api:
+            m = api.post(f"/registry/models/{version}/{action}", {"reason": reason})
+        if as_json:
+            print_json(m)
+        else:
+            console.print(f"model version {m.get('version')}: {action} recorded "
+                          f"(status {m.get('status')}, champion: {'yes' if m.get('champion') else 'no'})")
+    run(go)
+
+
+@app.command()
+def approve(version: VersionArg, reason: ReasonOpt, url: UrlOpt = None, token: TokenOpt = None,
+            as_json: JsonOpt = False) -> None:
+    """Approve a pending version and make it champion (role ml)."""
+    _decide("approve", version, reason, url, token, as_json)
+
+
+@app.command()
+def reject(version: VersionArg, reason: ReasonOpt, url: UrlOpt = None, token: TokenOpt = None,
+           as_json: JsonOpt = False) -> None:
+    """Reject a version; it is never deployed (role ml)."""
+    _decide("reject", version, reason, url, token, as_json)
+
+
+@app.command()
+def rollback(version: VersionArg, reason: ReasonOpt, url: UrlOpt = None, token: TokenOpt = None,
+             as_json: JsonOpt = False) -> None:
+    """Make an earlier approved version champion again (role ml)."""
+    _decide("rollback", version, reason, url, token, as_json)
+

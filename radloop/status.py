@@ -1,0 +1,60 @@
+"""The health of a running local platform: each service's readiness and every queue's depth (``radloop status``).
+
+Shared by the CLI and the demo's closing check, so neither imports the other.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared.settings import DEFAULT_PORTS, Settings
+
+
+def collect_status(s: Settings) -> dict[str, Any]:
+    """Health of every service and the depth of every queue and DLQ."""
+    from radloop.local.platform import fetch_json, read_state
+    from shared.aws import boto3_client
+
+    state = read_state(s.var_dir) or {}
+    ports = {**DEFAULT_PORTS, **state.get("ports", {})}
+    endpoint = s.aws_endpoint_url or state.get("endpoint", "")
+    out: dict[str, Any] = {"endpoint": endpoint or "aws", "prefix": s.prefix, "services": {}, "queues": {}}
+    from shared.topology import SERVICES
+
+    for name in (*SERVICES, "entry"):
+        url = f"http://127.0.0.1:{ports[name]}"
+        code, body = fetch_json(url + ("/readyz" if name != "entry" else "/healthz"))
+        out["services"][name] = {
+            "url": url,
+            "healthy": code == 200,
+            "status": code,
+            "detail": body if code != 200 else None,
+            "pid": state.get("pids", {}).get(name),
+        }
+    out["dimse_port"] = ports["dimse"]
+    out["dimse_ae_title"] = "RADLOOP"
+    try:
+        sqs = boto3_client(s.model_copy(update={"aws_endpoint_url": endpoint}), "sqs")
+        for service, q in s.topology.queues.items():
+            depths = {}
+            for label, qname in (("queue", q.name), ("dlq", q.dlq_name)):
+                url = sqs.get_queue_url(QueueName=qname)["QueueUrl"]
+                a = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=[
+                    "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
+                depths[label] = int(a["ApproximateNumberOfMessages"])
+                depths[f"{label}_in_flight"] = int(a["ApproximateNumberOfMessagesNotVisible"])
+            out["queues"][service] = depths
+    except Exception as exc:
+        out["queues_error"] = f"{type(exc).__name__}: {exc}"
+    if endpoint:
+        # moto keeps everything in memory: a restart loses every stored image, case and message (shared.bootstrap).
+        from shared.bootstrap import endpoint_state
+
+        out["aws_state"] = endpoint_state(s.model_copy(update={"aws_endpoint_url": endpoint}), state.get("boot_id"))
+        if state.get("aws_data_lost"):
+            out["aws_state"]["losses"] = state["aws_data_lost"]
+            out["aws_state"]["data_lost"] = True
+    lost = bool(out.get("aws_state", {}).get("data_lost"))
+    out["healthy"] = (all(v["healthy"] for v in out["services"].values()) and "queues_error" not in out
+                      and not lost)
+    return out

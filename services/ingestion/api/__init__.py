@@ -1,0 +1,1 @@
+"""STOW-RS routes of the ingestion service."""

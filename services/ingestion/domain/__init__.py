@@ -1,0 +1,1 @@
+"""Pure ingestion logic: parsing, de-identification, transcoding (in the CPU pool)."""

@@ -1,0 +1,1 @@
+"""Verification's AWS adapters: the case store (cases and labels tables), degradation alarms, heatmap URLs."""

@@ -1,0 +1,228 @@
+"""Writes and point reads of the instance index (keys and record: :mod:`shared.instance_index`).
+
+Ingestion writes an instance with :class:`IndexWriter` (or :func:`write_instance`): one ``TransactWriteItems`` that
+puts the instance item (only if absent) and creates or updates its series and study items, maintaining
+``num_series``, ``num_instances`` and ``modalities``. Study and series updates are conditioned on what the writer
+believes, so concurrent writers of the same study retry instead of losing counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from shared.ddb import from_item, is_conditional_failure, to_item, to_value
+from shared.instance_index import (
+    FRAME_OFFSETS_KEY,
+    LEVEL_SERIES,
+    LEVEL_STUDY,
+    STUDY_SK,
+    IndexConflictError,
+    IndexRecord,
+    WriteOutcome,
+    inline_frame_offsets,
+    instance_sk,
+    now_iso,
+    series_sk,
+    study_pk,
+)
+from shared.uids import validate_uid
+
+
+def encode_item(values: dict[str, Any]) -> dict[str, Any]:
+    """Plain values -> DynamoDB attribute values; ``None`` values are omitted (GSI keys must be absent, not empty)."""
+    return to_item(values)
+
+
+def decode_item(item: dict[str, Any]) -> dict[str, Any]:
+    """DynamoDB attribute values -> plain values (N becomes int when integral)."""
+    return from_item(item) or {}
+
+
+async def get_instance(ddb: Any, table: str, study: str, series: str, sop: str) -> dict[str, Any] | None:
+    resp = await ddb.get_item(TableName=table, Key={"pk": {"S": study_pk(study)}, "sk": {"S": instance_sk(series, sop)}},
+                              ConsistentRead=True)
+    item = resp.get("Item")
+    return decode_item(item) if item else None
+
+
+async def find_by_sop(ddb: Any, table: str, sop: str) -> dict[str, Any] | None:
+    """The instance item of a SOP Instance UID through the ``by_sop`` GSI (eventually consistent)."""
+    resp = await ddb.query(TableName=table, IndexName="by_sop", KeyConditionExpression="sop_uid = :s",
+                           ExpressionAttributeValues={":s": {"S": validate_uid(sop, what="SOPInstanceUID")}}, Limit=1)
+    items = resp.get("Items") or []
+    return decode_item(items[0]) if items else None
+
+
+async def load_frame_offsets(s3: Any, bucket: str, item: dict[str, Any]) -> list[list[int]] | None:
+    """The frame-offset table of a decoded instance item: inline, or read from the images bucket when the item
+    points there (``frame_offsets_key``, see :func:`shared.instance_index.fit_instance`); None when it has none."""
+    inline = inline_frame_offsets(item)
+    if inline is not None or not item.get(FRAME_OFFSETS_KEY):
+        return inline
+    obj = await s3.get_object(Bucket=bucket, Key=str(item[FRAME_OFFSETS_KEY]))
+    async with obj["Body"] as body:
+        data = await body.read()
+    offsets: list[list[int]] = json.loads(data)
+    return offsets
+
+
+@dataclass
+class _Known:
+    """What a writer believes about a study: its series and modalities (a hint; conditions guard correctness)."""
+
+    series: set[str] = field(default_factory=set)
+    modalities: set[str] = field(default_factory=set)
+
+
+class IndexWriter:
+    """Writes instances with as few round trips as the index allows.
+
+    A small in-process cache remembers which studies and series exist and which modalities a study lists, so the
+    common case (another instance of a known series) is one ``TransactWriteItems`` with no read before it. Every
+    belief is a condition in the transaction (series exists, study exists and already lists the modality, instance
+    absent), so a wrong belief only cancels the transaction, after which the writer reads the items and retries.
+    Counters use ``ADD`` and modalities grow with ``list_append`` guarded by ``NOT contains``, so concurrent writers
+    of one study never lose an update and need no version numbers.
+    """
+
+    def __init__(self, ddb_factory: Any, table: str, *, cache_size: int = 4096) -> None:
+        self._ddb = ddb_factory
+        self.table = table
+        self._known: dict[str, _Known] = {}
+        self._cache_size = cache_size
+        #: transactions retried after a cancellation (wrong belief or a concurrent writer), for metrics
+        self.retries = 0
+
+    async def write(self, rec: IndexRecord, *, overwrite: bool = False, max_attempts: int = 25,
+                    extra_items: list[dict[str, Any]] | None = None) -> WriteOutcome:
+        """Index one instance (see the class docstring); ``extra_items`` join the same transaction.
+
+        Returns ``"created"``, or ``"exists"`` when the same instance (same ``content_sha256``) is already indexed.
+        Raises :class:`IndexConflictError` when the SOP instance is indexed with other content and ``overwrite`` is
+        false. With ``overwrite``, an existing instance item is replaced and counters are left as they are.
+        """
+        ddb = await self._ddb()
+        pk = study_pk(rec.study_uid)
+        s_sk, i_sk = series_sk(rec.series_uid), instance_sk(rec.series_uid, rec.sop_uid)
+        sha = rec.instance["content_sha256"]
+        known = self._known.get(rec.study_uid)
+        guess = known is not None and rec.series_uid in known.series
+        for attempt in range(max_attempts):
+            replacing = False
+            old_sha = ""
+            if guess and known is not None:
+                study_exists, series_exists = True, True
+                has_modality = rec.modality in known.modalities
+            else:
+                resp = await ddb.batch_get_item(RequestItems={self.table: {"Keys": [
+                    {"pk": {"S": pk}, "sk": {"S": STUDY_SK}}, {"pk": {"S": pk}, "sk": {"S": s_sk}},
+                    {"pk": {"S": pk}, "sk": {"S": i_sk}}], "ConsistentRead": True}})
+                got = {i["sk"]["S"]: i for i in resp.get("Responses", {}).get(self.table, [])}
+                existing = got.get(i_sk)
+                if existing is not None:
+                    old_sha = str(existing.get("content_sha256", {}).get("S", ""))
+                    if old_sha == sha:
+                        return "exists"
+                    if not overwrite:
+                        raise IndexConflictError(rec.sop_uid, old_sha)
+                    replacing = True
+                study = got.get(STUDY_SK)
+                study_exists, series_exists = study is not None, s_sk in got
+                mods = {m.get("S", "") for m in (study or {}).get("modalities", {}).get("L", [])}
+                has_modality = rec.modality in mods
+                self._remember(rec.study_uid, rec.series_uid if series_exists else None, mods)
+            if replacing:
+                items = [{"Put": {"TableName": self.table, "Item": encode_item(dict(rec.instance, pk=pk, sk=i_sk)),
+                                  "ConditionExpression": "content_sha256 = :old",
+                                  "ExpressionAttributeValues": {":old": {"S": old_sha}}}}]
+            else:
+                items = _transaction(self.table, rec, pk, s_sk, i_sk, study_exists, series_exists, has_modality)
+            try:
+                await ddb.transact_write_items(TransactItems=items + list(extra_items or []))
+                self._remember(rec.study_uid, rec.series_uid, {rec.modality})
+                return "created"
+            except ClientError as exc:
+                # Retry a cancelled transaction (a wrong belief or a concurrent writer), never another error.
+                code = exc.response["Error"]["Code"]
+                retryable = code in ("TransactionCanceledException", "TransactionConflictException")
+                if not retryable and not is_conditional_failure(exc):
+                    raise
+                reasons = [r.get("Code", "") for r in exc.response.get("CancellationReasons", [])]
+                if extra_items and any(r == "ConditionalCheckFailed" for r in reasons[len(items):]):
+                    raise  # a caller's own condition failed: not ours to retry
+            # A belief was wrong or a concurrent writer got there first: read, then retry with jitter.
+            self.retries += 1
+            guess = False
+            self._known.pop(rec.study_uid, None)
+            await asyncio.sleep(min(0.5, 0.005 * (2 ** min(attempt, 7))) * random.random())
+        raise RuntimeError(f"index write for SOP instance {rec.sop_uid} kept conflicting after {max_attempts} attempts")
+
+    def _remember(self, study: str, series: str | None, modalities: set[str]) -> None:
+        k = self._known.get(study)
+        if k is None:
+            if len(self._known) >= self._cache_size:
+                self._known.pop(next(iter(self._known)))
+            k = self._known[study] = _Known()
+        if series:
+            k.series.add(series)
+        k.modalities |= {m for m in modalities if m}
+
+
+async def write_instance(ddb: Any, table: str, rec: IndexRecord, *, overwrite: bool = False) -> WriteOutcome:
+    """Index one instance with a throw-away :class:`IndexWriter` (reads before writing)."""
+
+    async def factory() -> Any:
+        return ddb
+
+    return await IndexWriter(factory, table, cache_size=1).write(rec, overwrite=overwrite)
+
+
+def _transaction(table: str, rec: IndexRecord, pk: str, s_sk: str, i_sk: str, study_exists: bool,
+                 series_exists: bool, has_modality: bool) -> list[dict[str, Any]]:
+    now = now_iso()
+    inst = dict(rec.instance, pk=pk, sk=i_sk, stored_at=now)
+    items: list[dict[str, Any]] = [{"Put": {"TableName": table, "Item": encode_item(inst),
+                                            "ConditionExpression": "attribute_not_exists(pk)"}}]
+    if not series_exists:
+        s_item = dict(rec.series, pk=pk, sk=s_sk, level=LEVEL_SERIES, level_sk=f"{rec.study_uid}#{rec.series_uid}",
+                      num_instances=1)
+        items.append({"Put": {"TableName": table, "Item": encode_item(s_item),
+                              "ConditionExpression": "attribute_not_exists(pk)"}})
+    else:
+        items.append({"Update": {
+            "TableName": table, "Key": {"pk": {"S": pk}, "sk": {"S": s_sk}},
+            "UpdateExpression": "ADD num_instances :one", "ConditionExpression": "attribute_exists(pk)",
+            "ExpressionAttributeValues": {":one": {"N": "1"}},
+        }})
+    if not study_exists:
+        st = dict(rec.study, pk=pk, sk=STUDY_SK, level=LEVEL_STUDY, modalities=[rec.modality], num_series=1,
+                  num_instances=1, updated_at=now)
+        items.append({"Put": {"TableName": table, "Item": encode_item(st),
+                              "ConditionExpression": "attribute_not_exists(pk)"}})
+        return items
+    # Descriptive study attributes follow the latest instance; identity and counters are maintained here.
+    sets = {k: v for k, v in rec.study.items() if k not in ("study_uid", "level_sk", "patient_id") and v is not None}
+    names = {f"#a{i}": k for i, k in enumerate(sets)}
+    values: dict[str, Any] = {f":a{i}": to_value(v) for i, v in enumerate(sets.values())}
+    values.update({":one": {"N": "1"}, ":ns": {"N": "0" if series_exists else "1"}, ":now": {"S": now},
+                   ":m": {"S": rec.modality}})
+    upd = "SET updated_at = :now" + "".join(f", #a{i} = :a{i}" for i in range(len(sets)))
+    if has_modality:
+        cond = "attribute_exists(pk) AND contains(modalities, :m)"
+    else:
+        upd += ", modalities = list_append(modalities, :ml)"
+        values[":ml"] = {"L": [{"S": rec.modality}]}
+        cond = "attribute_exists(pk) AND NOT contains(modalities, :m)"
+    upd += " ADD num_instances :one, num_series :ns"
+    items.append({"Update": {
+        "TableName": table, "Key": {"pk": {"S": pk}, "sk": {"S": STUDY_SK}}, "UpdateExpression": upd,
+        "ConditionExpression": cond, "ExpressionAttributeValues": values,
+        **({"ExpressionAttributeNames": names} if names else {}),
+    }})
+    return items

@@ -1,0 +1,29 @@
+"""The demo passes its approval floors as one policy document, not as per-number variables the services refuse."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from radloop.demo.run import Demo, DemoConfig
+from shared.approval import POLICY_FILE_ENV, REMOVED_VARIABLES, ApprovalPolicy, load_policy, refuse_removed_variables
+
+pytestmark = pytest.mark.unit  # no platform is started: only the environment it would get is built
+
+
+@pytest.mark.parametrize("quick", [False, True])
+def test_the_services_read_the_demos_floors_from_its_policy_file(tmp_path: Path, quick: bool) -> None:
+    cfg = DemoConfig.quick() if quick else DemoConfig()
+    demo = Demo(cfg, work_dir=tmp_path)
+    try:
+        env = demo.platform_env()
+    finally:
+        demo.api.close()
+    assert not set(REMOVED_VARIABLES) & set(env), "the services refuse the per-number variables"
+    refuse_removed_variables(env)
+    policy = load_policy(env[POLICY_FILE_ENV])
+    assert Path(env[POLICY_FILE_ENV]).is_absolute() and Path(env[POLICY_FILE_ENV]).is_relative_to(tmp_path.resolve())
+    assert (policy.auc_floor, policy.sensitivity_floor) == (cfg.auc_floor, cfg.sensitivity_floor)
+    # the margin over the champion is not the demo's to change: it is the packaged policy's
+    assert policy.auc_margin == ApprovalPolicy.load().auc_margin
