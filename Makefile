@@ -7,7 +7,8 @@ STAMP := $(VENV)/.setup-stamp
 # checkov pins boto3==1.35 (the services need 1.43): it gets its own venv, pinned by constraints-tools.txt.
 TOOLS := .venv-tools
 TOOLS_STAMP := $(TOOLS)/.setup-stamp
-APT_PACKAGES := dcmtk chromium orthanc orthanc-dicomweb
+# prometheus: tests/infra/test_dashboards.py runs every dashboard query on the real engine (and promtool).
+APT_PACKAGES := dcmtk chromium orthanc orthanc-dicomweb prometheus
 export PYTHONPATH := $(CURDIR)
 
 .PHONY: setup viewer up demo test test-unit lint lint-imports bench docs clean help

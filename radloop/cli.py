@@ -16,6 +16,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from radloop.ops import config as ops_config
+from radloop.ops import dlq as ops_dlq
+from radloop.ops import models as ops_models
+from radloop.ops import runs as ops_runs
+from radloop.ops import send as ops_send
+from radloop.ops import worklist as ops_worklist
+from radloop.ops.client import OpsError, TokenOpt, UrlOpt, fail, resolve_token, resolve_url
 from radloop.status import collect_status
 from radloop.traces import build_trace_trees, render_trace
 from shared.settings import DEFAULT_PORTS, Settings
@@ -32,6 +39,14 @@ app = typer.Typer(
 )
 console = Console()
 err = Console(stderr=True)
+
+# The operator's commands live in radloop/ops/ (one module per group); this file only registers them.
+app.add_typer(ops_models.app, name="models")
+app.add_typer(ops_runs.app, name="runs")
+app.add_typer(ops_dlq.app, name="dlq")
+app.command("send")(ops_send.send)
+app.command("worklist")(ops_worklist.worklist)
+app.command("config")(ops_config.config)
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -136,8 +151,16 @@ def _print_urls(platform: Any) -> None:
 @app.command()
 def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+    url: UrlOpt = None,
+    token_: TokenOpt = None,
 ) -> None:
-    """Show each service's health and URL and every queue's depth (DLQs included). Exits 1 if anything is unhealthy."""
+    """Show each service's health and URL and every queue's depth (DLQs included). Exits 1 if anything is unhealthy.
+
+    With --url, a deployment's entry point is asked instead (one authenticated read per routed service).
+    """
+    if url:
+        _remote_status(url, token_, as_json)
+        return
     s = _settings()
     st = collect_status(s)
     if as_json:
@@ -160,6 +183,25 @@ def status(
         if "queues_error" in st:
             err.print(f"[red]queues unavailable:[/] {st['queues_error']}")
         console.print(f"DIMSE SCP: 127.0.0.1:{st['dimse_port']} AE {st['dimse_ae_title']}")
+    raise typer.Exit(0 if st["healthy"] else 1)
+
+
+def _remote_status(url: str, token_: str | None, as_json: bool) -> None:
+    from radloop.status import collect_remote_status
+
+    try:
+        st = collect_remote_status(resolve_url(url), resolve_token(token_))
+    except OpsError as exc:
+        raise fail(exc) from None
+    if as_json:
+        print(json.dumps(st, indent=2))
+    else:
+        t = Table(title=f"radloop at {st['url']}")
+        for c in ("service", "url", "health"):
+            t.add_column(c)
+        for name, v in st["services"].items():
+            t.add_row(name, v["url"], "[green]ok[/]" if v["healthy"] else f"[red]{v['status'] or 'unreachable'}[/]")
+        console.print(t)
     raise typer.Exit(0 if st["healthy"] else 1)
 
 

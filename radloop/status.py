@@ -58,3 +58,33 @@ def collect_status(s: Settings) -> dict[str, Any]:
     out["healthy"] = (all(v["healthy"] for v in out["services"].values()) and "queues_error" not in out
                       and not lost)
     return out
+
+
+#: What ``radloop status --url`` asks a deployment's entry point: one cheap authenticated read per routed service.
+REMOTE_PROBES: tuple[tuple[str, str], ...] = (
+    ("entry", "/healthz"),
+    ("streaming_gateway", "/dicomweb/studies?limit=1"),
+    ("verification", "/verification/worklist?limit=1"),
+    ("registry", "/registry/models"),
+    ("pipeline_orchestrator", "/orchestrator/trainings"),
+)
+
+
+def collect_remote_status(url: str, token: str, timeout_s: float = 10.0) -> dict[str, Any]:
+    """Health of a deployment seen through its entry point (``radloop status --url``): each routed service answers
+    one authenticated read. Queue depths need SQS access: ``radloop dlq list`` gives them."""
+    import httpx
+
+    out: dict[str, Any] = {"url": url, "services": {}}
+    with httpx.Client(timeout=timeout_s, headers={"Authorization": f"Bearer {token}",
+                                                    "Accept": "application/json, application/dicom+json"}) as http:
+        for name, path in REMOTE_PROBES:
+            try:
+                r = http.get(url + path)
+                code, detail = r.status_code, None if r.status_code < 400 else r.text[:200]
+            except httpx.HTTPError as exc:
+                code, detail = 0, f"{type(exc).__name__}: {exc}"
+            out["services"][name] = {"url": url + path.split("?")[0], "healthy": 200 <= code < 300, "status": code,
+                                     "detail": detail}
+    out["healthy"] = all(v["healthy"] for v in out["services"].values())
+    return out

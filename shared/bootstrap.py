@@ -187,11 +187,12 @@ async def read_boot_id(clients: AwsClients, topo: Topology | None = None) -> str
     return item["boot_id"]["S"] if item else None
 
 
-def read_boot_id_sync(settings: Settings) -> str | None:
-    """:func:`read_boot_id` for synchronous callers (``radloop status``, the local supervisor)."""
+def read_boot_id_sync(settings: Settings, ddb: Any = None) -> str | None:
+    """:func:`read_boot_id` for synchronous callers (``radloop status``, the local supervisor); ``ddb``: a boto3
+    DynamoDB client to reuse."""
     from shared.aws import boto3_client
 
-    ddb = boto3_client(settings, "dynamodb")
+    ddb = ddb or boto3_client(settings, "dynamodb")
     try:
         item = ddb.get_item(TableName=settings.topology.table("state"), Key={"key": {"S": BOOT_MARKER_KEY}},
                             ConsistentRead=True).get("Item")

@@ -44,7 +44,7 @@ ALLOWED_LABELS: frozenset[str] = frozenset({
     "via",             # ingestion channel: stow | dimse | s3
     "direction",       # bytes: in (as received) | out (as stored)
     "model_version",   # a model package version (a small integer as a string)
-    "priority",        # triage priority: critical | urgent | routine ...
+    "priority",        # triage priority: urgent | routine
     "role",            # a radiologist's ROLE claim (never the name or subject)
     "measure",         # performance measure: auc | sensitivity | specificity
 })
@@ -132,7 +132,7 @@ _SPECS: tuple[MetricSpec, ...] = (
                ("queue", "state")),
     # --- ingestion ---
     MetricSpec("radloop.ingestion.instances", "counter", "{instance}",
-               "DICOM instances received, by channel and outcome (stored | rejected)", ("via", "outcome"),
+               "DICOM instances received, by channel and outcome: stored | duplicate | rejected", ("via", "outcome"),
                service="ingestion"),
     MetricSpec("radloop.ingestion.bytes", "counter", "By",
                "Pixel bytes: in = as received, out = as stored (HTJ2K)", ("direction",), service="ingestion"),
@@ -155,7 +155,7 @@ _SPECS: tuple[MetricSpec, ...] = (
                ("model_version", "measure"), service="verification"),
     # --- pipeline orchestrator and registry ---
     MetricSpec("radloop.training.runs", "counter", "{run}",
-               "Training runs finished, by outcome (succeeded | failed | approved | rejected ...)", ("outcome",),
+               "Training runs finished, by outcome: succeeded | failed | stopped", ("outcome",),
                service="pipeline_orchestrator"),
     MetricSpec("radloop.model.champion.version", "gauge", "{version}",
                "The champion (serving) model version", (), service="registry"),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -27,6 +28,8 @@ from typing import Any
 from radloop.local.embedded_aws import EmbeddedAws, port_open, start_embedded_aws
 from shared.settings import DEFAULT_PORTS, Settings
 from shared.topology import SERVICES
+
+log = logging.getLogger(__name__)
 
 HTTP_SERVICES = SERVICES  # every service process serves /healthz and /readyz
 
@@ -89,6 +92,7 @@ class LocalPlatform:
     #: How often the endpoint's boot marker is checked by :meth:`supervise_once` (seconds).
     endpoint_check_interval_s: float = 2.0
     _last_endpoint_check: float = 0.0
+    _ddb: Any = None
 
     def __post_init__(self) -> None:
         self.ports = {**DEFAULT_PORTS, **env_ports(), **self.ports}
@@ -191,14 +195,13 @@ class LocalPlatform:
 
     # -- supervise ---------------------------------------------------------------------------------------------------
     def supervise_once(self) -> list[str]:
-        """Restart crashed processes (with backoff) and a lost embedded endpoint; return the names restarted.
+        """Restart crashed processes (with backoff); return the names restarted.
 
-        ``aws`` in the result means the embedded endpoint was restarted or found empty and its topology re-created:
-        the data it held is gone (recorded in ``state.json``).
+        Also restarts a dead embedded endpoint, or re-creates the topology of one that lost it (:meth:`check_endpoint`,
+        logged as a warning and recorded in :attr:`aws_losses` and ``state.json``, not in the returned names).
         """
+        self.check_endpoint()
         restarted = []
-        if self.check_endpoint():
-            restarted.append("aws")
         for p in self.processes.values():
             if p.process is not None and p.process.poll() is not None:
                 backoff = min(30.0, 2.0 ** min(p.restarts, 5))
@@ -229,14 +232,24 @@ class LocalPlatform:
                 return False
         else:
             try:
-                if read_boot_id_sync(self._aws_settings()) is not None:
+                if self._ddb is None:
+                    from shared.aws import boto3_client
+
+                    self._ddb = boto3_client(self._aws_settings().model_copy(update={"aws_max_attempts": 1}), "dynamodb")
+                if read_boot_id_sync(self._aws_settings(), self._ddb) is not None:
                     return False
             except Exception:  # not answering: nothing to re-create yet (services report it as unreachable)
                 return False
             how = "endpoint answers without its topology (it restarted)"
         # self.boot_id stays the start-up one: status compares the endpoint's marker against it
-        asyncio.run(_bootstrap(self._aws_settings()))
+        try:
+            asyncio.run(_bootstrap(self._aws_settings()))
+        except Exception as exc:  # the marker is still missing, so the next check tries again
+            log.warning("re-creating the topology failed (%s: %s); retrying", type(exc).__name__, exc)
+            return False
         self.aws_losses.append({"at": time.time(), "how": how})
+        log.warning("the embedded AWS endpoint lost its state (%s): the data stored before is gone; the topology was "
+                    "re-created. `radloop status` shows it.", how)
         self.write_state()
         return True
 

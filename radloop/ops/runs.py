@@ -77,7 +77,7 @@ def trigger(
     reason: Annotated[str, typer.Option(help="Why (kept with the run).")] = "manual trigger from the CLI",
     force: Annotated[bool, typer.Option("--force", help="Re-run even if the labelled data set is unchanged.")] = False,
     param: Annotated[list[str] | None, typer.Option(
-        "--param", "-p", help="Override a pipeline parameter, KEY=VALUE (repeatable; VALUE parsed as JSON if it can be).")] = None,
+        "--param", "-p", help="Override a pipeline parameter, KEY=VALUE (repeatable; VALUE read as JSON if it parses).")] = None,
     url: UrlOpt = None, token: TokenOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """Start a training run now (role ml); coalesces with a running one. Exit 2 when there is nothing to train on."""
@@ -112,7 +112,7 @@ def _log_lines(r: dict[str, Any]) -> list[str]:
 def logs(
     run_id: RunArg,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines until the run ends.")] = False,
-    timeout: Annotated[float, typer.Option(help="With --follow: stop after this many seconds (exit 1 if still running).")] = 600.0,
+    timeout: Annotated[float, typer.Option(help="With --follow: give up after this many seconds (exit 1).")] = 600.0,
     interval: Annotated[float, typer.Option(help="With --follow: seconds between polls.")] = 2.0,
     url: UrlOpt = None, token: TokenOpt = None, as_json: JsonOpt = False,
 ) -> None:

@@ -49,6 +49,7 @@ from shared.dicom.parse import ParseLimits
 from shared.events import InstanceRejected, InstanceStored
 from shared.index_writer import IndexWriter
 from shared.instance_index import IndexConflictError, WriteOutcome, fit_instance, offsets_object_key
+from shared.metrics import instrument
 from shared.service import Runtime
 from shared.storage import IMPORTS_PREFIX
 from shared.telemetry import inject_context, tracer
@@ -112,6 +113,7 @@ class IngestPipeline:
             except TransientFailure:
                 raise  # not a refusal of the instance: no InstanceRejected
             except DicomRejection as rej:
+                instrument("radloop.ingestion.instances").add(1, {"via": source, "outcome": "rejected"})
                 await self._rejected(rej, source, data, object_key)
                 raise
 
@@ -162,6 +164,7 @@ class IngestPipeline:
         log.info("instance stored", extra={"sop_uid": prep.sop_uid, "source": source, "index": outcome,
                                            "frames": len(prep.frames), "index_retries_total": self.index.retries,
                                            **steps})
+        _record_stored(source, len(data), prep)
         return self._result("stored", prep, t0)
 
     async def _acquire(self, prep: Prepared) -> Claim:
@@ -224,6 +227,9 @@ class IngestPipeline:
             log.exception("could not release an ingestion claim; it expires with its lease")
 
     def _result(self, status: Literal["stored", "duplicate"], prep: Prepared, t0: float) -> IngestResult:
+        if status == "duplicate":
+            instrument("radloop.ingestion.instances").add(1, {"via": prep.record.instance.get("source") or "stow",
+                                                              "outcome": "duplicate"})
         return IngestResult(status=status, study_uid=prep.study_uid, series_uid=prep.series_uid, sop_uid=prep.sop_uid,
                             sop_class_uid=prep.sop_class_uid, original_key=prep.original_key,
                             seconds=time.perf_counter() - t0)
@@ -305,3 +311,23 @@ class IngestPipeline:
             log.exception("audit record could not be written", extra={"action": action})
             raise TransientFailure(OUT_OF_RESOURCES, f"The audit record could not be written ({type(exc).__name__}); "
                                    "nothing was acknowledged; retry later.", kind="audit-unavailable") from None
+
+
+def _record_stored(source: str, received: int, prep: Prepared) -> None:
+    """Metrics of one stored instance: count, bytes in (as received) and out (HTJ2K), and the HTJ2K ratio.
+
+    The ratio is the decoded pixel data's size over the HTJ2K codestreams' (what the format saves), not the received
+    object's, which may itself be compressed.
+    """
+    inst = prep.record.instance
+    instrument("radloop.ingestion.instances").add(1, {"via": source, "outcome": "stored"})
+    out = int(inst.get("htj2k_bytes") or 0)
+    instrument("radloop.ingestion.bytes").add(received, {"direction": "in"})
+    instrument("radloop.ingestion.bytes").add(out, {"direction": "out"})
+    try:
+        pixels = (int(inst["rows"]) * int(inst["columns"]) * int(inst.get("samples_per_pixel") or 1)
+                  * ((int(inst["bits_allocated"]) + 7) // 8) * int(inst.get("number_of_frames") or 1))
+    except (KeyError, TypeError, ValueError):
+        return
+    if out > 0 and pixels > 0:
+        instrument("radloop.ingestion.htj2k.ratio").record(pixels / out)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,7 @@ from services.triage.domain.priority import AWAITING_MODEL, VERIFIED_BEFORE_MODE
 from services.triage.settings import TriageSettings
 from shared.aws import AwsClients
 from shared.events import ImageVerified, InstanceScored, InstanceStored, ModelApproved
+from shared.metrics import instrument
 from shared.publisher import EventPublisher
 from shared.uids import validate_uid
 
@@ -97,8 +99,13 @@ class Triage:
             pre = await asyncio.to_thread(model_input, frame, model.input_size)
         except ValueError as exc:  # undecodable: it can never succeed, so say so instead of retrying forever
             return await self._record(InstanceScored(status="unscored", reason=str(exc)[:500], **base))
+        started = time.perf_counter()
         prob, used, x = await self.batcher.submit(frame, pre, model.input_size)
         priority = priority_for(prob, used.threshold)
+        # Scoring latency: the model call through the batcher (queueing for a batch included), per model version.
+        version = {"model_version": str(used.version)}
+        instrument("radloop.triage.scoring.duration").record(time.perf_counter() - started, version)
+        instrument("radloop.triage.scores").add(1, {**version, "priority": priority})
         heatmap = None
         if s.triage_heatmaps == "all" or (s.triage_heatmaps == "positives" and priority == "urgent"):
             try:

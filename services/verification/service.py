@@ -16,6 +16,7 @@ from services.verification.adapters.images import HeatmapLinks
 from services.verification.domain import performance as perf
 from services.verification.domain.cases import (
     FINAL,
+    OPEN,
     ReadRejected,
     apply_read,
     apply_scored,
@@ -28,6 +29,7 @@ from shared.aws import AwsClients
 from shared.events import ImageVerified, InstanceScored, InstanceStored, ModelPerformanceDegraded
 from shared.exceptions import IdempotencyInProgressError, IdempotencyPayloadMismatchError
 from shared.idempotency import IdempotencyStore
+from shared.metrics import instrument
 from shared.publisher import EventPublisher
 from shared.uids import validate_uid
 
@@ -243,6 +245,25 @@ class Verification:
                 await self.sweep_outbox()
             except Exception:
                 log.exception("outbox sweep failed")
+            try:
+                await self.worklist_depth()
+            except Exception:  # a missed reading is a gap in a graph
+                log.debug("worklist depth failed", exc_info=True)
+
+    async def worklist_depth(self, max_scanned: int = 10_000) -> dict[str, int]:
+        """Open cases by priority (``urgent``/``routine``), also set as ``radloop.verification.worklist.depth``.
+
+        Reads the open partition of the status index (bounded by ``max_scanned``); cases without a score yet count
+        as routine, as the worklist orders them.
+        """
+        cases, _ = await self.store.worklist_page(OPEN, start=None, keep=lambda c: True, limit=max_scanned,
+                                                  max_scanned=max_scanned)
+        counts = {"urgent": 0, "routine": 0}
+        for c in cases:
+            counts["urgent" if (c.get("score") or {}).get("priority") == "urgent" else "routine"] += 1
+        for priority, n in counts.items():
+            instrument("radloop.verification.worklist.depth").set(n, {"priority": priority})
+        return counts
 
     def start(self) -> None:
         """Start the outbox sweeper."""
@@ -274,6 +295,10 @@ class Verification:
             m = perf.metrics(by_version.get(v, []), s.verification_window)
             br = perf.breaches(m, min_sample=s.verification_min_sample, auc_floor=s.verification_auc_floor,
                                sensitivity_floor=s.verification_sensitivity_floor)
+            for measure in ("auc", "sensitivity", "specificity"):  # live figures per version, for the dashboards
+                if m.get(measure) is not None:
+                    instrument("radloop.model.performance.ratio").set(
+                        float(m[measure]), {"model_version": str(v), "measure": measure})
             out.append({"model_version": v, **m,
                         "degraded": [{"metric": k, "value": val, "floor": f} for k, val, f in br]})
         pairs = [(c["paired_reads"][0], c["paired_reads"][1]) for c in cases if len(c.get("paired_reads") or []) == 2]

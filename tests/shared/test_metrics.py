@@ -230,3 +230,32 @@ def test_a_running_service_serves_its_metrics(deployment: Settings, tmp_path: Pa
                                                           deployment.topology.queues["registry"].dlq_name}
     # the resource names the service (Prometheus' target_info; CloudWatch's dimension through the collector)
     assert any(s.labels.get("service_name") == "registry" for s in fams["target_info"].samples)
+
+
+def test_every_metric_is_documented() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    for spec in m.CATALOGUE.values():
+        assert f"`{spec.prometheus_name}`" in doc, f"{spec.prometheus_name} is not in docs/operations.md"
+        for label in spec.labels:
+            assert f"`{label}`" in doc, f"label {label} is not in docs/operations.md"
+
+
+def test_ingestion_records_count_bytes_and_htj2k_ratio(provider: Any) -> None:
+    from types import SimpleNamespace
+
+    from services.ingestion.service import _record_stored
+
+    before = total("radloop_ingestion_instances_total", via="dimse", outcome="stored")
+    out_before = total("radloop_ingestion_bytes_total", direction="out")
+    ratios_before = total("radloop_ingestion_htj2k_ratio_count")
+    inst = {"rows": 512, "columns": 512, "samples_per_pixel": 1, "bits_allocated": 16, "number_of_frames": 2,
+            "htj2k_bytes": 262_144, "sop_uid": "1.2.840.99.1"}
+    _record_stored("dimse", 600_000, SimpleNamespace(record=SimpleNamespace(instance=inst)))  # type: ignore[arg-type]
+    assert total("radloop_ingestion_instances_total", via="dimse", outcome="stored") == before + 1
+    assert total("radloop_ingestion_bytes_total", direction="out") == out_before + 262_144
+    assert total("radloop_ingestion_htj2k_ratio_count") == ratios_before + 1
+    # 512*512*2 bytes * 2 frames / 262144 = 4.0: lands in the (3, 4] bucket
+    le4 = total("radloop_ingestion_htj2k_ratio_bucket", le="4.0") - total("radloop_ingestion_htj2k_ratio_bucket", le="3.0")
+    assert le4 >= 1
+    body, _ = m.prometheus_text()
+    assert "1.2.840.99.1" not in body.decode()

@@ -13,6 +13,7 @@ from services.verification.api.deps import DepsDep
 from services.verification.domain.cases import ADJUDICATION, FINAL, OPEN, display_status, lease_holder
 from services.verification.domain.errors import CaseNotFound
 from shared.auth import Principal, ReadUser, VerifyUser
+from shared.metrics import instrument
 
 router = APIRouter(prefix="/verification", tags=["verification"])
 
@@ -72,7 +73,9 @@ async def worklist(
         return not (lo and day < lo or hi and day > hi)
 
     cases, next_cursor = await deps.verification.worklist(partition, keep, limit=limit, cursor=cursor)
-    await deps.rt.audit.record(user, "worklist.list", {"status": status_ or "open", "modality": mod},
+    # The filter's value is the client's free text (a user may type a patient name into it): like QIDO's query
+    # values it is never recorded, since audit records are logged too; only whether the list was filtered.
+    await deps.rt.audit.record(user, "worklist.list", {"status": status_ or "open", "modality_filter": mod is not None},
                                count=len(cases))
     return {"items": [_entry(c, now) for c in cases], "next_cursor": next_cursor, "count": len(cases)}
 
@@ -158,6 +161,8 @@ async def submit_read(
     out, replayed = await v.read_once(cid, user.subject, body.label, body.confidence, body.comment, idempotency_key)
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
+    else:  # per reader ROLE only: never the subject or name
+        instrument("radloop.verification.reads").add(1, {"role": user.role, "outcome": str(out.get("status", "read"))})
     await deps.rt.audit.record(user, "case.read", {"case_id": cid, "label_version": out.get("label_version")})
     return out
 
