@@ -233,7 +233,31 @@ def build_app(spec: ServiceSpec[S, D], settings: Settings | None = None) -> Fast
         spec.configure(app, s)
     app.add_middleware(RouteMetricsMiddleware)
     instrument_fastapi(app)
+    _document_domain_errors(app)
     return app
+
+
+def _document_domain_errors(app: FastAPI) -> None:
+    """Make the schema say what a 422 answers: FastAPI's validation list, or a DomainError's sentence.
+
+    FastAPI documents every 422 as ``{"detail": [ValidationError, ...]}``, but a :class:`DomainError` with status 422
+    (an invalid UID in a path, an impossible read) answers ``{"detail": "sentence"}``; a client generated from the
+    schema would fail to parse it (schemathesis' response_schema_conformance found it: tests/security/).
+    """
+    original = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = original()
+            props = schema.get("components", {}).get("schemas", {}).get("HTTPValidationError", {}).get("properties", {})
+            detail = props.get("detail")
+            if detail is not None and "anyOf" not in detail:
+                listed = {k: v for k, v in detail.items() if k != "title"}
+                props["detail"] = {"title": "Detail", "anyOf": [listed, {"type": "string"}],
+                                   "description": "The invalid fields, or one sentence saying what is wrong."}
+        return app.openapi_schema or original()
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 class RouteMetricsMiddleware:

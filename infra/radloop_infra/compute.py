@@ -28,7 +28,6 @@ from constructs import Construct
 
 from infra.radloop_infra import needs as N
 from infra.radloop_infra.config import DeployParams
-from infra.radloop_infra.dashboards import with_emf_metrics
 from infra.radloop_infra.data import Data
 from infra.radloop_infra.messaging import Messaging
 from infra.radloop_infra.security import Keys, Network, retention
@@ -147,8 +146,7 @@ class Compute(Construct):
         )
         adot_image = (f"{stack.account}.dkr.ecr.{stack.region}.{stack.url_suffix}/{PULL_THROUGH_PREFIX}/"
                       f"{ADOT_UPSTREAM_REPOSITORY}:{ADOT_TAG}")
-        collector_yaml = yaml.safe_dump(with_emf_metrics(ecs_collector_config(stack.region), stack.region, topology.prefix),
-                                        sort_keys=False)
+        collector_yaml = yaml.safe_dump(ecs_collector_config(stack.region), sort_keys=False)
 
         # --- load balancers -----------------------------------------------------------------------------------------
         self.alb_sg = ec2.SecurityGroup(self, "AlbSg", vpc=vpc, allow_all_outbound=False,

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from aws_cdk import CfnOutput, Environment, RemovalPolicy, Stack, Tags
+from aws_cdk import CfnOutput, Environment, Stack, Tags
 from constructs import Construct
 
 from infra.radloop_infra.compute import Compute
 from infra.radloop_infra.config import DeployParams
-from infra.radloop_infra.dashboards import MetricsDashboards
 from infra.radloop_infra.data import Data
 from infra.radloop_infra.messaging import Messaging
 from infra.radloop_infra.ml import TRAINING_DOCKERFILE, Ml
@@ -42,11 +41,6 @@ class RadloopStack(Stack):
         self.observability = Observability(self, "Observability", params=params, topology=self.topology,
                                            keys=self.keys, data=self.data, messaging=self.messaging,
                                            compute=self.compute, ml=self.ml)
-        self.dashboards = MetricsDashboards(
-            self, "Dashboards", prefix=self.topology.prefix, queues=self.messaging.queues, dlqs=self.messaging.dlqs,
-            task_roles=self.compute.task_roles, topic=self.observability.topic, logs_key=self.keys.logs,
-            retention_days=params.env.log_retention_days,
-            removal=RemovalPolicy.RETAIN if params.env.retain_data else RemovalPolicy.DESTROY)
 
         CfnOutput(self, "AlbDnsName", value=self.compute.alb.load_balancer_dns_name,
                   description="DICOMweb base: https://<this>/dicomweb (internal; reach it over VPN/Direct Connect)")

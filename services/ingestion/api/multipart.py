@@ -118,6 +118,10 @@ async def iter_parts(chunks: AsyncIterator[bytes], boundary: str, *, max_body: i
                     raise BodyTooLargeError(max_part)
                 scan_from = max(0, len(buf) - len(sep))
                 break
+            if end > max_part + 8192:
+                # The closing boundary came in the same chunk that took the part past its cap: the part is still
+                # too large (8 KiB allow for its headers, as above), whatever the chunking.
+                raise BodyTooLargeError(max_part)
             raw = bytes(buf[:end])
             del buf[: end + len(sep)]
             scan_from = 0
