@@ -149,3 +149,17 @@ def run(action: Callable[[], None]) -> None:
     except OpsError as exc:
         raise fail(exc) from None
 
+
+
+def show_get(url: str | None, token: str | None, path: str, as_json: bool, render: Callable[[Any], None]) -> None:
+    """GET ``path`` from the deployment and print it as JSON (``--json``) or with ``render``; errors as ``run`` does."""
+
+    def go() -> None:
+        with Api(url, token) as api:
+            data = api.get(path)
+        if as_json:
+            print_json(data)
+        else:
+            render(data)
+
+    run(go)

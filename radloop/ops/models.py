@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from radloop.ops.client import Api, JsonOpt, OpsError, TokenOpt, UrlOpt, console, print_json, run
+from radloop.ops.client import Api, JsonOpt, OpsError, TokenOpt, UrlOpt, console, print_json, run, show_get
 
 app = typer.Typer(help="Model versions in the registry: list, show, approve, reject, rollback.", no_args_is_help=True)
 
@@ -47,27 +47,13 @@ def _render_model(m: dict[str, Any]) -> None:
 @app.command("list")
 def list_(url: UrlOpt = None, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
     """Every model version with its metrics, decision and status; the champion is starred."""
-    def go() -> None:
-        with Api(url, token) as api:
-            d = api.get("/registry/models")
-        if as_json:
-            print_json(d)
-        else:
-            _render_list(d)
-    run(go)
+    show_get(url, token, "/registry/models", as_json, _render_list)
 
 
 @app.command()
 def show(version: VersionArg, url: UrlOpt = None, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
     """One version: metrics, lineage, decision, and its SageMaker model package."""
-    def go() -> None:
-        with Api(url, token) as api:
-            m = api.get(f"/registry/models/{version}")
-        if as_json:
-            print_json(m)
-        else:
-            _render_model(m)
-    run(go)
+    show_get(url, token, f"/registry/models/{version}", as_json, _render_model)
 
 
 def _decide(action: str, version: int, reason: str, url: str | None, token: str | None, as_json: bool) -> None:

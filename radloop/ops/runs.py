@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from radloop.ops.client import Api, JsonOpt, OpsError, TokenOpt, UrlOpt, console, print_json, run
+from radloop.ops.client import Api, JsonOpt, OpsError, TokenOpt, UrlOpt, console, print_json, run, show_get
 
 app = typer.Typer(help="Training pipeline runs: list, show, trigger, logs.", no_args_is_help=True)
 
@@ -49,27 +49,13 @@ def _render_run(r: dict[str, Any]) -> None:
 @app.command("list")
 def list_(url: UrlOpt = None, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
     """Pipeline runs, newest first, with the trigger state (new labels, policy, active run)."""
-    def go() -> None:
-        with Api(url, token) as api:
-            d = api.get("/orchestrator/trainings")
-        if as_json:
-            print_json(d)
-        else:
-            _render_list(d)
-    run(go)
+    show_get(url, token, "/orchestrator/trainings", as_json, _render_list)
 
 
 @app.command()
 def show(run_id: RunArg, url: UrlOpt = None, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
     """One run: parameters, each step's status and timings, metrics."""
-    def go() -> None:
-        with Api(url, token) as api:
-            r = api.get(f"/orchestrator/trainings/{run_id}")
-        if as_json:
-            print_json(r)
-        else:
-            _render_run(r)
-    run(go)
+    show_get(url, token, f"/orchestrator/trainings/{run_id}", as_json, _render_run)
 
 
 @app.command()
