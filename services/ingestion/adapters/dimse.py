@@ -548,6 +548,9 @@ class StorageSCP:
             self._live.discard(assoc)
         if assoc.is_rejected or (rec.reason and not rec.admitted):
             outcome = "rejected"
+            # admit() passed but pynetdicom's own second-line checks refused (e.g. its association count still
+            # holds the threads of associations that just ended): the record still says why, as far as known.
+            rec.reason = rec.reason or "refused-by-negotiation"
         elif assoc.is_released:
             outcome = "partial" if rec.counts["refused"] or rec.counts["failed"] else "success"
         else:
