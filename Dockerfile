@@ -1,8 +1,9 @@
 # syntax=docker/dockerfile:1
-# The one image recipe of the six radloop services. Build from the repository root, naming the service:
+# The one image recipe of the radloop services (seven with interop). Build from the repository root, naming the service:
 #   docker build --build-arg SERVICE=triage -t radloop-triage .
 # Multi-stage (dependencies in a venv, the browser viewer, then a slim runtime with the sources), non-root, healthcheck.
-# What differs between services is decided here by SERVICE alone: triage gets torch and training/ (its model code),
+# What differs between services is decided here by SERVICE alone: its dependency set (the pyproject extra named
+# after it; triage's brings CPU-only torch), triage gets training/ (its model code),
 # the streaming gateway gets the built viewer, every image gets shared/ and its own services/<SERVICE>/ only.
 # The port is shared.settings.DEFAULT_PORTS[SERVICE] unless RADLOOP_PORT says otherwise (compose and ECS set it).
 ARG SERVICE=""
@@ -16,13 +17,17 @@ RUN python -m venv /opt/venv
 # Dependencies only, pinned by pyproject.toml and constraints.txt (the same pins as CI). The sources are copied
 # as files below, so package data (JSON policies, CSV profiles) comes along.
 COPY pyproject.toml constraints.txt README.md ./
-# Triage scores with torch on CPU: the CPU wheel index keeps its image near 1 GB instead of 6 GB (CUDA).
+# Each image installs the `service` extra and its own (pyproject.toml: `.[service,<SERVICE, - for _>]`), nothing else: no moto
+# or Flask (the `local` extra), no training stack. tests/test_lean_installs.py checks each service imports only these.
+# Triage scores with torch on CPU: torch and torchvision come first, alone (--no-deps) and from the CPU wheel index
+# only (--index-url, so PyPI's CUDA wheels cannot be picked), which keeps its image near 1 GB instead of 6 GB. The
+# pins (constraints.txt) match the CPU builds (2.14.1+cpu satisfies ==2.14.1), so the second install keeps them and
+# resolves their own dependencies (filelock, sympy...) from PyPI with the same pins as everything else.
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 RUN if [ "$SERVICE" = "triage" ]; then \
-        pip install -c constraints.txt --extra-index-url "$TORCH_INDEX_URL" ".[train]"; \
-    else \
-        pip install -c constraints.txt .; \
+        pip install -c constraints.txt --no-deps --index-url "$TORCH_INDEX_URL" torch torchvision; \
     fi \
+    && pip install -c constraints.txt ".[service,$(python -c "import os; print(os.environ['SERVICE'].replace('_', '-'))")]" \
     && pip uninstall -y radloop
 
 # The browser viewer (viewer/), built from its lock file, for the gateway that serves viewer/dist at /viewer; an
@@ -32,6 +37,7 @@ ARG SERVICE
 WORKDIR /viewer
 COPY viewer/package.json viewer/package-lock.json ./
 COPY viewer/index.html viewer/vite.config.js ./
+COPY viewer/worklist ./worklist
 COPY viewer/src ./src
 RUN if [ "$SERVICE" = "streaming_gateway" ]; then \
         npm ci --no-audit --no-fund && npm run build; \

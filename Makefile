@@ -8,19 +8,21 @@ STAMP := $(VENV)/.setup-stamp
 TOOLS := .venv-tools
 TOOLS_STAMP := $(TOOLS)/.setup-stamp
 # prometheus: tests/infra/test_dashboards.py runs every dashboard query on the real engine (and promtool).
-APT_PACKAGES := dcmtk chromium orthanc orthanc-dicomweb prometheus
+# nginx: the local entry point of `radloop up` (radloop/local/entry.py renders its config from the topology).
+APT_PACKAGES := dcmtk chromium orthanc orthanc-dicomweb prometheus nginx
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: setup viewer up demo test test-unit lint lint-imports bench docs clean help
+.PHONY: setup viewer ohif up demo test test-unit test-cost lint lint-imports bench chaos docs clean help
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
 
-setup: $(STAMP) $(TOOLS_STAMP) viewer ## create .venv and install everything pinned (idempotent, fast when done)
+setup: $(STAMP) $(TOOLS_STAMP) viewer ohif ## create .venv and install everything pinned (idempotent, fast when done)
 
 # The web viewer (viewer/): npm ci from the lock file, then a Vite build into viewer/dist, each only when its inputs
 # changed. The gateway serves viewer/dist at /viewer.
-VIEWER_SRC := $(wildcard viewer/src/*) viewer/index.html viewer/vite.config.js viewer/package.json
+VIEWER_SRC := $(wildcard viewer/src/* viewer/src/ws/*) viewer/index.html viewer/worklist/index.html \
+	viewer/vite.config.js viewer/package.json
 viewer: viewer/dist/.build-stamp ## install the viewer's locked npm dependencies and build it (when changed)
 
 viewer/node_modules/.package-lock.json: viewer/package-lock.json
@@ -30,6 +32,13 @@ viewer/dist/.build-stamp: viewer/node_modules/.package-lock.json $(VIEWER_SRC)
 	cd viewer && npm run build
 	touch $@
 
+# The OHIF viewer's published build (@ohif/app ships dist/), pinned with its integrity by ohif/ohif.lock.json and
+# fetched through npm's cache; the gateway serves ohif/dist at /ohif (docs/interop.md).
+ohif: ohif/dist/.fetch-stamp ## fetch the locked OHIF build and configure it (when changed)
+
+ohif/dist/.fetch-stamp: ohif/ohif.lock.json ohif/app-config.js scripts/fetch_ohif.py
+	$(PY) scripts/fetch_ohif.py
+
 $(TOOLS_STAMP): constraints-tools.txt
 	test -x $(TOOLS)/bin/python || $(PY) -m venv $(TOOLS)
 	PYTHONPATH= $(TOOLS)/bin/pip install -q -c constraints-tools.txt checkov==3.3.30
@@ -38,7 +47,7 @@ $(TOOLS_STAMP): constraints-tools.txt
 $(STAMP): pyproject.toml constraints.txt scripts/setup-system.sh
 	bash scripts/setup-system.sh $(APT_PACKAGES)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q -c constraints.txt -e ".[train,sagemaker,dev,infra]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[services,local,train,sagemaker,dev,infra]"
 	touch $(STAMP)
 
 up: setup ## start the embedded AWS endpoint and every service (Ctrl-C stops)
@@ -50,6 +59,9 @@ demo: setup ## run the whole triage-and-learning loop on generated data and writ
 # The tiers (unit, integration, e2e) are markers set by tests/conftest.py; docs/testing.md says which test gets which.
 test: setup lint-imports ## the architecture contracts, then every test tier (unit, integration, e2e)
 	$(BIN)/pytest -q -p no:cacheprovider
+
+test-cost: setup ## issue 16 §5's bar at 1,000 vs 10,000 stored items (make test runs 1,000 vs 3,000)
+	RADLOOP_COST_SIZES=1000,10000 $(BIN)/pytest -q -p no:cacheprovider -s tests/reliability/test_constant_cost.py
 
 test-unit: setup ## the fast tier only: no processes, no moto server (under a minute)
 	$(BIN)/pytest -q -p no:cacheprovider -m unit
@@ -67,8 +79,16 @@ bench: setup ## run the benchmarks; JSON results in bench/results/
 	mkdir -p bench/results
 	@for b in bench/*.py; do [ "$$(basename $$b)" = "__init__.py" ] && continue; echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
-docs: setup ## regenerate docs/api.md from the services' OpenAPI schemas
+# The chaos run (docs/reliability.md, "Chaos run"): every service as a process, mixed traffic, SIGKILLs, injected
+# DynamoDB/EventBridge/S3 errors and a SIGTERM during a 1 GB STOW; asserts nothing lost or duplicated. Long (tens of
+# minutes on 2 cores): the short version is tests/chaos/test_chaos.py. Size it with CHAOS_ARGS (see --help).
+CHAOS_ARGS ?= --images 2000 --kills 20
+chaos: setup ## the full chaos run (kills, injected AWS errors, SIGTERM mid-STOW): figures and bench/results/chaos.json
+	$(BIN)/python -m radloop.chaos $(CHAOS_ARGS)
+
+docs: setup ## regenerate docs/api.md (OpenAPI schemas) and docs/config.md (settings classes)
 	$(BIN)/python scripts/gen_api_docs.py
+	$(BIN)/python scripts/gen_config_docs.py
 
 clean: ## remove local state (traces, logs, reports)
 	rm -rf var demo-report bench/results

@@ -115,6 +115,16 @@ def start_orthanc(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
     raise RuntimeError("Orthanc did not start in 30 s")
 
 
+def stop_orthanc(proc: subprocess.Popen[bytes]) -> None:
+    """Stop the Orthanc that :func:`start_orthanc` started, by its PID (bench/dicomweb.py shares both)."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+
+
 async def upload_orthanc(url: str, files: list[bytes]) -> None:
     async with aiohttp.ClientSession() as s:
         sem = asyncio.Semaphore(4)
@@ -268,11 +278,7 @@ def main() -> None:
             results["note"] = f"took {results['elapsed_s']:.0f} s, over the {DEADLINE_S:.0f} s budget"
     finally:
         if orthanc_proc is not None:
-            orthanc_proc.terminate()
-            try:
-                orthanc_proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                orthanc_proc.kill()
+            stop_orthanc(orthanc_proc)
         moto.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     out = REPO / "bench" / "results" / "stream.json"

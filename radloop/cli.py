@@ -14,8 +14,10 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from radloop.datasets.cli import import_dataset
 from radloop.ops import config as ops_config
 from radloop.ops import dlq as ops_dlq
 from radloop.ops import models as ops_models
@@ -47,6 +49,7 @@ app.add_typer(ops_dlq.app, name="dlq")
 app.command("send")(ops_send.send)
 app.command("worklist")(ops_worklist.worklist)
 app.command("config")(ops_config.config)
+app.command("import-dataset")(import_dataset)
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -183,7 +186,24 @@ def status(
         if "queues_error" in st:
             err.print(f"[red]queues unavailable:[/] {st['queues_error']}")
         console.print(f"DIMSE SCP: 127.0.0.1:{st['dimse_port']} AE {st['dimse_ae_title']}")
+        _print_aws_state(st.get("aws_state"))
     raise typer.Exit(0 if st["healthy"] else 1)
+
+
+def _print_aws_state(aws_state: dict[str, Any] | None) -> None:
+    """The embedded endpoint's data message (``aws_state`` of ``--json``): red when the data is gone."""
+    if not aws_state:
+        return
+    lost, msg = aws_state.get("data_lost"), str(aws_state.get("message", ""))
+    losses = aws_state.get("losses") or []
+    if losses:
+        msg += f" ({len(losses)} loss{'es' if len(losses) != 1 else ''} recorded since start)"
+    if lost:
+        err.print(f"[bold red]AWS endpoint:[/] {escape(msg)}")
+    elif lost is None:
+        err.print(f"[yellow]AWS endpoint:[/] {escape(msg)}")
+    else:
+        console.print(f"AWS endpoint: {escape(msg)}")
 
 
 def _remote_status(url: str, token_: str | None, as_json: bool) -> None:

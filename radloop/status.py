@@ -33,6 +33,7 @@ def collect_status(s: Settings) -> dict[str, Any]:
         }
     out["dimse_port"] = ports["dimse"]
     out["dimse_ae_title"] = "RADLOOP"
+    out["qr_port"] = ports["qr"]  # the interop service's Query/Retrieve SCP, AE title RADLOOP_QR
     try:
         sqs = boto3_client(s.model_copy(update={"aws_endpoint_url": endpoint}), "sqs")
         for service, q in s.topology.queues.items():

@@ -156,17 +156,23 @@ def _unauthorized(reason: str) -> HTTPException:
     return HTTPException(status.HTTP_401_UNAUTHORIZED, reason, headers={"WWW-Authenticate": 'Bearer realm="radloop"'})
 
 
+#: Query parameters that carry a token (compared in lower case); their presence alone gets 401.
+URL_TOKEN_PARAMS = frozenset({"token", "access_token"})
+
+
 def bearer_token(request: Request) -> str:
     """The bearer token of the ``Authorization`` header; nothing else is accepted.
 
-    A token in a query string (``?token=``) lands in access logs, proxy logs and browser history, where it can be read
-    and replayed, so it is refused with a reason rather than silently ignored.
+    A token in a query string (``?token=``, ``?access_token=``, any letter case) lands in access logs, proxy logs and
+    browser history, where it can be read and replayed, so it is refused with a reason rather than silently ignored,
+    also when a valid header comes with it: a client that sends both would otherwise go on leaking tokens into logs
+    unnoticed, because its requests succeed.
     """
+    if any(k.lower() in URL_TOKEN_PARAMS for k in request.query_params):
+        raise _unauthorized("tokens are accepted only in the Authorization header, never in the URL")
     header = request.headers.get("authorization", "")
     if header.lower().startswith("bearer "):
         return header[7:].strip()
-    if "token" in request.query_params or "access_token" in request.query_params:
-        raise _unauthorized("tokens are accepted only in the Authorization header, never in the URL")
     raise _unauthorized("missing bearer token")
 
 

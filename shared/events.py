@@ -74,9 +74,10 @@ class InstanceStored(_InstanceRef):
     modality: str
     body_part: str | None = None
     view_position: str | None = None
-    number_of_frames: int = Field(ge=1)
-    rows: int = Field(ge=1)
-    columns: int = Field(ge=1)
+    #: 0 for the non-image objects of :mod:`shared.dicom.sop_classes` (structured reports: no frames, no pixels)
+    number_of_frames: int = Field(ge=0)
+    rows: int = Field(ge=0)
+    columns: int = Field(ge=0)
     #: ``dicom/{study}/{series}/{sop}.dcm``
     original_key: str
     #: ``frames/{study}/{series}/{sop}`` (frames are ``{n}.jph`` below it, n from 1)
@@ -121,8 +122,8 @@ class ImageVerified(_InstanceRef):
     case_id: str
     label: Literal["pneumonia", "normal", "indeterminate"]
     label_version: int = Field(ge=1)
-    #: how the label became final
-    resolution: Literal["single", "agreement", "adjudicated", "amended"]
+    #: how the label became final (``imported``: a public dataset's label, reader ``dataset:<source>``)
+    resolution: Literal["single", "agreement", "adjudicated", "amended", "imported"]
     reader: str
     patient_pseudo_id: str
     frame_key: str

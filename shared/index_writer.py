@@ -28,7 +28,9 @@ from shared.instance_index import (
     inline_frame_offsets,
     instance_sk,
     now_iso,
+    series_index_keys,
     series_sk,
+    study_index_keys,
     study_pk,
 )
 from shared.uids import validate_uid
@@ -183,6 +185,15 @@ async def write_instance(ddb: Any, table: str, rec: IndexRecord, *, overwrite: b
     return await IndexWriter(factory, table, cache_size=1).write(rec, overwrite=overwrite)
 
 
+def new_study_items(rec: IndexRecord) -> list[dict[str, Any]]:
+    """The items (attribute values) that indexing ``rec`` puts when its study is new: instance, series and study, with
+    every index key, exactly as :class:`IndexWriter` writes them (for loading a table in bulk, e.g. cost tests)."""
+    pk = study_pk(rec.study_uid)
+    items = _transaction("", rec, pk, series_sk(rec.series_uid), instance_sk(rec.series_uid, rec.sop_uid),
+                         False, False, False)
+    return [i["Put"]["Item"] for i in items]
+
+
 def _transaction(table: str, rec: IndexRecord, pk: str, s_sk: str, i_sk: str, study_exists: bool,
                  series_exists: bool, has_modality: bool) -> list[dict[str, Any]]:
     now = now_iso()
@@ -191,7 +202,7 @@ def _transaction(table: str, rec: IndexRecord, pk: str, s_sk: str, i_sk: str, st
                                             "ConditionExpression": "attribute_not_exists(pk)"}}]
     if not series_exists:
         s_item = dict(rec.series, pk=pk, sk=s_sk, level=LEVEL_SERIES, level_sk=f"{rec.study_uid}#{rec.series_uid}",
-                      num_instances=1)
+                      num_instances=1, **series_index_keys(rec.study_uid, rec.series.get("modality") or rec.modality))
         items.append({"Put": {"TableName": table, "Item": encode_item(s_item),
                               "ConditionExpression": "attribute_not_exists(pk)"}})
     else:
@@ -202,12 +213,19 @@ def _transaction(table: str, rec: IndexRecord, pk: str, s_sk: str, i_sk: str, st
         }})
     if not study_exists:
         st = dict(rec.study, pk=pk, sk=STUDY_SK, level=LEVEL_STUDY, modalities=[rec.modality], num_series=1,
-                  num_instances=1, updated_at=now)
+                  num_instances=1, updated_at=now, **study_index_keys(rec.study_uid, rec.study.get("accession_number")))
         items.append({"Put": {"TableName": table, "Item": encode_item(st),
                               "ConditionExpression": "attribute_not_exists(pk)"}})
         return items
     # Descriptive study attributes follow the latest instance; identity and counters are maintained here.
     sets = {k: v for k, v in rec.study.items() if k not in ("study_uid", "level_sk", "patient_id") and v is not None}
+    # The by_accession key follows the accession number (absent while it is empty: an index key cannot be "").
+    removes = []
+    if "accession_number" in rec.study:
+        if rec.study["accession_number"]:
+            sets["accession_key"] = rec.study["accession_number"]
+        else:
+            removes.append("accession_key")
     names = {f"#a{i}": k for i, k in enumerate(sets)}
     values: dict[str, Any] = {f":a{i}": to_value(v) for i, v in enumerate(sets.values())}
     values.update({":one": {"N": "1"}, ":ns": {"N": "0" if series_exists else "1"}, ":now": {"S": now},
@@ -220,6 +238,8 @@ def _transaction(table: str, rec: IndexRecord, pk: str, s_sk: str, i_sk: str, st
         values[":ml"] = {"L": [{"S": rec.modality}]}
         cond = "attribute_exists(pk) AND NOT contains(modalities, :m)"
     upd += " ADD num_instances :one, num_series :ns"
+    if removes:
+        upd += " REMOVE " + ", ".join(removes)
     items.append({"Update": {
         "TableName": table, "Key": {"pk": {"S": pk}, "sk": {"S": STUDY_SK}}, "UpdateExpression": upd,
         "ConditionExpression": cond, "ExpressionAttributeValues": values,

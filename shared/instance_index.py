@@ -3,7 +3,10 @@ record ingestion writes (docs/ingestion.md, "Instance index"). Every reader (the
 (:mod:`shared.index_writer`) takes the keys from here. Pure: no AWS SDK, so domain code may import it.
 
 Layout: study items (``sk=STUDY``), series items (``sk=SERIES#{series}``) and instance items
-(``sk=INSTANCE#{series}#{sop}``) share the partition ``STUDY#{study}``.
+(``sk=INSTANCE#{series}#{sop}``) share the partition ``STUDY#{study}``. Global indexes (``shared.topology``):
+``by_level_shard`` (study and series items, ``level_pk``/``level_sk``, see :data:`LEVEL_SHARDS`), ``by_patient``
+(``patient_id``), ``by_accession`` (study items, ``accession_key``), ``by_modality`` (series items,
+``modality_key``) and ``by_sop`` (instance items).
 
 An instance item's frame-offset table (``frame_offsets``, JSON: per frame, the byte offsets of its resolution
 levels) is inline for instances of up to about 1,000 frames; a larger one is an S3 object named by
@@ -13,6 +16,7 @@ levels) is inline for instances of up to about 1,000 frames; a larger one is an 
 from __future__ import annotations
 
 import json
+import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -24,6 +28,38 @@ LEVEL_STUDY, LEVEL_SERIES = "STUDY", "SERIES"
 STUDY_SK = "STUDY"
 SERIES_PREFIX = "SERIES#"
 INSTANCE_PREFIX = "INSTANCE#"
+
+
+#: Study and series items are spread over this many partition keys of the ``by_level_shard`` index
+#: (``level_pk = "{level}#{shard}"``, the shard a hash of the study UID): a single key for every study of the archive
+#: was a hot partition that every stored instance rewrote. A listing reads the shards and merges them by ``level_sk``.
+LEVEL_SHARDS = 8
+
+
+def level_shard(study: str) -> int:
+    """The ``by_level_shard`` shard of a study (and of its series): stable across processes (CRC-32)."""
+    return zlib.crc32(study.encode()) % LEVEL_SHARDS
+
+
+def level_pk(level: str, study: str) -> str:
+    """``by_level_shard`` partition key of a study item (``level="STUDY"``) or series item (``"SERIES"``)."""
+    return f"{level}#{level_shard(study)}"
+
+
+def level_pks(level: str) -> list[str]:
+    """Every ``by_level_shard`` partition key of a level (a listing queries them all)."""
+    return [f"{level}#{n}" for n in range(LEVEL_SHARDS)]
+
+
+def study_index_keys(study: str, accession_number: str | None) -> dict[str, Any]:
+    """The index key attributes of a study item: its level shard and, when it has one, its accession number
+    (``by_accession``; an empty string cannot be an index key, so the attribute is then absent)."""
+    return {"level_pk": level_pk(LEVEL_STUDY, study), "accession_key": accession_number or None}
+
+
+def series_index_keys(study: str, modality: str | None) -> dict[str, Any]:
+    """The index key attributes of a series item: its level shard and its modality (``by_modality``)."""
+    return {"level_pk": level_pk(LEVEL_SERIES, study), "modality_key": modality or None}
 
 
 def study_pk(study: str) -> str:

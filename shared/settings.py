@@ -42,7 +42,10 @@ DEFAULT_PORTS: dict[str, int] = {
     "pipeline_orchestrator": 8084,
     "registry": 8085,
     "triage": 8086,
+    "interop": 8087,
     "dimse": 11112,
+    # the interop service's DIMSE Query/Retrieve SCP (docs/interop.md)
+    "qr": 11113,
     "aws": 4566,
 }
 
@@ -60,26 +63,38 @@ class Settings(BaseSettings):
     #: Required, with no default: a container started without RADLOOP_ENVIRONMENT refuses to start, so a production
     #: task can never fall back to ``local`` (which accepts tokens signed with the public development key).
     environment: Environment
+    #: Names every queue, table, bucket and bus of one deployment (shared.topology.build_topology).
     prefix: str = "radloop"
+    #: The AWS region (AWS_REGION first, as the SDKs read it).
     region: str = Field("us-east-1", validation_alias=AliasChoices("AWS_REGION", "AWS_DEFAULT_REGION", "RADLOOP_REGION"))
     #: Empty means real AWS. Locally it points at the embedded moto server.
     aws_endpoint_url: str = Field(
         "", validation_alias=AliasChoices("AWS_ENDPOINT_URL", "RADLOOP_AWS_ENDPOINT_URL")
     )
+    #: AWS SDK calls: connection timeout.
     aws_connect_timeout_s: float = 5.0
+    #: AWS SDK calls: read timeout.
     aws_read_timeout_s: float = 30.0
+    #: AWS SDK calls: attempts in all, first included (botocore retry mode ``standard``).
     aws_max_attempts: int = 4
 
     #: Where local state lives: trace sink, logs, pipeline work trees.
     var_dir: Path = Path("var")
+    #: The service's name in logs, traces and metrics (``service.name``); each image sets its own.
     service_name: str = "radloop"
+    #: The HTTP listen address (containers set 0.0.0.0).
     host: str = "127.0.0.1"
+    #: The HTTP port; 0 takes the service's fixed local port (shared.settings.DEFAULT_PORTS).
     port: int = 0
+    #: Python logging level of the service's JSON logs (DEBUG, INFO, WARNING, ERROR).
     log_level: str = "INFO"
 
     # --- auth -------------------------------------------------------------------------------------------------------
+    #: Local only: the HS256 key that signs and checks development tokens (public, refused outside ``local``).
     auth_signing_key: str = DEV_SIGNING_KEY
+    #: The ``iss`` every token must carry; outside ``local``, your identity provider's issuer (required).
     auth_issuer: str = LOCAL_ISSUER
+    #: The ``aud`` every token must carry; outside ``local``, the audience your identity provider issues (required).
     auth_audience: str = LOCAL_AUDIENCE
     #: In AWS, tokens are RS256 from an OIDC provider whose keys are published here.
     auth_jwks_url: str = ""
@@ -90,13 +105,18 @@ class Settings(BaseSettings):
     pseudonym_key: str = "radloop-local-pseudonym-key"
 
     # --- telemetry ----------------------------------------------------------------------------------------------------
+    #: OTLP/HTTP collector for traces and metrics; empty: traces go to JSON lines under var/traces and metrics are
+    #: served at /metrics only.
     otel_exporter_otlp_endpoint: str = Field(
         "", validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_ENDPOINT", "RADLOOP_OTEL_EXPORTER_OTLP_ENDPOINT")
     )
 
     # --- consumer runtime ------------------------------------------------------------------------------------------
+    #: Messages one consumer handles at once.
     consumer_concurrency: int = 8
+    #: SQS long-poll wait of each receive (0 to 20 s).
     consumer_wait_time_s: int = 5
+    #: A handled message's idempotency record is kept this long: a redelivery within it is skipped.
     idempotency_expiry_s: int = 3600
     #: A handler's INPROGRESS record goes stale this long after its last heartbeat (its process was killed).
     idempotency_inprogress_expiry_s: int = 120

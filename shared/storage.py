@@ -71,3 +71,8 @@ NO_CHAMPION_MARKER = NO_CHAMPION_PREFIX + "NONE"
 
 IMPORTS_PREFIX = "imports/"
 IMPORTS_REJECTED_PREFIX = "imports-rejected/"
+#: Where the interop service drops the objects it derives from stored instances (AI results, reads: docs/interop.md).
+#: Ingestion does not de-identify them again: they are built from instances already stored (and de-identified
+#: when that is on), and a second pass would remap their Study Instance UID away from their source's study. Only the
+#: interop service may write here (infra/radloop_infra/needs.py).
+INTEROP_DROP_PREFIX = IMPORTS_PREFIX + "interop/"

@@ -24,6 +24,7 @@ SERVICES: tuple[str, ...] = (
     "verification",
     "pipeline_orchestrator",
     "registry",
+    "interop",
 )
 
 #: Which event names each consuming service listens to (ARCHITECTURE.md, "Services").
@@ -33,6 +34,8 @@ SUBSCRIPTIONS: dict[str, tuple[str, ...]] = {
     "verification": (ev.INSTANCE_STORED, ev.INSTANCE_SCORED),
     "pipeline_orchestrator": (ev.IMAGE_VERIFIED, ev.MODEL_PERFORMANCE_DEGRADED),
     "registry": (ev.TRAINING_COMPLETED,),
+    # AI results and verified reads become DICOM objects; stored derived objects are forwarded (docs/interop.md)
+    "interop": (ev.INSTANCE_SCORED, ev.IMAGE_VERIFIED, ev.INSTANCE_STORED),
 }
 
 #: The HTTP routes, ``(path prefix, methods or None for any, service)``, first match wins. The one declaration read by
@@ -43,6 +46,7 @@ ROUTES: tuple[tuple[str, frozenset[str] | None, str], ...] = (
     ("/dicomweb", frozenset({"POST"}), "ingestion"),  # STOW-RS
     ("/dicomweb", None, "streaming_gateway"),  # QIDO-RS, WADO-RS
     ("/viewer", None, "streaming_gateway"),
+    ("/ohif", None, "streaming_gateway"),  # the OHIF viewer's build (docs/interop.md)
     ("/verification", None, "verification"),
     ("/registry", None, "registry"),
     ("/orchestrator", None, "pipeline_orchestrator"),
@@ -178,6 +182,8 @@ def build_topology(prefix: str = "radloop") -> Topology:
         "verification": _queue(prefix, "verification", visibility_timeout_s=30),
         "pipeline_orchestrator": _queue(prefix, "pipeline-orchestrator", visibility_timeout_s=60),
         "registry": _queue(prefix, "registry", visibility_timeout_s=60),
+        # Results and forwarding: a C-STORE to a slow PACS (30 s timeouts) must not outlive the visibility timeout.
+        "interop": _queue(prefix, "interop", visibility_timeout_s=120),
     }
     buckets = {
         "ingestion": BucketSpec(f"{prefix}-ingest", eventbridge_notifications=True),
@@ -211,24 +217,36 @@ def build_topology(prefix: str = "radloop") -> Topology:
     )
     N = "N"
     tables = {
-        # Study/series/instance records for QIDO-RS (see shared.index.schema for the item layout).
+        # Study/series/instance records for QIDO-RS and C-FIND (item layout and index keys: shared.instance_index).
+        # Every index answers a query without walking the archive; by_level_shard spreads studies and series over
+        # LEVEL_SHARDS partition keys (one key for every study was a hot partition, rewritten by every instance).
         "instances": TableSpec(
             f"{prefix}-instances",
             KeySpec("pk"),
             KeySpec("sk"),
             indexes=(
-                IndexSpec("by_level", KeySpec("level"), KeySpec("level_sk")),
+                IndexSpec("by_level_shard", KeySpec("level_pk"), KeySpec("level_sk")),
                 IndexSpec("by_patient", KeySpec("patient_id"), KeySpec("level_sk")),
                 IndexSpec("by_sop", KeySpec("sop_uid")),
+                IndexSpec("by_accession", KeySpec("accession_key"), KeySpec("level_sk")),  # study items
+                IndexSpec("by_modality", KeySpec("modality_key"), KeySpec("level_sk")),  # series items
             ),
         ),
         "idempotency": TableSpec(f"{prefix}-idempotency", KeySpec("id"), ttl_attribute="expiration"),
         "audit": TableSpec(f"{prefix}-audit", KeySpec("day"), KeySpec("ts_id")),
-        "scores": TableSpec(f"{prefix}-scores", KeySpec("sop_uid")),
+        # by_backlog is sparse: only the records of images waiting for a first model (triage's start reads it).
+        "scores": TableSpec(f"{prefix}-scores", KeySpec("sop_uid"),
+                            indexes=(IndexSpec("by_backlog", KeySpec("backlog_pk"), KeySpec("scored_at")),)),
+        # Sparse indexes of the cases (services.verification.adapters.cases): by_outbox holds only cases with
+        # unpublished events, by_outcome the scored and verified cases per model version (live performance reads a
+        # window of it), by_pair the double-read final cases (reader agreement).
         "cases": TableSpec(
             f"{prefix}-cases",
             KeySpec("case_id"),
-            indexes=(IndexSpec("by_status", KeySpec("status"), KeySpec("priority_sk")),),
+            indexes=(IndexSpec("by_status", KeySpec("status"), KeySpec("priority_sk")),
+                     IndexSpec("by_outbox", KeySpec("outbox_pk"), KeySpec("outbox_since", N)),
+                     IndexSpec("by_outcome", KeySpec("outcome_pk"), KeySpec("outcome_sk")),
+                     IndexSpec("by_pair", KeySpec("pair_pk"), KeySpec("pair_sk"))),
         ),
         "labels": TableSpec(f"{prefix}-labels", KeySpec("case_id"), KeySpec("label_sk")),
         "runs": TableSpec(f"{prefix}-runs", KeySpec("run_id")),
@@ -237,7 +255,9 @@ def build_topology(prefix: str = "radloop") -> Topology:
         "models": TableSpec(f"{prefix}-models", KeySpec("version", N)),
         "state": TableSpec(f"{prefix}-state", KeySpec("key")),
         # Transactional outbox: events written in the same transaction as the state they announce, published after.
-        "outbox": TableSpec(f"{prefix}-outbox", KeySpec("id")),
+        # by_service answers a sweep (a service's items older than a cut-off) without reading the others.
+        "outbox": TableSpec(f"{prefix}-outbox", KeySpec("id"),
+                            indexes=(IndexSpec("by_service", KeySpec("service"), KeySpec("created_at", N)),)),
     }
     return Topology(
         prefix=prefix,

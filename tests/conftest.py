@@ -163,6 +163,14 @@ def spans() -> Iterator[object]:
 
 
 @pytest.fixture(scope="session")
+def browser() -> Iterator[object]:
+    """The session's one headless Chromium (tests/support/browser.py says why there is only one)."""
+    from tests.support.browser import launch_browser
+
+    yield from launch_browser()
+
+
+@pytest.fixture(scope="session")
 def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedAws]:
     log = tmp_path_factory.mktemp("moto") / "moto.log"
     emb = start_embedded_aws(log_path=log)

@@ -158,6 +158,11 @@ def build_pipeline(cfg: PipelineConfig, session: Any) -> Any:
 
     # --- parameters (names are a contract with the orchestrator: contracts_ml.md)
     manifest = ParameterString("ManifestUri", default_value=f"s3://{cfg.ml_bucket}/datasets/latest/manifest.json")
+    #: the locked evaluation set (its versioned manifest): Preprocess writes it as the test split, so every candidate
+    #: and the champion are scored on the same cases, and none of them is in the training manifest
+    locked = ParameterString("LockedSetUri", default_value=f"s3://{cfg.ml_bucket}/locked-eval/none/")
+    #: "superiority" (the default) or "non-inferiority" (a declared refresh): how the challenger must compare
+    comparison = ParameterString("Comparison", default_value="superiority")
     champion = ParameterFloat("ChampionAuc", default_value=0.0)
     #: the champion's model.tar.gz, re-scored by Evaluate on the same test split (default: the "no champion" marker)
     champion_model = ParameterString("ChampionModelUri", default_value=f"s3://{cfg.ml_bucket}/{NO_CHAMPION_PREFIX}")
@@ -175,8 +180,8 @@ def build_pipeline(cfg: PipelineConfig, session: Any) -> Any:
     proc_type = ParameterString("ProcessingInstanceType", default_value=cfg.processing_instance_type)
     image = ParameterString("TrainingImageUri", default_value=cfg.image_uri)
     kms = ParameterString("KmsKeyId", default_value=cfg.kms_key_id)
-    params = [manifest, champion, champion_model, floor, margin, epochs, image_size, arch, batch_size, sens_target, seed,
-              train_type, proc_type, image, kms]
+    params = [manifest, locked, champion, champion_model, floor, margin, comparison, epochs, image_size, arch,
+              batch_size, sens_target, seed, train_type, proc_type, image, kms]
 
     run_root = Join(on="/", values=[f"s3://{cfg.ml_bucket}/pipelines", ExecutionVariables.PIPELINE_EXECUTION_ID])
     subnets, sgs = list(cfg.subnets), list(cfg.security_groups)
@@ -203,7 +208,8 @@ def build_pipeline(cfg: PipelineConfig, session: Any) -> Any:
     # --- 1. preprocess
     dataset_meta = PropertyFile(name=DATASET_PROPERTY_FILE, output_name="train", path="meta.json")
     pre_args = processor("preprocess", "training.preprocess", isolated=False).run(
-        inputs=[s3_in("manifest", manifest, f"{PROCESSING_ROOT}/input/manifest")],
+        inputs=[s3_in("manifest", manifest, f"{PROCESSING_ROOT}/input/manifest"),
+                s3_in("locked", locked, f"{PROCESSING_ROOT}/input/locked")],
         outputs=[s3_out(s, Join(on="/", values=[run_root, "data", s]), f"{PROCESSING_ROOT}/output/{s}") for s in SPLITS],
         arguments=["--image-size", image_size.to_string()],
         wait=False,
@@ -255,11 +261,13 @@ def build_pipeline(cfg: PipelineConfig, session: Any) -> Any:
                 s3_in("champion", champion_model, f"{PROCESSING_ROOT}/champion")],
         outputs=[s3_out("evaluation", Join(on="/", values=[run_root, "evaluation"]), f"{PROCESSING_ROOT}/evaluation")],
         arguments=["--sensitivity-target", sens_target.to_string(), "--champion-auc", champion.to_string(),
-                   "--auc-margin", margin.to_string(), "--champion-dir", f"{PROCESSING_ROOT}/champion"],
+                   "--auc-margin", margin.to_string(), "--champion-dir", f"{PROCESSING_ROOT}/champion",
+                   "--comparison", comparison],
         wait=False,
     )
     step_eval = ProcessingStep(name=STEP_EVALUATE, step_args=eval_args, property_files=[evaluation],
-                               description="Test-set metrics at the threshold chosen on validation")
+                               description="Locked-set metrics at the threshold chosen on validation; the champion "
+                                           "re-scored on the same cases; the approval policy's verdict")
     evaluation_uri = Join(on="/", values=[
         step_eval.properties.ProcessingOutputConfig.Outputs["evaluation"].S3Output.S3Uri, "evaluation.json"])
     auc = JsonGet(step_name=step_eval.name, property_file=evaluation, json_path=AUC_PATH)
@@ -283,6 +291,8 @@ def build_pipeline(cfg: PipelineConfig, session: Any) -> Any:
             "manifest_sha256": JsonGet(step_name=step_pre.name, property_file=dataset_meta, json_path=MANIFEST_SHA_PATH),
             "manifest_uri": manifest,
             "test_auc": auc.to_string() if hasattr(auc, "to_string") else auc,
+            "locked_set_sha256": JsonGet(step_name=step_pre.name, property_file=dataset_meta,
+                                         json_path="locked_set.sha256"),
         },
     )
     step_register = ModelStep(name=STEP_REGISTER, step_args=reg_args)

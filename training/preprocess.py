@@ -3,7 +3,10 @@
 Reads the manifest (JSON lines, :mod:`shared.datasets`) from ``/opt/ml/processing/input/manifest``, fetches each
 record's HTJ2K frame and DICOM JSON from the images bucket, runs :func:`shared.preprocessing.preprocess` (the same
 function triage serves with), and writes ``/opt/ml/processing/output/{train,val,test}/shard-00000.npz`` plus
-``meta.json`` (manifest sha256, counts). Pixels are stored as uint16 (``round(v * 65535)``), an error of at most
+``meta.json`` (manifest sha256, counts). The **test** split is the locked evaluation set (``--locked-dir``: the
+version's ``manifest.jsonl`` and ``version.json``, written by the orchestrator, latest label of each case), never the
+training manifest's: a training manifest that names a locked patient is refused, and its own ``test`` records (there
+are none in the orchestrator's snapshots) are left out. Pixels are stored as uint16 (``round(v * 65535)``), an error of at most
 7.6e-6 against the float32 input, at half the size.
 
 S3 access uses boto3 with the standard environment (``AWS_ENDPOINT_URL`` for the embedded endpoint); this is the only
@@ -85,11 +88,46 @@ def read_manifest(d: str | Path) -> tuple[list[datasets.ManifestRecord], str]:
     return datasets.parse(data), datasets.sha256(data)
 
 
-def run(manifest_dir: Path, out_root: Path, size: int, workers: int = 8) -> dict[str, Any]:
+def read_locked(d: str | Path) -> tuple[list[datasets.ManifestRecord], dict[str, Any]]:
+    """The locked set's current records (the latest label version of each case; later lines are corrections) and
+    its summary (version, sha256 of the manifest bytes, counts)."""
+    p = Path(d)
+    man = p / "manifest.jsonl"
+    if not man.is_file():
+        raise FileNotFoundError(f"no locked evaluation set (manifest.jsonl) under {d}; the orchestrator draws it "
+                                "before the first run")
+    data = man.read_bytes()
+    latest: dict[str, datasets.ManifestRecord] = {}
+    for r in datasets.parse(data):
+        if r.sop_uid not in latest or r.label_version >= latest[r.sop_uid].label_version:
+            latest[r.sop_uid] = r
+    records = [latest[k].model_copy(update={"split": "test"}) for k in sorted(latest)]
+    version = json.loads((p / "version.json").read_text()) if (p / "version.json").is_file() else {}
+    pos = sum(r.target for r in records)
+    summary = {"version": version.get("version"), "sha256": datasets.sha256(data), "n": len(records),
+               "positives": pos, "negatives": len(records) - pos}
+    if version.get("sha256") not in (None, summary["sha256"]):
+        raise ValueError(f"the locked set's manifest does not match its version.json sha256 {version['sha256']}")
+    return records, summary
+
+
+def run(manifest_dir: Path, out_root: Path, size: int, workers: int = 8,
+        locked_dir: Path | None = None) -> dict[str, Any]:
+    """Write the shards. With ``locked_dir`` (the pipeline always gives one) the test split is the locked set;
+    without it, the manifest's own test split (a stand-alone run on a manifest that still has one)."""
     t0 = time.monotonic()
     records, sha = read_manifest(manifest_dir)
     if not records:
         raise ValueError("the manifest has no records; at least one labelled image per split is needed")
+    locked_summary: dict[str, Any] | None = None
+    if locked_dir is not None:
+        locked, locked_summary = read_locked(locked_dir)
+        locked_patients = {r.patient_pseudo_id for r in locked}
+        leaked = sorted({r.sop_uid for r in records if r.patient_pseudo_id in locked_patients})
+        if leaked:
+            raise ValueError(f"the training manifest holds {len(leaked)} images of patients in the locked evaluation "
+                             "set; refusing to train on them")
+        records = [r for r in records if r.split != "test"] + locked
     s3 = _s3()
     with ThreadPoolExecutor(max_workers=workers) as pool:
         arrays = list(pool.map(lambda r: _fetch(s3, r, size), records))
@@ -100,7 +138,8 @@ def run(manifest_dir: Path, out_root: Path, size: int, workers: int = 8) -> dict
         write_shard(out_root / split, x, [records[i].target for i in idx], [records[i].sop_uid for i in idx],
                     [records[i].patient_pseudo_id for i in idx])
         counts[split] = {"n": len(idx), "positives": int(sum(records[i].target for i in idx))}
-    meta = {"manifest_sha256": sha, "image_size": size, "counts": counts, "seconds": round(time.monotonic() - t0, 2)}
+    meta = {"manifest_sha256": sha, "image_size": size, "counts": counts, "seconds": round(time.monotonic() - t0, 2),
+            "locked_set": locked_summary or {"version": None, "sha256": "", "n": 0, "positives": 0, "negatives": 0}}
     for split in SPLITS:
         (out_root / split / "meta.json").write_text(json.dumps(meta, indent=2))
     return meta
@@ -110,12 +149,14 @@ def main(argv: Iterable[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m training.preprocess")
     ap.add_argument("--manifest-dir", default=str(opt_ml("processing", "input", "manifest")))
     ap.add_argument("--output-dir", default=str(opt_ml("processing", "output")))
+    ap.add_argument("--locked-dir", default=str(opt_ml("processing", "input", "locked")),
+                    help="the locked evaluation set's version (manifest.jsonl, version.json): the test split")
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--workers", type=int, default=8)
     a = ap.parse_args(list(argv) if argv is not None else None)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
-        meta = run(Path(a.manifest_dir), Path(a.output_dir), a.image_size, a.workers)
+        meta = run(Path(a.manifest_dir), Path(a.output_dir), a.image_size, a.workers, locked_dir=Path(a.locked_dir))
     except Exception as exc:
         write_failure(f"preprocess failed: {exc}")
         raise

@@ -1,4 +1,5 @@
 // Vite build of radloop's viewer. The gateway serves dist/ at /viewer/, so every asset URL is relative to that base.
+import { fileURLToPath } from 'node:url';
 import { defineConfig } from 'vite';
 
 export default defineConfig({
@@ -8,6 +9,13 @@ export default defineConfig({
     emptyOutDir: true,
     target: 'es2022',
     chunkSizeWarningLimit: 8000,
+    // Two pages: the study viewer (/viewer/) and the radiologist's workstation (/viewer/worklist/).
+    rollupOptions: {
+      input: {
+        main: fileURLToPath(new URL('./index.html', import.meta.url)),
+        worklist: fileURLToPath(new URL('./worklist/index.html', import.meta.url)),
+      },
+    },
   },
   worker: { format: 'es' },
   optimizeDeps: {

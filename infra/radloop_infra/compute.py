@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from aws_cdk import CfnParameter, Duration, RemovalPolicy, Stack
+from aws_cdk import ArnFormat, CfnParameter, Duration, RemovalPolicy, Stack
 from aws_cdk import aws_applicationautoscaling as appscaling
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecr as ecr
@@ -28,6 +28,7 @@ from constructs import Construct
 
 from infra.radloop_infra import needs as N
 from infra.radloop_infra.config import DeployParams
+from infra.radloop_infra.dashboards import metrics_log_group_name, with_emf_metrics
 from infra.radloop_infra.data import Data
 from infra.radloop_infra.messaging import Messaging
 from infra.radloop_infra.security import Keys, Network, retention
@@ -84,13 +85,19 @@ def http_services() -> list[str]:
     return list(routed_services())
 
 
-def ecs_collector_config(region: str) -> dict[str, Any]:
-    """infra/otel-collector.yaml with its exporters swapped for AWS X-Ray (everything else is shared)."""
+def ecs_collector_config(region: str, prefix: str) -> dict[str, Any]:
+    """infra/otel-collector.yaml with its exporters swapped for AWS: traces to X-Ray, metrics to CloudWatch EMF
+    (:func:`~infra.radloop_infra.dashboards.with_emf_metrics`); receivers and processors are shared.
+
+    X-Ray takes traces only: a metrics pipeline naming ``awsxray`` makes the collector refuse its configuration, so
+    the sidecar would not start and the task would send neither traces nor metrics.
+    """
     cfg = yaml.safe_load(COLLECTOR_CONFIG.read_text())
     cfg["exporters"] = {"awsxray": {"region": region, "indexed_attributes": ["radloop.study_uid"]}}
-    for pipeline in cfg["service"]["pipelines"].values():
-        pipeline["exporters"] = ["awsxray"]
-    return cfg
+    for name, pipeline in cfg["service"]["pipelines"].items():
+        if name == "traces" or name.startswith("traces/"):
+            pipeline["exporters"] = ["awsxray"]
+    return with_emf_metrics(cfg, region, prefix)
 
 
 def _cid(name: str) -> str:
@@ -146,7 +153,7 @@ class Compute(Construct):
         )
         adot_image = (f"{stack.account}.dkr.ecr.{stack.region}.{stack.url_suffix}/{PULL_THROUGH_PREFIX}/"
                       f"{ADOT_UPSTREAM_REPOSITORY}:{ADOT_TAG}")
-        collector_yaml = yaml.safe_dump(ecs_collector_config(stack.region), sort_keys=False)
+        collector_yaml = yaml.safe_dump(ecs_collector_config(stack.region, params.prefix), sort_keys=False)
 
         # --- load balancers -----------------------------------------------------------------------------------------
         self.alb_sg = ec2.SecurityGroup(self, "AlbSg", vpc=vpc, allow_all_outbound=False,
@@ -462,5 +469,12 @@ class Compute(Construct):
                 sid="PassPipelineRole", actions=list(N.PASS_ROLE_ACTIONS), resources=[pipeline_role.role_arn],
                 conditions={"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}},
             ))
+        if need.metrics:
+            # The metrics log group is created by MetricsDashboards (stack.py), by this name; the services wait for it.
+            out.append(iam.PolicyStatement(
+                sid="MetricsEmf", actions=list(N.METRICS_ACTIONS),
+                resources=[stack.format_arn(service="logs", resource="log-group",
+                                            resource_name=f"{metrics_log_group_name(self.topology.prefix)}:*",
+                                            arn_format=ArnFormat.COLON_RESOURCE_NAME)]))
         out.append(iam.PolicyStatement(sid="Traces", actions=list(N.TELEMETRY_ACTIONS), resources=["*"]))
         return out

@@ -17,24 +17,25 @@ Grafana (infra/grafana/dashboards) -> here:
 
 Alarms mirror infra/prometheus/alerts.yml (the DLQ and 5xx alarms already live in observability.py).
 
-Wiring (two places; the infra stack owns them):
+Wiring:
 
-- ``stack.py``: ``self.dashboards = MetricsDashboards(self, "Dashboards", prefix=params.prefix, queues=...,
-  ...)`` after ``Observability`` (see :class:`MetricsDashboards`);
-- ``compute.py`` ``ecs_collector_config``: ``return with_emf_metrics(cfg, region, prefix)`` so the sidecar's
-  metrics pipeline exports to ``awsemf`` (X-Ray takes traces only).
+- ``stack.py`` creates :class:`MetricsDashboards` after ``Observability`` (it needs the alarm topic), and makes every
+  ECS service depend on the metrics log group, so no sidecar starts writing before the group exists;
+- ``compute.py`` ``ecs_collector_config`` ends with :func:`with_emf_metrics`, so the sidecar's metrics pipeline
+  exports to ``awsemf`` (X-Ray takes traces only);
+- the task roles' write access to the metrics log group is a declared need (``needs.METRICS_ACTIONS``), rendered
+  into each task role's managed policy by ``compute.py`` like every other permission: this construct grants nothing.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aws_cdk import Duration, RemovalPolicy
 from aws_cdk import aws_cloudwatch as cw
 from aws_cdk import aws_cloudwatch_actions as cw_actions
-from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_sns as sns
@@ -126,19 +127,14 @@ def _retention(days: int) -> logs.RetentionDays:
 
 
 class MetricsDashboards(Construct):
-    """The EMF log group (and write access for the tasks), the operations dashboard and the metric alarms.
+    """The EMF log group, the operations dashboard and the metric alarms (``RadloopStack`` creates it).
 
-    Wiring in ``RadloopStack`` (after ``Observability``)::
-
-        self.dashboards = MetricsDashboards(
-            self, "Dashboards", prefix=params.prefix, queues=self.messaging.queues, dlqs=self.messaging.dlqs,
-            task_roles=self.compute.task_roles, topic=self.observability.topic, logs_key=self.keys.logs,
-            retention_days=params.env.log_retention_days,
-            removal=RemovalPolicy.RETAIN if params.env.retain_data else RemovalPolicy.DESTROY)
+    ``services`` names the services whose request metrics the dashboard plots. The tasks' write access to the log
+    group is not granted here: it is the ``metrics`` need of infra/radloop_infra/needs.py, rendered by compute.py.
     """
 
     def __init__(self, scope: Construct, cid: str, *, prefix: str, queues: Mapping[str, sqs.IQueue],
-                 dlqs: Mapping[str, sqs.IQueue], task_roles: Mapping[str, iam.IRole], topic: sns.ITopic,
+                 dlqs: Mapping[str, sqs.IQueue], services: Sequence[str], topic: sns.ITopic,
                  logs_key: kms.IKey, retention_days: int, removal: RemovalPolicy = RemovalPolicy.DESTROY) -> None:
         super().__init__(scope, cid)
         unknown = set(EMF_DIMENSIONS) - set(CATALOGUE)
@@ -150,8 +146,6 @@ class MetricsDashboards(Construct):
             self, "MetricsLogs", log_group_name=metrics_log_group_name(prefix), encryption_key=logs_key,
             retention=_retention(retention_days), removal_policy=removal,
         )
-        for role in task_roles.values():
-            self.log_group.grant_write(role)
         action = cw_actions.SnsAction(topic)
         self.alarms: dict[str, cw.Alarm] = {}
 
@@ -202,7 +196,7 @@ class MetricsDashboards(Construct):
         ))
 
         # --- the dashboard (infra/grafana/dashboards) -----------------------------------------------------------------
-        services = sorted(task_roles)
+        services = sorted(services)
         self.dashboard = cw.Dashboard(self, "Operations", dashboard_name=f"{prefix}-operations",
                                       default_interval=Duration.hours(3))
         self.dashboard.add_widgets(

@@ -22,7 +22,7 @@ from shared.topology import Topology
 #: The training package's GPU image; CI builds it and pushes it to the repository below (docs/deploy.md).
 TRAINING_DOCKERFILE = "training/Dockerfile"
 #: Where pipeline steps read and write in the ml bucket.
-ML_PREFIXES = ("datasets/", "models/", "pipelines/")
+ML_PREFIXES = ("datasets/", "locked-eval/", "models/", "pipelines/")
 
 
 def pipeline_name(topology: Topology) -> str:

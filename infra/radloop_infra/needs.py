@@ -7,7 +7,9 @@ task role allows exactly the actions its needs list (:func:`expected_actions`).
 Why each need exists (the code that uses it):
 - every consumer: receive/delete/extend on its queue, SendMessage on its own DLQ (``shared.consumer`` dead-letters
   unparseable messages with a reason), the idempotency table (``shared.idempotency``), PutEvents (``shared.publisher``);
-- every service: PutItem on the append-only audit table (``shared.audit``).
+- every service: PutItem on the append-only audit table (``shared.audit``);
+- every service: its ADOT sidecar writes the service's metrics (``shared.metrics``) as CloudWatch EMF log events into
+  the deployment's metrics log group (``dashboards.metrics_log_group_name``), :data:`METRICS_ACTIONS` on that group.
 """
 
 from __future__ import annotations
@@ -65,6 +67,10 @@ TELEMETRY_ACTIONS: tuple[str, ...] = (
     "xray:PutTraceSegments", "xray:PutTelemetryRecords", "xray:GetSamplingRules", "xray:GetSamplingTargets",
 )
 
+#: The sidecar's ``awsemf`` exporter (infra/radloop_infra/dashboards.py) creates one stream per task in the metrics log
+#: group the stack creates, and puts EMF events into it; granted on that one log group, never on ``*``.
+METRICS_ACTIONS: tuple[str, ...] = ("logs:CreateLogStream", "logs:PutLogEvents")
+
 
 @dataclass(frozen=True)
 class S3Need:
@@ -85,6 +91,8 @@ class ServiceNeeds:
     sagemaker: tuple[str, ...] = ()  # keys of SAGEMAKER_ACTIONS
     pass_pipeline_role: bool = False
     dimse: bool = False
+    #: Writes its metrics to the metrics log group (CloudWatch EMF, :data:`METRICS_ACTIONS`); every service does.
+    metrics: bool = True
 
 
 _AUDIT = {"audit": "append"}
@@ -131,7 +139,7 @@ NEEDS: dict[str, ServiceNeeds] = {
     ),
     "pipeline_orchestrator": ServiceNeeds(
         kind="http",
-        s3=(S3Need("ml", "read_write", ("datasets/", "models/", "pipelines/"), list=True),),
+        s3=(S3Need("ml", "read_write", ("datasets/", "locked-eval/", "models/", "pipelines/"), list=True),),
         tables={"runs": "read_write", "training_labels": "read_write", "state": "read_write", **_IDEM, **_AUDIT},
         publishes=True,
         sagemaker=("run_pipeline", "read_model_packages"),
@@ -148,6 +156,20 @@ NEEDS: dict[str, ServiceNeeds] = {
         tables={"models": "read_write", "state": "read_write", **_IDEM, **_AUDIT},
         publishes=True,
         sagemaker=("manage_model_packages",),
+    ),
+    "interop": ServiceNeeds(
+        # Not behind the ALB: its HTTP port answers health checks and operators' /interop/status only. The Q/R SCP
+        # (RADLOOP_QR_PORT) stays off in AWS until the NLB gets a second DIMSE listener (docs/interop.md).
+        kind="worker",
+        s3=(
+            # The source's header (original) and triage's heatmap, to build the results from.
+            S3Need("images", "read", ("dicom/", "heatmaps/")),
+            # Derived objects enter the archive through ingestion's drop folder, under their own prefix only
+            # (shared.storage.INTEROP_DROP_PREFIX; services/interop/adapters/archive.py).
+            S3Need("ingestion", "write", ("imports/interop/",)),
+        ),
+        # Which destination received which result is remembered in the state table (services/interop/adapters).
+        tables={"instances": "read", "state": "read_write", **_IDEM, **_AUDIT},
     ),
 }
 
@@ -184,6 +206,8 @@ def expected_actions(service: str) -> set[str]:
         out.update(SAGEMAKER_ACTIONS[s])
     if n.pass_pipeline_role:
         out.update(PASS_ROLE_ACTIONS)
+    if n.metrics:
+        out.update(METRICS_ACTIONS)
     return out
 
 

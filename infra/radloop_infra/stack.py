@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from aws_cdk import CfnOutput, Environment, Stack, Tags
+from aws_cdk import CfnOutput, Environment, RemovalPolicy, Stack, Tags
 from constructs import Construct
 
 from infra.radloop_infra.compute import Compute
 from infra.radloop_infra.config import DeployParams
+from infra.radloop_infra.dashboards import MetricsDashboards
 from infra.radloop_infra.data import Data
 from infra.radloop_infra.messaging import Messaging
 from infra.radloop_infra.ml import TRAINING_DOCKERFILE, Ml
@@ -41,6 +42,15 @@ class RadloopStack(Stack):
         self.observability = Observability(self, "Observability", params=params, topology=self.topology,
                                            keys=self.keys, data=self.data, messaging=self.messaging,
                                            compute=self.compute, ml=self.ml)
+        # The CloudWatch mirror of the Grafana dashboards and Prometheus alerts; the ADOT sidecars write EMF into its
+        # log group (compute.py's collector config and the declared ``metrics`` need), so the services wait for it.
+        self.dashboards = MetricsDashboards(
+            self, "Dashboards", prefix=params.prefix, queues=self.messaging.queues, dlqs=self.messaging.dlqs,
+            services=list(self.compute.services), topic=self.observability.topic, logs_key=self.keys.logs,
+            retention_days=params.env.log_retention_days,
+            removal=RemovalPolicy.RETAIN if params.env.retain_data else RemovalPolicy.DESTROY)
+        for svc in self.compute.services.values():
+            svc.node.add_dependency(self.dashboards.log_group)
 
         CfnOutput(self, "AlbDnsName", value=self.compute.alb.load_balancer_dns_name,
                   description="DICOMweb base: https://<this>/dicomweb (internal; reach it over VPN/Direct Connect)")
@@ -56,5 +66,7 @@ class RadloopStack(Stack):
         CfnOutput(self, "JobSubnetIds", value=",".join(s.subnet_id for s in self.network.vpc.isolated_subnets))
         CfnOutput(self, "JobSecurityGroupId", value=self.ml.jobs_sg.security_group_id)
         CfnOutput(self, "AlarmTopicArn", value=self.observability.topic.topic_arn)
+        CfnOutput(self, "OperationsDashboard", value=self.dashboards.dashboard.dashboard_name,
+                  description="the CloudWatch dashboard mirroring the Grafana ones (docs/operations.md)")
 
         apply_suppressions(self, params.env.name)

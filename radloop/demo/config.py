@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shared.approval import ApprovalPolicy
+from shared.approval import DEFAULT_POLICY_FILE, ApprovalPolicy
 
 
 @dataclass(frozen=True)
@@ -29,9 +28,6 @@ class DemoConfig:
     #: labels and larger inputs than a 10-minute CPU demo can train: see docs/training.md)
     difficulty: float = 0.3
     prevalence: float = 0.3
-    #: the sensitivity floor of the demo's approval policy (shared/approval_policy.json says 0.8; a test split of a
-    #: few dozen images makes sensitivity coarse, so the demo asks for 0.7)
-    sensitivity_floor: float = 0.7
     train_epochs: int = 15
     train_batch_size: int = 16
     train_image_size: int = 64
@@ -42,8 +38,6 @@ class DemoConfig:
     #: a round's reads, so each round triggers one run at its end (a run during a round slows the reading)
     trigger_min_new_labels: int = 180
     trigger_min_per_class: int = 20
-    #: the AUC floor of the demo's approval policy (the pipeline's quality gate and the registry's decision)
-    auc_floor: float = 0.6
     #: share of each wave sent over DIMSE and through the S3 drop folder (the rest goes by STOW-RS)
     dimse_share: float = 0.1
     s3_share: float = 0.1
@@ -54,31 +48,36 @@ class DemoConfig:
     round_timeout_s: float = 420.0
     out_dir: Path = Path("demo-report")
     keep_running: bool = False
+    #: whether the demo's data can earn an approval under the shipped policy. The quick demo's cannot (see
+    #: :meth:`quick`): it checks the loop up to an honest decision, pending with its reasons.
+    expect_approval: bool = True
 
     @classmethod
     def quick(cls, **kw: Any) -> DemoConfig:
-        """One turn of the loop on small data, in under three minutes: one wave, one round of reading, one training run
-        on all of its labels, then the late arrivals scored by the new champion. (Two rounds on this cohort meant a
-        first model trained on ~60 images, and a minute longer.) Easier cases, and floors of 0.5 for AUC (better than
-        chance) and sensitivity: the test split holds 29 images, where the AUC's standard error is about 0.08; three
-        runs gave 0.66, 0.71 and 0.71. The model is the last epoch's (``HParams.select``) and its threshold is
-        split-conformal (``threshold_for_sensitivity``): picking the best epoch, and the threshold, on a 20-image
-        validation split had made approval a lottery (AUC 0.44 to 0.89, sensitivity down to 0.45)."""
+        """One turn of the loop on small data, in about three minutes: one wave, one round of reading, one training run
+        on all of its labels, the registry's decision, then the late arrivals scored. (Two rounds on this cohort meant
+        a first model trained on ~60 images, and a minute longer.) Easier cases.
+
+        It runs under the **shipped** approval policy, and its model does not earn approval, honestly: the 216 read
+        radiographs of ~110 patients leave a locked evaluation set of about 30 images (11 positive in a measured run)
+        and a validation split of about as many, below the policy's minimum of 20 positives and 20 negatives; at that
+        size an AUC's 95% interval is about ±0.17 wide. So the model stays pending with those reasons (or, with a
+        locked-set AUC below ``auc_floor``, the pipeline's gate does not register it), and the late arrivals are
+        scored by no model. Earning approval needs about twice the labels (and a better model than 170
+        training images give: earlier runs measured AUC 0.66-0.71), which is the full demo, not a `make test` step.
+        (``expect_approval=False``: the report and the e2e test check the decision against the policy instead.)"""
         base = dict(radiographs=240, image_size=128, ct_slices=40, ct_size=256, waves=1, reads_per_round=216,
                     train_epochs=30, train_batch_size=16, train_image_size=64, trigger_min_new_labels=200,
                     trigger_min_per_class=20,
-                    round_timeout_s=300.0, difficulty=0.0, prevalence=0.5, sensitivity_floor=0.5, auc_floor=0.5)
+                    round_timeout_s=300.0, difficulty=0.0, prevalence=0.5, expect_approval=False)
         base.update(kw)
         return cls(**base)  # type: ignore[arg-type]
 
     def approval_policy(self) -> ApprovalPolicy:
-        """The approval policy document the demo's services read (``RADLOOP_APPROVAL_POLICY_FILE``): the packaged
-        policy with this demo's floors; its AUC margin over the champion is the packaged one."""
-        return dataclasses.replace(
-            ApprovalPolicy.load(), name="radloop-demo", auc_floor=self.auc_floor,
-            sensitivity_floor=self.sensitivity_floor,
-            description="Written by `radloop demo`: the packaged policy with floors a test split of a few dozen "
-                        "synthetic images can meet (radloop/demo/config.py).")
+        """The approval policy the demo's services read (``RADLOOP_APPROVAL_POLICY_FILE``): the shipped document
+        (shared/approval_policy.json), unchanged. The demo does not lower any floor: a version it cannot earn
+        approval for stays pending, with the reasons, as it would anywhere else."""
+        return ApprovalPolicy.load(DEFAULT_POLICY_FILE)
 
 
 @dataclass

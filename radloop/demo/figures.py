@@ -14,9 +14,35 @@ from rich.console import Console
 from radloop.demo.api import PlatformApi
 from radloop.demo.config import DemoConfig, DemoState
 from radloop.traces import build_trace_trees, render_trace
+from shared.approval import judge
 from shared.aws import boto3_client
+from shared.dicom.sop_classes import DERIVED_SOP_CLASSES
 from shared.instance_index import INSTANCE_PREFIX
 from shared.settings import Settings
+
+
+def _ci(block: Any, key: str = "auc") -> list[float] | None:
+    if not isinstance(block, dict) or block.get("low") is None:
+        return None
+    return [round(float(block[key]), 4), round(float(block["low"]), 4), round(float(block["high"]), 4)]
+
+
+def _locked_figures(evidence: dict[str, Any]) -> dict[str, Any]:
+    """A version's locked-set figures: the set's version and size, its AUC and the champion's on the same cases, each
+    as [value, 95% low, 95% high], the paired difference likewise, and the policy's verdict."""
+    op = evidence.get("operating_point") or {}
+    return {"locked_set": evidence.get("locked_set"), "auc_ci": _ci(evidence.get("challenger")),
+            "champion_auc_ci": _ci(evidence.get("champion")), "paired_diff_ci": _ci(evidence.get("paired"), "diff"),
+            "comparison": evidence.get("comparison"), "specificity_ci": op.get("specificity_ci"),
+            "sensitivity_ci": op.get("sensitivity_ci"), "threshold_ci": op.get("threshold_ci"),
+            "validation_positives": op.get("validation_positives"),
+            "brier": (evidence.get("calibration") or {}).get("brier"),
+            "ece": (evidence.get("calibration") or {}).get("ece")}
+
+
+def models_by_version(api: PlatformApi, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each registered version's full record (its history and locked-set evidence)."""
+    return [api.model(int(r["version"])) for r in rows if r.get("version") is not None]
 
 
 def collect_figures(cfg: DemoConfig, state: DemoState, api: PlatformApi, endpoint: str, streaming: dict[str, Any],
@@ -32,7 +58,9 @@ def collect_figures(cfg: DemoConfig, state: DemoState, api: PlatformApi, endpoin
     topo = s.topology
 
     scores = _scan(ddb, topo.table("scores"))
-    index = [i for i in _scan(ddb, topo.table("instances")) if i.get("sk", "").startswith(INSTANCE_PREFIX)]
+    everything = [i for i in _scan(ddb, topo.table("instances")) if i.get("sk", "").startswith(INSTANCE_PREFIX)]
+    # Acquired images only: the SRs and SEGs the interop service derived (docs/interop.md) are counted apart.
+    index = [i for i in everything if i.get("sop_class_uid") not in DERIVED_SOP_CLASSES]
     stored_at = {i["sop_uid"]: _ts(i.get("stored_at")) for i in index}
     stored_to_scored = [
         (_ts(sc.get("scored_at")) - stored_at[sc["sop_uid"]]) * 1000
@@ -51,13 +79,14 @@ def collect_figures(cfg: DemoConfig, state: DemoState, api: PlatformApi, endpoin
         lineage = m.get("lineage") or {}
         labels = lineage.get("label_count") or sum((lineage.get("label_counts") or {}).values()) or None
         ev = _evaluation(s3, m)
+        evidence = m.get("evidence") or {}
         row = {"version": m.get("version"), "status": m.get("status") or m.get("approval_status"),
                "auc": metrics.get("auc"), "sensitivity": metrics.get("sensitivity"),
                "specificity": metrics.get("specificity"), "labels": labels, "run_id": m.get("run_id"),
                "parent": lineage.get("parent_version"),
                "champion": bool(champion and champion.get("version") == m.get("version")),
                "threshold": m.get("threshold", metrics.get("threshold")), "roc": ev.get("roc"),
-               "confusion_matrix": ev.get("confusion_matrix")}
+               "confusion_matrix": ev.get("confusion_matrix"), **_locked_figures(evidence)}
         model_rows.append(row)
         if row["auc"] is not None and labels:
             learning.append({"version": row["version"], "labels": labels, "auc": row["auc"]})
@@ -82,10 +111,26 @@ def collect_figures(cfg: DemoConfig, state: DemoState, api: PlatformApi, endpoin
     approved = [m for m in model_rows if m["status"] in ("Approved", "approved")]
     later_scored_by_model = any(k.startswith("v") for k in versions_used)
     problems = list(state.errors)
-    if not approved:
-        problems.append("no model was approved")
-    if not later_scored_by_model:
-        problems.append("triage scored no instance with an approved model")
+    policy = cfg.approval_policy()
+    # no approval the shipped policy would not make: each automatic decision, judged again from its evidence
+    records = models_by_version(api, model_rows)
+    for m in records:
+        if m.get("status") == "rejected":
+            continue
+        policy_approved = any(h.get("action") == "approved" and h.get("by") == "policy" for h in m.get("history") or [])
+        if policy_approved and not judge(policy, m.get("evidence")).approved:
+            problems.append(f"v{m.get('version')} was approved by a policy other than the shipped one")
+    if cfg.expect_approval:
+        if not approved:
+            problems.append("no model was approved")
+        if not later_scored_by_model:
+            problems.append("triage scored no instance with an approved model")
+    elif not model_rows and not any(str(r.get("failure_reason") or "").startswith("The model was not registered")
+                                    for r in runs):
+        # the pipeline's gate (the policy's auc_floor) refusing to register a model is a decision too
+        problems.append("no model was registered, and no run was refused by the policy's gate")
+    elif not approved and not all(m.get("decision") == "pending" and m.get("decision_reason") for m in records):
+        problems.append("a model was left without a decision and its reasons")
     loop_ok = not problems
     elapsed = time.time() - started
     read_acc = (sum(1 for x in state.reads if x["label"] == x["truth"]) / len(state.reads)
@@ -95,7 +140,9 @@ def collect_figures(cfg: DemoConfig, state: DemoState, api: PlatformApi, endpoin
         "summary": {
             "loop_succeeded": loop_ok,
             "headline": (f"The loop ran by itself: {len(runs)} training run(s), {len(approved)} model(s) approved; "
-                         f"champion v{champion.get('version') if champion else '–'}." if loop_ok else
+                         f"champion v{champion.get('version') if champion else '–'}"
+                         + ("" if approved else " (pending, with the shipped policy's reasons: see Approvals)")
+                         + "." if loop_ok else
                          "The loop did not complete: " + "; ".join(problems[:4])),
             "kpis": {"radiographs": len(state.truth), "verified labels": len(state.reads),
                      "training runs": len(runs), "models approved": len(approved),
@@ -103,10 +150,15 @@ def collect_figures(cfg: DemoConfig, state: DemoState, api: PlatformApi, endpoin
                      "HTJ2K saving (%)": storage.get("saving_pct"), "wall time (s)": round(elapsed, 1)},
         },
         "counts": {"radiographs": len(state.truth), "ct_slices": len(state.ct_files),
-                   "sent_by": state.sent_by, "indexed_instances": len(index), "scores": len(scores),
+                   "sent_by": state.sent_by, "indexed_instances": len(index),
+                   "derived_instances": len(everything) - len(index), "scores": len(scores),
                    "scored_by": versions_used, "reads": len(state.reads), "runs": len(runs),
                    "models": len(models), "reader_accuracy": read_acc},
         "models": model_rows,
+        "policy": policy.as_dict(),
+        # the one locked evaluation set every version was scored on (its newest version among the models)
+        "locked_set": max((m["locked_set"] for m in model_rows if m.get("locked_set")),
+                          key=lambda x: x.get("version") or 0, default=None),
         "learning_curve": learning,
         "decisions": decisions,
         "runs": run_rows,

@@ -107,6 +107,36 @@ def _stats(values: list[float]) -> dict[str, float | int | None]:
     }
 
 
+def _triple(v: Any, signed: bool = False) -> str:
+    if not v:
+        return "–"
+    f = "{:+.3f}" if signed else "{:.3f}"
+    return f"{f.format(v[0])} (95% CI {f.format(v[1])} to {f.format(v[2])})"
+
+
+def _locked_section(locked: Any, models: list[dict[str, Any]], policy: Any) -> str:
+    """The locked evaluation set: its size, each version's AUC with its 95% CI on it, and the paired difference."""
+    if not locked:
+        return "<h3>Locked evaluation set</h3><p>No version carries locked-set evidence.</p>"
+    rows = "".join(
+        f"<tr><td>v{html.escape(str(m.get('version')))}</td><td>{html.escape(str(m.get('status')))}</td>"
+        f"<td>{(m.get('locked_set') or {}).get('version', '–')}</td><td>{_triple(m.get('auc_ci'))}</td>"
+        f"<td>{_triple(m.get('champion_auc_ci'))}</td><td>{_triple(m.get('paired_diff_ci'), signed=True)}</td>"
+        f"<td>{html.escape(str(m.get('specificity_ci') or '–'))}</td></tr>" for m in models)
+    pol = ""
+    if isinstance(policy, dict) and policy:
+        pol = ("<p>Approval policy <code>" + html.escape(str(policy.get("name"))) + "</code>: " +
+               html.escape(", ".join(f"{k} {v}" for k, v in policy.items() if k != "name")) + ".</p>")
+    return ("<h3 id='locked-set'>Locked evaluation set</h3>"
+            f"<p>Version {html.escape(str(locked.get('version')))} "
+            f"(sha256 <code>{html.escape(str(locked.get('sha256')))[:16]}…</code>): "
+            f"{locked.get('n')} cases, {locked.get('positives')} positive, {locked.get('negatives')} negative, from "
+            "held-out patients no training run saw. Every version and the champion are scored on it (DeLong 95% "
+            "intervals).</p>" + pol +
+            "<table><tr><th>version</th><th>status</th><th>locked set</th><th>AUC</th><th>champion's AUC, same cases"
+            "</th><th>paired difference</th><th>specificity 95% CI</th></tr>" + rows + "</table>")
+
+
 def write_report(out_dir: Path, figures: dict[str, Any]) -> Path:
     """Write ``index.html`` and ``report.json`` under ``out_dir``; returns the HTML path."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -116,10 +146,19 @@ def write_report(out_dir: Path, figures: dict[str, Any]) -> Path:
 
     models = figures.get("models", [])
     parts: list[str] = []
+    ws = figures.get("workstation")
+    if ws:
+        parts.append("<h2 id='workstation'>Radiologist's workstation</h2>")
+        note = ("the platform is still running (<code>--keep-running</code>)" if ws.get("live") else
+                "live while the platform runs: <code>radloop demo --keep-running</code> or <code>radloop up</code>")
+        parts.append(f"<p><a href='{html.escape(ws['worklist_url'])}'>The AI-ordered worklist</a> "
+                     f"(<a href='{html.escape(ws['signin_url'])}'>sign in</a> with the local development sign-in: "
+                     f"choose the radiologist, ml or admin role); {note}.</p>")
     parts.append("<h2 id='models'>Models</h2>")
     if models:
         parts.append(_table(models, ["version", "status", "auc", "sensitivity", "specificity", "labels", "run_id",
                                      "parent", "champion"]))
+        parts.append(_locked_section(figures.get("locked_set"), models, figures.get("policy")))
         roc = _roc_chart(models)
         if roc:
             parts.append(f"<img alt='ROC curves' src='{roc}'>")

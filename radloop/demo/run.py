@@ -81,7 +81,8 @@ class Demo:
     # -- the platform ------------------------------------------------------------------------------------------------
     @property
     def approval_policy_path(self) -> Path:
-        """Where the demo writes its approval policy document (its floors; see :meth:`DemoConfig.approval_policy`)."""
+        """Where the demo writes the approval policy its services read (the shipped one, unchanged; see
+        :meth:`DemoConfig.approval_policy`), as a record of exactly what was applied."""
         return self.work / "approval-policy.json"
 
     def platform_env(self) -> dict[str, str]:
@@ -95,7 +96,7 @@ class Demo:
             "RADLOOP_TRAIN_IMAGE_SIZE": str(c.train_image_size),
             "RADLOOP_TRAIN_BATCH_SIZE": str(c.train_batch_size),
             "RADLOOP_TRAIN_ARCH": c.train_arch,
-            # the demo's floors, in its own approval policy document: the pipeline's quality gate, the
+            # the shipped approval policy (a copy in the demo's work directory): the pipeline's quality gate, the
             # orchestrator and the registry all read that one file (shared/approval.py)
             POLICY_FILE_ENV: str(c.approval_policy().write(self.approval_policy_path).resolve()),
             "RADLOOP_POLL_INTERVAL_S": "1",
@@ -201,12 +202,16 @@ class Demo:
             final_status = self.final_status()
             figures = collect_figures(self.cfg, self.state, self.api, self.platform.endpoint, streaming, started)
             figures["final_status"] = final_status
+            figures["workstation"] = workstation_links(self.base, kept_running=self.cfg.keep_running)
             path = write_report(self.cfg.out_dir, figures)
             ok = figures["summary"]["loop_succeeded"]
             self.console.print(("[green]" if ok else "[red]") + figures["summary"]["headline"] + "[/]")
             self.console.print(f"report: [bold]{path.resolve()}[/] (and report.json beside it)")
             if self.cfg.keep_running:
                 self.console.print(f"platform left running at {self.base}; Ctrl-C stops it")
+                links = figures["workstation"]
+                self.console.print(f"radiologist's worklist: [bold]{links['worklist_url']}[/]  sign in (local "
+                                   f"development sign-in, choose a role): [bold]{links['signin_url']}[/]")
                 _block_until_interrupt()
             return 0 if ok else 1
         finally:
@@ -232,6 +237,13 @@ class Demo:
                 step()
             except Exception as exc:  # cleanup goes on: the platform must still be stopped
                 self.console.print(f"[yellow]cleanup step failed:[/] {type(exc).__name__}: {exc}")
+
+
+def workstation_links(base: str, *, kept_running: bool) -> dict[str, Any]:
+    """The workstation's addresses for the console and the report. No token in either: the sign-in page mints one
+    (locally) and keeps it in the tab's session storage, never in a URL."""
+    worklist = f"{base}/viewer/worklist/"
+    return {"worklist_url": worklist, "signin_url": f"{worklist}#/signin", "live": kept_running}
 
 
 def _block_until_interrupt() -> None:

@@ -133,7 +133,8 @@ class LocalPlatform:
             penv = dict(env, RADLOOP_PORT=str(self.ports[name]), RADLOOP_SERVICE_NAME=name)
             self.processes[name] = ManagedProcess(name, argv, penv, self.run_dir / f"{name}.log", self.ports[name])
         self.processes["entry"] = ManagedProcess(
-            "entry", [sys.executable, "-m", "radloop.local.proxy"], dict(env, RADLOOP_PORT=str(self.ports["entry"])),
+            # nginx from shared/topology.py ROUTES (it execs, so this PID is nginx's master), or the Python fallback
+            "entry", [sys.executable, "-m", "radloop.local.entry"], dict(env, RADLOOP_PORT=str(self.ports["entry"])),
             self.run_dir / "entry.log", self.ports["entry"],
         )
         for p in self.processes.values():
@@ -155,6 +156,7 @@ class LocalPlatform:
         env["RADLOOP_ENVIRONMENT"] = self.settings.environment
         env["RADLOOP_VAR_DIR"] = str(self.settings.var_dir.resolve())
         env["RADLOOP_DIMSE_PORT"] = str(self.ports["dimse"])
+        env["RADLOOP_QR_PORT"] = str(self.ports["qr"])  # the interop service's Query/Retrieve SCP (docs/interop.md)
         for s in (*SERVICES, "entry"):
             env[f"RADLOOP_PORT_{s.upper()}"] = str(self.ports[s])
         root = str(Path(__file__).resolve().parents[2])

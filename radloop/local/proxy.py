@@ -4,6 +4,11 @@ The routes are :data:`shared.topology.ROUTES` (the ALB's listener rules in infra
 one DICOMweb base URL (``http://127.0.0.1:8080/dicomweb``) serves STOW (POST → ingestion) and QIDO/WADO (GET →
 streaming_gateway). Request and response bodies are streamed chunk by chunk, never held whole in memory. Paths are
 not rewritten (an ALB cannot rewrite either), so each service serves its routes under its own prefix.
+
+This is the FALLBACK entry: ``radloop up`` runs nginx (:mod:`radloop.local.entry`, config rendered from the same
+ROUTES), which does the same routing at about twice this proxy's frame throughput. This one serves when nginx is not
+installed or ``RADLOOP_ENTRY=python`` asks for it. Like nginx, it sets ``X-Forwarded-For``/``-Proto``/``-Host`` itself
+and drops whatever forwarding headers a client sent (the services believe a trusted proxy's, shared/forwarded.py).
 """
 
 from __future__ import annotations
@@ -23,6 +28,10 @@ from shared.topology import route_for
 
 _HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
         "transfer-encoding", "upgrade", "host", "content-length"}
+#: Forwarding headers from the client: dropped, the proxy sets its own (as radloop/local/entry.py's nginx does).
+_FORWARDED = {"forwarded", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port",
+              "x-forwarded-prefix", "x-forwarded-server", "x-forwarded-ssl", "x-forwarded-scheme", "x-real-ip",
+              "x-original-url", "x-rewrite-url"}
 
 
 def create_proxy(ports: dict[str, int] | None = None) -> Starlette:
@@ -40,8 +49,10 @@ def create_proxy(ports: dict[str, int] | None = None) -> Starlette:
         # Raw bytes both ways: a header value that is not ASCII (a client's mistake) reaches the service, which
         # answers it (401 for a garbled token), instead of failing here with a 500.
         headers: list[tuple[bytes, bytes]] = [(k, v) for k, v in request.headers.raw
-                                              if k.decode("latin-1").lower() not in _HOP]
+                                              if k.decode("latin-1").lower() not in _HOP
+                                              and k.decode("latin-1").lower() not in _FORWARDED]
         headers.append((b"x-forwarded-for", (request.client.host if request.client else "").encode()))
+        headers.append((b"x-forwarded-proto", request.url.scheme.encode()))
         headers.append((b"x-forwarded-host", request.headers.get("host", "").encode("latin-1")))
         body: AsyncIterator[bytes] | None = request.stream() if request.method in ("POST", "PUT", "PATCH") else None
         upstream_req = client.build_request(request.method, url, headers=headers, content=body)
@@ -68,14 +79,22 @@ def create_proxy(ports: dict[str, int] | None = None) -> Starlette:
     )
 
 
-def main() -> None:
-    import os
-
+def serve(ports: dict[str, int]) -> None:
+    """Serve the Python proxy on 127.0.0.1 (``ports["entry"]``, else the default) in the foreground."""
     import uvicorn
 
-    port = int(os.environ.get("RADLOOP_PORT", DEFAULT_PORTS["entry"]))
-    ports = {s: int(os.environ[f"RADLOOP_PORT_{s.upper()}"]) for s in DEFAULT_PORTS if f"RADLOOP_PORT_{s.upper()}" in os.environ}
-    uvicorn.run(create_proxy(ports), host="127.0.0.1", port=port, log_config=None, access_log=False)
+    port = ports.get("entry", DEFAULT_PORTS["entry"])
+    # proxy_headers=False: uvicorn would otherwise take a loopback client's own X-Forwarded-For/-Proto as the peer
+    # and scheme, and this proxy would pass them on as its own.
+    uvicorn.run(create_proxy(ports), host="127.0.0.1", port=port, log_config=None, access_log=False,
+                proxy_headers=False)
+
+
+def main() -> None:
+    """``python -m radloop.local.proxy``: the entry point, nginx when installed (see :mod:`radloop.local.entry`)."""
+    from radloop.local.entry import main as entry_main
+
+    entry_main([])
 
 
 if __name__ == "__main__":

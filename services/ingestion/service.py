@@ -51,7 +51,7 @@ from shared.index_writer import IndexWriter
 from shared.instance_index import IndexConflictError, WriteOutcome, fit_instance, offsets_object_key
 from shared.metrics import instrument
 from shared.service import Runtime
-from shared.storage import IMPORTS_PREFIX
+from shared.storage import IMPORTS_PREFIX, INTEROP_DROP_PREFIX
 from shared.telemetry import inject_context, tracer
 
 log = logging.getLogger(__name__)
@@ -96,20 +96,25 @@ class IngestPipeline:
         self.limits = ParseLimits(max_bytes=settings.max_instance_bytes, max_inflated_bytes=settings.max_inflated_bytes,
                                   max_pixel_bytes=settings.max_pixel_bytes, max_frames=settings.max_frames_per_instance)
 
-    def _options(self, source: Source, calling_ae: str | None, expected_study: str | None) -> PrepareOptions:
-        deid = self.settings.deidentify or (calling_ae is not None and calling_ae in self.settings.deidentify_calling_aes)
+    def _options(self, source: Source, calling_ae: str | None, expected_study: str | None,
+                 derived: bool = False) -> PrepareOptions:
+        # A derived object (shared.storage.INTEROP_DROP_PREFIX) comes from an instance already stored, de-identified
+        # when that is on: de-identifying it again would move it out of its source's study.
+        deid = not derived and (self.settings.deidentify or (calling_ae is not None
+                                                             and calling_ae in self.settings.deidentify_calling_aes))
         return PrepareOptions(limits=self.limits, pseudonym_key=self.settings.pseudonym_key, deidentify=deid,
                               deid_key=self.settings.deid_key, expected_study=expected_study, source=source,
                               deid_private_allowlist=tuple(int(t, 16) for t in self.settings.deid_private_allowlist))
 
     async def ingest(self, data: bytes, *, source: Source, calling_ae: str | None = None,
-                     expected_study: str | None = None, object_key: str | None = None) -> IngestResult:
+                     expected_study: str | None = None, object_key: str | None = None,
+                     derived: bool = False) -> IngestResult:
         """Run the whole pipeline on one received object; raise :class:`DicomRejection` when it is refused."""
         t0 = time.perf_counter()
         with tracer("radloop.ingestion").start_as_current_span("ingest", attributes={"radloop.source": source,
                                                                                       "radloop.bytes": len(data)}):
             try:
-                return await self._ingest(data, source, calling_ae, expected_study, t0)
+                return await self._ingest(data, source, calling_ae, expected_study, t0, derived)
             except TransientFailure:
                 raise  # not a refusal of the instance: no InstanceRejected
             except DicomRejection as rej:
@@ -118,13 +123,13 @@ class IngestPipeline:
                 raise
 
     async def _ingest(self, data: bytes, source: Source, calling_ae: str | None, expected_study: str | None,
-                      t0: float) -> IngestResult:
+                      t0: float, derived: bool = False) -> IngestResult:
         if len(data) > self.limits.max_bytes:  # refuse before shipping the bytes to a worker
             raise DicomRejection(OUT_OF_RESOURCES, f"The DICOM object is {len(data)} bytes; at most "
                                  f"{self.limits.max_bytes} bytes are accepted per instance.", kind="too-large")
         marks = {"start": time.perf_counter()}
         try:
-            prep = await self.pool.run(prepare, data, self._options(source, calling_ae, expected_study))
+            prep = await self.pool.run(prepare, data, self._options(source, calling_ae, expected_study, derived))
         except DicomRejection:
             raise
         except WorkerCrashedError:
@@ -276,7 +281,7 @@ class IngestPipeline:
             return {"rejected": rej.kind}
         data = await self.drop.read(key)
         try:
-            result = await self.ingest(data, source="s3", object_key=key)
+            result = await self.ingest(data, source="s3", object_key=key, derived=key.startswith(INTEROP_DROP_PREFIX))
         except TransientFailure:
             raise  # storage trouble or a busy claim: leave the object in imports/, let SQS redeliver
         except DicomRejection as rej:

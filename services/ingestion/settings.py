@@ -7,11 +7,12 @@ from pathlib import Path
 
 from pydantic import model_validator
 
-from shared.settings import Settings
+from shared.forwarded import ForwardingSettings
 
 
-class IngestionSettings(Settings):
-    """Ingestion-specific settings on top of the shared ones."""
+class IngestionSettings(ForwardingSettings):
+    """Ingestion-specific settings on top of the shared ones; the trusted proxies and public base URL that STOW-RS
+    RetrieveURLs are built with come from :class:`~shared.forwarded.ForwardingSettings`."""
 
     #: Largest accepted DICOM object (one instance), in bytes.
     max_instance_bytes: int = 512 << 20
@@ -55,7 +56,9 @@ class IngestionSettings(Settings):
     # --- DIMSE -------------------------------------------------------------------------------------------------
     #: C-STORE SCP port (0: no SCP).
     dimse_port: int = 0
+    #: The SCP's own AE title: an association calling another title is refused.
     dimse_ae_title: str = "RADLOOP"
+    #: The address the SCP listens on (the ECS task sets 0.0.0.0).
     dimse_host: str = "127.0.0.1"
     #: Calling AE titles allowed to associate; ["*"] allows any (refused outside environment=local).
     dimse_allowed_calling_aes: list[str] = ["*"]
@@ -79,6 +82,7 @@ class IngestionSettings(Settings):
     #: DICOM TLS on the DIMSE port: the server certificate chain and its key (PEM). Both or neither; with them, the
     #: port speaks TLS only (TLS 1.2 or later).
     dimse_tls_cert_file: Path | None = None
+    #: The private key (PEM) of ``dimse_tls_cert_file``.
     dimse_tls_key_file: Path | None = None
     #: CA certificates (PEM) that client certificates must chain to.
     dimse_tls_ca_file: Path | None = None

@@ -18,6 +18,7 @@ from typing import Any
 from services.pipeline_orchestrator.adapters.datasets import DatasetStore
 from services.pipeline_orchestrator.adapters.executors import Executor, ExecutorError
 from services.pipeline_orchestrator.adapters.store import TERMINAL, OrchestratorStore
+from services.pipeline_orchestrator.domain import locked_set
 from services.pipeline_orchestrator.domain.policy import Trigger, TriggerPolicy, merge_pending
 from services.pipeline_orchestrator.domain.snapshot import build_snapshot
 from services.pipeline_orchestrator.settings import OrchestratorSettings
@@ -35,7 +36,10 @@ log = logging.getLogger(__name__)
 #: Pipeline parameters a manual trigger may override (the contract's fixed names). A run's ``AucFloor`` and
 #: ``AucMargin`` default to the approval policy's; an override is explicit, per run, and recorded in the run's
 #: parameters (the registry still decides approval with the policy).
-OVERRIDABLE = {"Epochs": int, "ImageSize": int, "Arch": str, "BatchSize": int, "AucFloor": float, "AucMargin": float}
+OVERRIDABLE = {"Epochs": int, "ImageSize": int, "Arch": str, "BatchSize": int, "AucFloor": float, "AucMargin": float,
+               "Comparison": str}
+#: ``Comparison``: how the registry compares the challenger with the champion (shared/approval.py COMPARISONS).
+COMPARISONS = ("superiority", "non-inferiority")
 
 
 def new_run_id() -> str:
@@ -101,7 +105,7 @@ class Orchestrator:
     ) -> dict[str, Any]:
         """Start a run if the lock is free, the cooldown over and the manifest changed; otherwise coalesce.
 
-        Returns ``{"outcome": "started"|"coalesced"|"deferred"|"unchanged"|"empty", ...}``.
+        Returns ``{"outcome": "started"|"coalesced"|"deferred"|"unchanged"|"empty"|"no_locked_set", ...}``.
         """
         async with self._lock:
             state = await self.store.state()
@@ -133,7 +137,11 @@ class Orchestrator:
     ) -> dict[str, Any]:
         state = await self.store.state()
         consumed = self.store.new_counts(state)
-        snap = build_snapshot(await self.store.all_labels())
+        labels = await self.store.all_labels()
+        previous_locked = await self.datasets.locked_set()
+        locked = locked_set.update(previous_locked, labels)
+        # No training run sees a locked or held-out patient, not even before the set can be drawn.
+        snap = build_snapshot(labels, exclude_patients=locked_set.excluded_patients(locked, labels))
         if snap.records == 0:
             await self.store.release(run_id)
             return {"outcome": "empty", "detail": "there are no final normal/pneumonia labels to train on yet"}
@@ -142,16 +150,24 @@ class Orchestrator:
             await self.store.consume_counts(consumed)
             log.info("manifest unchanged; no run", extra={"sha256": snap.sha256, "trigger": trigger})
             return {"outcome": "unchanged", "manifest_sha256": snap.sha256}
+        if locked is None:
+            await self.store.release(run_id)
+            log.info("no locked evaluation set yet; no run", extra={"trigger": trigger})
+            return {"outcome": "no_locked_set",
+                    "detail": "the held-out patients' verified labels hold no positive and negative yet, so there is "
+                              "no locked evaluation set to judge a model on"}
 
         with tracer("radloop.orchestrator").start_as_current_span(
             "start training", attributes={"radloop.run_id": run_id, "radloop.trigger": trigger}
         ):
             manifest_uri = await self.datasets.put_manifest(snap)
+            locked_uri = (self.datasets.locked_uri(locked) if locked is previous_locked
+                          else await self.datasets.put_locked_set(locked, previous_locked))
             # Generate the definition (or upsert the pipeline) before the run exists, so a slow first generation is
             # never mistaken for a start that died.
             await self.executor.prepare()
             champion = await self.store.champion()
-            parameters = self.parameters(manifest_uri, champion, overrides)
+            parameters = self.parameters(manifest_uri, champion, overrides, locked_uri=locked_uri)
             if parameters["ChampionModelUri"].endswith(NO_CHAMPION_PREFIX):
                 await self.datasets.ensure_no_champion_marker()  # Evaluate's "champion" input must not be empty
             now = time.time()
@@ -166,6 +182,7 @@ class Orchestrator:
                 "label_count": snap.records,
                 "label_counts": snap.per_class,
                 "split_counts": snap.per_split,
+                "locked_set": locked.summary(),
                 "parameters": parameters,
                 "champion_version": champion.version if champion else None,
                 "created_at": now,
@@ -198,13 +215,15 @@ class Orchestrator:
         return {"outcome": "started", "run_id": run_id, "manifest_sha256": snap.sha256}
 
     def parameters(
-        self, manifest_uri: str, champion: ChampionPointer | None, overrides: dict[str, Any]
+        self, manifest_uri: str, champion: ChampionPointer | None, overrides: dict[str, Any], *, locked_uri: str = ""
     ) -> dict[str, Any]:
         """The execution's pipeline parameters: the settings' training knobs, the approval policy's gate, the
         champion, then the manual overrides."""
         s = self.settings
         params: dict[str, Any] = {
             "ManifestUri": manifest_uri,
+            # every candidate and the champion are scored on this one locked set (a paired comparison)
+            "LockedSetUri": locked_uri,
             "ChampionAuc": float(champion.auc or 0.0) if champion and s.gate_on_champion else 0.0,
             # Evaluate re-scores the champion on the challenger's test split (the same patients)
             "ChampionModelUri": champion.model_artifact_uri if champion and champion.model_artifact_uri
@@ -218,6 +237,8 @@ class Orchestrator:
         }
         for k, v in overrides.items():
             params[k] = OVERRIDABLE[k](v)
+        if params.get("Comparison", "superiority") not in COMPARISONS:
+            raise ValueError(f"Comparison must be one of {', '.join(COMPARISONS)}, not {params['Comparison']!r}")
         return params
 
     # -- tracking ------------------------------------------------------------------------------------------------

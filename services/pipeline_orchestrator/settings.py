@@ -41,9 +41,13 @@ class OrchestratorSettings(Settings):
     executor_python: str = ""
 
     # --- pipeline parameters (names fixed by the pipeline contract) -------------------------------------------------
+    #: Training epochs of each run (pipeline parameter ``Epochs``).
     train_epochs: int = Field(5, ge=1)
+    #: Side in pixels the images are resized to for training (pipeline parameter ``ImageSize``).
     train_image_size: int = Field(224, ge=16)
+    #: The model architecture trained (pipeline parameter ``Arch``; one of training.model.ARCHS).
     train_arch: str = "resnet18"
+    #: Training batch size (pipeline parameter ``BatchSize``).
     train_batch_size: int = Field(32, ge=1)
     #: The approval policy document (:mod:`shared.approval`): the only source of ``AucFloor`` and ``AucMargin``.
     #: The registry reads the same document (``RADLOOP_APPROVAL_POLICY_FILE`` for both).

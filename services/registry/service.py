@@ -48,6 +48,14 @@ def _iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+def _evidence_record(promotion: dict[str, Any]) -> dict[str, Any] | None:
+    """What a version's record keeps of the locked-set evidence (no per-case data)."""
+    if not promotion:
+        return None
+    keep = ("locked_set", "challenger", "champion", "paired", "comparison", "operating_point", "calibration", "verdict")
+    return {k: promotion.get(k) for k in keep}
+
+
 class Registry:
     """Model versions: reads, registration (with the policy's decision), approve / reject / rollback."""
 
@@ -140,8 +148,8 @@ class Registry:
                 parent_auc = champion.auc
         # The fixed test split: the challenger's evaluation may carry the champion re-scored on the same patients.
         champion_auc = metric_or_none(evaluation, "champion_auc") or parent_auc
-        decision, reason = decide(self.policy, metrics.get("auc"), metrics.get("sensitivity"),
-                                  champion_auc if champion else None)
+        decision, reason = decide(self.policy, evaluation, has_champion=champion is not None)
+        promotion = evaluation.get("promotion") if isinstance(evaluation.get("promotion"), dict) else {}
         threshold = metrics.get("threshold", inner_card.get("threshold", 0.5))
         lineage = {
             "run_id": event.run_id,
@@ -156,6 +164,7 @@ class Registry:
             "parent_auc": champion_auc if champion else None,
             "evaluation_uri": evaluation_uri,
             "package_metadata": metadata,
+            "locked_set": promotion.get("locked_set"),
         }
         model = {
             "version": version,
@@ -170,6 +179,8 @@ class Registry:
             "evaluation_uri": evaluation_uri,
             "lineage": lineage,
             "policy": self.policy.as_dict(),
+            # the locked-set evidence the decision was made on: each AUC with its 95% CI, the paired difference
+            "evidence": _evidence_record(promotion),
             "history": [{"action": "registered", "by": "registry", "reason": reason, "at": _iso()}],
             "created_at": time.time(),
             "registered_published": False,

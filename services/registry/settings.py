@@ -14,6 +14,7 @@ class RegistrySettings(Settings):
     """The approval policy is data (:mod:`shared.approval`): the packaged document, or the one a deployment names in
     ``RADLOOP_APPROVAL_POLICY_FILE``. Its thresholds are not settings: the document is their only source."""
 
+    #: The approval policy document (:mod:`shared.approval`), the same one the pipeline orchestrator reads.
     approval_policy_file: Path = DEFAULT_POLICY_FILE
     #: Bootstrap resamples for model-card confidence intervals.
     card_bootstrap_resamples: int = Field(1000, ge=100, le=20000)

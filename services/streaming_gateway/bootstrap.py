@@ -18,7 +18,8 @@ from services.streaming_gateway import SERVICE
 from services.streaming_gateway.adapters.audit import FrameAuditCoalescer
 from services.streaming_gateway.adapters.frame_store import FrameStore
 from services.streaming_gateway.adapters.index import IndexReader
-from services.streaming_gateway.api import qido, stats, wado
+from services.streaming_gateway.api import qido, signin, stats, wado
+from services.streaming_gateway.api.ohif import add_cors, mount_ohif
 from services.streaming_gateway.domain.frames import FrameCache
 from services.streaming_gateway.domain.search import Searcher
 from services.streaming_gateway.service import Gateway
@@ -90,6 +91,8 @@ def configure(app: FastAPI, settings: GatewaySettings) -> None:
     ``check_dir=False``: the folder may appear after the gateway started (another build puts it there).
     """
     app.mount("/viewer", StaticFiles(directory=settings.viewer_dist, html=True, check_dir=False), name="viewer")
+    mount_ohif(app, settings.ohif_dist)  # the OHIF build (make ohif), docs/interop.md
+    add_cors(app, settings.cors_allow_origins)
 
 
 SPEC: ServiceSpec[GatewaySettings, StreamingGatewayDeps] = ServiceSpec(
@@ -99,7 +102,7 @@ SPEC: ServiceSpec[GatewaySettings, StreamingGatewayDeps] = ServiceSpec(
     settings=GatewaySettings,
     startup=startup,
     shutdown=shutdown,
-    routers=[qido.router, wado.router, stats.router],
+    routers=[qido.router, wado.router, stats.router, signin.router],  # signin: /viewer/auth, before the mount
     handlers=None,
     configure=configure,
     warm_prefixes=("/dicomweb", "/streaming"),

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-from functools import cached_property
 from pathlib import Path
-from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from services.streaming_gateway.domain.forwarded import Network, parse_networks
-from shared.settings import Settings
+from shared.forwarded import ForwardingSettings
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-class GatewaySettings(Settings):
-    """Frame cache, prefetch, QIDO and WADO limits, trusted proxies, audit coalescing and where the viewer lives."""
+class GatewaySettings(ForwardingSettings):
+    """Frame cache, prefetch, QIDO and WADO limits, audit coalescing and where the viewer lives; the trusted proxies and
+    public base URL of RetrieveURLs come from :class:`~shared.forwarded.ForwardingSettings`."""
 
     #: Byte budget of the in-memory LRU cache of HTJ2K frame codestreams.
     frame_cache_bytes: int = 512 * 1024 * 1024
@@ -49,14 +47,6 @@ class GatewaySettings(Settings):
     #: Frames responses up to this size are assembled in memory (one write: fastest for the usual single frame);
     #: larger ones stream part by part with ``retrieve_concurrency`` parts in flight.
     wado_buffer_bytes: int = Field(8 * 1024 * 1024, ge=0)
-    #: Peers (IPs or CIDRs, comma-separated) whose X-Forwarded-Host/-Proto and Forwarded headers are believed when
-    #: RetrieveURLs are built: the local entry proxy by default. Name only proxies that set those headers
-    #: themselves; an AWS ALB sets X-Forwarded-Proto but passes a client's X-Forwarded-Host through, so behind an
-    #: ALB leave this alone and set ``public_base_url``.
-    trusted_proxies: str = "127.0.0.1,::1"
-    #: The origin clients use (``https://pacs.example.org``), for RetrieveURLs of requests that do not come
-    #: through a trusted proxy. Empty: the request's own Host header (and the connection's scheme, http).
-    public_base_url: str = ""
     #: Frames are immutable: clients and caches may keep them this long.
     frame_max_age_s: int = 31_536_000
     #: Frame reads are audited per (user, series) once per window, with a count.
@@ -67,24 +57,16 @@ class GatewaySettings(Settings):
     retrieve_concurrency: int = 4
     #: The built web viewer, mounted at /viewer when the folder exists.
     viewer_dist: Path = _REPO_ROOT / "viewer" / "dist"
-
-    @field_validator("trusted_proxies")
-    @classmethod
-    def _check_proxies(cls, v: str) -> str:
-        parse_networks(v)  # a typo refuses to start instead of silently trusting nobody (or everybody)
-        return v
-
-    @field_validator("public_base_url")
-    @classmethod
-    def _check_base_url(cls, v: str) -> str:
-        if not v:
-            return v
-        u = urlsplit(v)
-        if u.scheme not in ("http", "https") or not u.netloc or u.query or u.fragment or "@" in u.netloc:
-            raise ValueError(f"RADLOOP_PUBLIC_BASE_URL {v!r} must be http(s)://host[:port][/path]")
-        return v.rstrip("/")
-
-    @cached_property
-    def trusted_proxy_networks(self) -> tuple[Network, ...]:
-        """:attr:`trusted_proxies` parsed once."""
-        return parse_networks(self.trusted_proxies)
+    #: The OHIF build (``make ohif``), mounted at /ohif (503 there while it is missing).
+    ohif_dist: Path = _REPO_ROOT / "ohif" / "dist"
+    #: Origins allowed to read the DICOMweb API cross-origin (an OHIF served elsewhere), as a JSON list of exact
+    #: origins (``["https://ohif.hospital.example"]``); empty: no CORS headers at all. ``*`` is refused.
+    cors_allow_origins: list[str] = []
+    #: The workstation's OpenID Connect issuer (Authorization Code with PKCE in the browser); empty: the APIs' own
+    #: ``auth_issuer`` when tokens come from an identity provider (``auth_jwks_url`` set). Announced at
+    #: /viewer/auth/config.
+    viewer_oidc_issuer: str = ""
+    #: The workstation's public OpenID Connect client id (a PKCE client has no secret); empty: no OIDC sign-in.
+    viewer_oidc_client_id: str = ""
+    #: The scopes the workstation asks the identity provider for.
+    viewer_oidc_scope: str = "openid profile"

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
+import uuid
 from typing import Any
 
 import numpy as np
@@ -33,6 +35,15 @@ from shared.uids import validate_uid
 __all__ = ["AWAITING_MODEL", "VERIFIED_BEFORE_MODEL", "Triage", "priority_for"]
 
 log = logging.getLogger(__name__)
+#: How long a backlog claim keeps other tasks off an image: far longer than scoring one takes, short enough that an
+#: image whose task died is picked up by the next backlog run.
+BACKLOG_CLAIM_S = 300.0
+
+
+def scored_event_id(scored: InstanceScored) -> str:
+    """Deterministic id of an ``InstanceScored``: one per image, outcome and model version."""
+    key = f"InstanceScored#{scored.sop_uid}#{scored.status}#{scored.model_version}#{scored.probability}"
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
 class Triage:
@@ -49,6 +60,8 @@ class Triage:
                                     max_batch=settings.triage_max_batch)
         self.scored = 0
         self._backlog_task: asyncio.Task[int] | None = None
+        #: this task's name on backlog claims (several triage tasks share the backlog; each record is scored once)
+        self.claim_owner = uuid.uuid4().hex
 
     # -- events ------------------------------------------------------------------------------------------------------
     async def on_instance_stored(self, event: InstanceStored) -> dict[str, Any]:
@@ -119,7 +132,12 @@ class Triage:
             model_version=used.version, heatmap_key=heatmap, **base))
 
     async def _record(self, scored: InstanceScored) -> dict[str, Any]:
-        """Write the score durably, then publish it (a crash between the two re-runs the handler: same result)."""
+        """Write the score durably, then publish it (a crash between the two re-runs the handler: same result).
+
+        The event id is derived from what was decided, so a re-run after a crash that followed the publish (the
+        consumer had not completed its idempotency record) republishes the *same* event, which consumers skip, instead
+        of a second ``InstanceScored`` (found by the chaos run, docs/reliability.md)."""
+        scored = scored.model_copy(update={"event_id": scored_event_id(scored)})
         await self.scores.put(scored, awaiting_model=scored.reason == AWAITING_MODEL)
         await self.publisher.publish(scored)
         self.scored += 1
@@ -180,9 +198,10 @@ class Triage:
     async def rescore_backlog(self, max_items: int = 100_000, max_rounds: int = 5) -> int:
         """Score every instance recorded as unscored for want of a model, with the champion now in memory.
 
-        Bounded (``max_items``, ``max_rounds`` scans, to catch images recorded while a round ran) and idempotent:
-        an image leaves the backlog when its score record is replaced, and one that fails stays for the next
-        champion or restart. Returns how many were scored."""
+        Bounded (``max_items``, ``max_rounds`` reads of the backlog index, to catch images recorded while a round
+        ran) and idempotent: an image leaves the backlog when its score record is replaced, and one that fails stays
+        for the next champion or restart. Single flight across tasks: an image is scored (and its InstanceScored
+        published) only by the task whose claim on it succeeded; the others skip it. Returns how many were scored."""
         total = 0
         sem = asyncio.Semaphore(self.settings.triage_max_batch)
         for _ in range(max_rounds):
@@ -195,22 +214,26 @@ class Triage:
             log.info("scoring the backlog of images that arrived before any model",
                      extra={"count": len(backlog), "model_version": model.version})
 
-            async def one(item: dict[str, Any], model: LoadedModel = model) -> bool:
+            async def one(item: dict[str, Any], model: LoadedModel = model) -> bool | None:
                 base = {"study_uid": item["study_uid"], "series_uid": item["series_uid"], "sop_uid": item["sop_uid"],
                         "patient_pseudo_id": item.get("patient_pseudo_id")}
                 async with sem:
+                    if not await self.scores.claim(base["sop_uid"], self.claim_owner, BACKLOG_CLAIM_S):
+                        return None  # scored already, or another task is scoring it
                     try:
                         await self._score(model, base)
                         return True
                     except Exception:
                         log.exception("backlog scoring failed; the image stays in the backlog",
                                       extra={"sop_uid": base["sop_uid"]})
+                        await self.scores.unclaim(base["sop_uid"], self.claim_owner)
                         return False
 
-            done = sum(await asyncio.gather(*(one(i) for i in backlog)))
+            results = await asyncio.gather(*(one(i) for i in backlog))
+            done = sum(1 for r in results if r)
             total += done
-            if done < len(backlog) or total >= max_items:
-                break  # failures stay for the next champion or restart: no hot retry loop
+            if any(r is False for r in results) or done == 0 or total >= max_items:
+                break  # failures stay for the next champion or restart (no hot retry loop); claimed elsewhere: theirs
         if total:
             log.info("backlog scored", extra={"count": total})
         return total

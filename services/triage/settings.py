@@ -22,6 +22,7 @@ class TriageSettings(Settings):
     triage_concurrency: int = 32
     #: What the model is validated for: anything else is ``not_applicable``, never scored silently.
     triage_modalities: tuple[str, ...] = ("CR", "DX")
+    #: Body parts (BodyPartExamined) the model is validated for; others are ``not_applicable``.
     triage_body_parts: tuple[str, ...] = ("CHEST",)
     #: Grad-CAM heatmaps for ``positives`` (probability >= the operating threshold), ``all`` or ``none``.
     triage_heatmaps: Literal["positives", "all", "none"] = "positives"

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from services.verification import SERVICE
+from services.verification.api.imports import router as imports_router
 from services.verification.api.routes import router
+from services.verification.api.workstation import router as workstation_router
 from services.verification.handlers import HANDLERS
 from services.verification.service import Verification
 from services.verification.settings import VerificationSettings
@@ -39,6 +41,6 @@ SPEC: ServiceSpec[VerificationSettings, VerificationDeps] = ServiceSpec(
     settings=VerificationSettings,
     startup=startup,
     shutdown=shutdown,
-    routers=[router],
+    routers=[router, imports_router, workstation_router],
     handlers=HANDLERS,
 )

@@ -17,15 +17,19 @@ from services.verification.domain import performance as perf
 from services.verification.domain.cases import (
     FINAL,
     OPEN,
+    ReadOutcome,
     ReadRejected,
     apply_read,
     apply_scored,
     apply_stored,
     lease_holder,
+    may_amend,
 )
 from services.verification.domain.errors import CaseConflict, CaseNotFound, InvalidQuery, InvalidRead
+from services.verification.domain.imported import apply_imported
 from services.verification.settings import VerificationSettings
 from shared.aws import AwsClients
+from shared.dicom.sop_classes import DERIVED_MODALITIES
 from shared.events import ImageVerified, InstanceScored, InstanceStored, ModelPerformanceDegraded
 from shared.exceptions import IdempotencyInProgressError, IdempotencyPayloadMismatchError
 from shared.idempotency import IdempotencyStore
@@ -56,6 +60,8 @@ class Verification:
     # -- events --------------------------------------------------------------------------------------------------
     async def on_stored(self, e: InstanceStored) -> dict[str, Any]:
         """Create (or complete) the case of a stored instance; a redelivery changes nothing."""
+        if e.modality.upper() in DERIVED_MODALITIES:  # AI results and reports (docs/interop.md) are not images to read
+            return {"case_id": None, "result": "derived object, not read"}
         mode = self.settings.verification_read_mode
 
         def change(c: dict[str, Any] | None) -> tuple[dict[str, Any] | None, list[dict[str, Any]], Any]:
@@ -90,6 +96,14 @@ class Verification:
             raise InvalidQuery("cursor belongs to another status filter")
         cases, next_key = await self.store.worklist_page(partition, start=start, keep=keep, limit=limit)
         return cases, encode_cursor(next_key)
+
+    async def my_reads(self, reader: str, *, limit: int, max_scanned: int = 5000) -> list[dict[str, Any]]:
+        """The final cases whose label ``reader`` may amend (:func:`~services.verification.domain.cases.may_amend`),
+        newest label first, at most ``limit``; reads at most ``max_scanned`` cases of the final partition."""
+        cases, _ = await self.store.worklist_page(FINAL, start=None, keep=lambda c: may_amend(c, reader),
+                                                  limit=max_scanned, max_scanned=max_scanned)
+        cases.sort(key=lambda c: str((c.get("final") or {}).get("at", "")), reverse=True)
+        return cases[:limit]
 
     # -- claims --------------------------------------------------------------------------------------------------
     @staticmethod
@@ -149,14 +163,28 @@ class Verification:
     async def read(self, case_id: str, reader: str, label: str, confidence: float | None,
                    comment: str | None) -> dict[str, Any]:
         """Record a read; when it makes a label final, publish ImageVerified (through the case's outbox)."""
+        return await self._decide(case_id, lambda c: apply_read(c, reader, label, confidence, comment, now=time.time()))
+
+    async def import_label(self, case_id: str, source: str, label: str) -> dict[str, Any]:
+        """Record a public dataset's label as the case's final, pre-verified label (``radloop import-dataset``).
+
+        The same path as a read (rows, outbox, ImageVerified, performance check), with reader ``dataset:<source>``
+        and resolution ``imported``; see :mod:`services.verification.domain.imported`.
+        """
+        return await self._decide(case_id, lambda c: apply_imported(c, source, label, now=time.time()))
+
+    async def _decide(self, case_id: str, apply: Callable[[dict[str, Any]], ReadOutcome]) -> dict[str, Any]:
+        """Apply a read-like transition to a stored case atomically, then publish the ImageVerified it produced."""
         await self.existing(case_id)
 
         def change(c: dict[str, Any] | None) -> tuple[dict[str, Any] | None, list[dict[str, Any]], Any]:
             assert c is not None
             try:
-                out = apply_read(c, reader, label, confidence, comment, now=time.time())
+                out = apply(c)
             except ReadRejected as exc:
                 raise (CaseConflict(exc.reason) if exc.status == 409 else InvalidRead(exc.reason)) from None
+            if not out.appends:
+                return None, [], out  # nothing to record (an import of the label already final)
             new = out.case
             if out.events:
                 new["outbox"] = list(c.get("outbox") or []) + [ev.model_dump_json() for ev in out.events]
@@ -231,11 +259,11 @@ class Verification:
     async def sweep_outbox(self) -> int:
         """Publish every outbox left behind by a failed publish (run periodically)."""
         # Only outboxes older than the grace period: a younger one belongs to a request that is publishing it now.
+        # The sparse by_outbox index holds only cases with pending events: the sweep's cost is theirs, not the table's.
         grace = max(10.0, 2 * self.settings.verification_outbox_sweep_s)
         n = 0
-        for c in await self.store.scan("attribute_exists(outbox)"):
-            if time.time() - float(c.get("outbox_since") or 0) >= grace:
-                n += await self.flush_outbox(c["case_id"])
+        for c in await self.store.pending_outboxes(time.time() - grace):
+            n += await self.flush_outbox(c["case_id"])
         return n
 
     async def _sweep_forever(self) -> None:
@@ -281,15 +309,21 @@ class Verification:
 
     # -- performance ---------------------------------------------------------------------------------------------
     async def performance(self, model_version: int | None = None) -> dict[str, Any]:
-        """Rolling metrics per model version (or one), reader agreement, and any floor breached."""
+        """Rolling metrics per model version (or one), reader agreement, and any floor breached.
+
+        Reads only the window: the ``verification_window`` most recent outcomes of each version and of double
+        reads, kept per version by the case store's sparse indexes as cases are written (never a scan of the cases).
+        """
         s = self.settings
-        cases = await self.store.scan("attribute_exists(#f)", {"#f": "final"})
+        versions = [model_version] if model_version is not None else await self.store.outcome_versions()
+        window = s.verification_window if s.verification_window > 0 else 100_000
+        outcome_cases = await asyncio.gather(*(self.store.outcomes(v, window) for v in versions))
         by_version: dict[int, list[perf.Outcome]] = defaultdict(list)
-        for c in cases:
-            o = perf.outcome_of(c)
-            if o is not None:
-                by_version[o.model_version].append(o)
-        versions = [model_version] if model_version is not None else sorted(by_version)
+        for cases in outcome_cases:
+            for c in cases:
+                o = perf.outcome_of(c)
+                if o is not None:
+                    by_version[o.model_version].append(o)
         out = []
         for v in versions:
             m = perf.metrics(by_version.get(v, []), s.verification_window)
@@ -301,7 +335,8 @@ class Verification:
                         float(m[measure]), {"model_version": str(v), "measure": measure})
             out.append({"model_version": v, **m,
                         "degraded": [{"metric": k, "value": val, "floor": f} for k, val, f in br]})
-        pairs = [(c["paired_reads"][0], c["paired_reads"][1]) for c in cases if len(c.get("paired_reads") or []) == 2]
+        pairs = [(c["paired_reads"][0], c["paired_reads"][1]) for c in await self.store.paired(window)
+                 if len(c.get("paired_reads") or []) == 2]
         return {
             "window": s.verification_window,
             "min_sample": s.verification_min_sample,

@@ -18,7 +18,9 @@ class VerificationSettings(Settings):
     verification_window: int = 500
     #: No degradation is declared on fewer verified images than this.
     verification_min_sample: int = 50
+    #: Live AUC of the champion below this (on at least ``verification_min_sample`` images) declares a degradation.
     verification_auc_floor: float = 0.75
+    #: Live sensitivity below this declares a degradation, like the AUC floor.
     verification_sensitivity_floor: float = 0.80
     #: Base of the gateway URLs in case views; empty gives paths relative to the entry proxy.
     verification_gateway_base_url: str = ""

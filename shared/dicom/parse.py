@@ -44,6 +44,7 @@ from shared.dicom.errors import (
     OUT_OF_RESOURCES,
     DicomRejection,
 )
+from shared.dicom.sop_classes import NON_IMAGE_SOP_CLASSES
 from shared.exceptions import InvalidUIDError
 from shared.uids import validate_uid
 
@@ -272,6 +273,13 @@ def _validate(ds: FileDataset, ts: UID, limits: ParseLimits) -> ParsedInstance:
     if len(modality) > 16 or not modality.replace("_", "").isalnum():
         raise _reject(CANNOT_UNDERSTAND, f"Modality {modality[:20]!r} must be a code string of letters and digits.",
                       "invalid-Modality", **ref)
+    if "PixelData" not in ds and uids["SOPClassUID"] in NON_IMAGE_SOP_CLASSES:
+        # A structured report or key object selection: no frames to transcode (docs/interop.md).
+        return ParsedInstance(
+            dataset=ds, transfer_syntax=ts, study_uid=uids["StudyInstanceUID"], series_uid=uids["SeriesInstanceUID"],
+            sop_uid=uids["SOPInstanceUID"], sop_class_uid=uids["SOPClassUID"], modality=modality, rows=0, columns=0,
+            number_of_frames=0, expected_pixel_bytes=0,
+        )
     for kw in REQUIRED_IMAGE:
         if ds.get(kw) is None or (kw == "PhotometricInterpretation" and not _text(ds, kw)):
             raise _reject(DATASET_MISMATCH, f"The image attribute {kw} is missing, so this is not an image this service "

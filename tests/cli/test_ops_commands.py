@@ -23,6 +23,8 @@ from typing import Any
 
 import httpx
 import pytest
+
+from shared import topology
 from typer.testing import CliRunner
 
 from radloop.cli import app
@@ -240,8 +242,7 @@ def test_dlq_list_show_redrive(platform: Platform) -> None:
 
 def test_config_redacts_secrets(platform: Platform) -> None:
     eff = cli(platform, "config", "--json", RADLOOP_AUTH_SIGNING_KEY="s3cret-signing-key-for-the-test")
-    assert set(eff) == {"ingestion", "streaming_gateway", "triage", "verification", "pipeline_orchestrator",
-                        "registry"}
+    assert set(eff) == set(topology.SERVICES)
     for values in eff.values():
         assert values["auth_signing_key"] == REDACTED and values["pseudonym_key"] == REDACTED
         assert values["prefix"] == platform.settings.prefix

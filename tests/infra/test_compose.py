@@ -92,14 +92,22 @@ def test_collector_exports_traces_to_tempo() -> None:
 
 
 @pytest.mark.integration  # importing the CDK app starts its jsii node process
-def test_ecs_reuses_the_collector_config_with_xray() -> None:
+def test_ecs_reuses_the_collector_config_with_xray_for_traces_and_emf_for_metrics() -> None:
     pytest.importorskip("aws_cdk")
     from infra.radloop_infra.compute import ecs_collector_config
 
-    cfg = ecs_collector_config("eu-west-1")
+    cfg = ecs_collector_config("eu-west-1", "rl")
     base = yaml.safe_load((REPO / "infra/otel-collector.yaml").read_text())
     assert cfg["receivers"] == base["receivers"] and cfg["processors"] == base["processors"]
-    assert cfg["service"]["pipelines"]["traces"]["exporters"] == ["awsxray"]
+    pipes = cfg["service"]["pipelines"]
+    assert set(pipes) == set(base["service"]["pipelines"])
+    assert pipes["traces"]["exporters"] == ["awsxray"]
+    # X-Ray accepts traces only: the collector refuses a metrics pipeline that exports to awsxray (the sidecar
+    # would not start). Metrics go to CloudWatch EMF, and the local prometheus exporter is not carried over.
+    for name, p in pipes.items():
+        assert ("awsxray" in p["exporters"]) == name.startswith("traces"), name
+    assert pipes["metrics"]["exporters"] == ["awsemf"]
+    assert set(cfg["exporters"]) == {"awsxray", "awsemf"}
 
 
 def test_grafana_provisioning_is_valid() -> None:

@@ -13,6 +13,7 @@ One deployment for the module; the tests run in order and build on each other (e
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -36,6 +37,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 PER_SPLIT = {"train": 16, "val": 6, "test": 6}
 N_LABELS = sum(PER_SPLIT.values())
+#: The held-out patients' labels become the locked evaluation set, published with the failing run's label (a run
+#: needs a locked set to be judged on); the rest are the training labels that trigger the full loop.
+N_TRAINING = N_LABELS - PER_SPLIT["test"]
 RUN_TIMEOUT_S = 240
 
 
@@ -55,8 +59,8 @@ def orch_env(pipeline_definition: Path, loop_policy: Path) -> dict[str, str]:
     return {
         "RADLOOP_PIPELINE_DEFINITION": str(pipeline_definition),
         "RADLOOP_APPROVAL_POLICY_FILE": str(loop_policy),
-        "RADLOOP_TRIGGER_MIN_NEW_LABELS": str(N_LABELS),
-        "RADLOOP_TRIGGER_MIN_PER_CLASS": "12",
+        "RADLOOP_TRIGGER_MIN_NEW_LABELS": str(N_TRAINING),
+        "RADLOOP_TRIGGER_MIN_PER_CLASS": "10",
         "RADLOOP_TRIGGER_COOLDOWN_S": "0",
         "RADLOOP_POLL_INTERVAL_S": "0.5",
         "RADLOOP_TRAIN_EPOCHS": "1",
@@ -163,15 +167,23 @@ def test_the_definition_gate_defaults_are_the_policy_documents(pipeline_definiti
     assert (defaults["AucFloor"], defaults["AucMargin"]) == (LOOP_POLICY.auc_floor, LOOP_POLICY.auc_margin)
 
 
-def test_failing_pipeline_reports_failed_with_reason(mdeployment, orchestrator, registry, tap, lost_case):
+def test_failing_pipeline_reports_failed_with_reason(mdeployment, orchestrator, registry, tap, lost_case, cases):
     # A verified image whose frame is gone from the images bucket: Preprocess cannot read it and the run fails.
     publish(mdeployment, [verified(lost_case["case"])], "radloop.verification")
     wait_until(lambda: sum(orch_get(orchestrator, mdeployment)["new_labels"].values()) == 1, 30, "the label")
     assert orch_get(orchestrator, mdeployment)["runs"] == []  # 1 label is below the policy's N
+    # no held-out labels yet: no locked evaluation set, so no run can be judged, and none starts
+    r = trigger(orchestrator, mdeployment, {"reason": "too early"})
+    assert r.status_code == 409 and "no locked evaluation set" in r.json()["detail"], r.text
+    held = splits(cases)["test"]
+    publish(mdeployment, [verified(c) for c in held], "radloop.verification")
+    wait_until(lambda: sum(orch_get(orchestrator, mdeployment)["new_labels"].values()) == 1 + len(held), 30,
+               "the held-out labels")
     r = trigger(orchestrator, mdeployment, {"reason": "first look"})
     assert r.status_code == 202 and r.json()["outcome"] == "started", r.text
     run_id = r.json()["run_id"]
     run = wait_run(orchestrator, mdeployment, run_id)
+    assert run["locked_set"]["version"] == 1 and run["locked_set"]["n"] == len(held)
     assert run["status"] == "Failed" and run["failure_reason"], run
     failed_steps = [s for s in run["steps"] if s["status"] == "Failed"]
     assert [s["name"] for s in failed_steps] == ["Preprocess"], run["steps"]
@@ -194,7 +206,7 @@ def test_full_loop_with_coalesced_triggers(mdeployment, orchestrator, registry, 
 
     started = tap.wait_for("TrainingStarted", count=2, timeout_s=60)[1:]
     run_id = started[0]["run_id"]
-    assert started[0]["trigger"] == "policy" and started[0]["label_count"] == N_LABELS + 1
+    assert started[0]["trigger"] == "policy" and started[0]["label_count"] == N_TRAINING + 1
     assert started[0]["champion_version"] is None
     listing = orch_get(orchestrator, mdeployment)
     assert listing["active_run"] == run_id and [r["run_id"] for r in listing["runs"]][0] == run_id
@@ -204,7 +216,9 @@ def test_full_loop_with_coalesced_triggers(mdeployment, orchestrator, registry, 
     s3 = boto3_client(mdeployment, "s3")
     key = f"datasets/{started[0]['manifest_sha256']}/manifest.json"
     body = s3.get_object(Bucket=mdeployment.topology.bucket("ml"), Key=key)["Body"].read()
-    assert len(body.splitlines()) == N_LABELS + 1
+    assert len(body.splitlines()) == N_TRAINING + 1
+    held = {c.patient for c in by_split["test"]}
+    assert not held & {json.loads(line)["patient_pseudo_id"] for line in body.splitlines()}
 
     # While it runs: amend every training label to the opposite class (that makes the follow-up a worse model),
     # and ask for runs by hand twice. Everything coalesces into one follow-up.
@@ -237,7 +251,10 @@ def test_full_loop_with_coalesced_triggers(mdeployment, orchestrator, registry, 
     assert champion["version"] == version and champion["model_artifact_uri"] == completed["model_artifact_uri"]
     model = reg_get(registry, mdeployment, f"/models/{version}").json()
     assert model["lineage"]["manifest_sha256"] == started[0]["manifest_sha256"]
-    assert model["lineage"]["label_counts"] == {"normal": N_LABELS // 2, "pneumonia": N_LABELS // 2 + 1}
+    assert model["lineage"]["label_counts"] == {"normal": N_TRAINING // 2, "pneumonia": N_TRAINING // 2 + 1}
+    # judged on the locked set drawn before the failed run (nothing new was held out since)
+    assert model["lineage"]["locked_set"]["version"] == 1 and model["lineage"]["locked_set"]["n"] == len(held)
+    assert "first model" in registered["reason"]
     assert model["lineage"]["pipeline_execution"] == run_id and model["lineage"]["code_version"]
     assert model["model_package"]["approval_status"] == "Approved"
     assert model["policy"] == LOOP_POLICY.as_dict()
@@ -268,7 +285,10 @@ def test_worse_follow_up_survives_a_restart_and_stays_pending(
     completed = tap.wait_for("TrainingCompleted", run_id=run_id, timeout_s=30)
     registered = tap.wait_for("ModelRegistered", run_id=run_id, timeout_s=30)[0]
     assert registered["decision"] == "pending", registered
-    assert f"margin {LOOP_POLICY.auc_margin:.4f}" in registered["reason"], registered["reason"]
+    # the paired comparison with the champion on the locked set; or, when the follow-up started before the first
+    # model was approved, the reason that there is none
+    assert (f"is not above +{LOOP_POLICY.auc_margin:.4f}" in registered["reason"]
+            or "could not be re-scored on the locked set" in registered["reason"]), registered["reason"]
     version = registered["version"]
     m_new = reg_get(registry, mdeployment, f"/models/{version}").json()
     m_champ = reg_get(registry, mdeployment, f"/models/{champion_version}").json()

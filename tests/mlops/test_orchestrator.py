@@ -24,7 +24,7 @@ from shared.aws import boto3_client
 from shared.datasets import parse
 from shared.events import ModelPerformanceDegraded
 from shared.settings import Settings
-from tests.mlops.support import EventTap, ServiceProcess, publish, store_cases, verified, wait_until
+from tests.mlops.support import EventTap, ServiceProcess, publish, splits, store_cases, verified, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -64,10 +64,12 @@ def manifest(settings: Settings, sha: str) -> list:
 
 def test_policy_projection_cooldown_and_sagemaker_path(orch, mdeployment, tap):
     cases = store_cases(mdeployment, {"train": 14, "val": 2, "test": 2}, seed=3)
-    normals = [c for c in cases if c.label == "normal"]
-    pneumonias = [c for c in cases if c.label == "pneumonia"]
+    held = splits(cases)["test"]  # the held-out patients: the locked evaluation set is drawn from their labels
+    normals = [c for c in cases if c.label == "normal" and c not in held]
+    pneumonias = [c for c in cases if c.label == "pneumonia" and c not in held]
+    assert sorted(c.label for c in held) == ["normal", "pneumonia"]
     # 7 normals and 1 pneumonia: 8 new labels, but fewer than 2 in one class -> nothing starts.
-    first = [verified(c) for c in normals[:7]] + [verified(pneumonias[0])]
+    first = [verified(c) for c in normals[:6]] + [verified(c) for c in held]
     publish(mdeployment, first, "radloop.verification")
     # A redelivered label (same version, new event id) never counts twice.
     publish(mdeployment, [first[0].model_copy(update={"event_id": uuid.uuid4().hex})], "radloop.verification")
@@ -81,13 +83,19 @@ def test_policy_projection_cooldown_and_sagemaker_path(orch, mdeployment, tap):
     # The second pneumonia label meets N=8 and M=2.
     publish(mdeployment, [verified(pneumonias[1])], "radloop.verification")
     started = tap.wait_for("TrainingStarted", timeout_s=30)[0]
-    assert started["trigger"] == "policy" and started["label_count"] == 9
+    # 9 labels, of which the 2 held-out ones became version 1 of the locked set: the run trains on 7
+    assert started["trigger"] == "policy" and started["label_count"] == 7
     completed = tap.wait_for("TrainingCompleted", run_id=started["run_id"], timeout_s=30)[0]
     assert completed["status"] == "Succeeded" and completed["pipeline_execution"].startswith("arn:aws:sagemaker:")
     run = trainings(orch, mdeployment, f"/{started['run_id']}").json()
     assert run["executor"] == "sagemaker" and run["parameters"]["ManifestUri"] == started["manifest_uri"]
     assert set(run["parameters"]) >= {"ManifestUri", "ChampionAuc", "AucFloor", "AucMargin", "Epochs", "ImageSize",
-                                      "Arch", "BatchSize"}
+                                      "Arch", "BatchSize", "LockedSetUri"}
+    assert run["locked_set"]["version"] == 1 and (run["locked_set"]["positives"], run["locked_set"]["negatives"]) == (
+        1, 1)
+    assert run["parameters"]["LockedSetUri"].endswith("/locked-eval/v0001/")
+    held_patients = {c.patient for c in held}
+    assert not held_patients & {r.patient_pseudo_id for r in manifest(mdeployment, started["manifest_sha256"])}
     policy = load_policy()  # what this orchestrator reads: the packaged document unless the environment names one
     assert (run["parameters"]["AucFloor"], run["parameters"]["AucMargin"]) == (policy.auc_floor, policy.auc_margin)
     sm = boto3_client(mdeployment, "sagemaker")
@@ -106,12 +114,16 @@ def test_policy_projection_cooldown_and_sagemaker_path(orch, mdeployment, tap):
                                                    sample_size=50)], "radloop.triage")
     wait_until(lambda: trainings(orch, mdeployment).json()["pending"] == "degraded", 20, "the deferred trigger")
     second = tap.wait_for("TrainingStarted", count=2, timeout_s=30)[1]
-    assert second["trigger"] == "degraded" and second["label_count"] == 8
+    assert second["trigger"] == "degraded" and second["label_count"] == 6
     gap = datetime.fromisoformat(second["occurred_at"]) - datetime.fromisoformat(started["occurred_at"])
     assert gap.total_seconds() >= 7.5  # the cooldown
     records = manifest(mdeployment, second["manifest_sha256"])
     assert normals[1].sop_uid not in {r.sop_uid for r in records}
     assert all(r.label_version == 1 for r in records)
+    # nothing new for the locked set: the second run is judged on the same version
+    run2 = trainings(orch, mdeployment, f"/{second['run_id']}").json()
+    assert run2["parameters"]["LockedSetUri"] == run["parameters"]["LockedSetUri"]
+    assert not held_patients & {r.patient_pseudo_id for r in records}
     tap.wait_for("TrainingCompleted", run_id=second["run_id"], timeout_s=30)
 
 
@@ -133,6 +145,8 @@ def test_http_errors(orch, mdeployment):
     assert r.status_code == 422 and "cannot be overridden" in r.text
     r = httpx.post(url, json={"parameters": {"Epochs": "many"}}, headers=h(mdeployment, "ml"), timeout=10)
     assert r.status_code == 422 and "not a valid int" in r.text
+    r = httpx.post(url, json={"parameters": {"Comparison": "better"}}, headers=h(mdeployment, "ml"), timeout=10)
+    assert r.status_code == 422 and "superiority, non-inferiority" in r.text
 
 
 def test_a_coalesced_policy_trigger_without_enough_new_labels_is_dropped(orch, mdeployment, tap):

@@ -84,18 +84,30 @@ def test_snapshot_is_canonical_excludes_indeterminate_and_splits_by_patient():
 
 
 def test_approval_policy_decision_from_the_one_document():
+    """The registry's decision is the policy's judge applied to evaluation.json's locked-set evidence
+    (tests/mlops/test_promotion.py covers the conditions one by one)."""
     p = ApprovalPolicy.load()
     assert json.loads(DEFAULT_POLICY_FILE.read_text())["auc_floor"] == p.auc_floor
     assert (p.auc_margin, p.auc_floor, p.sensitivity_floor) == (0.01, 0.75, 0.80)
-    assert decide(p, 0.80, 0.85, None)[0] == "approved"  # first model: floors only
-    decision, reason = decide(p, 0.80, 0.85, 0.795)
-    assert decision == "pending" and "champion AUC 0.7950 + margin 0.0100" in reason
-    assert decide(p, 0.806, 0.85, 0.795)[0] == "approved"
-    decision, reason = decide(p, 0.95, 0.70, 0.80)
-    assert decision == "pending" and "sensitivity 0.7000 < floor 0.8000" in reason
-    decision, reason = decide(p, 0.70, 0.90, None)
-    assert decision == "pending" and "AUC 0.7000 < floor 0.7500" in reason
-    assert decide(p, None, 0.9, None)[0] == "pending"
+    evidence = {"locked_set": {"version": 1, "sha256": "a" * 64, "n": 80, "positives": 40, "negatives": 40},
+                "challenger": {"auc": 0.93, "low": 0.88, "high": 0.98, "se": 0.025}, "champion": None, "paired": None,
+                "champion_expected": False, "comparison": "superiority",
+                "operating_point": {"threshold": 0.4, "validation_positives": 30, "sensitivity": 0.9,
+                                    "specificity": 0.8},
+                "calibration": {"brier": 0.1, "ece": 0.05}}
+    assert decide(p, {"promotion": evidence}, has_champion=False)[0] == "approved"  # first model: floors only
+    decision, reason = decide(p, {"promotion": evidence}, has_champion=True)
+    assert decision == "pending" and "no paired comparison" in reason
+    paired = {**evidence, "champion": {"auc": 0.90, "low": 0.85, "high": 0.95},
+              "paired": {"diff": 0.03, "low": 0.005, "high": 0.055}}
+    decision, reason = decide(p, {"promotion": paired}, has_champion=True)
+    assert decision == "pending" and "lower bound is not above +0.0100" in reason
+    assert decide(p, {"promotion": {**paired, "paired": {"diff": 0.05, "low": 0.02, "high": 0.08}}},
+                  has_champion=True)[0] == "approved"
+    low_sens = {**evidence, "operating_point": {**evidence["operating_point"], "sensitivity": 0.7}}
+    decision, reason = decide(p, {"promotion": low_sens}, has_champion=False)
+    assert decision == "pending" and "sensitivity 0.7000 at threshold 0.4000 < floor 0.8000" in reason
+    assert decide(p, {}, has_champion=False)[0] == "pending"
 
 
 def test_approval_policy_document_is_validated_and_round_trips(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

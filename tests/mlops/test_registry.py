@@ -47,8 +47,28 @@ def headers(settings: Settings, role: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {mint_token(settings, role, subject=f'user-{role}')}"}
 
 
-def produce_run(settings: Settings, *, auc: float, sensitivity: float, n: int = 40,
-                predictions: bool = False) -> TrainingCompleted:
+def promotion(auc: float, sensitivity: float, paired: tuple[float, float, float] | None) -> dict[str, Any]:
+    """The locked-set evidence Evaluate writes (training/evaluate.py promotion_evidence): 40 positives, 60 negatives;
+    ``paired`` = (champion AUC, difference, lower bound of its 95% interval), None for a first model."""
+    ev: dict[str, Any] = {
+        "locked_set": {"version": 1, "sha256": "c" * 64, "n": 100, "positives": 40, "negatives": 60},
+        "challenger": {"auc": auc, "low": auc - 0.06, "high": min(1.0, auc + 0.06), "se": 0.03},
+        "champion": None, "paired": None, "champion_expected": paired is not None, "comparison": "superiority",
+        "operating_point": {"threshold": 0.42, "threshold_ci": [0.3, 0.5], "validation_positives": 30,
+                            "validation_negatives": 45, "sensitivity": sensitivity, "sensitivity_ci": [0.7, 0.95],
+                            "specificity": 0.8, "specificity_ci": [0.68, 0.88]},
+        "calibration": {"brier": 0.12, "ece": 0.05},
+    }
+    if paired:
+        champ, diff, low = paired
+        ev["champion"] = {"auc": champ, "low": champ - 0.06, "high": min(1.0, champ + 0.06), "se": 0.03}
+        ev["paired"] = {"auc_a": auc, "auc_b": champ, "diff": diff, "low": low, "high": diff + (diff - low),
+                        "se": (diff - low) / 1.96, "p_value": 0.05, "n_positive": 40, "n_negative": 60}
+    return ev
+
+
+def produce_run(settings: Settings, *, auc: float, sensitivity: float, n: int = 40, predictions: bool = False,
+                paired: tuple[float, float, float] | None = None) -> TrainingCompleted:
     """What a succeeded pipeline leaves: manifest, evaluation.json, model.tar.gz, a pending model package."""
     s3 = boto3_client(settings, "s3")
     sm = boto3_client(settings, "sagemaker")
@@ -74,7 +94,7 @@ def produce_run(settings: Settings, *, auc: float, sensitivity: float, n: int = 
         "auc": {"value": auc}, "sensitivity": {"value": sensitivity}, "specificity": {"value": 0.8},
         "accuracy": {"value": 0.8}, "threshold": {"value": 0.42},
         "confusion_matrix": {"tp": tp, "fn": npos - tp, "tn": 24, "fp": nneg - 24},
-    }}
+    }, "promotion": promotion(auc, sensitivity, paired)}
     prefix = f"models/{run_id}"
     s3.put_object(Bucket=bucket, Key=f"{prefix}/evaluation/evaluation.json", Body=json.dumps(evaluation).encode())
     if predictions:
@@ -163,6 +183,10 @@ def test_first_model_is_auto_approved_as_champion(registry: ServiceProcess, mdep
     assert md.headers["content-type"].startswith("text/markdown")
     assert "# Model card: radloop pneumonia triage v1" in md.text and "Intended use" in md.text
     assert done.manifest_sha256 in md.text
+    # the record and the card keep the locked set's version, each AUC with its interval and the paired difference
+    assert m["lineage"]["locked_set"]["version"] == 1 and m["evidence"]["challenger"]["low"] == pytest.approx(0.84)
+    assert card["locked_set"]["sha256"] == "c" * 64 and "Version 1 (sha256" in md.text
+    assert "first model" in m["decision_reason"] and "lower bound 0.8400 >= floor 0.7500" in m["decision_reason"]
     s3 = boto3_client(mdeployment, "s3")
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=mdeployment.topology.bucket("ml"),
                                                  Prefix=f"models/{done.run_id}/registry/")["Contents"]]
@@ -172,12 +196,13 @@ def test_first_model_is_auto_approved_as_champion(registry: ServiceProcess, mdep
 def test_worse_challenger_stays_pending_and_duplicates_register_once(
     registry: ServiceProcess, mdeployment: Settings, tap: EventTap
 ):
-    done = produce_run(mdeployment, auc=0.88, sensitivity=0.9)
+    done = produce_run(mdeployment, auc=0.88, sensitivity=0.9, paired=(0.90, -0.02, -0.05))
     # The same completion delivered three times: once, then twice more with new event ids (a re-publication).
     publish(mdeployment, [done, done.model_copy(update={"event_id": uuid.uuid4().hex}),
                           done.model_copy(update={"event_id": uuid.uuid4().hex})], "radloop.pipeline_orchestrator")
     reg = tap.wait_for("ModelRegistered", run_id=done.run_id, timeout_s=30)[0]
-    assert reg["decision"] == "pending" and "champion AUC 0.9000 + margin" in reg["reason"]
+    assert reg["decision"] == "pending" and "paired difference -0.0200 (95% CI -0.0500 to +0.0100)" in reg["reason"]
+    assert "lower bound is not above +0.0100" in reg["reason"]
     wait_until(lambda: registry_idle(registry), 20, "the registry worker to drain")
     versions = [m for m in get(registry, mdeployment, "/registry/models").json()["models"]
                 if m["run_id"] == done.run_id]
@@ -228,10 +253,10 @@ def test_manual_approve_rollback_reject(registry: ServiceProcess, mdeployment: S
 
 
 def test_per_case_predictions_give_bootstrap_intervals(registry: ServiceProcess, mdeployment: Settings, tap: EventTap):
-    done = produce_run(mdeployment, auc=0.95, sensitivity=0.95, predictions=True)
+    done = produce_run(mdeployment, auc=0.95, sensitivity=0.95, predictions=True, paired=(0.90, 0.05, 0.02))
     publish(mdeployment, [done], "radloop.pipeline_orchestrator")
     reg = tap.wait_for("ModelRegistered", run_id=done.run_id, timeout_s=30)[0]
-    assert reg["decision"] == "approved"  # 0.95 >= champion v1 0.90 + 0.01, floors met
+    assert reg["decision"] == "approved", reg["reason"]  # paired lower bound 0.02 > margin 0.01, floors met
     card = get(registry, mdeployment, f"/registry/models/{reg['version']}/card").json()
     ci = card["confidence_intervals"]
     assert ci["method"].startswith("bootstrap over per-case predictions") and ci["cases"] == 50

@@ -30,7 +30,8 @@ Allowed to hold a canary, and nothing else:
   ``.reason.json``);
 - the **instance index** (``{prefix}-instances``), the table QIDO-RS answers from, only in the attributes
   :data:`INDEX_PHI_ATTRIBUTES`: the study item's normalised matching fields ``patient_name``, ``patient_id`` (the key
-  of the ``by_patient`` index), ``patient_birth_date`` and ``accession_number`` (QIDO matches on them), and
+  of the ``by_patient`` index), ``patient_birth_date`` and ``accession_number`` (QIDO matches on them, and
+  ``accession_key`` is that number again as the key of the ``by_accession`` index), and
   ``dicom_json``, the instance's DICOM JSON without bulk data that QIDO returns (InstitutionName lives only there).
   Every other attribute of the index (keys, UIDs, counters, ``frame_offsets``, ``content_sha256``…) must be clean.
 
@@ -87,7 +88,7 @@ CANARY_BYTES_RE = re.compile(CANARY_RE.pattern.encode(), re.IGNORECASE)
 
 #: Attributes of the instance index that may hold patient data (see the module docstring).
 INDEX_PHI_ATTRIBUTES = frozenset({"patient_id", "patient_name", "patient_birth_date", "accession_number",
-                                  "dicom_json"})
+                                  "accession_key", "dicom_json"})
 CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
 
 

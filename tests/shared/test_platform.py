@@ -23,7 +23,8 @@ from shared.topology import ROUTES, route_for
 pytestmark = pytest.mark.integration  # starts `radloop up` (its own moto server and every service process)
 
 ROOT = Path(__file__).resolve().parents[2]
-HTTP_SERVICES = ("ingestion", "streaming_gateway", "triage", "verification", "pipeline_orchestrator", "registry")
+HTTP_SERVICES = ("ingestion", "streaming_gateway", "triage", "verification", "pipeline_orchestrator", "registry",
+                 "interop")
 
 #: One request per route of ROUTES that only the route's service answers with a success or its own error: STOW with
 #: a body that is not multipart (ingestion's 415; the gateway has no POST there), a QIDO search, the viewer's page, and
@@ -32,6 +33,7 @@ PROBES: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("POST", "/dicomweb/studies", {"content": b"{}", "headers": {"Content-Type": "application/json"}}),
     ("GET", "/dicomweb/studies", {"headers": {"Accept": "application/dicom+json"}}),
     ("GET", "/viewer/", {}),
+    ("GET", "/ohif/", {}),  # the OHIF build (make ohif)
     ("GET", "/verification/worklist", {}),
     ("GET", "/registry/models", {}),
     ("GET", "/orchestrator/trainings", {}),
@@ -94,9 +96,9 @@ def test_radloop_up_brings_every_service_to_healthy_and_stops_cleanly(tmp_path: 
                           for p in [tmp_path / "up.log", *sorted((tmp_path / "run").glob("*.log"))])
         assert status is not None, f"radloop up did not become healthy:\n{logs}"
         assert set(status["services"]) == {"ingestion", "streaming_gateway", "triage", "verification",
-                                           "pipeline_orchestrator", "registry", "entry"}
+                                           "pipeline_orchestrator", "registry", "interop", "entry"}
         assert all(v["healthy"] for v in status["services"].values())
-        assert status["dimse_port"] == ports["dimse"]
+        assert status["dimse_port"] == ports["dimse"] and status["qr_port"] == ports["qr"]
         assert all(q["dlq"] == 0 for q in status["queues"].values())
         pids = [v["pid"] for v in status["services"].values()]
         assert httpx.get(f"http://127.0.0.1:{ports['entry']}/healthz").json()["service"] == "entry"

@@ -33,6 +33,7 @@ from radloop.local.embedded_aws import free_port
 from shared import htj2k, storage
 from shared.aws import AwsClients
 from shared.events import pseudonymise
+from shared.instance_index import series_index_keys, study_index_keys
 from shared.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -158,6 +159,7 @@ async def _index(ddb: Any, table: str, ds: Dataset, item: dict[str, Any], offset
         "series_uid": _s(series), "modality": _s(ds.Modality), "series_description": _s(ds.get("SeriesDescription", "")),
         "body_part": _s(ds.get("BodyPartExamined", "")),
         "num_instances": _n(int(se_old["num_instances"]["N"]) + 1 if se_old else 1),
+        **{k: _s(v) for k, v in series_index_keys(study, str(ds.Modality)).items() if v},
     }
     if ds.get("SeriesNumber") is not None:
         se_item["series_number"] = _n(ds.SeriesNumber)
@@ -177,6 +179,7 @@ async def _index(ddb: Any, table: str, ds: Dataset, item: dict[str, Any], offset
         "modalities": {"L": [_s(m) for m in modalities]},
         "num_series": _n(int(st_old["num_series"]["N"]) + (0 if se_old else 1) if st_old else 1),
         "num_instances": _n(int(st_old["num_instances"]["N"]) + 1 if st_old else 1), "updated_at": _s(now),
+        **{k: _s(v) for k, v in study_index_keys(study, str(ds.get("AccessionNumber", ""))).items() if v},
     }
     if pid:
         st_item["patient_id"] = _s(pid)

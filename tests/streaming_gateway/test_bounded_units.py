@@ -15,10 +15,10 @@ import pytest
 from services.streaming_gateway.domain import frame_response as fr
 from services.streaming_gateway.domain import media, qido
 from services.streaming_gateway.domain.errors import BadRequest, TooLarge
-from services.streaming_gateway.domain.forwarded import external_origin, parse_networks
 from services.streaming_gateway.domain.frames import Frame
 from services.streaming_gateway.domain.search import Budget, Searcher
 from services.streaming_gateway.domain.wildcard import Wildcard
+from shared.forwarded import external_origin, parse_networks
 from shared.htj2k import decode, encode
 
 HOSTILE = "*A*A*A*A*A*A*A*A!"

@@ -82,10 +82,25 @@ def boto(pipeline_deployment: Settings) -> Callable[[str], Any]:
 
 
 @pytest.fixture(scope="session")
-def published_manifest(pipeline_deployment: Settings, boto: Callable[[str], Any]) -> tuple[str, str]:
-    """48 tiny synthetic radiographs stored like ingestion stores them, and their dataset manifest."""
+def published_manifest(pipeline_deployment: Settings, boto: Callable[[str], Any]) -> tuple[str, str, str]:
+    """48 tiny synthetic radiographs stored like ingestion stores them; the training manifest (train and val
+    patients), its sha256, and the locked evaluation set's version-1 prefix (the held-out patients), laid out as the
+    orchestrator stores them (``LockedSetUri``)."""
+    from services.pipeline_orchestrator.adapters.datasets import locked_key, locked_prefix
+    from services.pipeline_orchestrator.domain.locked_set import describe
+    from shared import datasets, storage
     from training.synthetic import publish_cohort
 
     topo = pipeline_deployment.topology
-    return publish_cohort(boto("s3"), images_bucket=topo.bucket("images"), ml_bucket=topo.bucket("ml"), n=48, seed=21,
-                          size=48, prevalence=0.5, difficulty=0.0)
+    s3, ml = boto("s3"), topo.bucket("ml")
+    uri, _ = publish_cohort(s3, images_bucket=topo.bucket("images"), ml_bucket=ml, n=48, seed=21, size=48,
+                            prevalence=0.5, difficulty=0.0)
+    records = datasets.parse(s3.get_object(Bucket=ml, Key=uri.split("/", 3)[3])["Body"].read())
+    training = datasets.serialize(r for r in records if r.split != "test")
+    locked = describe(datasets.serialize(r for r in records if r.split == "test"), 1)
+    assert locked.positives and locked.negatives, "the fixture's held-out patients need both classes"
+    sha = datasets.sha256(training)
+    s3.put_object(Bucket=ml, Key=storage.dataset_manifest_key(sha), Body=training)
+    s3.put_object(Bucket=ml, Key=locked_key(1), Body=locked.data)
+    s3.put_object(Bucket=ml, Key=locked_key(1, "version.json"), Body=json.dumps(locked.summary()).encode())
+    return f"s3://{ml}/{storage.dataset_manifest_key(sha)}", sha, f"s3://{ml}/{locked_prefix(1)}"

@@ -64,6 +64,16 @@ def test_evaluation_json_has_the_model_metrics_layout(evaluation: Path) -> None:
     assert sum(cm[a][b] for a in "01" for b in "01") == 24
     assert bcm["sensitivity"]["value"] == bcm["recall"]["value"]
     assert report["gate"]["champion_bar"] == pytest.approx(0.82)
+    promo = report["promotion"]
+    assert promo["locked_set"]["n"] == 24 and promo["champion"] is None and promo["paired"] is None
+    lo, hi = promo["challenger"]["low"], promo["challenger"]["high"]
+    assert lo <= bcm["auc"]["value"] <= hi
+    op = promo["operating_point"]
+    assert op["threshold"] == pytest.approx(bcm["threshold"]["value"]) and op["validation_positives"] == 10
+    assert op["specificity"] == pytest.approx(bcm["specificity"]["value"]) and len(op["specificity_ci"]) == 2
+    assert promo["calibration"]["brier"] == pytest.approx(bcm["brier"]["value"], abs=1e-6)
+    lines = (evaluation / "predictions.jsonl").read_text().splitlines()
+    assert len(lines) == 24 and set(json.loads(lines[0])) == {"target", "probability"}
     assert (evaluation / "roc.png").read_bytes()[:4] == b"\x89PNG" and (evaluation / "pr.png").is_file()
 
 
@@ -91,7 +101,13 @@ def test_the_champion_is_re_scored_on_the_same_test_split(evaluation: Path, tmp_
     assert report["binary_classification_metrics"]["champion_auc"]["value"] == pytest.approx(auc)
     assert report["gate"]["champion_auc"] == pytest.approx(auc) and report["gate"]["recorded_champion_auc"] == 0.99
     assert report["gate"]["champion_bar"] == pytest.approx(auc + 0.02, abs=1e-6)
-    assert report["gate"]["champion_source"] == "re-scored on this test split"
+    assert report["gate"]["champion_source"] == "re-scored on the same locked set"
+    # the same model as champion: a paired difference of exactly 0, with an interval around it
+    promo = report["promotion"]
+    assert promo["paired"]["diff"] == 0.0 and promo["paired"]["low"] <= 0.0 <= promo["paired"]["high"]
+    assert promo["champion"]["auc"] == promo["challenger"]["auc"] == pytest.approx(auc, abs=1e-6)
+    assert promo["verdict"]["decision"] == "pending"  # 12 + 12 cases and an untrained model: pending, with reasons
+    assert any("holds 12 positives and 12 negatives" in r for r in promo["verdict"]["reasons"])
 
 
 def test_no_champion_model_keeps_the_recorded_auc(evaluation: Path, tmp_path: Path) -> None:

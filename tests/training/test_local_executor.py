@@ -40,11 +40,12 @@ TINY = {"Epochs": 1, "ImageSize": 48, "BatchSize": 16, "Arch": "resnet18"}
 
 
 def test_passing_condition_registers_a_model_package(definition_file: Path, pipeline_deployment: Settings,
-                                                     published_manifest: tuple[str, str], boto: Callable[[str], Any],
+                                                     published_manifest: tuple[str, str, str], boto: Callable[[str], Any],
                                                      tmp_path: Path) -> None:
-    uri, sha = published_manifest
+    uri, sha, locked = published_manifest
     rc, st, err = _run(definition_file, pipeline_deployment, tmp_path, "exec-pass",
-                       {**TINY, "ManifestUri": uri, "AucFloor": 0.0, "ChampionAuc": 0.0, "AucMargin": 0.0})
+                       {**TINY, "ManifestUri": uri, "LockedSetUri": locked, "AucFloor": 0.0, "ChampionAuc": 0.0,
+                        "AucMargin": 0.0})
     assert rc == 0, (st.get("failure_reason"), [s["log_tail"] for s in st["steps"]], err[-2000:])
     assert st["status"] == "Succeeded" and st["execution_id"] == "exec-pass" and st["ended_at"]
     assert [(s["name"], s["status"]) for s in st["steps"]] == [
@@ -60,6 +61,10 @@ def test_passing_condition_registers_a_model_package(definition_file: Path, pipe
     assert pkg["ModelApprovalStatus"] == "PendingManualApproval"
     assert pkg["CustomerMetadataProperties"]["run_id"] == "exec-pass"
     assert pkg["CustomerMetadataProperties"]["manifest_sha256"] == sha
+    # judged on the locked set, whose patients the training manifest does not hold
+    bucket, prefix = locked[5:].split("/", 1)
+    summary = json.loads(boto("s3").get_object(Bucket=bucket, Key=prefix + "version.json")["Body"].read())
+    assert pkg["CustomerMetadataProperties"]["locked_set_sha256"] == summary["sha256"]
     assert pkg["ModelMetrics"]["ModelQuality"]["Statistics"]["S3Uri"] == out["evaluation_uri"]
     assert pkg["InferenceSpecification"]["Containers"][0]["ModelDataUrl"] == out["model_artifact_uri"]
     # the artefacts are really there
@@ -67,6 +72,9 @@ def test_passing_condition_registers_a_model_package(definition_file: Path, pipe
     bucket, key = out["evaluation_uri"][5:].split("/", 1)
     report = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
     assert report["binary_classification_metrics"]["auc"]["value"] == pytest.approx(out["metrics"]["auc"])
+    assert report["binary_classification_metrics"]["n"]["value"] == summary["n"]
+    assert report["promotion"]["locked_set"] == summary and report["promotion"]["verdict"]["decision"] in (
+        "approved", "pending")
     bucket, key = out["model_artifact_uri"][5:].split("/", 1)
     body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
     tar = tmp_path / "model.tar.gz"
@@ -78,12 +86,13 @@ def test_passing_condition_registers_a_model_package(definition_file: Path, pipe
 
 
 def test_failing_condition_runs_fail_and_registers_nothing(definition_file: Path, pipeline_deployment: Settings,
-                                                           published_manifest: tuple[str, str],
+                                                           published_manifest: tuple[str, str, str],
                                                            boto: Callable[[str], Any], tmp_path: Path) -> None:
-    uri, _ = published_manifest
+    uri, _, locked = published_manifest
     before = _packages(boto, pipeline_deployment)
     rc, st, _ = _run(definition_file, pipeline_deployment, tmp_path, "exec-fail",
-                     {**TINY, "ManifestUri": uri, "AucFloor": 0.0, "ChampionAuc": 0.99, "AucMargin": 0.02})
+                     {**TINY, "ManifestUri": uri, "LockedSetUri": locked, "AucFloor": 0.0, "ChampionAuc": 0.99,
+                      "AucMargin": 0.02})
     assert rc == 1
     assert st["status"] == "Failed"
     names = [(s["name"], s["status"]) for s in st["steps"]]
@@ -95,10 +104,10 @@ def test_failing_condition_runs_fail_and_registers_nothing(definition_file: Path
 
 
 def test_crashing_script_fails_its_step_with_the_log_tail(definition_file: Path, pipeline_deployment: Settings,
-                                                          published_manifest: tuple[str, str], tmp_path: Path) -> None:
-    uri, _ = published_manifest
+                                                          published_manifest: tuple[str, str, str], tmp_path: Path) -> None:
+    uri, _, locked = published_manifest
     rc, st, _ = _run(definition_file, pipeline_deployment, tmp_path, "exec-crash",
-                     {**TINY, "ManifestUri": uri, "Arch": "vgg11"})
+                     {**TINY, "ManifestUri": uri, "LockedSetUri": locked, "Arch": "vgg11"})
     assert rc == 1 and st["status"] == "Failed"
     train = [s for s in st["steps"] if s["name"] == "Train"][0]
     assert train["status"] == "Failed"

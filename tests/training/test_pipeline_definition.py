@@ -11,7 +11,7 @@ from training.sm import METRIC_DEFINITIONS
 
 CONTRACT_PARAMETERS = {"ManifestUri": "String", "ChampionAuc": "Float", "ChampionModelUri": "String", "AucFloor": "Float",
                        "AucMargin": "Float", "Epochs": "Integer", "ImageSize": "Integer", "Arch": "String",
-                       "BatchSize": "Integer"}
+                       "BatchSize": "Integer", "LockedSetUri": "String", "Comparison": "String"}
 
 
 def _steps(defn: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -59,6 +59,10 @@ def test_steps_and_dependencies(definition: dict[str, Any]) -> None:
                                     "FilePath": "evaluation.json"}]
     args = ev["Arguments"]["AppSpecification"]["ContainerArguments"]
     assert "--champion-auc" in args and "--auc-margin" in args and "--champion-dir" in args
+    assert args[args.index("--comparison") + 1] == {"Get": "Parameters.Comparison"}
+    # the locked evaluation set is an input of Preprocess (written as the test split Evaluate scores)
+    pre = {i["InputName"]: i["S3Input"] for i in steps["Preprocess"]["Arguments"]["ProcessingInputs"]}
+    assert pre["locked"]["S3Uri"] == {"Get": "Parameters.LockedSetUri"}
     # the champion's model is an input of Evaluate, re-scored on the same test split as the challenger
     inputs = {i["InputName"]: i["S3Input"] for i in ev["Arguments"]["ProcessingInputs"]}
     assert inputs["champion"]["S3Uri"] == {"Get": "Parameters.ChampionModelUri"}
@@ -75,6 +79,7 @@ def test_parameters_follow_the_contract(definition: dict[str, Any]) -> None:
     assert defaults["TrainingInstanceType"].startswith(("ml.g", "ml.p"))  # a GPU instance by default
     assert defaults["KmsKeyId"] == KMS_KEY and defaults["ChampionAuc"] == 0.0
     assert defaults["ChampionModelUri"].endswith("/models/no-champion/")
+    assert defaults["Comparison"] == "superiority"
 
 
 def test_every_job_is_encrypted_in_the_vpc(definition: dict[str, Any]) -> None:

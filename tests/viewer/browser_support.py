@@ -18,9 +18,11 @@ DESKTOP = {"viewport": {"width": 1280, "height": 800}, "device_scale_factor": 1}
 
 
 def viewer_url(base: str, study: str, series: str, token: str, **extra: str) -> str:
+    """The viewer's address for a series, the token in the URL fragment (``#token=``): browsers never send a
+    fragment to a server, so it reaches no access log or proxy; the page moves it into the tab's session storage."""
     from urllib.parse import urlencode
 
-    return f"{base}/viewer/?{urlencode({'study': study, 'series': series, 'token': token, **extra})}"
+    return f"{base}/viewer/?{urlencode({'study': study, 'series': series, **extra})}#{urlencode({'token': token})}"
 
 
 def wait_state(page: Any, states: tuple[str, ...] = ("ready", "error", "idle", "list"), timeout_ms: int = 60_000) -> str:

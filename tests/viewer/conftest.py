@@ -4,8 +4,6 @@ gateway process serving it, and headless Debian Chromium driven by Playwright (n
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import subprocess
 from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -23,9 +21,7 @@ from tests.conftest import unique_prefix
 from tests.viewer.series_store import REPO, GatewayProcess, prepared_phantom, start_gateway, store_instances
 
 VIEWER = REPO / "viewer"
-CHROMIUM = os.environ.get("RADLOOP_CHROMIUM", shutil.which("chromium") or "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
+
 N_SLICES = 300
 T = TypeVar("T")
 
@@ -33,7 +29,7 @@ T = TypeVar("T")
 def ensure_viewer_built() -> Path:
     """viewer/dist, built with the locked dependencies when it is missing (make setup normally builds it)."""
     dist = VIEWER / "dist"
-    if not (dist / "index.html").exists():
+    if not all((dist / page).exists() for page in ("index.html", "worklist/index.html")):  # viewer, workstation
         if not (VIEWER / "node_modules").exists():
             subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=VIEWER, check=True, timeout=600)
         subprocess.run(["npm", "run", "build"], cwd=VIEWER, check=True, timeout=600)
@@ -104,17 +100,3 @@ def gateway(gateway_settings: Settings, ct_series: CtSeries, dx_series: CtSeries
 @pytest.fixture(scope="session")
 def viewer_token(gateway_settings: Settings) -> str:
     return mint_token(gateway_settings, "viewer")
-
-
-@pytest.fixture(scope="session")
-def browser() -> Iterator[object]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"Debian chromium is not installed at {CHROMIUM}; run `make setup` (APT_PACKAGES has chromium).")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()

@@ -10,10 +10,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import numpy as np
 import pytest
 
+from shared.auth import mint_token
 from tests.viewer.browser_support import (
     DESKTOP,
     PHONE,
@@ -247,20 +249,43 @@ def test_phone_on_4g_touch_scroll_and_timings(browser: Any, gateway: Any, ct_ser
         context.close()
 
 
-def test_token_is_required_and_not_kept_in_the_address(browser: Any, gateway: Any, ct_series: CtSeries,
-                                                        viewer_token: str) -> None:
+def _no_token_in(urls: list[str], *tokens: str) -> None:
+    for u in urls:
+        q = {k.lower() for k in parse_qs(urlsplit(u).query)}
+        assert not q & {"token", "access_token"}, f"a token parameter in a URL: {u[:120]}"
+        assert not any(t in u for t in tokens), f"a token in a URL: {u[:120]}"
+
+
+def test_viewer_signs_in_without_a_token_in_any_url(browser: Any, gateway: Any, gateway_settings: Any,
+                                                    ct_series: CtSeries, viewer_token: str) -> None:
+    """No ``/viewer/?token=`` (issue 15/17): the viewer takes its token from the sign-in (the tab's session storage)
+    or the URL fragment, which no request carries; no URL the browser requests, and no log line, holds a token."""
+    page_path = f"/viewer/?{urlencode({'study': ct_series.study, 'series': ct_series.series, 'autostart': '0'})}"
+    urls: list[str] = []
     context = browser.new_context(**DESKTOP)
     page = context.new_page()
+    page.on("request", lambda r: urls.append(r.url))  # what goes over the wire (a fragment never does)
     try:
-        page.goto(viewer_url(gateway.base_url, ct_series.study, ct_series.series, "not-a-token", autostart="0"))
+        # 1. No token: the series is refused (401) and the page offers the sign-in.
+        page.goto(gateway.base_url + page_path)
         wait_state(page, ("idle",))
         page.evaluate("window.radloopViewer.start()")
         page.wait_for_function("window.radloopViewer.state === 'error'", timeout=30_000)
-        assert "401" in page.inner_text("#message") or "Sign-in" in page.inner_text("#message")
-        page.goto(viewer_url(gateway.base_url, ct_series.study, ct_series.series, viewer_token, autostart="0"))
+        assert "Sign-in is needed" in page.inner_text("#message")
+        # 2. The sign-in (the workstation's development sign-in: environment=local) brings the tab back here.
+        page.click("#sign-in")
+        page.wait_for_function("window.radloopWorkstation && window.radloopWorkstation.state === 'signin'")
+        page.fill("#signin-name", "dr-viewer")
+        page.select_option("#signin-role", "viewer")
+        page.click("#signin-dev button[type=submit]")
+        page.wait_for_url(gateway.base_url + page_path, timeout=30_000)
         wait_state(page, ("idle",))
-        assert "token" not in page.url
-        # The study list at /viewer (token kept for the tab), and no storage keys anywhere on the page.
+        signed_in = page.evaluate("sessionStorage.getItem('radloop.token')")
+        assert signed_in and signed_in != viewer_token
+        page.evaluate("window.radloopViewer.start()")
+        wait_state(page, ("ready",))
+        page.wait_for_function("window.radloopViewer.stats().firstRenderAt !== null", timeout=30_000)
+        # The study list at /viewer, with the same tab's sign-in; no storage keys anywhere on the page.
         page.goto(f"{gateway.base_url}/viewer/")
         wait_state(page, ("list",))
         assert "CT CHEST PHANTOM" in page.inner_text("[data-testid=study-list]")
@@ -270,6 +295,42 @@ def test_token_is_required_and_not_kept_in_the_address(browser: Any, gateway: An
         assert f"series={ct_series.series}" in (link.get_attribute("href") or "")
         html = page.content()
         assert "frames/" not in html and "dicom/" not in html and ".jph" not in html
+    finally:
+        context.close()
+    # 3. A link with the token in its fragment (never sent): the page keeps it for the tab and clears the address.
+    context = browser.new_context(**DESKTOP)
+    page = context.new_page()
+    page.on("request", lambda r: urls.append(r.url))  # what goes over the wire (a fragment never does)
+    try:
+        page.goto(viewer_url(gateway.base_url, ct_series.study, ct_series.series, viewer_token, autostart="0"))
+        wait_state(page, ("idle",))
+        assert "token" not in page.url
+        page.evaluate("window.radloopViewer.start()")
+        wait_state(page, ("ready",))
+    finally:
+        context.close()
+    _no_token_in(urls, viewer_token, signed_in)
+    # What the gateway wrote (its log, traces and audit under its var dir) holds neither token.
+    written = [gateway.log_path, *(p for p in Path(gateway_settings.var_dir).rglob("*") if p.is_file())]
+    for path in written:
+        text = path.read_text(errors="replace")
+        assert viewer_token not in text and signed_in not in text, f"a token in {path}"
+    # 4. An old link with ?token=: the page does not use it (the series is refused) and drops it from the address.
+    stale = mint_token(gateway_settings, "viewer", subject="stale-link")
+    context = browser.new_context(**DESKTOP)
+    page = context.new_page()
+    sent: list[str] = []
+    page.on("request", lambda r: sent.append(r.headers.get("authorization", "")))
+    try:
+        page.goto(f"{gateway.base_url}{page_path}&{urlencode({'token': stale})}")
+        # (the gateway may refuse such a page request itself; then there is no viewer page to check)
+        page.wait_for_function("['idle', 'error'].includes(window.radloopViewer?.state) || "
+                               "(document.readyState === 'complete' && !document.querySelector('script'))")
+        if page.evaluate("window.radloopViewer?.state") == "idle":
+            assert "token" not in page.url
+            page.evaluate("window.radloopViewer.start()")
+            page.wait_for_function("window.radloopViewer.state === 'error'", timeout=30_000)
+        assert f"Bearer {stale}" not in sent
     finally:
         context.close()
 

@@ -1,20 +1,44 @@
-// Talks to the same origin's DICOMweb (/dicomweb) and verification (/verification) APIs with the viewer's token.
-// The token comes from ?token= (then removed from the address bar so it is not bookmarked or shared) or from the
-// session storage of an earlier visit; it is sent as an Authorization bearer header on every request.
+// Talks to the same origin's DICOMweb (/dicomweb) and verification (/verification) APIs with the viewer's token,
+// sent as an Authorization bearer header on every request.
+//
+// The token is never read from the query string: a URL's query reaches the server, its access logs and every proxy
+// on the way, and stays in the browser history. It comes from the tab's session storage, where the workstation's
+// sign-in (/viewer/worklist/#/signin, shared key) puts it, or from the URL fragment (`#token=…`), which browsers
+// never send to a server; the fragment is removed from the address bar at once. A `?token=` of an old link is
+// ignored and removed from the address bar too.
 
-const TOKEN_KEY = 'radloop.token';
+const TOKEN_KEY = 'radloop.token'; // shared with the workstation (src/ws/auth.js)
+const RETURN_KEY = 'radloop.return'; // where the workstation's sign-in sends the tab back to (src/ws/app.js)
+const URL_TOKEN_PARAMS = ['token', 'access_token'];
 
-/** Read ?token=, keep it for this tab only, and strip it from the visible URL. */
+/** The sign-in page of the platform (the workstation's: development sign-in locally, OpenID Connect elsewhere). */
+export const SIGN_IN_PATH = '/viewer/worklist/#/signin';
+
+/**
+ * Take a token from the URL fragment (`#token=…`) into this tab's session storage and strip it from the address;
+ * drop any `?token=`/`?access_token=` unused. Returns {token, refusedQueryToken}.
+ */
 export function initToken(location = window.location) {
   const params = new URLSearchParams(location.search);
-  const fromQuery = params.get('token');
-  if (fromQuery) {
-    sessionStorage.setItem(TOKEN_KEY, fromQuery);
-    params.delete('token');
-    const rest = params.toString();
-    window.history.replaceState(null, '', `${location.pathname}${rest ? `?${rest}` : ''}${location.hash}`);
+  const fromQuery = [...params.keys()].filter((k) => URL_TOKEN_PARAMS.includes(k.toLowerCase()));
+  fromQuery.forEach((k) => params.delete(k));
+  const frag = new URLSearchParams(location.hash.replace(/^#/, ''));
+  const fromFragment = frag.get('token');
+  if (fromFragment) {
+    sessionStorage.setItem(TOKEN_KEY, fromFragment);
+    frag.delete('token');
   }
-  return sessionStorage.getItem(TOKEN_KEY) || '';
+  if (fromQuery.length || fromFragment) {
+    const rest = params.toString();
+    const hash = frag.toString();
+    window.history.replaceState(null, '', `${location.pathname}${rest ? `?${rest}` : ''}${hash ? `#${hash}` : ''}`);
+  }
+  return { token: sessionStorage.getItem(TOKEN_KEY) || '', refusedQueryToken: fromQuery.length > 0 };
+}
+
+/** Remember this page for the workstation's sign-in to come back to (same-origin viewer paths only). */
+export function rememberReturn(location = window.location) {
+  sessionStorage.setItem(RETURN_KEY, `${location.pathname}${location.search}`);
 }
 
 export function token() {

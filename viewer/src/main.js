@@ -1,8 +1,9 @@
-// Entry point: /viewer lists studies; /viewer?study=…&series=… opens the stack viewer. The token may come as
-// ?token=… (then kept for the tab only) or be set by a proxy as an Authorization header for the API calls.
+// Entry point: /viewer lists studies; /viewer?study=…&series=… opens the stack viewer. The token comes from the
+// workstation's sign-in (this tab's session storage) or the URL fragment (#token=…), never from the query string
+// (see api.js); without one, the page offers the sign-in and comes back here afterwards.
 
 import './style.css';
-import { getJson, initToken, tagValue, tagValues } from './api.js';
+import { getJson, initToken, rememberReturn, SIGN_IN_PATH, tagValue, tagValues } from './api.js';
 import { TriagePanel } from './triage.js';
 import { FULL } from './streaming.js';
 import { chooseRenderPath, StackViewer, webglRenderer } from './viewer.js';
@@ -13,6 +14,28 @@ function message(text, isError = false) {
   const m = $('message');
   m.textContent = text;
   m.className = isError ? 'error' : '';
+}
+
+/** Add a sign-in link to the message: the workstation's sign-in, which brings the tab back to this page. */
+function offerSignIn() {
+  const a = document.createElement('a');
+  a.href = SIGN_IN_PATH;
+  a.id = 'sign-in';
+  a.textContent = 'Sign in';
+  a.addEventListener('click', () => rememberReturn());
+  $('message').append(' ', a);
+}
+
+function failed(e) {
+  console.error(e);
+  message(e.message || String(e), true);
+  if (e.status === 401) {
+    // Nothing to show without a sign-in: the (empty) viewer would cover the message and its link.
+    $('viewer').hidden = true;
+    $('tools').hidden = true;
+    offerSignIn();
+  }
+  window.radloopViewer = { state: 'error', error: e.message || String(e) };
 }
 
 function el(tag, attrs = {}, ...children) {
@@ -277,7 +300,10 @@ async function main() {
   window.radloopViewer = { state: 'loading' };
   // Room for one timing entry per frame request (the default buffer keeps 250), for the benchmark's byte counts.
   performance.setResourceTimingBufferSize?.(10000);
-  initToken();
+  const { refusedQueryToken } = initToken();
+  if (refusedQueryToken) {
+    console.warn('radloop viewer: a token in the query string is not used (it would be logged); sign in instead');
+  }
   const params = new URLSearchParams(window.location.search);
   const study = params.get('study');
   let series = params.get('series');
@@ -292,18 +318,13 @@ async function main() {
       // For measurements: the page and its code are loaded, the series starts when asked (e.g. after throttling).
       window.radloopViewer = {
         state: 'idle',
-        start: () => showViewer(study, series).catch((e) => {
-          message(e.message || String(e), true);
-          window.radloopViewer = { state: 'error', error: e.message || String(e) };
-        }),
+        start: () => showViewer(study, series).catch(failed),
       };
       return;
     }
     await showViewer(study, series);
   } catch (e) {
-    console.error(e);
-    message(e.message || String(e), true);
-    window.radloopViewer = { state: 'error', error: e.message || String(e) };
+    failed(e);
   }
 }
 

@@ -140,6 +140,25 @@ export class StreamingSeriesLoader {
     this.running = false;
   }
 
+  /** Use an image decoded ahead (prefetch) as slice `index` at full resolution. Call before start(). */
+  seed(index, image) {
+    if (index < 0 || index >= this.n || this.quality[index] === FULL) return;
+    if (this.quality[index] === NONE) this.stats.loadedLow += 1;
+    this.quality[index] = FULL;
+    this.best[index] = image;
+    this.stats.loadedFull += 1;
+    this.stats.seeded = (this.stats.seeded || 0) + 1;
+    const imageId = this.imageIds[index];
+    try {
+      if (cache.getImageLoadObject(imageId)) cache.removeImageLoadObject(imageId, { force: true });
+      cache.putImageSync(imageId, image);
+    } catch {
+      // The cache may be full; the loader keeps its own reference either way.
+    }
+    if (this.stats.loadedFull === this.n) this.stats.allFullAt = 0;
+    if (this.stats.loadedLow === this.n) this.stats.allLowAt = 0;
+  }
+
   start(current = 0) {
     this.current = current;
     this.running = true;

@@ -5,6 +5,7 @@ import {
   Enums,
   eventTarget,
   getRenderingEngine,
+  imageLoader,
   imageRetrievalPoolManager,
   init as csInit,
   RenderingEngine,
@@ -96,6 +97,34 @@ export function sortInstances(instances) {
     Number(tagValue(y, '00200013') ?? 0));
 }
 
+/** The WADO-RS base URL of a series on this origin. */
+export function seriesBase(study, series) {
+  return `${window.location.origin}/dicomweb/studies/${encodeURIComponent(study)}/series/${encodeURIComponent(series)}`;
+}
+
+/** The wadors: image id of an instance's first frame. */
+export function frameImageId(study, series, sop) {
+  return `wadors:${seriesBase(study, series)}/instances/${encodeURIComponent(sop)}/frames/1`;
+}
+
+/**
+ * Fetch a series' metadata and one instance's first frame (decoded, full resolution) ahead of showing it, so that
+ * `open(..., { prefetched })` draws it at once: the workstation does this for the next case on the worklist.
+ */
+export async function prefetchSeriesImage(study, series, sop, { renderPath = 'gpu' } = {}) {
+  await initCornerstone(renderPath);
+  const instances = sortInstances(await getJson(`${seriesBase(study, series)}/metadata`));
+  const index = instances.findIndex((m) => tagValue(m, '00080018') === sop);
+  if (index < 0) throw new Error(`Instance ${sop} is not in series ${series}.`);
+  const imageId = frameImageId(study, series, sop);
+  wadors.metaDataManager.add(imageId, instances[index]);
+  const image = await imageLoader.loadImage(imageId, {
+    useRGBA: false, ignoreCache: true, priority: -5, requestType: Enums.RequestType.Prefetch,
+    retrieveOptions: { imageQualityStatus: Enums.ImageQualityStatus.FULL_RESOLUTION },
+  });
+  return { instances, index, images: new Map([[imageId, image]]) };
+}
+
 export class StackViewer {
   constructor({ element, counter, progress, voiLabel, slider, onIndex }) {
     this.element = element;
@@ -115,17 +144,19 @@ export class StackViewer {
   }
 
   /** Load a series: metadata from WADO-RS, frames through the streaming loader. */
-  async open(study, series, { startIndex = null, renderPath = 'gpu', concurrency = 16, lowRes = true } = {}) {
+  async open(study, series, { startIndex = null, renderPath = 'gpu', concurrency = 16, lowRes = true,
+    prefetched = null } = {}) {
     this.renderPath = renderPath;
     await initCornerstone(renderPath);
-    const base = `${window.location.origin}/dicomweb/studies/${encodeURIComponent(study)}/series/${encodeURIComponent(series)}`;
+    const base = seriesBase(study, series);
     this.t0 = performance.now();
-    const instances = sortInstances(await getJson(`${base}/metadata`));
+    // `prefetched` (see prefetchSeriesImage): the metadata and decoded images fetched ahead, e.g. the next case.
+    const instances = prefetched?.instances ?? sortInstances(await getJson(`${base}/metadata`));
     if (!instances.length) throw new Error(`Series ${series} has no instances.`);
     this.instances = instances;
     this.imageIds = instances.map((m) => {
       const sop = tagValue(m, '00080018');
-      const imageId = `wadors:${base}/instances/${encodeURIComponent(sop)}/frames/1`;
+      const imageId = frameImageId(study, series, sop);
       wadors.metaDataManager.add(imageId, m);
       return imageId;
     });
@@ -153,6 +184,10 @@ export class StackViewer {
       lowRes,
       onUpdate: () => this.updateProgress(),
     });
+    prefetched?.images?.forEach((image, imageId) => {
+      const k = this.imageIds.indexOf(imageId);
+      if (k >= 0) this.loader.seed(k, image);
+    });
     // The StackViewport asks this loader (Cornerstone's retrieve-configuration hook) for every image it shows.
     csUtils.imageRetrieveMetadataProvider.add('stack', { create: () => this.loader });
 
@@ -162,6 +197,7 @@ export class StackViewer {
         this.viewport._setImageIdIndex(index); // eslint-disable-line no-underscore-dangle
       }
     };
+    if (this.destroyed) return null;
     this.element.addEventListener(Enums.Events.PRE_STACK_NEW_IMAGE, (evt) =>
       this.loader.setCurrent(evt.detail.imageIdIndex));
     this.element.addEventListener(Enums.Events.IMAGE_RENDERED, () => this.onRendered());
@@ -175,8 +211,11 @@ export class StackViewer {
     if (this.modality === 'CT') this.applyPreset('mediastinum', { render: false });
     this.viewport.render();
     this.bindKeys();
-    this.slider.addEventListener('input', () => this.scrollTo(Number(this.slider.value)));
-    window.addEventListener('resize', () => this.resize());
+    this.bindPinch();
+    this.onSlider = () => this.scrollTo(Number(this.slider.value));
+    this.slider.addEventListener('input', this.onSlider);
+    this.onResize = () => this.resize();
+    window.addEventListener('resize', this.onResize);
     return { count: this.imageIds.length, modality: this.modality, firstSop: tagValue(instances[0], '00080018') };
   }
 
@@ -203,7 +242,8 @@ export class StackViewer {
     const bindings = {
       [StackScrollTool.toolName]: [{ mouseButton: MouseBindings.Wheel }],
       [PanTool.toolName]: [{ mouseButton: MouseBindings.Auxiliary }, { numTouchPoints: 3 }],
-      [ZoomTool.toolName]: [{ mouseButton: MouseBindings.Secondary }, { numTouchPoints: 2 }],
+      // Two-finger pinch is handled by bindPinch (Cornerstone 5.14's pinch zooms the wrong way, and by far too much).
+      [ZoomTool.toolName]: [{ mouseButton: MouseBindings.Secondary }],
       [WindowLevelTool.toolName]: [],
     };
     bindings[names[mode]].push({ mouseButton: MouseBindings.Primary });
@@ -260,11 +300,51 @@ export class StackViewer {
     return this.scrollTo(this.viewport.getTargetImageIdIndex() + delta);
   }
 
+  /** Stop loading and detach from the page (the workstation opens one viewer per case on a fresh element). */
+  destroy() {
+    this.destroyed = true;
+    this.loader?.stop();
+    if (this.onKey) window.removeEventListener('keydown', this.onKey);
+    if (this.onResize) window.removeEventListener('resize', this.onResize);
+    if (this.onSlider) this.slider.removeEventListener('input', this.onSlider);
+    try {
+      this.engine?.disableElement(VIEWPORT_ID);
+    } catch {
+      // already disabled
+    }
+    ToolGroupManager.destroyToolGroup(TOOL_GROUP_ID);
+  }
+
+  /** Pinch zoom: the image scales with the distance between the two fingers (spread = larger). */
+  bindPinch() {
+    const spread = (t) => Math.hypot(t[0].clientX - t[1].clientX, t[0].clientY - t[1].clientY);
+    let pinch = null;
+    this.element.addEventListener('touchstart', (e) => {
+      pinch = e.touches.length === 2 && this.viewport
+        ? { d0: spread(e.touches), scale0: this.viewport.getCamera().parallelScale } : null;
+    }, { passive: true, capture: true });
+    this.element.addEventListener('touchmove', (e) => {
+      if (!pinch || e.touches.length !== 2 || !this.viewport) return;
+      const ratio = spread(e.touches) / Math.max(1, pinch.d0);
+      this.pinchMoves = (this.pinchMoves || 0) + 1;
+      if (ratio > 0.05) {
+        this.viewport.setCamera({ parallelScale: pinch.scale0 / ratio });
+        this.viewport.render();
+      }
+    }, { passive: true, capture: true });
+    this.element.addEventListener('touchend', (e) => {
+      if (e.touches.length < 2) pinch = null;
+    }, { passive: true, capture: true });
+  }
+
   bindKeys() {
     if (this.keysBound) return;
     this.keysBound = true;
-    window.addEventListener('keydown', (e) => {
-      if (e.target instanceof HTMLInputElement && e.target.type !== 'range') return;
+    this.onKey = (e) => {
+      // Typing in a form field (a read's comment) is not a viewer command; modified keys belong to the page.
+      const t = e.target;
+      if ((t instanceof HTMLInputElement && t.type !== 'range') || t instanceof HTMLTextAreaElement ||
+        t instanceof HTMLSelectElement || t?.isContentEditable || e.ctrlKey || e.metaKey || e.altKey) return;
       const n = this.imageIds.length;
       const actions = {
         ArrowDown: () => this.scrollBy(1),
@@ -289,7 +369,8 @@ export class StackViewer {
         e.preventDefault();
         act();
       }
-    });
+    };
+    window.addEventListener('keydown', this.onKey);
   }
 
   onNewImage({ imageIdIndex }) {

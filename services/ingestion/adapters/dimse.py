@@ -77,6 +77,9 @@ STORAGE_SOP_CLASSES: tuple[UID, ...] = (
     sc.SecondaryCaptureImageStorage, sc.MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
     sc.MultiFrameGrayscaleWordSecondaryCaptureImageStorage, sc.MultiFrameTrueColorSecondaryCaptureImageStorage,
     sc.NuclearMedicineImageStorage, sc.PositronEmissionTomographyImageStorage,
+    # AI results and reports (docs/interop.md): segmentations and the SR classes stored without pixel data.
+    sc.SegmentationStorage, sc.BasicTextSRStorage, sc.EnhancedSRStorage, sc.ComprehensiveSRStorage,
+    sc.Comprehensive3DSRStorage, sc.ExtensibleSRStorage, sc.KeyObjectSelectionDocumentStorage,
 )
 
 #: Seconds without data (between PDUs, inside a PDU, or during the TLS handshake) before a connection is dropped.

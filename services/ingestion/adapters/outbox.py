@@ -11,7 +11,9 @@ Bounds:
 - the in-memory publisher queue holds at most ``queue_max`` events. When it is full (EventBridge slow or down) an
   event is not queued: it is already durable in the table, and the sweeper publishes it once it is stale. After a
   failed publish the publisher backs off (up to ``max_backoff_s``) instead of failing the queue away in a hot loop;
-- the sweeper reads the table page by page and publishes each page before reading the next;
+- the sweeper reads the ``by_service`` index (this service's items older than the cut-off, oldest first) page by page
+  (at most ``sweep_page`` items) and publishes each page before reading the next: it never reads another service's
+  items or young ones, and never holds more than a page;
 - an item the sweeper cannot parse is logged (its id only), moved aside (its ``service`` becomes
   ``<service>#unparseable``, so no sweep selects it again; operators find it there) and the sweep goes on.
 """
@@ -45,6 +47,8 @@ class Outbox:
         self.sweep_every_s = sweep_every_s
         self.queue_max = queue_max or int(getattr(rt.settings, "outbox_queue_max", 10_000))
         self.max_backoff_s = max_backoff_s
+        #: items per page of a sweep (the most it holds in memory at once)
+        self.sweep_page = 100
         self._queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=self.queue_max)
         self._tasks: list[asyncio.Task[None]] = []
         self.published = 0
@@ -119,8 +123,8 @@ class Outbox:
         cutoff = time.time() - (self.stale_s if older_than_s is None else older_than_s)
         total = 0
         async for page in pages(
-            ddb.scan, TableName=self.table, FilterExpression="#s = :svc AND created_at < :cut",
-            ExpressionAttributeNames={"#s": "service"},
+            ddb.query, TableName=self.table, IndexName="by_service", Limit=self.sweep_page,
+            KeyConditionExpression="#s = :svc AND created_at < :cut", ExpressionAttributeNames={"#s": "service"},
             ExpressionAttributeValues={":svc": {"S": self.service}, ":cut": {"N": f"{cutoff:.3f}"}},
         ):
             found: list[Event] = []

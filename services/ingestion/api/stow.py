@@ -32,6 +32,7 @@ from services.ingestion.service import IngestResult
 from shared.auth import StoreUser
 from shared.dicom.errors import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, DicomRejection, TransientFailure
 from shared.exceptions import InvalidUIDError
+from shared.forwarded import ForwardingSettings, request_origin
 from shared.uids import validate_uid
 
 log = logging.getLogger(__name__)
@@ -44,9 +45,13 @@ def _ui(v: str) -> dict[str, Any]:
     return {"vr": "UI", "Value": [v]}
 
 
-def _base_url(request: Request) -> str:
-    # Behind the entry proxy the Host header is the proxy's, so retrieve URLs point at the entry point.
-    return f"{request.url.scheme}://{request.headers.get('host', request.url.netloc)}/dicomweb"
+def _base_url(request: Request, settings: ForwardingSettings) -> str:
+    """The DICOMweb base URL as the client sees it, for the RetrieveURLs of the store response.
+
+    Forwarded headers (the entry proxy's X-Forwarded-Host) count only from ``trusted_proxies``, judged by the
+    connection's peer address (``shared/forwarded.py``); otherwise ``public_base_url`` or the request's own Host.
+    """
+    return f"{request_origin(request, settings)}/dicomweb"
 
 
 def store_response(results: list[IngestResult | DicomRejection], base: str, study: str | None) -> dict[str, Any]:
@@ -141,13 +146,13 @@ async def _store(request: Request, deps: DepsDep, principal: Any, study: str | N
                              count=len(results))
     except TransientFailure as exc:
         results = [_unacknowledged(r, exc) if isinstance(r, IngestResult) else r for r in results]
-        return JSONResponse(store_response(results, _base_url(request), study), status_code=503,
+        return JSONResponse(store_response(results, _base_url(request, settings), study), status_code=503,
                             media_type=DICOM_JSON, headers={"Retry-After": "5"})
     status = 200 if stored == len(results) else (202 if stored else 409)
     if not stored and all(isinstance(r, TransientFailure) for r in results):
         status, headers = 503, {"Retry-After": "5"}  # nothing was refused: storage was unavailable; send again
-    return JSONResponse(store_response(results, _base_url(request), study), status_code=status, media_type=DICOM_JSON,
-                        headers=headers)
+    return JSONResponse(store_response(results, _base_url(request, settings), study), status_code=status,
+                        media_type=DICOM_JSON, headers=headers)
 
 
 class TooManyPartsError(Exception):

@@ -16,7 +16,7 @@ from pydicom.dataset import Dataset
 from shared.dicom.dicomjson import dumps, to_dicom_json
 from shared.dicom.errors import DATASET_MISMATCH, DicomRejection
 from shared.dicom.parse import ParseLimits, parse_safely
-from shared.dicom.pixels import transcode
+from shared.dicom.pixels import EncodedFrames, transcode
 from shared.events import pseudonymise
 from shared.instance_index import IndexRecord
 from shared.storage import frames_prefix, metadata_key, original_key
@@ -109,7 +109,8 @@ def prepare(data: bytes, opts: PrepareOptions) -> Prepared:
     if opts.deidentify:
         from shared.dicom.deid import burned_in_annotation_reason, deidentify
 
-        quarantine = burned_in_annotation_reason(ds)
+        # A structured report has no pixels, so no text can be burned into them (its text is de-identified).
+        quarantine = burned_in_annotation_reason(ds) if parsed.number_of_frames else None
         if quarantine is None:
             deidentify(ds, key=opts.deid_key, private_allowlist=opts.deid_private_allowlist)
             stored = _bytes_of(ds)
@@ -123,7 +124,10 @@ def prepare(data: bytes, opts: PrepareOptions) -> Prepared:
                         stored_bytes=b"", frames=[], dicom_json="{}", record=IndexRecord(
                             parsed.study_uid, parsed.series_uid, parsed.sop_uid, parsed.modality, ""),
                         quarantine_reason=quarantine)
-    encoded = transcode(ds, expected_frames=parsed.number_of_frames, sop_uid=parsed.sop_uid)
+    if parsed.number_of_frames == 0:  # a structured report (shared.dicom.sop_classes): nothing to transcode
+        encoded = EncodedFrames(codestreams=[], offsets=[], levels=0, photometric="")
+    else:
+        encoded = transcode(ds, expected_frames=parsed.number_of_frames, sop_uid=parsed.sop_uid)
     meta = to_dicom_json(ds)
     meta_text = dumps(meta)
     patient_id = _s(ds, "PatientID")  # de-identified when de-identification ran (the index holds no PHI then)
@@ -156,8 +160,9 @@ def prepare(data: bytes, opts: PrepareOptions) -> Prepared:
         "sop_uid": parsed.sop_uid, "study_uid": parsed.study_uid, "series_uid": parsed.series_uid,
         "sop_class_uid": parsed.sop_class_uid, "instance_number": _int_or_none(ds, "InstanceNumber"),
         "number_of_frames": parsed.number_of_frames, "rows": parsed.rows, "columns": parsed.columns,
-        "bits_allocated": int(ds.BitsAllocated), "bits_stored": int(ds.BitsStored),
-        "pixel_representation": int(ds.PixelRepresentation), "samples_per_pixel": int(ds.SamplesPerPixel),
+        "bits_allocated": _int_or_none(ds, "BitsAllocated"), "bits_stored": _int_or_none(ds, "BitsStored"),
+        "pixel_representation": _int_or_none(ds, "PixelRepresentation"),
+        "samples_per_pixel": _int_or_none(ds, "SamplesPerPixel"),
         "photometric": encoded.photometric, "transfer_syntax_uid": str(parsed.transfer_syntax),
         "content_sha256": sha, "size_bytes": len(stored), "htj2k_bytes": encoded.total_bytes,
         "original_key": prep.original_key, "metadata_key": prep.metadata_key, "frames_prefix": prep.frames_prefix,

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Response, status
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from services.pipeline_orchestrator.api.deps import DepsDep
-from services.pipeline_orchestrator.service import OVERRIDABLE
+from services.pipeline_orchestrator.service import COMPARISONS, OVERRIDABLE
 from shared.auth import ApproveUser, ReadUser
 from shared.exceptions import ConflictError, NotFoundError
 
@@ -39,12 +39,14 @@ class TrainingRequest(BaseModel):
                 OVERRIDABLE[k](val)
             except (TypeError, ValueError):
                 raise ValueError(f"parameter {k}={val!r} is not a valid {OVERRIDABLE[k].__name__}") from None
+            if k == "Comparison" and val not in COMPARISONS:
+                raise ValueError(f"parameter Comparison must be one of {', '.join(COMPARISONS)}")
         return v
 
 
 def _summary(run: dict[str, Any]) -> dict[str, Any]:
     keys = ("run_id", "status", "trigger", "executor", "manifest_sha256", "label_count", "label_counts",
-            "created_at", "ended_at", "failure_reason", "metrics", "champion_version")
+            "created_at", "ended_at", "failure_reason", "metrics", "champion_version", "locked_set")
     return {k: run.get(k) for k in keys}
 
 
@@ -94,7 +96,7 @@ async def trigger_training(
     await deps.rt.audit.record(
         principal, "trigger_training", {"run_id": result.get("run_id", "")}, outcome=result["outcome"]
     )
-    if result["outcome"] == "empty":
+    if result["outcome"] in ("empty", "no_locked_set"):
         raise ConflictError(result["detail"])
     response.status_code = status.HTTP_200_OK if result["outcome"] == "unchanged" else status.HTTP_202_ACCEPTED
     return result

@@ -22,16 +22,19 @@ class Snapshot:
     per_split: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
-def build_snapshot(labels: Iterable[dict[str, Any]]) -> Snapshot:
-    """Build the manifest from projection items (one per sop_uid, latest version); ``indeterminate`` is excluded.
+def build_snapshot(labels: Iterable[dict[str, Any]], exclude_patients: Iterable[str] = ()) -> Snapshot:
+    """Build the manifest from projection items (one per sop_uid, latest version); ``indeterminate`` is excluded,
+    and so is every case of a patient in ``exclude_patients`` (the locked evaluation set's and every held-out
+    patient's: :func:`services.pipeline_orchestrator.domain.locked_set.excluded_patients`).
 
     The split is recomputed from the patient pseudo-id (:func:`shared.datasets.split_for`), never stored, so a patient
     is in the same split in every version.
     """
     records = []
+    excluded = frozenset(exclude_patients)
     for item in labels:
         label = item["label"]
-        if label not in datasets.LABELS:
+        if label not in datasets.LABELS or item["patient_pseudo_id"] in excluded:
             continue
         records.append(
             ManifestRecord(

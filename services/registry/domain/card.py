@@ -192,10 +192,15 @@ def build_card(model: dict[str, Any], ci: dict[str, Any], policy: dict[str, Any]
         ),
         "data": {"manifest_sha256": lineage.get("manifest_sha256"), "manifest_uri": lineage.get("manifest_uri"),
                  "label_counts": lineage.get("label_counts"), "split_counts": lineage.get("split_counts"),
-                 "splits": "by a stable hash of the patient pseudo-id (70/15/15 train/val/test); a patient is in the "
-                           "same split in every dataset version"},
+                 "splits": "by a stable hash of the patient pseudo-id (70/15/15 train/val/held out); a patient is in "
+                           "the same split in every dataset version. The held-out patients form the locked evaluation "
+                           "set (append-only, versioned by its sha256), which no training run sees; every candidate "
+                           "and the champion are scored on it."},
         "metrics": {k: v for k, v in (model.get("metrics") or {}).items()},
         "confidence_intervals": ci,
+        # the locked evaluation set's version, and the evidence the approval decision was made on (DeLong intervals)
+        "locked_set": lineage.get("locked_set"),
+        "evidence": model.get("evidence"),
         "approval": {"policy": policy, "decision_reason": model.get("decision_reason"),
                      "history": model.get("history", [])},
         "limitations": [
@@ -210,6 +215,34 @@ def build_card(model: dict[str, Any], ci: dict[str, Any], policy: dict[str, Any]
     }
 
 
+def _ci_text(block: Any) -> str:
+    if not isinstance(block, dict) or block.get("low") is None:
+        return "n/a"
+    return f"{block.get('auc', block.get('diff')):.4f} (95% CI {block['low']:.4f} to {block['high']:.4f})"
+
+
+def _evidence_lines(locked: Any, ev: Any) -> list[str]:
+    """The card's "Locked evaluation set" section: version, counts, each AUC and the paired difference with CIs."""
+    if not isinstance(ev, dict):
+        return ["## Locked evaluation set", "", "The evaluation carries no locked-set evidence.", ""]
+    locked = locked or ev.get("locked_set") or {}
+    op = ev.get("operating_point") or {}
+    cal = ev.get("calibration") or {}
+    paired = ev.get("paired")
+    lines = ["## Locked evaluation set", "",
+             f"- Version {locked.get('version')} (sha256 `{locked.get('sha256')}`): {locked.get('n')} cases, "
+             f"{locked.get('positives')} positive, {locked.get('negatives')} negative",
+             f"- This model's AUC: {_ci_text(ev.get('challenger'))} (DeLong)",
+             f"- Champion's AUC on the same cases: {_ci_text(ev.get('champion'))}",
+             f"- Paired difference (this − champion, {ev.get('comparison')}): {_ci_text(paired)}",
+             f"- Operating threshold {op.get('threshold')} chosen on validation ({op.get('validation_positives')} "
+             f"positives), 95% CI {op.get('threshold_ci')}",
+             f"- Sensitivity {op.get('sensitivity')} (95% CI {op.get('sensitivity_ci')}), specificity "
+             f"{op.get('specificity')} (95% CI {op.get('specificity_ci')})",
+             f"- Calibration: Brier {cal.get('brier')}, ECE {cal.get('ece')}", ""]
+    return lines
+
+
 def card_markdown(card: dict[str, Any]) -> str:
     """The model card as Markdown."""
     m, d, ci = card["model"], card["data"], card["confidence_intervals"]
@@ -220,7 +253,8 @@ def card_markdown(card: dict[str, Any]) -> str:
              "## Data", "", f"- Manifest: `{d['manifest_uri']}` (sha256 `{d['manifest_sha256']}`)",
              f"- Labels per class: {d['label_counts']}", f"- Labels per split and class: {d['split_counts']}",
              f"- Splits: {d['splits']}", "",
-             "## Metrics (test split)", "", f"Confidence intervals: {ci.get('method')}, "
+             *_evidence_lines(card.get("locked_set"), card.get("evidence")),
+             "## Metrics (locked evaluation set)", "", f"Confidence intervals: {ci.get('method')}, "
              f"{int(ci.get('level', CI_LEVEL) * 100)} %, {ci.get('resamples')} resamples.", "",
              "| metric | value | 95 % CI |", "|---|---|---|"]
     for k, v in card["metrics"].items():

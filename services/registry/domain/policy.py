@@ -1,36 +1,24 @@
-"""The registry's champion/challenger decision: a pure function of the metrics and the approval policy.
+"""The registry's champion/challenger decision: the approval policy's :func:`shared.approval.judge` applied to the
+evidence the pipeline's Evaluate step measured on the locked evaluation set (``evaluation.json``'s ``promotion``).
 
 The thresholds come from the one policy document (:mod:`shared.approval`); this module only applies them.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from shared.approval import ApprovalPolicy
+from shared.approval import ApprovalPolicy, judge
 
 Decision = Literal["approved", "pending"]
 
 
-def decide(policy: ApprovalPolicy, auc: float | None, sensitivity: float | None,
-           champion_auc: float | None) -> tuple[Decision, str]:
-    """``approved`` iff AUC >= champion + margin (no champion: no such condition), AUC >= floor and
-    sensitivity >= floor; otherwise ``pending`` with every unmet condition named."""
-    if auc is None or sensitivity is None:
-        return "pending", "the evaluation has no AUC or sensitivity, so it cannot be approved automatically"
-    failed = []
-    if champion_auc is not None and auc < champion_auc + policy.auc_margin:
-        failed.append(f"AUC {auc:.4f} < champion AUC {champion_auc:.4f} + margin {policy.auc_margin:.4f}")
-    if auc < policy.auc_floor:
-        failed.append(f"AUC {auc:.4f} < floor {policy.auc_floor:.4f}")
-    if sensitivity < policy.sensitivity_floor:
-        failed.append(f"sensitivity {sensitivity:.4f} < floor {policy.sensitivity_floor:.4f}")
-    if failed:
-        return "pending", f"policy {policy.name}: " + "; ".join(failed)
-    vs = "no champion"
-    if champion_auc is not None:
-        vs = f"champion AUC {champion_auc:.4f} + margin {policy.auc_margin:.4f}"
-    return "approved", (
-        f"policy {policy.name}: AUC {auc:.4f} >= {vs}, >= floor {policy.auc_floor:.4f}; "
-        f"sensitivity {sensitivity:.4f} >= floor {policy.sensitivity_floor:.4f}"
-    )
+def decide(policy: ApprovalPolicy, evaluation: dict[str, Any] | None, *, has_champion: bool) -> tuple[Decision, str]:
+    """``approved`` iff every condition of the policy holds on the evaluation's locked-set evidence; otherwise
+    ``pending`` with every unmet condition named. ``has_champion``: the registry's own view (a champion approved
+    while this run trained means the evidence must carry a paired comparison with it)."""
+    evidence = (evaluation or {}).get("promotion")
+    if isinstance(evidence, dict):
+        evidence = {**evidence, "champion_expected": bool(evidence.get("champion_expected")) or has_champion}
+    verdict = judge(policy, evidence)
+    return ("approved" if verdict.approved else "pending"), verdict.text(policy.name)

@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING, Annotated
 from fastapi import Depends, Request
 
 from services.streaming_gateway.domain.errors import BadRequest, Unavailable
-from services.streaming_gateway.domain.forwarded import external_origin
 from services.streaming_gateway.service import Gateway
 from shared.auth import Principal
 from shared.exceptions import InvalidUIDError
+from shared.forwarded import request_origin
 from shared.service import get_deps
 from shared.uids import validate_uid
 
@@ -43,24 +43,11 @@ def uid(value: str, what: str) -> str:
 def base_url(request: Request, gw: Gateway) -> str:
     """The DICOMweb base URL as the client sees it, for RetrieveURLs.
 
-    Forwarded headers count only from ``trusted_proxies`` (see ``domain/forwarded.py``), judged by the connection's
+    Forwarded headers count only from ``trusted_proxies`` (see ``shared/forwarded.py``), judged by the connection's
     peer address: ``__main__`` turns off uvicorn's own X-Forwarded-For/-Proto rewriting, so ``request.client`` and
     ``request.url.scheme`` are the connection's, never a header's.
     """
-    s = gw.settings
-    server = request.scope.get("server") or ("127.0.0.1", s.port)
-    origin = external_origin(
-        peer=request.client.host if request.client else None,
-        trusted=s.trusted_proxy_networks,
-        forwarded_host=request.headers.getlist("x-forwarded-host"),
-        forwarded_proto=request.headers.getlist("x-forwarded-proto"),
-        forwarded=request.headers.getlist("forwarded"),
-        public_base_url=s.public_base_url,
-        own_scheme=request.url.scheme,
-        own_host=request.headers.get("host"),
-        server=f"{server[0]}:{server[1]}",
-    )
-    return f"{origin}/dicomweb"
+    return f"{request_origin(request, gw.settings)}/dicomweb"
 
 
 async def audit(request: Request, principal: Principal, action: str, resource: dict[str, object], count: int = 1) -> None:

@@ -3,38 +3,24 @@
 
 from __future__ import annotations
 
-from shared.exceptions import DomainError
+from shared.query.errors import InvalidQuery, QueryError, QueryNotFound, QueryTooLarge
 
-
-class GatewayError(DomainError):
-    """Base error; ``status`` is the HTTP status the API answers with, the message is the reason."""
-
-    status = 500
-
-
-class BadRequest(GatewayError):
-    """The request names an invalid value (400)."""
-
-    status = 400
-
-
-class NotFound(GatewayError):
-    """The study, series, instance or frame does not exist (404)."""
-
-    status = 404
+#: Base error; ``status`` is the HTTP status the API answers with, the message is the reason. The query errors of
+#: :mod:`shared.query` (QIDO parsing and search) are the gateway's own: the same classes under the gateway's names.
+GatewayError = QueryError
+#: The request names an invalid value (400).
+BadRequest = InvalidQuery
+#: The study, series, instance or frame does not exist (404).
+NotFound = QueryNotFound
+#: The request asks for more work or bytes than a setting allows (413, Content Too Large); the reason names the
+#: limit and how to ask for less. PS3.18 lists 413 for a search too broad for the origin server to complete.
+TooLarge = QueryTooLarge
 
 
 class NotAcceptable(GatewayError):
     """No representation matches the Accept header or the transfer syntax (406)."""
 
     status = 406
-
-
-class TooLarge(GatewayError):
-    """The request asks for more work or bytes than a setting allows (413, Content Too Large); the reason names the
-    limit and how to ask for less. PS3.18 lists 413 for a search too broad for the origin server to complete."""
-
-    status = 413
 
 
 class RangeNotSatisfiable(GatewayError):

@@ -10,7 +10,13 @@ from fastapi import APIRouter, Header, Query, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.verification.api.deps import DepsDep
-from services.verification.domain.cases import ADJUDICATION, FINAL, OPEN, display_status, lease_holder
+from services.verification.domain.cases import (
+    ADJUDICATION,
+    OPEN,
+    display_status,
+    lease_holder,
+    reads_visible_to,
+)
 from services.verification.domain.errors import CaseNotFound
 from shared.auth import Principal, ReadUser, VerifyUser
 from shared.metrics import instrument
@@ -35,7 +41,8 @@ def _ai(case: dict[str, Any]) -> dict[str, Any]:
             "model_version": s.get("model_version"), "reason": s.get("reason")}
 
 
-def _entry(case: dict[str, Any], now: float) -> dict[str, Any]:
+def worklist_entry(case: dict[str, Any], now: float) -> dict[str, Any]:
+    """A case as the worklist (and the workstation's *My reads*) lists it: identifiers, status, lease, AI."""
     return {
         "case_id": case["case_id"], "study_uid": case["study_uid"], "series_uid": case["series_uid"],
         "sop_uid": case["sop_uid"], "modality": case.get("modality"), "body_part": case.get("body_part") or None,
@@ -77,7 +84,7 @@ async def worklist(
     # values it is never recorded, since audit records are logged too; only whether the list was filtered.
     await deps.rt.audit.record(user, "worklist.list", {"status": status_ or "open", "modality_filter": mod is not None},
                                count=len(cases))
-    return {"items": [_entry(c, now) for c in cases], "next_cursor": next_cursor, "count": len(cases)}
+    return {"items": [worklist_entry(c, now) for c in cases], "next_cursor": next_cursor, "count": len(cases)}
 
 
 @router.post("/cases/{case_id}/claim", summary="Claim a case: a time-limited lease that keeps others off it.")
@@ -99,8 +106,9 @@ async def release(case_id: str, deps: DepsDep, user: VerifyUser) -> Response:
 
 
 def _visible_history(case: dict[str, Any], rows: list[dict[str, Any]], user: Principal) -> list[dict[str, Any]]:
-    """Reads and labels; in double-read mode other readers' reads stay hidden until the case is decided."""
-    blind = case.get("mode") == "double" and case.get("status") != FINAL and "admin" not in user.roles
+    """Reads and labels; in double-read mode other readers' reads stay hidden until the case is decided, except
+    from the adjudicator (:func:`~services.verification.domain.cases.reads_visible_to`)."""
+    blind = not reads_visible_to(case, user.subject, user.roles, user.can("verify"))
     out = []
     for r in rows:
         if r.get("kind") == "read":
@@ -134,7 +142,7 @@ async def case_view(case_id: str, deps: DepsDep, user: ReadUser) -> dict[str, An
     final = case.get("final")
     await deps.rt.audit.record(user, "case.view", {"case_id": cid, "study_uid": case["study_uid"]})
     return {
-        **_entry(case, now),
+        **worklist_entry(case, now),
         "workflow_status": case.get("status"),
         "read_mode": case.get("mode"),
         "ai": {**_ai(case), "heatmap_key": heatmap_key, "heatmap_url": heatmap_url},

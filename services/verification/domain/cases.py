@@ -90,6 +90,26 @@ def lease_holder(case: dict[str, Any], now: float) -> str | None:
     return None
 
 
+def may_amend(case: dict[str, Any], reader: str) -> bool:
+    """Whether ``reader`` may amend the case's final label: the adjudicator of an adjudicated label, else its
+    reader(s). False while the case has no final label."""
+    final = case.get("final") or {}
+    deciders = [final.get("decided_by")] if final.get("resolution") == "adjudicated" else final.get("readers", [])
+    return reader in (deciders or [])
+
+
+def reads_visible_to(case: dict[str, Any], subject: str, roles: tuple[str, ...], can_verify: bool) -> bool:
+    """Whether a caller sees other readers' reads of the case.
+
+    In double-read mode the reads stay blind until the case is decided, so the two reads are independent, except
+    from an admin and from the adjudicator: while the case is in adjudication, a radiologist who is not one of its
+    readers sees both reads, to decide between them.
+    """
+    if case.get("mode") != "double" or case.get("status") == FINAL or "admin" in roles:
+        return True
+    return case.get("status") == ADJUDICATION and can_verify and subject not in (case.get("readers") or [])
+
+
 def display_status(case: dict[str, Any], now: float) -> str:
     """unread | in_progress | adjudication | final, as the worklist shows it."""
     if case.get("status") == OPEN:
@@ -160,9 +180,7 @@ def apply_read(case: dict[str, Any], reader: str, label: str, confidence: float 
     previous = reads.get(reader)
 
     if status == FINAL:
-        final = c.get("final") or {}
-        deciders = [final.get("decided_by")] if final.get("resolution") == "adjudicated" else final.get("readers", [])
-        if reader not in deciders:
+        if not may_amend(c, reader):
             raise ReadRejected(409, f"case {c['case_id']} is final; only the reader(s) whose read made it final "
                                     "may amend it")
         kind = "amendment"

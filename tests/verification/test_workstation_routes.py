@@ -1,0 +1,43 @@
+"""Routes the workstation needs: the adjudicator sees both blinded reads; ``/verification/my-reads`` for amending."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.verification.test_verification_service import new_cases
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+async def test_adjudicator_sees_both_reads_but_the_readers_stay_blind(double) -> None:
+    dep = double
+    r1, r2, r3 = (dep.headers("radiologist", f"rad-{i}") for i in (1, 2, 3))
+    async with httpx.AsyncClient(base_url=dep.service.url, timeout=10) as client:
+        (split,) = await new_cases(client, dep, [0.8])
+        await client.post(f"/verification/cases/{split}/reads", headers=r1, json={"label": "pneumonia"})
+        s = (await client.post(f"/verification/cases/{split}/reads", headers=r2, json={"label": "normal"})).json()
+        assert s["status"] == "adjudication"
+        # the adjudicator (not one of the two readers) decides between the two reads, so sees them
+        hist = (await client.get(f"/verification/cases/{split}", headers=r3)).json()["history"]
+        assert sorted((h["reader"], h["label"]) for h in hist if h["type"] == "read") == [
+            ("rad-1", "pneumonia"), ("rad-2", "normal")]
+        assert not any(h.get("hidden") for h in hist)
+        # each reader still sees only their own read; a viewer (cannot verify) sees neither
+        for who, headers in (("rad-1", r1), ("rad-2", r2), ("viewer", dep.headers("viewer", "v-1"))):
+            hist = (await client.get(f"/verification/cases/{split}", headers=headers)).json()["history"]
+            assert all(h["hidden"] for h in hist if h["type"] == "read" and h["reader"] != who), who
+
+
+async def test_my_reads_lists_the_final_labels_the_caller_may_amend(single) -> None:
+    dep = single
+    me, other = dep.headers("radiologist", "rad-me"), dep.headers("radiologist", "rad-other")
+    async with httpx.AsyncClient(base_url=dep.service.url, timeout=10) as client:
+        mine, theirs = await new_cases(client, dep, [0.9, 0.2])
+        assert (await client.post(f"/verification/cases/{mine}/reads", headers=me,
+                                  json={"label": "pneumonia"})).json()["status"] == "final"
+        await client.post(f"/verification/cases/{theirs}/reads", headers=other, json={"label": "normal"})
+        out = (await client.get("/verification/my-reads", headers=me)).json()
+        assert [(i["case_id"], i["final_label"]["label"]) for i in out["items"]] == [(mine, "pneumonia")]
+        assert (await client.get("/verification/my-reads", headers=dep.headers("viewer"))).status_code == 403
+        assert (await client.get("/verification/my-reads")).status_code == 401
