@@ -73,7 +73,7 @@ def make_case(index: int, seed: int = 11, *, size: int = 128, positive: bool | N
     return Case(pixels, meta, int(label), mask, study, series, sop)
 
 
-TRAIN_PARAMS = {"n": 160, "size": 128, "input_size": 64, "steps": 90, "batch": 16, "seed": 11, "lr": 2e-3}
+TRAIN_PARAMS = {"n": 320, "size": 128, "input_size": 64, "steps": 180, "batch": 16, "seed": 11, "lr": 2e-3}
 
 
 def _cache_key(params: dict[str, Any]) -> str:
