@@ -37,8 +37,7 @@ def ensure_viewer_built() -> Path:
 
 
 def run_async(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """Run a coroutine to completion in its own thread: Playwright's sync API keeps an event loop running in the
-    main thread once the browser is up, so ``asyncio.run`` cannot be used there."""
+    """Run a coroutine to completion in its own thread (safe whatever loop the calling thread runs)."""
     with ThreadPoolExecutor(1) as pool:
         return pool.submit(lambda: asyncio.run(make())).result(timeout=600)
 

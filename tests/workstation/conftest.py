@@ -164,7 +164,7 @@ def start_platform(aws_endpoint: str, var_dir: Path, *, read_mode: str = "single
            "AWS_SECRET_ACCESS_KEY": "testing"}
     p = LocalPlatform(settings=settings, ports=ports, services=SERVICES, extra_env=env)
     try:
-        # In a thread: Playwright's sync API may already run an event loop here, and start() uses asyncio.run.
+        # In a thread: start() uses asyncio.run, and the caller may be inside a running loop.
         with ThreadPoolExecutor(1) as pool:
             pool.submit(p.start).result(timeout=300)
         p.wait_healthy(120)
