@@ -37,12 +37,12 @@ from radloop.smoke import generate_instance
 from shared.auth import mint_token
 from shared.aws import AwsClients
 from shared.settings import Settings
+from shared.topology import SERVICES
 from tests.conftest import bootstrap_sync, unique_prefix
 from tests.streaming_gateway.store import store_instance
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
-SERVICES = ("ingestion", "streaming_gateway", "triage", "verification", "pipeline_orchestrator", "registry")
 MAX_EXAMPLES = int(os.environ.get("RADLOOP_FUZZ_EXAMPLES", "20"))
 DERANDOMIZE = os.environ.get("RADLOOP_FUZZ_RANDOM", "") != "1"
 # Operations not fuzzed, each with its reason (a fuzzer must not start real work the test cannot bound).
@@ -59,7 +59,7 @@ async def _seed(settings: Settings) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def fuzz_deployment(aws_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, dict[str, str]]:
-    """One bootstrapped deployment shared by the six apps, holding one instance; and that instance's UIDs."""
+    """One bootstrapped deployment shared by every service's app, holding one instance; and that instance's UIDs."""
     s = Settings(aws_endpoint_url=aws_endpoint, prefix=unique_prefix("fuzz"),
                  var_dir=tmp_path_factory.mktemp("fuzz-var"), aws_max_attempts=2, consumer_wait_time_s=1)
     bootstrap_sync(s)

@@ -33,6 +33,7 @@ from shared.auth import StoreUser
 from shared.dicom.errors import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, DicomRejection, TransientFailure
 from shared.exceptions import InvalidUIDError
 from shared.forwarded import ForwardingSettings, request_origin
+from shared.service import loop_time
 from shared.uids import validate_uid
 
 log = logging.getLogger(__name__)
@@ -130,8 +131,8 @@ async def _store(request: Request, deps: DepsDep, principal: Any, study: str | N
     except MultipartError as exc:
         await _drain(tasks)
         raise MalformedRequestError(f"The multipart body is malformed: {exc}.") from None
-    except BaseException:
-        await _drain(tasks)
+    except BaseException:  # cancelled (the client went away, or SIGTERM's graceful window ended)
+        await _drain(tasks, deadline=getattr(request.app.state, "drain_deadline", None))
         raise
     if not tasks:
         raise MalformedRequestError("The multipart body holds no parts; send at least one application/dicom part.")
@@ -168,9 +169,19 @@ def _unacknowledged(r: IngestResult, cause: TransientFailure) -> TransientFailur
                             sop_class_uid=r.sop_class_uid, study_uid=r.study_uid)
 
 
-async def _drain(tasks: list[asyncio.Task[Any]]) -> None:
-    if tasks:
+async def _drain(tasks: list[asyncio.Task[Any]], *, deadline: float | None = None) -> None:
+    """Let the parts already being stored finish (each is bounded by its own timeouts), but not past ``deadline``
+    (``shared.service.loop_time()``, set on SIGTERM): parts still running then are cancelled. Nothing of this request
+    has been acknowledged, so the sender sends it again; instances already stored come back as duplicates."""
+    if not tasks:
+        return
+    if deadline is None:
         await asyncio.gather(*tasks, return_exceptions=True)
+        return
+    _, pending = await asyncio.wait(tasks, timeout=max(0.0, deadline - loop_time()))
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
 
 
 #: PS3.18 store-response statuses, in the OpenAPI schema (and so in docs/api.md).
