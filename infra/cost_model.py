@@ -13,6 +13,10 @@ Inputs:
   3. the fallback in workload.json, labelled as such.
 
 Storage is shown after ``months_of_retention_shown`` months of accumulation, because images are kept.
+
+The image store is priced twice (issue 22, :func:`store_comparison`): radloop's own store (S3 + DynamoDB) and AWS
+HealthImaging, at the three volumes of ``store_comparison`` in workload.json. Neither option has run against a live
+account; the HealthImaging prices in pricing.json say where they come from.
 """
 
 from __future__ import annotations
@@ -35,6 +39,9 @@ WORKLOAD = REPO / "infra" / "workload.json"
 INGEST_BENCH = REPO / "bench" / "results" / "ingest.json"
 #: Kept in step with infra/radloop_infra/security.py INTERFACE_ENDPOINTS (a test checks it).
 INTERFACE_ENDPOINT_COUNT = 12
+#: With image_store=healthimaging: the HealthImaging control-plane and runtime endpoints (security.py
+#: HEALTHIMAGING_ENDPOINTS; a test checks it).
+HEALTHIMAGING_ENDPOINT_COUNT = 2
 #: Secrets Manager secrets of the stack: the pseudonymisation key and ingestion's de-identification key.
 SECRET_COUNT = 2
 AZS = 2
@@ -161,13 +168,80 @@ def env_cost(env: EnvConfig, p: dict[str, Any], w: dict[str, Any], ratio: float)
     }
 
 
-def model(measure: bool = False) -> dict[str, Any]:
-    """The cost model for both environments."""
+def _store_volume(studies: int, p: dict[str, Any], w: dict[str, Any], ratio: float) -> dict[str, Any]:
+    """Monthly cost (USD) of storing and serving the images of ``studies`` studies a month, with each store."""
+    c = w["store_comparison"]
+    months = w["months_of_retention_shown"]
+    images = studies * w["images_per_study"]  # a month
+    stored = images * months
+    raw_image = w["image_rows"] * w["image_columns"] * w["bits_allocated"] // 8
+    raw_gb = stored * raw_image / GB
+    htj2k_gb = raw_gb / ratio
+    cold = w["frames_tiered_share"]  # the share of the images untouched for 30+ days, the same for both stores
+    frame_reads = images * c["views_per_image"] * c["frames_per_image"]
+    metadata_reads = images * c["views_per_image"] * c["metadata_reads_per_view"]
+    index = (images * w["dynamodb_writes_per_image"] / 1e6 * p["dynamodb_write_per_million"]
+             + images * w["dynamodb_reads_per_image"] / 1e6 * p["dynamodb_read_per_million"]
+             + stored * c["index_kb_per_image"] / 1024**2 * p["dynamodb_storage_gb_month"])
+    originals = raw_gb * p["s3_standard_gb_month"]
+
+    radloop = {
+        "S3: originals as received": originals,
+        "S3: HTJ2K frames (Intelligent-Tiering)": htj2k_gb * (
+            (1 - cold) * p["s3_standard_gb_month"] + cold * p["s3_intelligent_tiering_gb_month_blend"]),
+        "S3 requests": (images * c["s3_puts_per_image_radloop"] / 1000 * p["s3_put_per_1k"]
+                        + (frame_reads + metadata_reads) / 1000 * p["s3_get_per_1k"]),
+        "DynamoDB: instance index": index,
+    }
+
+    # HealthImaging bills an image set at 5 MB at least, on its size after its own lossless compression (assumed to
+    # match radloop's HTJ2K ratio: both are lossless HTJ2K).
+    set_gb = max(c["images_per_image_set"] * raw_image / ratio, p["healthimaging_min_image_set_mb"] * 1024**2) / GB
+    hi_gb = stored / c["images_per_image_set"] * set_gb
+    jobs = images / c["import_batch_size"]
+    # GetImageSetMetadata once to index each image set; per view, its frames and its metadata; per import job, the
+    # start and the polls (the import itself is free).
+    api_calls = images / c["images_per_image_set"] + frame_reads + metadata_reads + jobs * (1 + c["polls_per_import_job"])
+    healthimaging = {
+        "HealthImaging storage (Frequent / Archive Instant Access)": hi_gb * (
+            (1 - cold) * p["healthimaging_frequent_access_gb_month"]
+            + cold * p["healthimaging_archive_instant_access_gb_month"]),
+        "HealthImaging API requests": api_calls / 1000 * p["healthimaging_per_1k_api_requests"],
+        # The adapter keeps each staged P10 object: WADO-RS instance retrieval returns it.
+        "S3: originals as received": originals,
+        "S3 requests": images / 1000 * p["s3_put_per_1k"] + jobs * 4 / 1000 * p["s3_get_per_1k"],
+        "DynamoDB: instance index": index + images * c["extra_dynamodb_writes_per_image_healthimaging"] / 1e6
+        * p["dynamodb_write_per_million"],
+        f"VPC interface endpoints ({HEALTHIMAGING_ENDPOINT_COUNT} x {AZS} AZ)": (
+            HEALTHIMAGING_ENDPOINT_COUNT * AZS * p["interface_endpoint_hour_per_az"] * p["hours_per_month"]),
+    }
+    return {
+        "studies_per_month": studies,
+        "images_stored": stored,
+        "uncompressed_tb": round(raw_gb / 1024, 3),
+        "radloop": {"lines": {k: round(v, 2) for k, v in radloop.items()}, "total": round(sum(radloop.values()), 2)},
+        "healthimaging": {"lines": {k: round(v, 2) for k, v in healthimaging.items()},
+                          "total": round(sum(healthimaging.values()), 2)},
+    }
+
+
+def store_comparison(p: dict[str, Any], w: dict[str, Any], ratio: float) -> list[dict[str, Any]]:
+    """The image store's monthly cost with radloop's store and with HealthImaging, at each volume of workload.json."""
+    return [_store_volume(n, p, w, ratio) for n in w["store_comparison"]["studies_per_month"]]
+
+
+def model(measure: bool = False, ratio: float | None = None) -> dict[str, Any]:
+    """The cost model for both environments, and the image store at three volumes. ``ratio`` overrides the HTJ2K
+    ratio (docs/cost.md states the one its tables used)."""
     p = json.loads(PRICING.read_text())
     w = json.loads(WORKLOAD.read_text())
-    ratio, source = htj2k_ratio(w, measure)
-    return {"region": p["region"], "htj2k_ratio_source": source,
-            "environments": {name: env_cost(env, p, w, ratio) for name, env in ENVIRONMENTS.items()}}
+    if ratio is None:
+        ratio, source = htj2k_ratio(w, measure)
+    else:
+        source = "given"
+    return {"region": p["region"], "htj2k_ratio": round(ratio, 3), "htj2k_ratio_source": source,
+            "environments": {name: env_cost(env, p, w, ratio) for name, env in ENVIRONMENTS.items()},
+            "image_store": store_comparison(p, w, ratio)}
 
 
 def render_markdown(m: dict[str, Any]) -> str:
@@ -182,13 +256,37 @@ def render_markdown(m: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def render_store_markdown(m: dict[str, Any]) -> str:
+    """The image-store comparison: a summary row per volume, then every line of both stores."""
+    vols = m["image_store"]
+    rows = ["| studies a month | stored after a year (uncompressed) | radloop (S3 + DynamoDB) | AWS HealthImaging | "
+            "HealthImaging / radloop |", "|---:|---:|---:|---:|---:|"]
+    for v in vols:
+        r, h = v["radloop"]["total"], v["healthimaging"]["total"]
+        rows.append(f"| {v['studies_per_month']:,} | {v['uncompressed_tb']:,.2f} TB | ${r:,.2f} | ${h:,.2f} | "
+                    f"{h / r:.2f}x |")
+    rows += ["", "| item | " + " | ".join(f"{v['studies_per_month']:,}: {s}" for v in vols
+                                            for s in ("radloop", "HealthImaging")) + " |",
+             "|---|" + "---:|" * (2 * len(vols))]
+    keys = list(dict.fromkeys([*vols[0]["radloop"]["lines"], *vols[0]["healthimaging"]["lines"]]))
+    for k in keys:
+        cells = [f"${v[s]['lines'][k]:,.2f}" if k in v[s]["lines"] else "-"
+                 for v in vols for s in ("radloop", "healthimaging")]
+        rows.append(f"| {k} | " + " | ".join(cells) + " |")
+    rows.append("| **total per month** | " + " | ".join(f"**${v[s]['total']:,.2f}**" for v in vols
+                                                       for s in ("radloop", "healthimaging")) + " |")
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--measure", action="store_true", help="measure the HTJ2K ratio now if no benchmark result")
     ap.add_argument("--json", type=Path, help="also write the model as JSON here")
+    ap.add_argument("--ratio", type=float, help="use this HTJ2K ratio (docs/cost.md's tables state theirs)")
     args = ap.parse_args(argv)
-    m = model(args.measure)
+    m = model(args.measure, ratio=args.ratio)
     sys.stdout.write(render_markdown(m) + "\n\n")
+    sys.stdout.write(f"The image store alone (HTJ2K ratio {m['htj2k_ratio']}):\n\n{render_store_markdown(m)}\n\n")
     for name, e in m["environments"].items():
         s = e["storage"]
         sys.stdout.write(

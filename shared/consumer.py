@@ -28,7 +28,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from shared.aws import AwsClients
-from shared.events import Envelope, Event, S3ObjectCreated, parse_detail, parse_envelope
+from shared.events import Envelope, Event, ImportJobChanged, S3ObjectCreated, parse_detail, parse_envelope
 from shared.exceptions import EventParseError, IdempotencyInProgressError, IdempotencyPayloadMismatchError
 from shared.idempotency import IdempotencyStore
 from shared.metrics import instrument
@@ -43,7 +43,7 @@ QUEUE_DEPTH_INTERVAL_S = 30.0
 _DEPTH_ATTRIBUTES = {"ApproximateNumberOfMessages": "visible", "ApproximateNumberOfMessagesNotVisible": "in_flight",
                      "ApproximateNumberOfMessagesDelayed": "delayed"}
 
-Message = Event | S3ObjectCreated
+Message = Event | S3ObjectCreated | ImportJobChanged
 
 
 @dataclass

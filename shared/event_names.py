@@ -16,6 +16,12 @@ MODEL_PERFORMANCE_DEGRADED = "ModelPerformanceDegraded"
 #: S3's own notification, delivered through EventBridge's default bus.
 S3_OBJECT_CREATED = "Object Created"
 
+#: AWS HealthImaging's own import-job notifications (source ``aws.medical-imaging``, the default bus), read by ingestion
+#: when ``image_store=healthimaging`` (shared.image_store.healthimaging).
+HEALTHIMAGING_SOURCE = "aws.medical-imaging"
+IMPORT_JOB_COMPLETED = "Import Job Completed"
+IMPORT_JOB_FAILED = "Import Job Failed"
+
 ALL = (
     INSTANCE_STORED,
     INSTANCE_REJECTED,

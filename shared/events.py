@@ -89,6 +89,10 @@ class InstanceStored(_InstanceRef):
     patient_pseudo_id: str
     source: Literal["stow", "dimse", "s3"]
     deidentified: bool = False
+    #: With ``image_store=healthimaging``: the HealthImaging image set holding the instance, and its image frame ids
+    #: (frame 1 first). Absent with the default store, whose frames are under ``frames_prefix``.
+    image_set_id: str | None = Field(default=None, pattern=r"^[0-9a-z]{32}$")
+    frame_ids: tuple[str, ...] = ()
 
 
 class InstanceRejected(Event):
@@ -210,6 +214,33 @@ class S3ObjectCreated(BaseModel):
         return str(self.object["key"])
 
 
+class ImportJobChanged(BaseModel):
+    """The ``detail`` of AWS HealthImaging's import-job notification (the fields radloop reads)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+    name: ClassVar[str] = ""
+
+    datastoreId: str  # HealthImaging's field names
+    jobId: str
+    jobStatus: str
+
+
+class ImportJobCompleted(ImportJobChanged):
+    name: ClassVar[str] = ev.IMPORT_JOB_COMPLETED
+
+
+class ImportJobFailed(ImportJobChanged):
+    name: ClassVar[str] = ev.IMPORT_JOB_FAILED
+
+
+#: AWS services' own notifications that radloop consumes, by ``detail-type``.
+AWS_EVENT_TYPES: dict[str, type[BaseModel]] = {
+    ev.S3_OBJECT_CREATED: S3ObjectCreated,
+    ev.IMPORT_JOB_COMPLETED: ImportJobCompleted,
+    ev.IMPORT_JOB_FAILED: ImportJobFailed,
+}
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.name: cls
     for cls in (
@@ -253,10 +284,10 @@ def parse_envelope(body: str | bytes) -> Envelope:
         raise EventParseError(f"message body is not an EventBridge envelope: {_errors(exc)}") from None
 
 
-def parse_detail(detail_type: str, detail: dict[str, Any]) -> Event | S3ObjectCreated:
+def parse_detail(detail_type: str, detail: dict[str, Any]) -> Event | S3ObjectCreated | ImportJobChanged:
     """Parse a ``detail`` into its model, or raise :class:`EventParseError` naming what is wrong."""
-    if detail_type == ev.S3_OBJECT_CREATED:
-        model: type[BaseModel] = S3ObjectCreated
+    if detail_type in AWS_EVENT_TYPES:
+        model: type[BaseModel] = AWS_EVENT_TYPES[detail_type]
     else:
         try:
             model = EVENT_TYPES[detail_type]

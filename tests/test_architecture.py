@@ -12,7 +12,7 @@ import importlib
 
 import pytest
 
-from shared.event_names import S3_OBJECT_CREATED
+from shared.event_names import IMPORT_JOB_COMPLETED, IMPORT_JOB_FAILED, S3_OBJECT_CREATED
 from shared.service import ServiceSpec
 from shared.topology import SERVICES, SUBSCRIPTIONS, build_topology
 
@@ -39,11 +39,18 @@ def routed_to(service: str) -> set[str]:
 def test_subscriptions_are_the_handler_map(service: str) -> None:
     handled = spec_of(service).event_names()
     # radloop's own events are subscribed in SUBSCRIPTIONS; S3's "Object Created" (the drop folder) is AWS's event,
-    # routed by the topology's s3-imports rule instead.
-    own = tuple(sorted(n for n in handled if n != S3_OBJECT_CREATED))
+    # routed by the topology's s3-imports rule instead. HealthImaging's import-job events exist only in a deployment
+    # with image_store=healthimaging: the CDK app adds their rule for its datastore (infra/radloop_infra/
+    # healthimaging.py, checked by tests/infra/test_healthimaging.py), so the topology routes none of them.
+    healthimaging = {IMPORT_JOB_COMPLETED, IMPORT_JOB_FAILED}
+    own = tuple(sorted(n for n in handled if n != S3_OBJECT_CREATED and n not in healthimaging))
     assert tuple(sorted(SUBSCRIPTIONS.get(service, ()))) == own, (
         f"{service}: SUBSCRIPTIONS {sorted(SUBSCRIPTIONS.get(service, ()))} != handlers {list(own)}")
-    assert routed_to(service) == set(handled), f"{service}: the rules deliver {sorted(routed_to(service))}"
+    assert routed_to(service) == set(handled) - healthimaging, \
+        f"{service}: the rules deliver {sorted(routed_to(service))}"
+    if healthimaging & set(handled):
+        assert service == "ingestion", f"{service} handles HealthImaging's import-job events; only ingestion imports"
+        assert healthimaging <= set(handled), f"{service} handles only some of HealthImaging's import-job events"
 
 
 @pytest.mark.parametrize("service", SERVICES)

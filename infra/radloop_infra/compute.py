@@ -30,6 +30,7 @@ from infra.radloop_infra import needs as N
 from infra.radloop_infra.config import DeployParams
 from infra.radloop_infra.dashboards import metrics_log_group_name, with_emf_metrics
 from infra.radloop_infra.data import Data
+from infra.radloop_infra.healthimaging import HealthImagingStore
 from infra.radloop_infra.messaging import Messaging
 from infra.radloop_infra.security import Keys, Network, retention
 from shared.settings import DEFAULT_PORTS, Settings
@@ -108,6 +109,7 @@ class Compute(Construct):
     def __init__(
         self, scope: Construct, cid: str, *, params: DeployParams, topology: Topology, keys: Keys,
         network: Network, data: Data, messaging: Messaging, pipeline_role: iam.IRole, pipeline_name: str,
+        image_store: HealthImagingStore | None = None,
     ) -> None:
         super().__init__(scope, cid)
         stack = Stack.of(self)
@@ -123,6 +125,9 @@ class Compute(Construct):
         vpc = network.vpc
         self.topology = topology
         self.data, self.messaging, self.keys = data, messaging, keys
+        #: AWS HealthImaging when the deployment chose it (``image_store=healthimaging``), else None.
+        self.image_store = image_store
+        self.image_store_name = params.image_store
 
         self.cluster = ecs.Cluster(
             self, "Cluster", vpc=vpc, cluster_name=f"{topology.prefix}",
@@ -274,6 +279,9 @@ class Compute(Construct):
             environment.update({"RADLOOP_DIMSE_PORT": str(DIMSE_PORT), "RADLOOP_DIMSE_HOST": "0.0.0.0",
                                 "RADLOOP_DIMSE_ALLOWED_CALLING_AES": json.dumps(list(params.dimse_calling_aes))})
             secrets["RADLOOP_DEID_KEY"] = ecs.Secret.from_secrets_manager(self.deid_secret)
+        if self.image_store is not None:
+            # RADLOOP_IMAGE_STORE and the datastore for the services that read or write images; none otherwise.
+            environment.update(self.image_store.task_environment(service))
         if service == "pipeline_orchestrator":
             environment.update({"RADLOOP_EXECUTOR": "sagemaker", "RADLOOP_PIPELINE_NAME": pipeline_name,
                                 "RADLOOP_PIPELINE_ROLE_ARN": pipeline_role.role_arn})
@@ -415,29 +423,34 @@ class Compute(Construct):
         need = N.NEEDS[service]
         out: list[iam.PolicyStatement] = []
         data_key_actions: set[str] = set()
-        for s in need.s3:
+        base = set(need.s3)
+        for s in N.s3_needs(service, self.image_store_name):
             bucket = self.data.buckets[s.bucket]
+            # Statement ids stay unique when a HealthImaging need repeats a bucket and access level (ingestion writes
+            # both quarantine/ and the import prefix of the ingestion bucket).
+            tag = "" if s in base else "HealthImaging"
             out.append(iam.PolicyStatement(
-                sid=f"S3{_cid(s.bucket)}{_cid(s.access)}",
+                sid=f"S3{_cid(s.bucket)}{_cid(s.access)}{tag}",
                 actions=list(N.S3_ACTIONS[s.access]),
                 resources=[bucket.arn_for_objects(f"{p}*") for p in s.prefixes],
             ))
             if s.list:
                 out.append(iam.PolicyStatement(
-                    sid=f"S3{_cid(s.bucket)}List{_cid(s.access)}", actions=list(N.S3_LIST_ACTIONS),
+                    sid=f"S3{_cid(s.bucket)}List{_cid(s.access)}{tag}", actions=list(N.S3_LIST_ACTIONS),
                     resources=[bucket.bucket_arn],
                     conditions={"StringLike": {"s3:prefix": [f"{p}*" for p in s.prefixes]}},
                 ))
             data_key_actions.add("kms:Decrypt")
             if s.access != "read":
                 data_key_actions.add("kms:GenerateDataKey")
-        for table_role, level in sorted(need.tables.items()):
+        tables = N.table_needs(service, self.image_store_name)
+        for table_role, level in sorted(tables.items()):
             table = self.data.tables[table_role]
             out.append(iam.PolicyStatement(
                 sid=f"Ddb{_cid(table_role)}{_cid(level)}", actions=list(N.DDB_ACTIONS[level]),
                 resources=[table.table_arn, f"{table.table_arn}/index/*"],
             ))
-        if need.tables:
+        if tables:
             data_key_actions.update(("kms:Decrypt", "kms:GenerateDataKey"))
         if data_key_actions:
             out.append(iam.PolicyStatement(sid="DataKey", actions=sorted(data_key_actions),
@@ -476,5 +489,7 @@ class Compute(Construct):
                 resources=[stack.format_arn(service="logs", resource="log-group",
                                             resource_name=f"{metrics_log_group_name(self.topology.prefix)}:*",
                                             arn_format=ArnFormat.COLON_RESOURCE_NAME)]))
+        if self.image_store is not None:
+            out.extend(self.image_store.statements(service))
         out.append(iam.PolicyStatement(sid="Traces", actions=list(N.TELEMETRY_ACTIONS), resources=["*"]))
         return out

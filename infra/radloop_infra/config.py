@@ -111,6 +111,12 @@ def imports_expire_days(topology: Topology) -> int:
 #: Retention of the EventBridge rule DLQ (events the bus could not deliver to a queue), in days.
 RULE_DLQ_RETENTION_DAYS = 14
 
+#: Where radloop keeps images (deploy parameter ``image_store``; docs/architecture.md, "Build or buy"): its own
+#: lossless HTJ2K store on S3 + DynamoDB (the default), or AWS HealthImaging. The services read the same choice from
+#: RADLOOP_IMAGE_STORE, which the stack sets only for ``healthimaging`` (a ``radloop`` deployment is unchanged).
+IMAGE_STORES: tuple[str, ...] = ("radloop", "healthimaging")
+DEFAULT_IMAGE_STORE = "radloop"
+
 
 @dataclass(frozen=True)
 class DeployParams:
@@ -139,6 +145,14 @@ class DeployParams:
     dimse_calling_aes: tuple[str, ...] = ("PACS",)
     #: A pipeline definition JSON file (``python -m training.pipeline definition --out FILE``) to upsert.
     pipeline_definition: str = ""
+    #: One of :data:`IMAGE_STORES`: ``healthimaging`` adds the datastore, its import role, the import-job event rule
+    #: and the grants (infra/radloop_infra/healthimaging.py); ``radloop`` synthesizes exactly what it did before.
+    image_store: str = DEFAULT_IMAGE_STORE
+
+    @property
+    def healthimaging(self) -> bool:
+        """Whether images live in AWS HealthImaging."""
+        return self.image_store == "healthimaging"
 
 
 #: Identity-provider parameters and the local value each must not be (the services' own placeholders).
@@ -182,6 +196,14 @@ def _pacs_cidrs(get: Any) -> tuple[str, ...]:
     return cidrs
 
 
+def _image_store(get: Any) -> str:
+    value = str(get("image_store") or DEFAULT_IMAGE_STORE).strip().lower()
+    if value not in IMAGE_STORES:
+        raise ValueError(f"deploy parameter image_store={value!r} is not an image store: expected one of "
+                         f"{', '.join(IMAGE_STORES)} (-c image_store=healthimaging)")
+    return value
+
+
 def params_from_context(get: Any) -> DeployParams:
     """Build :class:`DeployParams` from ``node.try_get_context``-like ``get``; a ValueError names a missing or
     unsafe parameter."""
@@ -204,4 +226,5 @@ def params_from_context(get: Any) -> DeployParams:
         alarm_email=get("alarm_email") or "",
         dimse_calling_aes=aes,
         pipeline_definition=get("pipeline_definition") or "",
+        image_store=_image_store(get),
     )

@@ -10,6 +10,7 @@ from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
 from infra.radloop_infra.config import DeployParams, imports_expire_days
+from infra.radloop_infra.needs import HEALTHIMAGING_OUTPUT_PREFIX
 from infra.radloop_infra.security import Keys
 from shared.storage import IMPORTS_PREFIX, IMPORTS_REJECTED_PREFIX
 from shared.topology import KeySpec, Topology
@@ -69,6 +70,12 @@ class Data(Construct):
                                               expiration=Duration.days(imports_days)))
                 rules.append(s3.LifecycleRule(id="expire-rejected-imports", prefix=IMPORTS_REJECTED_PREFIX,
                                               expiration=Duration.days(max(imports_days, 30))))
+                if params.healthimaging:
+                    # Import-job output (manifests, failure lists) is read once, when ingestion indexes the job; it
+                    # stays a month, like rejected imports, as the record of what was refused and why. The staged
+                    # instances under the import prefix never expire: they are the originals WADO-RS returns.
+                    rules.append(s3.LifecycleRule(id="expire-healthimaging-output", prefix=HEALTHIMAGING_OUTPUT_PREFIX,
+                                                  expiration=Duration.days(max(imports_days, 30))))
             if role == "images":
                 rules.append(s3.LifecycleRule(
                     id="frames-intelligent-tiering", prefix=FRAMES_PREFIX,

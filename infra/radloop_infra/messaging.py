@@ -3,6 +3,9 @@
 Rules are rendered with ``CfnRule`` and the topology's pattern dict verbatim, so the deployed pattern is byte for byte
 the one the local bootstrap creates. Each queue's policy lets ``events.amazonaws.com`` send only when the source
 ARN is one of the rules that target it.
+
+Rules that exist only in some deployments (the HealthImaging import-job rule, ``image_store=healthimaging``) come in as
+``extra_rules``: the same :class:`~shared.topology.RuleSpec`, rendered the same way, covered by the same policies.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ def _cid(name: str) -> str:
 
 
 class Messaging(Construct):
-    def __init__(self, scope: Construct, cid: str, *, params: DeployParams, topology: Topology, keys: Keys) -> None:
+    def __init__(self, scope: Construct, cid: str, *, params: DeployParams, topology: Topology, keys: Keys,
+                 extra_rules: tuple[RuleSpec, ...] = ()) -> None:
         super().__init__(scope, cid)
         stack = Stack.of(self)
         removal = RemovalPolicy.RETAIN if params.env.retain_data else RemovalPolicy.DESTROY
@@ -65,7 +69,7 @@ class Messaging(Construct):
 
         self.rules: dict[str, events.CfnRule] = {}
         sources_by_queue: dict[str, list[str]] = {}
-        for spec in topology.rules:
+        for spec in (*topology.rules, *extra_rules):
             rule = self._rule(spec)
             self.rules[spec.name] = rule
             sources_by_queue.setdefault(spec.target_queue, []).append(rule.attr_arn)

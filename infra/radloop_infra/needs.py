@@ -9,7 +9,13 @@ Why each need exists (the code that uses it):
   unparseable messages with a reason), the idempotency table (``shared.idempotency``), PutEvents (``shared.publisher``);
 - every service: PutItem on the append-only audit table (``shared.audit``);
 - every service: its ADOT sidecar writes the service's metrics (``shared.metrics``) as CloudWatch EMF log events into
-  the deployment's metrics log group (``dashboards.metrics_log_group_name``), :data:`METRICS_ACTIONS` on that group.
+  the deployment's metrics log group (``dashboards.metrics_log_group_name``), :data:`METRICS_ACTIONS` on that group;
+- with ``image_store=healthimaging`` only (:class:`HealthImagingNeed`, the adapter is shared/image_store/healthimaging.py):
+  ingestion stages received instances under the import prefix, keeps its batches and jobs in the state table, starts
+  and follows import jobs, reads their output manifests and indexes the image sets they create; the gateway and
+  triage find an instance's image set and frame ids in the instance index and read frames and metadata, and the
+  gateway serves the kept P10 object (the staged import object) for WADO-RS instance retrieval. Every HealthImaging
+  grant names the one datastore, never ``*``.
 """
 
 from __future__ import annotations
@@ -67,6 +73,29 @@ TELEMETRY_ACTIONS: tuple[str, ...] = (
     "xray:PutTraceSegments", "xray:PutTelemetryRecords", "xray:GetSamplingRules", "xray:GetSamplingTargets",
 )
 
+#: AWS HealthImaging, by access level (``image_store=healthimaging`` only). ``import``: ingestion starts and follows
+#: DICOM import jobs and indexes each image set they create from its metadata; ``read``: the gateway (WADO-RS frames
+#: and metadata) and triage (the frames it scores). Granted on the datastore and its image sets only.
+HEALTHIMAGING_ACTIONS: dict[str, tuple[str, ...]] = {
+    "import": ("medical-imaging:StartDICOMImportJob", "medical-imaging:GetDICOMImportJob",
+               "medical-imaging:GetImageSetMetadata"),
+    "read": ("medical-imaging:GetImageFrame", "medical-imaging:GetImageSetMetadata"),
+}
+#: The datastore is encrypted with the data key; HealthImaging asks its callers for the key as for its own writes
+#: (DescribeKey validates the key, Decrypt serves reads, GenerateDataKey writes). Granted on the data key only.
+HEALTHIMAGING_KEY_ACTIONS: dict[str, tuple[str, ...]] = {
+    "import": ("kms:Decrypt", "kms:DescribeKey", "kms:GenerateDataKey"),
+    "read": ("kms:Decrypt", "kms:DescribeKey"),
+}
+#: Where ingestion stages instances for an import job (and keeps them: the staged object is the instance's original,
+#: which WADO-RS returns) and where HealthImaging writes the job's output (its manifest and the SUCCESS/FAILURE lists),
+#: in the ingestion bucket. Neither is under ``imports/``: the drop folder's S3 rule would take staged instances for
+#: new uploads. The services' defaults are the same (shared/image_store/settings.py); the tasks are given both
+#: explicitly (RADLOOP_HEALTHIMAGING_IMPORT_PREFIX, RADLOOP_HEALTHIMAGING_OUTPUT_PREFIX), so the grants and the code
+#: cannot disagree.
+HEALTHIMAGING_IMPORT_PREFIX = "healthimaging/import/"
+HEALTHIMAGING_OUTPUT_PREFIX = "healthimaging/output/"
+
 #: The sidecar's ``awsemf`` exporter (infra/radloop_infra/dashboards.py) creates one stream per task in the metrics log
 #: group the stack creates, and puts EMF events into it; granted on that one log group, never on ``*``.
 METRICS_ACTIONS: tuple[str, ...] = ("logs:CreateLogStream", "logs:PutLogEvents")
@@ -78,6 +107,19 @@ class S3Need:
     access: str  # key of S3_ACTIONS
     prefixes: tuple[str, ...]  # key prefixes (least privilege inside a bucket)
     list: bool = False
+
+
+@dataclass(frozen=True)
+class HealthImagingNeed:
+    """What a service may do when images live in AWS HealthImaging (nothing of it exists otherwise)."""
+
+    access: str  # key of HEALTHIMAGING_ACTIONS (and HEALTHIMAGING_KEY_ACTIONS)
+    #: S3 needs that exist only with HealthImaging (the import and output prefixes).
+    s3: tuple[S3Need, ...] = ()
+    #: Tables (role -> key of DDB_ACTIONS) needed only with HealthImaging, on top of the service's own.
+    tables: dict[str, str] = field(default_factory=dict)
+    #: May pass the import role, to HealthImaging only (StartDICOMImportJob's DataAccessRoleArn).
+    pass_import_role: bool = False
 
 
 @dataclass(frozen=True)
@@ -93,6 +135,8 @@ class ServiceNeeds:
     dimse: bool = False
     #: Writes its metrics to the metrics log group (CloudWatch EMF, :data:`METRICS_ACTIONS`); every service does.
     metrics: bool = True
+    #: Its grants when ``image_store=healthimaging`` (None: it never touches the image store's backend).
+    healthimaging: HealthImagingNeed | None = None
 
 
 _AUDIT = {"audit": "append"}
@@ -113,11 +157,25 @@ NEEDS: dict[str, ServiceNeeds] = {
         # The outbox is written in the same transaction as the instance record (services/ingestion/adapters/outbox.py).
         tables={"instances": "read_write", "outbox": "read_write", **_IDEM, **_AUDIT},
         publishes=True,
+        healthimaging=HealthImagingNeed(
+            "import",
+            s3=(
+                # Received instances are staged here, one folder per import batch, written once and kept.
+                S3Need("ingestion", "write", (HEALTHIMAGING_IMPORT_PREFIX,)),
+                # The job's output manifest and its SUCCESS/FAILURE lists (failed instances become InstanceRejected).
+                S3Need("ingestion", "read", (HEALTHIMAGING_OUTPUT_PREFIX,), list=True),
+            ),
+            # Open batches and submitted jobs are records in the state table, so a restart resumes them.
+            tables={"state": "read_write"},
+            pass_import_role=True,
+        ),
     ),
     "streaming_gateway": ServiceNeeds(
         kind="http",
         s3=(S3Need("images", "read", ("dicom/", "frames/", "metadata/", "heatmaps/")),),
         tables={"instances": "read", **_AUDIT},
+        # WADO-RS instance retrieval returns the kept P10 object (the staged import object).
+        healthimaging=HealthImagingNeed("read", s3=(S3Need("ingestion", "read", (HEALTHIMAGING_IMPORT_PREFIX,)),)),
     ),
     "triage": ServiceNeeds(
         kind="worker",
@@ -129,6 +187,8 @@ NEEDS: dict[str, ServiceNeeds] = {
         # The champion pointer is read from the state table (shared/champion.py, via adapters/model_store.py).
         tables={"scores": "read_write", "state": "read", **_IDEM, **_AUDIT},
         publishes=True,
+        # An instance's image set and frame ids are in the instance index.
+        healthimaging=HealthImagingNeed("read", tables={"instances": "read"}),
     ),
     "verification": ServiceNeeds(
         kind="http",
@@ -179,11 +239,37 @@ def consumes(service: str) -> bool:
     return service in SUBSCRIPTIONS
 
 
-def expected_actions(service: str) -> set[str]:
-    """Every IAM action the service's task role must allow, and the only ones it may allow."""
+def healthimaging_need(service: str, image_store: str) -> HealthImagingNeed | None:
+    """The service's HealthImaging grants in a deployment with ``image_store`` (None with radloop's own store)."""
+    return NEEDS[service].healthimaging if image_store == "healthimaging" else None
+
+
+def s3_needs(service: str, image_store: str = "radloop") -> tuple[S3Need, ...]:
+    """The service's S3 needs in a deployment with ``image_store``."""
+    hi = healthimaging_need(service, image_store)
+    return NEEDS[service].s3 + (hi.s3 if hi else ())
+
+
+def table_needs(service: str, image_store: str = "radloop") -> dict[str, str]:
+    """The service's tables (role -> access level) in a deployment with ``image_store``."""
+    hi = healthimaging_need(service, image_store)
+    out = dict(NEEDS[service].tables)
+    for role, level in (hi.tables if hi else {}).items():
+        have = out.get(role)
+        if have is None or set(DDB_ACTIONS[have]) <= set(DDB_ACTIONS[level]):
+            out[role] = level  # the wider level covers the narrower one
+        elif not set(DDB_ACTIONS[level]) <= set(DDB_ACTIONS[have]):
+            raise ValueError(f"{service}: HealthImaging needs {level!r} on the {role} table, which the service has as "
+                             f"{have!r}; neither level contains the other")
+    return out
+
+
+def expected_actions(service: str, image_store: str = "radloop") -> set[str]:
+    """Every IAM action the service's task role must allow, and the only ones it may allow, in a deployment with
+    ``image_store``."""
     n = NEEDS[service]
     out: set[str] = set(TELEMETRY_ACTIONS)
-    for s in n.s3:
+    for s in s3_needs(service, image_store):
         out.update(S3_ACTIONS[s.access])
         if s.list:
             out.update(S3_LIST_ACTIONS)
@@ -192,9 +278,10 @@ def expected_actions(service: str) -> set[str]:
         out.add("kms:Decrypt")
         if s.access != "read":
             out.add("kms:GenerateDataKey")
-    for level in n.tables.values():
+    tables = table_needs(service, image_store)
+    for level in tables.values():
         out.update(DDB_ACTIONS[level])
-    if n.tables:
+    if tables:
         out.update(("kms:Decrypt", "kms:GenerateDataKey"))
     if consumes(service):
         out.update(CONSUMER_ACTIONS)
@@ -202,12 +289,18 @@ def expected_actions(service: str) -> set[str]:
         out.update(("kms:Decrypt", "kms:GenerateDataKey"))
     if n.publishes:
         out.update(PUBLISH_ACTIONS)
-    for s in n.sagemaker:
-        out.update(SAGEMAKER_ACTIONS[s])
+    for level in n.sagemaker:
+        out.update(SAGEMAKER_ACTIONS[level])
     if n.pass_pipeline_role:
         out.update(PASS_ROLE_ACTIONS)
     if n.metrics:
         out.update(METRICS_ACTIONS)
+    hi = healthimaging_need(service, image_store)
+    if hi:
+        out.update(HEALTHIMAGING_ACTIONS[hi.access])
+        out.update(HEALTHIMAGING_KEY_ACTIONS[hi.access])
+        if hi.pass_import_role:
+            out.update(PASS_ROLE_ACTIONS)
     return out
 
 

@@ -17,6 +17,7 @@ from constructs import Construct
 from infra.radloop_infra.compute import Compute
 from infra.radloop_infra.config import DeployParams
 from infra.radloop_infra.data import Data
+from infra.radloop_infra.healthimaging import HealthImagingStore
 from infra.radloop_infra.messaging import Messaging
 from infra.radloop_infra.ml import Ml
 from infra.radloop_infra.security import Keys, retention
@@ -38,7 +39,8 @@ def _cid(name: str) -> str:
 
 class Observability(Construct):
     def __init__(self, scope: Construct, cid: str, *, params: DeployParams, topology: Topology, keys: Keys,
-                 data: Data, messaging: Messaging, compute: Compute, ml: Ml) -> None:
+                 data: Data, messaging: Messaging, compute: Compute, ml: Ml,
+                 image_store: HealthImagingStore | None = None) -> None:
         super().__init__(scope, cid)
         env = params.env
         removal = RemovalPolicy.RETAIN if env.retain_data else RemovalPolicy.DESTROY
@@ -72,7 +74,7 @@ class Observability(Construct):
         field = cloudtrail.CfnTrail.AdvancedFieldSelectorProperty
         selector = cloudtrail.CfnTrail.AdvancedEventSelectorProperty
         trail_l1: cloudtrail.CfnTrail = self.trail.node.default_child  # type: ignore[assignment]
-        trail_l1.advanced_event_selectors = [
+        selectors = [
             selector(name="Management events", field_selectors=[field(field="eventCategory", equal_to=["Management"])]),
             selector(name="PHI bucket objects", field_selectors=[
                 field(field="eventCategory", equal_to=["Data"]),
@@ -85,6 +87,17 @@ class Observability(Construct):
                 field(field="resources.ARN", equal_to=[t.table_arn for t in phi_tables]),
             ]),
         ]
+        if image_store is not None:
+            # With HealthImaging the images are read there (GetImageFrame, GetImageSetMetadata): its data events,
+            # on the datastore and on its image sets (whose ARNs start with the datastore's), are PHI reads too.
+            selectors += [
+                selector(name=f"HealthImaging {kind}", field_selectors=[
+                    field(field="eventCategory", equal_to=["Data"]),
+                    field(field="resources.type", equal_to=[rtype]),
+                    field(field="resources.ARN", starts_with=[image_store.datastore_arn]),
+                ]) for kind, rtype in (("datastore", "AWS::MedicalImaging::Datastore"),
+                                       ("image sets", "AWS::MedicalImaging::Imageset"))]
+        trail_l1.advanced_event_selectors = selectors
         # The L2 renders basic EventSelectors of its own; CloudTrail refuses a trail with both kinds.
         trail_l1.add_property_deletion_override("EventSelectors")
 

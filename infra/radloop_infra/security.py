@@ -28,6 +28,14 @@ INTERFACE_ENDPOINTS: dict[str, ec2.InterfaceVpcEndpointAwsService] = {
     "XRay": ec2.InterfaceVpcEndpointAwsService.XRAY,
 }
 
+#: With ``image_store=healthimaging`` only: the HealthImaging control plane (import jobs) and its runtime (frames and
+#: metadata). The DICOMweb endpoint (``HEALTH_IMAGING_DICOM``) is not added: no service calls HealthImaging's DICOMweb
+#: APIs (the gateway serves its own, from GetImageFrame and GetImageSetMetadata).
+HEALTHIMAGING_ENDPOINTS: dict[str, ec2.InterfaceVpcEndpointAwsService] = {
+    "HealthImaging": ec2.InterfaceVpcEndpointAwsService.HEALTH_IMAGING,
+    "HealthImagingRuntime": ec2.InterfaceVpcEndpointAwsService.HEALTH_IMAGING_RUNTIME,
+}
+
 
 class Keys(Construct):
     """Three CMKs, each for one kind of data, so that key policies stay narrow.
@@ -124,7 +132,8 @@ class Network(Construct):
         )
         self.endpoint_sg.add_ingress_rule(ec2.Peer.ipv4(params.vpc_cidr), ec2.Port.tcp(443),
                                           "HTTPS from the VPC")
-        for name, service in INTERFACE_ENDPOINTS.items():
+        endpoints = {**INTERFACE_ENDPOINTS, **(HEALTHIMAGING_ENDPOINTS if params.healthimaging else {})}
+        for name, service in endpoints.items():
             self.vpc.add_interface_endpoint(
                 name, service=service, private_dns_enabled=True, security_groups=[self.endpoint_sg], open=False,
                 subnets=ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_ISOLATED),

@@ -9,6 +9,7 @@ from infra.radloop_infra.compute import Compute
 from infra.radloop_infra.config import DeployParams
 from infra.radloop_infra.dashboards import MetricsDashboards
 from infra.radloop_infra.data import Data
+from infra.radloop_infra.healthimaging import HealthImagingStore
 from infra.radloop_infra.messaging import Messaging
 from infra.radloop_infra.ml import TRAINING_DOCKERFILE, Ml
 from infra.radloop_infra.observability import Observability
@@ -33,15 +34,22 @@ class RadloopStack(Stack):
         self.keys = Keys(self, "Keys", params=params)
         self.network = Network(self, "Network", params=params, keys=self.keys)
         self.data = Data(self, "Data", params=params, topology=self.topology, keys=self.keys)
-        self.messaging = Messaging(self, "Messaging", params=params, topology=self.topology, keys=self.keys)
+        # AWS HealthImaging only when the deployment chose it (-c image_store=healthimaging); otherwise nothing of it
+        # is synthesized and the template is the one radloop's own store always had.
+        self.image_store = (HealthImagingStore(self, "HealthImaging", params=params, topology=self.topology,
+                                               keys=self.keys, data=self.data)
+                            if params.healthimaging else None)
+        self.messaging = Messaging(self, "Messaging", params=params, topology=self.topology, keys=self.keys,
+                                   extra_rules=self.image_store.rules if self.image_store else ())
         self.ml = Ml(self, "Ml", params=params, topology=self.topology, keys=self.keys, data=self.data,
                      network=self.network)
         self.compute = Compute(self, "Compute", params=params, topology=self.topology, keys=self.keys,
                                network=self.network, data=self.data, messaging=self.messaging,
-                               pipeline_role=self.ml.role, pipeline_name=self.ml.pipeline_name)
+                               pipeline_role=self.ml.role, pipeline_name=self.ml.pipeline_name,
+                               image_store=self.image_store)
         self.observability = Observability(self, "Observability", params=params, topology=self.topology,
                                            keys=self.keys, data=self.data, messaging=self.messaging,
-                                           compute=self.compute, ml=self.ml)
+                                           compute=self.compute, ml=self.ml, image_store=self.image_store)
         # The CloudWatch mirror of the Grafana dashboards and Prometheus alerts; the ADOT sidecars write EMF into its
         # log group (compute.py's collector config and the declared ``metrics`` need), so the services wait for it.
         self.dashboards = MetricsDashboards(
@@ -66,6 +74,11 @@ class RadloopStack(Stack):
         CfnOutput(self, "JobSubnetIds", value=",".join(s.subnet_id for s in self.network.vpc.isolated_subnets))
         CfnOutput(self, "JobSecurityGroupId", value=self.ml.jobs_sg.security_group_id)
         CfnOutput(self, "AlarmTopicArn", value=self.observability.topic.topic_arn)
+        if self.image_store is not None:
+            CfnOutput(self, "HealthImagingDatastoreId", value=self.image_store.datastore_id,
+                      description="the image store (AWS HealthImaging); RADLOOP_HEALTHIMAGING_DATASTORE_ID")
+            CfnOutput(self, "HealthImagingImportRoleArn", value=self.image_store.import_role.role_arn,
+                      description="the role HealthImaging assumes for ingestion's import jobs")
         CfnOutput(self, "OperationsDashboard", value=self.dashboards.dashboard.dashboard_name,
                   description="the CloudWatch dashboard mirroring the Grafana ones (docs/operations.md)")
 

@@ -36,6 +36,7 @@ async def startup(rt: Runtime[IngestionSettings]) -> IngestionDeps:
     await asyncio.to_thread(pool.warm_up)
     pipeline = IngestPipeline(rt, pool)
     pipeline.outbox.start()
+    pipeline.imports.start()
     deps = IngestionDeps(rt=rt, pool=pool, pipeline=pipeline)
     if s.dimse_port and rt.role == "app":
         deps.scp = StorageSCP(pipeline, s, asyncio.get_running_loop())
@@ -45,9 +46,10 @@ async def startup(rt: Runtime[IngestionSettings]) -> IngestionDeps:
 
 
 async def shutdown(deps: IngestionDeps) -> None:
-    """Stop the SCP (no new associations), then the outbox, then the CPU pool."""
+    """Stop the SCP (no new associations), then the imports (the open batch is started), the outbox, the CPU pool."""
     if deps.scp is not None:
         await asyncio.to_thread(deps.scp.stop)
+    await deps.pipeline.imports.stop()
     await deps.pipeline.outbox.stop()
     await asyncio.to_thread(deps.pool.shutdown)
 

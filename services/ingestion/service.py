@@ -32,10 +32,11 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from services.ingestion.adapters.claims import Claim, ClaimStore
-from services.ingestion.adapters.objects import DropFolder, ImageObjects
+from services.ingestion.adapters.objects import DropFolder
 from services.ingestion.adapters.outbox import Outbox
 from services.ingestion.domain.pool import CpuPool, WorkerCrashedError
 from services.ingestion.domain.prepare import Prepared, PrepareOptions, prepare
+from services.ingestion.imports import Imports
 from services.ingestion.settings import IngestionSettings
 from shared.ddb import is_conditional_failure
 from shared.dicom.errors import (
@@ -47,6 +48,8 @@ from shared.dicom.errors import (
 )
 from shared.dicom.parse import ParseLimits
 from shared.events import InstanceRejected, InstanceStored
+from shared.image_store import NewInstance, StoreReceipt
+from shared.image_store.factory import open_image_store
 from shared.index_writer import IndexWriter
 from shared.instance_index import IndexConflictError, WriteOutcome, fit_instance, offsets_object_key
 from shared.metrics import instrument
@@ -86,13 +89,16 @@ class IngestPipeline:
         self.rt = rt
         self.settings = settings = rt.settings
         self.pool = pool
-        self.images = ImageObjects(rt.clients, settings.topology.bucket("images"))
+        #: Where frames, metadata and originals go (shared.image_store: ``radloop`` or ``healthimaging``).
+        self.store = self.images = open_image_store(settings, rt.clients)
         self.drop = DropFolder(rt.clients, settings.topology.bucket("ingestion"))
         self.table = settings.topology.table("instances")
         self.claims = ClaimStore(rt.clients.dynamodb, settings.topology.table("idempotency"),
                                  wait_s=settings.claim_wait_s)
         self.index = IndexWriter(rt.clients.dynamodb, self.table)
         self.outbox = Outbox(rt, queue_max=settings.outbox_queue_max)
+        #: Finishes instances the store imports itself (image_store=healthimaging); idle with the default store.
+        self.imports = Imports(self)
         self.limits = ParseLimits(max_bytes=settings.max_instance_bytes, max_inflated_bytes=settings.max_inflated_bytes,
                                   max_pixel_bytes=settings.max_pixel_bytes, max_frames=settings.max_frames_per_instance)
 
@@ -182,13 +188,19 @@ class IngestPipeline:
                                    "retry later.", kind="storage-failure", sop_uid=prep.sop_uid) from None
 
     async def _store_and_index(self, prep: Prepared, claim: Claim, marks: dict[str, float], *,
-                               last: bool) -> WriteOutcome | None:
+                               last: bool) -> WriteOutcome | Literal["staged"] | None:
         """Store the objects, then index + complete the claim + queue the event in one transaction.
 
         Returns None when the claim turned out to be someone else's (the caller waits for that sender)."""
         try:
-            await self._store(prep)
+            receipt = await self._store(prep, claim)
             marks["store"] = time.perf_counter()
+            if not receipt.ready:
+                # Staged for an import job (image_store=healthimaging): durable, so the sender may be acknowledged;
+                # the index items and InstanceStored follow when the job finished (services.ingestion.imports).
+                # The completed claim answers a resend as a duplicate meanwhile; a refused import releases it.
+                await self.claims.complete(prep.sop_uid, claim)
+                return "staged"
             event = InstanceStored(
                 event_id=stored_event_id(prep.sop_uid, prep.content_sha256), study_uid=prep.study_uid,
                 series_uid=prep.series_uid, sop_uid=prep.sop_uid, **prep.event_fields,
@@ -239,13 +251,21 @@ class IngestPipeline:
                             sop_class_uid=prep.sop_class_uid, original_key=prep.original_key,
                             seconds=time.perf_counter() - t0)
 
-    async def _store(self, prep: Prepared) -> None:
-        objects = [(prep.original_key, prep.stored_bytes, "application/dicom"),
-                   (prep.metadata_key, prep.dicom_json.encode(), "application/dicom+json")]
-        objects += [(f"{prep.frames_prefix}/{n}.jph", cs, "image/jphc") for n, cs in enumerate(prep.frames, 1)]
+    async def _store(self, prep: Prepared, claim: Claim) -> StoreReceipt:
+        extra: tuple[tuple[str, bytes, str], ...] = ()
         if prep.offsets_object is not None:
-            objects.append((offsets_object_key(prep.frames_prefix), prep.offsets_object, "application/json"))
-        await self.images.put_all(objects)
+            extra = ((offsets_object_key(prep.frames_prefix), prep.offsets_object, "application/json"),)
+        return await self.store.store_instance(NewInstance(
+            study_uid=prep.study_uid, series_uid=prep.series_uid, sop_uid=prep.sop_uid,
+            content_sha256=prep.content_sha256, p10=prep.stored_bytes, dicom_json=prep.dicom_json,
+            frames=tuple(prep.frames), extra_objects=extra,
+            # PHI-free identifiers only: what the import's InstanceStored needs beyond the store's own metadata.
+            # The claim token lets a refused import release the claim, so that a resend is stored, not a duplicate.
+            # radloop's own keys (original_key, frames_prefix, metadata_key) are left out: the store has its own.
+            attributes={**{k: v for k, v in prep.event_fields.items()
+                           if k not in ("original_key", "frames_prefix", "metadata_key")},
+                        "transfer_syntax_uid": prep.record.instance.get("transfer_syntax_uid"),
+                        "claim_token": claim.token}))
 
     async def _quarantine(self, prep: Prepared) -> None:
         await self.drop.quarantine(prep.content_sha256, prep.stored_bytes,

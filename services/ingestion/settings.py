@@ -8,11 +8,13 @@ from pathlib import Path
 from pydantic import model_validator
 
 from shared.forwarded import ForwardingSettings
+from shared.image_store.settings import ImageStoreSettings
 
 
-class IngestionSettings(ForwardingSettings):
+class IngestionSettings(ForwardingSettings, ImageStoreSettings):
     """Ingestion-specific settings on top of the shared ones; the trusted proxies and public base URL that STOW-RS
-    RetrieveURLs are built with come from :class:`~shared.forwarded.ForwardingSettings`."""
+    RetrieveURLs are built with come from :class:`~shared.forwarded.ForwardingSettings`, the image store (where
+    instances are stored) from :class:`~shared.image_store.settings.ImageStoreSettings`."""
 
     #: Largest accepted DICOM object (one instance), in bytes.
     max_instance_bytes: int = 512 << 20

@@ -24,6 +24,7 @@ from services.streaming_gateway.domain.frames import FrameCache
 from services.streaming_gateway.domain.search import Searcher
 from services.streaming_gateway.service import Gateway
 from services.streaming_gateway.settings import GatewaySettings
+from shared.image_store.factory import open_image_store
 from shared.service import Runtime, ServiceSpec
 
 log = logging.getLogger(__name__)
@@ -38,11 +39,12 @@ class StreamingGatewayDeps:
 
 
 async def startup(rt: Runtime[GatewaySettings]) -> StreamingGatewayDeps:
-    """Create the index reader, frame cache and store, audit coalescer and worker threads; warm the AWS clients."""
+    """Create the index reader, the frame cache over the image store (``RADLOOP_IMAGE_STORE``), the audit coalescer and
+    worker threads; warm the AWS clients."""
     s = rt.settings
     index = IndexReader(rt.clients, series_cache_bytes=s.series_cache_bytes, instance_ttl_s=s.instance_cache_ttl_s)
     frames = FrameStore(
-        rt.clients,
+        open_image_store(s, rt.clients),
         FrameCache(s.frame_cache_bytes),
         prefetch_concurrency=s.prefetch_concurrency,
         prefetch_budget_share=s.prefetch_budget_share,

@@ -7,13 +7,15 @@ from pathlib import Path
 from pydantic import Field
 
 from shared.forwarded import ForwardingSettings
+from shared.image_store.settings import ImageStoreSettings
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-class GatewaySettings(ForwardingSettings):
+class GatewaySettings(ForwardingSettings, ImageStoreSettings):
     """Frame cache, prefetch, QIDO and WADO limits, audit coalescing and where the viewer lives; the trusted proxies and
-    public base URL of RetrieveURLs come from :class:`~shared.forwarded.ForwardingSettings`."""
+    public base URL of RetrieveURLs come from :class:`~shared.forwarded.ForwardingSettings`, and the image store that
+    frames and metadata are read from comes from :class:`~shared.image_store.settings.ImageStoreSettings`."""
 
     #: Byte budget of the in-memory LRU cache of HTJ2K frame codestreams.
     frame_cache_bytes: int = 512 * 1024 * 1024

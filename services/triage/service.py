@@ -28,6 +28,8 @@ from services.triage.domain.priority import AWAITING_MODEL, VERIFIED_BEFORE_MODE
 from services.triage.settings import TriageSettings
 from shared.aws import AwsClients
 from shared.events import ImageVerified, InstanceScored, InstanceStored, ModelApproved
+from shared.image_store import ImageNotFound
+from shared.image_store.factory import open_image_store
 from shared.metrics import instrument
 from shared.publisher import EventPublisher
 from shared.uids import validate_uid
@@ -54,7 +56,7 @@ class Triage:
         self.settings = settings
         self.publisher = publisher
         self.holder = ChampionHolder(clients, settings)
-        self.images = Images(clients)
+        self.images = Images(clients, open_image_store(settings, clients))
         self.scores = Scores(clients)
         self.batcher = MicroBatcher(lambda: self.holder.current, window_s=settings.triage_batch_window_ms / 1000,
                                     max_batch=settings.triage_max_batch)
@@ -175,7 +177,7 @@ class Triage:
             raise NoModelLoaded("no approved model is loaded, so no heatmap can be computed")
         try:
             frame = await self.images.read_frame(study, series, sop)
-        except ClientError:
+        except (ClientError, ImageNotFound):
             raise FrameNotFound(f"instance {sop} has no stored frame 1") from None
         except ValueError as exc:
             raise InvalidInstance(str(exc)) from None

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from shared.settings import Settings
+from shared.image_store.settings import ImageStoreSettings
 
 
-class TriageSettings(Settings):
-    """Scoring knobs. Defaults suit one CPU task; every field is an env var (``RADLOOP_<FIELD>``)."""
+class TriageSettings(ImageStoreSettings):
+    """Scoring knobs. Defaults suit one CPU task; every field is an env var (``RADLOOP_<FIELD>``). Frames are read from
+    the image store of :class:`~shared.image_store.settings.ImageStoreSettings`."""
 
     #: How long the micro-batcher waits for more instances after the first one arrives.
     triage_batch_window_ms: float = 8.0

@@ -23,8 +23,6 @@ from typing import Any
 
 import httpx
 import pytest
-
-from shared import topology
 from typer.testing import CliRunner
 
 from radloop.cli import app
@@ -32,6 +30,7 @@ from radloop.dlq import REASON_ATTR
 from radloop.local.embedded_aws import EmbeddedAws, free_port
 from radloop.ops.config import REDACTED
 from radloop.smoke import generate_instance
+from shared import topology
 from shared.aws import AwsClients, boto3_client
 from shared.bootstrap import bootstrap_topology
 from shared.settings import Settings

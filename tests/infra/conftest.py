@@ -77,20 +77,36 @@ def _minimal_pipeline_definition(path: Path) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def synth(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Synth]:
-    pytest.importorskip("aws_cdk", reason="infra extra not installed (pip install -e '.[infra]')")
+def _synth(base: Path, name: str, env: str, **context: str) -> Synth:
     from infra.app import build_app
 
+    outdir = base / name
+    definition = base / "pipeline.json"
+    if not definition.exists():
+        _minimal_pipeline_definition(definition)
+    ctx = {"env": env, "pipeline_definition": str(definition), **IDP_CONTEXT,
+           "client_cidrs": CLIENT_CIDRS, "pacs_cidrs": PACS_CIDRS, **context}
+    app, stack = build_app(ctx, outdir=str(outdir))
+    app.synth()
+    tpath = outdir / f"{stack.stack_name}.template.json"
+    return Synth(env, app, stack, outdir, tpath, json.loads(tpath.read_text()))
+
+
+@pytest.fixture(scope="session")
+def synth(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Synth]:
+    """Both environments with radloop's own image store (the default)."""
+    pytest.importorskip("aws_cdk", reason="infra extra not installed (pip install -e '.[infra]')")
     base = tmp_path_factory.mktemp("cdk")
-    definition = _minimal_pipeline_definition(base / "pipeline.json")
-    out: dict[str, Synth] = {}
-    for env in ENVS:
-        outdir = base / env
-        context = {"env": env, "pipeline_definition": str(definition), **IDP_CONTEXT,
-                   "client_cidrs": CLIENT_CIDRS, "pacs_cidrs": PACS_CIDRS}
-        app, stack = build_app(context, outdir=str(outdir))
-        app.synth()
-        tpath = outdir / f"{stack.stack_name}.template.json"
-        out[env] = Synth(env, app, stack, outdir, tpath, json.loads(tpath.read_text()))
-    return out
+    return {env: _synth(base, env, env) for env in ENVS}
+
+
+#: The key of the HealthImaging synthesis next to ENVS' (``image_store=healthimaging``, issue 22). One environment
+#: only: prod, the stricter one (retained data, seven-year logs); what differs between environments is covered by ENVS.
+HEALTHIMAGING = "prod-healthimaging"
+
+
+@pytest.fixture(scope="session")
+def synth_healthimaging(tmp_path_factory: pytest.TempPathFactory) -> Synth:
+    """prod with AWS HealthImaging as the image store (``-c image_store=healthimaging``)."""
+    pytest.importorskip("aws_cdk", reason="infra extra not installed (pip install -e '.[infra]')")
+    return _synth(tmp_path_factory.mktemp("cdk-healthimaging"), HEALTHIMAGING, "prod", image_store="healthimaging")

@@ -1,5 +1,9 @@
 """The synthesized templates pass cfn-lint (no errors), checkov (no failures) and cdk-nag (HIPAA + AwsSolutions SQS).
 
+Three templates: dev and prod with radloop's own image store, and prod with AWS HealthImaging
+(``image_store=healthimaging``). cfn-lint and checkov each take all three in one run, so the third costs a synthesis
+and little else.
+
 Accepted findings live in infra/radloop_infra/suppressions.py, each justified in docs/security.md.
 """
 
@@ -15,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from infra.radloop_infra.suppressions import SUPPRESSIONS
-from tests.infra.conftest import ENVS, REPO
+from tests.infra.conftest import ENVS, HEALTHIMAGING, REPO, Synth
 
 CHECKOV = REPO / ".venv-tools" / "bin" / "checkov"
 
@@ -29,14 +33,20 @@ def _tool(name: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def linters(synth, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, subprocess.Popen[str]]]:
-    """cfn-lint and checkov started together on both templates (each is single-threaded: they overlap)."""
+def synths(synth, synth_healthimaging) -> dict[str, Synth]:
+    """Every synthesized template: both environments, and prod with HealthImaging."""
+    return {**synth, HEALTHIMAGING: synth_healthimaging}
+
+
+@pytest.fixture(scope="module")
+def linters(synths, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, subprocess.Popen[str]]]:
+    """cfn-lint and checkov started together on every template (each is single-threaded: they overlap)."""
     if not CHECKOV.exists():
         pytest.fail(f"{CHECKOV} is missing: `make setup` creates the tools venv (checkov pins boto3 apart)")
     only_templates = tmp_path_factory.mktemp("templates")
-    for env in ENVS:  # only the templates (asset folders hold Dockerfiles, checked by hadolint instead)
-        shutil.copy(synth[env].template_path, only_templates / f"{env}.template.json")
-    paths = [str(synth[e].template_path) for e in ENVS]
+    for name, s in synths.items():  # only the templates (asset folders hold Dockerfiles, checked by hadolint instead)
+        shutil.copy(s.template_path, only_templates / f"{name}.template.json")
+    paths = [str(s.template_path) for s in synths.values()]
     procs = {
         "cfn-lint": subprocess.Popen([_tool("cfn-lint"), "--format", "json", *paths], stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True),
@@ -57,17 +67,21 @@ def _output(proc: subprocess.Popen[str]) -> str:
     return out
 
 
-def test_cfn_lint_reports_no_errors(linters) -> None:
+def test_cfn_lint_reports_no_errors(linters, synths) -> None:
     findings = json.loads(_output(linters["cfn-lint"]))
     errors = [f for f in findings if f["Level"] == "Error"]
     assert not errors, json.dumps(errors, indent=1)[:4000]
+    # the HealthImaging template was among those linted, with its datastore
+    assert "AWS::HealthImaging::Datastore" in synths[HEALTHIMAGING].template_path.read_text()
 
 
 def test_checkov_reports_no_failures(linters) -> None:
     reports = json.loads(_output(linters["checkov"]))
     reports = reports if isinstance(reports, list) else [reports]
-    failed = [(c["check_id"], c["resource"]) for r in reports for c in r["results"]["failed_checks"]]
+    failed = [(c["check_id"], c["file_path"], c["resource"]) for r in reports for c in r["results"]["failed_checks"]]
     assert not failed, failed
+    checked = {c["file_path"].rsplit("/", 1)[-1] for r in reports for c in r["results"]["passed_checks"]}
+    assert f"{HEALTHIMAGING}.template.json" in checked, f"checkov did not check the HealthImaging template: {checked}"
     assert sum(r["summary"]["passed"] for r in reports) > 300
     skipped = {c["check_id"] for r in reports for c in r["results"].get("skipped_checks", [])}
     assert sum(r["summary"]["skipped"] for r in reports) > 0, "the declared checkov skips were not applied"
@@ -75,11 +89,11 @@ def test_checkov_reports_no_failures(linters) -> None:
     assert skipped <= declared, f"skips not declared in suppressions.py: {skipped - declared}"
 
 
-@pytest.mark.parametrize("env", ENVS)
-def test_cdk_nag_hipaa_and_sqs_rules_have_no_unsuppressed_findings(synth, env) -> None:
+@pytest.mark.parametrize("name", [*ENVS, HEALTHIMAGING])
+def test_cdk_nag_hipaa_and_sqs_rules_have_no_unsuppressed_findings(synths, name) -> None:
     from infra.radloop_infra.checks import nag_findings
 
-    findings = nag_findings(synth[env].app)
+    findings = nag_findings(synths[name].app)
     assert not findings, findings
 
 

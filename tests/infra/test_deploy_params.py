@@ -105,3 +105,32 @@ def test_docs_deploy_names_every_required_parameter() -> None:
     for name in (*REQUIRED_AUTH, "pacs_cidrs"):
         row = next((line for line in doc.splitlines() if line.startswith(f"| `{name}`")), "")
         assert "required" in row.lower(), f"docs/deploy.md: no parameter row saying {name} is required"
+
+
+# -- the image store (issue 22) ---------------------------------------------------------------------------------------
+def test_the_image_store_defaults_to_radloops_own() -> None:
+    assert _params().image_store == "radloop" and not _params().healthimaging
+    assert _params(image_store="").image_store == "radloop"  # the deploy workflow passes an unset variable as ""
+
+
+@pytest.mark.parametrize("value", ["healthimaging", "HealthImaging", " healthimaging "])
+def test_healthimaging_is_chosen_with_the_image_store_parameter(value: str) -> None:
+    p = _params(image_store=value)
+    assert p.image_store == "healthimaging" and p.healthimaging
+
+
+@pytest.mark.parametrize("bad", ["s3", "ahi", "radloop,healthimaging", "orthanc"])
+def test_an_unknown_image_store_is_refused_with_the_choices(bad: str) -> None:
+    with pytest.raises(ValueError, match=r"image_store.*radloop, healthimaging"):
+        _params(image_store=bad)
+
+
+def test_the_deploy_workflow_and_docs_offer_the_image_store() -> None:
+    deploy = yaml.safe_load((REPO / ".github/workflows/deploy.yml").read_text())
+    job = deploy["jobs"]["deploy"]
+    step = next(s for s in job["steps"] if "cdk deploy" in s.get("name", ""))
+    m = re.search(r'-c image_store="\$(\w+)"', step["run"])
+    assert m and re.fullmatch(r"\$\{\{ vars\.\w+ \}\}", job["env"][m.group(1)])
+    doc = (REPO / "docs" / "deploy.md").read_text()
+    row = next((line for line in doc.splitlines() if line.startswith("| `image_store`")), "")
+    assert "`radloop`" in row and "`healthimaging`" in row, "docs/deploy.md: no image_store row naming both stores"

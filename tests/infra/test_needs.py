@@ -28,12 +28,40 @@ def test_needs_cover_the_tables_and_buckets_each_service_names_in_its_code() -> 
             assert buckets <= {x.bucket for x in need.s3}, f"{service} uses buckets {buckets}"
 
 
-def test_every_need_names_a_topology_table_or_bucket() -> None:
+@pytest.mark.parametrize("image_store", ["radloop", "healthimaging"])
+def test_every_need_names_a_topology_table_or_bucket(image_store: str) -> None:
     topo = build_topology("radloop")
-    for service, need in N.NEEDS.items():
-        assert set(need.tables) <= set(topo.tables), service
-        assert {x.bucket for x in need.s3} <= set(topo.buckets), service
-        assert all(p.endswith("/") for x in need.s3 for p in x.prefixes), service
+    for service in N.NEEDS:
+        s3 = N.s3_needs(service, image_store)
+        assert set(N.table_needs(service, image_store)) <= set(topo.tables), service
+        assert {x.bucket for x in s3} <= set(topo.buckets), service
+        assert all(p.endswith("/") for x in s3 for p in x.prefixes), service
+        hi = N.healthimaging_need(service, image_store)
+        if hi:
+            assert hi.access in N.HEALTHIMAGING_ACTIONS and hi.access in N.HEALTHIMAGING_KEY_ACTIONS, service
+
+
+def test_healthimaging_adds_grants_only_when_chosen() -> None:
+    """With radloop's store no role gains anything; with HealthImaging only the services that touch images do, and
+    only HealthImaging actions, the data key's DescribeKey and (ingestion) passing the import role."""
+    for service in N.NEEDS:
+        base, hi = N.expected_actions(service), N.expected_actions(service, "healthimaging")
+        assert N.expected_actions(service, "radloop") == base and base <= hi
+        added = hi - base
+        if N.NEEDS[service].healthimaging is None:
+            assert not added, service
+        else:
+            assert added and all(a.startswith("medical-imaging:") or a in {"kms:DescribeKey", "iam:PassRole"}
+                                 for a in added), (service, added)
+    assert "iam:PassRole" in N.expected_actions("ingestion", "healthimaging") - N.expected_actions("ingestion")
+
+
+def test_the_services_healthimaging_prefixes_are_the_granted_ones() -> None:
+    """The store's settings default to the prefixes the grants name (and the stack sets them explicitly too)."""
+    settings = pytest.importorskip("shared.image_store.settings")
+    fields = settings.ImageStoreSettings.model_fields
+    assert fields["healthimaging_import_prefix"].default == N.HEALTHIMAGING_IMPORT_PREFIX
+    assert fields["healthimaging_output_prefix"].default == N.HEALTHIMAGING_OUTPUT_PREFIX
 
 
 # -- the S3 key prefixes each service writes, against its write grants ---------------------------------------------
@@ -146,8 +174,10 @@ def written_prefixes(service: str) -> set[str]:
 
 
 def granted_write_prefixes(service: str) -> set[str]:
-    """Top-level prefixes, as :func:`written_prefixes` finds them (interop's ``imports/interop/`` is under ``imports/``)."""
-    return {_top(p) for need in N.NEEDS[service].s3 if need.access in WRITE_LEVELS for p in need.prefixes}
+    """Top-level prefixes, as :func:`written_prefixes` finds them (interop's ``imports/interop/`` is under ``imports/``),
+    with either image store (a service's code holds both stores' writes)."""
+    return {_top(p) for need in N.s3_needs(service, "healthimaging") if need.access in WRITE_LEVELS
+            for p in need.prefixes}
 
 
 def test_storage_prefixes_are_read_from_the_code() -> None:

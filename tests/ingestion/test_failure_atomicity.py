@@ -101,14 +101,15 @@ async def test_lost_claim_waits_for_the_new_owner_instead_of_failing(adeployment
     real_store = pipeline._store
     stolen: list[str] = []
 
-    async def store_then_lose_claim(prep) -> None:  # type: ignore[no-untyped-def]
-        await real_store(prep)
+    async def store_then_lose_claim(prep, claim):  # type: ignore[no-untyped-def]
+        receipt = await real_store(prep, claim)
         if not stolen:  # once: a real write that replaces our claim with another (already expired) owner's
             item = (await ddb.get_item(TableName=claims_table, Key={"id": {"S": f"ingest#sop#{prep.sop_uid}"}},
                                        ConsistentRead=True))["Item"]
             item.update({"owner": {"S": "someone-else"}, "in_progress_expiry": {"N": f"{time.time() - 1:.3f}"}})
             await ddb.put_item(TableName=claims_table, Item=item)
             stolen.append(prep.sop_uid)
+        return receipt
 
     pipeline._store = store_then_lose_claim  # type: ignore[method-assign]
     try:

@@ -101,6 +101,11 @@ class ClaimStore:
         """Whether the claim is still ours (a consistent read)."""
         return await self.leases.holds(self._id(sop), claim.token)
 
+    async def release_token(self, sop: str, token: str) -> None:
+        """Delete the claim (completed or not) if ``token`` still owns it: an import that the image store refused
+        after the sender was acknowledged, so that sending the instance again stores it."""
+        await self.leases.release(self._id(sop), token)
+
     async def release(self, sop: str, claim: Claim) -> None:
         """Give up an owned claim after a failure, so a retry can run (only if it is still ours)."""
         await self.leases.release(self._id(sop), claim.token)

@@ -1,4 +1,5 @@
-"""S3 objects of ingestion: the stored instance (original, metadata, frames), quarantine, and the drop folder.
+"""S3 objects of ingestion's own bucket: quarantine and the drop folder. (The stored instance goes to the image
+store, :mod:`shared.image_store`.)
 
 The drop folder: S3 sends ``Object Created`` for keys under ``imports/`` in the ingestion bucket; a refused object is
 moved to ``imports-rejected/<same relative key>`` with ``<key>.reason.json`` beside it (failure reason and sentence).
@@ -6,7 +7,6 @@ moved to ``imports-rejected/<same relative key>`` with ``<key>.reason.json`` bes
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from datetime import UTC, datetime
@@ -31,25 +31,6 @@ def _missing(exc: ClientError) -> bool:
 def rejected_key(key: str) -> str:
     """``imports/a/b.dcm`` -> ``imports-rejected/a/b.dcm``."""
     return IMPORTS_REJECTED_PREFIX + key[len(IMPORTS_PREFIX):]
-
-
-class ImageObjects:
-    """Writes the objects of a stored instance to the images bucket (at most ``concurrency`` PUTs at once)."""
-
-    def __init__(self, clients: AwsClients, bucket: str, *, concurrency: int = 64) -> None:
-        self.clients = clients
-        self.bucket = bucket
-        self._puts = asyncio.Semaphore(concurrency)
-
-    async def put(self, key: str, body: bytes, content_type: str) -> None:
-        """One PUT (bounded by the semaphore)."""
-        s3 = await self.clients.s3()
-        async with self._puts:
-            await s3.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType=content_type)
-
-    async def put_all(self, objects: list[tuple[str, bytes, str]]) -> None:
-        """PUT every ``(key, body, content type)`` concurrently; any failure raises."""
-        await asyncio.gather(*(self.put(k, b, t) for k, b, t in objects))
 
 
 class DropFolder:

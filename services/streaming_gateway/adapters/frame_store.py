@@ -1,9 +1,10 @@
-"""Frame codestreams from S3 through the byte-budget :class:`~services.streaming_gateway.domain.frames.FrameCache`,
-with series prefetch.
+"""Frame codestreams from the image store (:mod:`shared.image_store`: radloop's images bucket by default, or AWS
+HealthImaging) through the byte-budget :class:`~services.streaming_gateway.domain.frames.FrameCache`, with series
+prefetch.
 
-- :class:`FrameStore` reads frames with the process's pooled aiobotocore S3 client. Concurrent requests for the same
-  frame share one S3 read (an in-flight map), and every GetObject is counted (``s3_reads``) so tests and the
-  ``/streaming/stats`` endpoint can show that cached frames cost no storage reads.
+- :class:`FrameStore` reads frames through the store over the process's pooled clients. Concurrent requests for the
+  same frame share one storage read (an in-flight map), and every read is counted (``s3_reads``, the name the stats
+  have always had) so tests and the ``/streaming/stats`` endpoint can show that cached frames cost no storage reads.
 - On the first frame request of a series, :meth:`FrameStore.prefetch_series` reads the rest of that series
   concurrently into the cache, because viewers scroll through series. A prefetch never takes more than a share of
   the budget, so it cannot evict what is being looked at.
@@ -17,28 +18,25 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from botocore.exceptions import ClientError
-
 from services.streaming_gateway.domain.errors import NotFound, Unavailable
 from services.streaming_gateway.domain.frames import Frame, FrameCache
 from shared import storage
-from shared.aws import AwsClients
+from shared.image_store import ImageNotFound, ImageStore, ImageStoreUnavailable
 
 log = logging.getLogger(__name__)
 
 
 class FrameStore:
-    """Frames by (study, series, instance, number): cache first, then one counted S3 read."""
+    """Frames by (study, series, instance, number): cache first, then one counted read from the image store."""
     def __init__(
         self,
-        clients: AwsClients,
+        store: ImageStore,
         cache: FrameCache,
         *,
         prefetch_concurrency: int = 8,
         prefetch_budget_share: float = 0.5,
     ) -> None:
-        self.clients = clients
-        self.bucket = clients.settings.topology.bucket("images")
+        self.store = store
         self.cache = cache
         self.prefetch_concurrency = max(1, prefetch_concurrency)
         self.prefetch_budget_share = prefetch_budget_share
@@ -49,22 +47,21 @@ class FrameStore:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.prefetch_stats = {"started": 0, "completed": 0, "frames": 0, "skipped_budget": 0, "in_flight": 0}
 
-    async def read_object(self, key: str) -> bytes:
-        """GetObject, counted; :class:`NotFound` for a missing key, :class:`Unavailable` for other failures."""
-        s3 = await self.clients.s3()
+    async def _read(self, read: Awaitable[bytes]) -> bytes:
+        """One counted store read; :class:`NotFound` when absent, :class:`Unavailable` for other failures."""
         self.s3_reads += 1
         try:
-            resp = await s3.get_object(Bucket=self.bucket, Key=key)
-            async with resp["Body"] as body:
-                data: bytes = await body.read()
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
-            if code in ("NoSuchKey", "404", "NotFound"):
-                raise NotFound("the requested object does not exist") from None
-            log.warning("s3 read failed", extra={"code": code})
+            data = await read
+        except ImageNotFound:
+            raise NotFound("the requested object does not exist") from None
+        except ImageStoreUnavailable:
             raise Unavailable("image storage is unavailable; retry later") from None
         self.s3_bytes += len(data)
         return data
+
+    async def read_original(self, study: str, series: str, sop: str) -> bytes:
+        """The instance's P10 object as the store keeps it (counted like a frame read)."""
+        return await self._read(self.store.read_original(study, series, sop))
 
     async def frame(self, study: str, series: str, sop: str, number: int) -> tuple[Frame, bool]:
         """The frame and whether it came from the cache. Raises :class:`NotFound` if it does not exist."""
@@ -79,7 +76,7 @@ class FrameStore:
         self._inflight[key] = fut
         try:
             try:
-                data = await self.read_object(key)
+                data = await self._read(self.store.read_frame(study, series, sop, number))
             except NotFound:
                 raise NotFound(f"frame {number} of instance {sop} does not exist") from None
             f = Frame.of(data)

@@ -23,7 +23,6 @@ from services.streaming_gateway.domain.errors import BadRequest, NotAcceptable, 
 from services.streaming_gateway.domain.frames import Frame
 from services.streaming_gateway.domain.transcode import transcode
 from services.streaming_gateway.service import Gateway
-from shared import storage
 from shared.auth import Principal, ReadUser
 from shared.htj2k import decode
 
@@ -66,7 +65,7 @@ async def _instance_items(gw: Gateway, study: str, series: str | None, sop: str 
 async def _instance_part(gw: Gateway, it: dict[str, Any], ts: str) -> tuple[str, bytes]:
     study, series, sop = it["study_uid"], it["series_uid"], it["sop_uid"]
     try:
-        original = await gw.frames.read_object(storage.original_key(study, series, sop))
+        original = await gw.frames.read_original(study, series, sop)
     except NotFound:
         raise NotFound(f"instance {sop} is indexed but its stored object is missing") from None
     stored_ts = it.get("transfer_syntax_uid") or ""
