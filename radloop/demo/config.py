@@ -25,9 +25,12 @@ class DemoConfig:
     double_read: bool = False
     seed: int = 7
     #: synthetic difficulty in [0, 1] (training.synthetic; 0.5 is its calibrated default, which needs far more
-    #: labels and larger inputs than a 10-minute CPU demo can train: see docs/training.md)
-    difficulty: float = 0.3
-    prevalence: float = 0.3
+    #: labels and larger inputs than a 10-minute CPU demo can train: see docs/training.md). With 0.3 and 30%
+    #: prevalence the third model reached locked-set AUC 0.73 and the locked set held 18 positives, so under the
+    #: shipped policy (20 + 20, the AUC's lower bound >= 0.75) nothing could be approved; with 0.0 and 40% the third
+    #: model is approved (measured: AUC 0.90, 95% CI lower bound 0.80, 22 positives; docs/demo.md)
+    difficulty: float = 0.0
+    prevalence: float = 0.4
     train_epochs: int = 15
     train_batch_size: int = 16
     train_image_size: int = 64
