@@ -45,6 +45,10 @@ _DEPTH_ATTRIBUTES = {"ApproximateNumberOfMessages": "visible", "ApproximateNumbe
 
 Message = Event | S3ObjectCreated | ImportJobChanged
 
+#: Fields of an event detail that say when and under which trace it was published, not what happened: left out of the
+#: idempotency payload hash.
+_NOT_CONTENT = frozenset({"occurred_at", "traceparent", "tracestate"})
+
 
 @dataclass
 class MessageContext:
@@ -389,7 +393,9 @@ class SqsConsumer:
             await handler(event, ctx)
             return True
         key = f"{self.service}:{getattr(event, 'event_id', None) or _s3_dedupe_id(event, envelope)}"
-        payload = {k: v for k, v in envelope.detail.items() if k not in ("traceparent", "tracestate")}
+        # The same event published again (a producer re-run after a kill) differs only in when it was published
+        # and its trace context: it is a duplicate, not "the same key with a different payload".
+        payload = {k: v for k, v in envelope.detail.items() if k not in _NOT_CONTENT}
         _, ran = await self.idempotency.run(key, payload, lambda: handler(event, ctx))
         return ran
 

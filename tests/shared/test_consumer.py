@@ -70,6 +70,39 @@ async def test_duplicate_deliveries_cause_one_effect(clients: AwsClients) -> Non
     assert consumer.stats.duplicates + consumer.stats.succeeded == 12
 
 
+async def test_a_republished_event_is_a_duplicate_whatever_its_time_and_trace(clients: AwsClients) -> None:
+    """A producer that re-runs after a kill republishes the same event (same id, same content) with a new
+    ``occurred_at`` and trace context: consumers skip it as a duplicate. (The short chaos run dead-lettered such a
+    re-published ``InstanceScored`` in verification and interop as "a different payload": the hash covered
+    ``occurred_at``.) The same id with different *content* is still refused (``test_idempotency_store_runs_once_under_parallel_calls``)."""
+    from datetime import timedelta
+
+    first = approved()
+    rerun = first.model_copy(update={"occurred_at": first.occurred_at + timedelta(seconds=42),
+                                     "traceparent": "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"})
+    assert envelope(first) != envelope(rerun)
+    triage_q = clients.settings.topology.queues["triage"]
+
+    async def handle(e: ModelApproved, ctx: MessageContext) -> None:
+        await bump(clients, f"effect#{e.event_id}")
+
+    await send(clients, envelope(first))
+    consumer = SqsConsumer(clients, "triage", {ev.MODEL_APPROVED: handle}, idempotency=IdempotencyStore(clients),
+                           wait_time_s=1, retry_backoff_s=0.1)
+
+    async def settled() -> bool:
+        return await depth(clients, triage_q.name) == (0, 0)
+
+    assert await run_until(consumer, settled)
+    await send(clients, envelope(rerun))
+    again = SqsConsumer(clients, "triage", {ev.MODEL_APPROVED: handle}, idempotency=IdempotencyStore(clients),
+                        wait_time_s=1, retry_backoff_s=0.1)
+    assert await run_until(again, settled)
+    assert await counter(clients, f"effect#{first.event_id}") == 1
+    assert (again.stats.duplicates, again.stats.dead_lettered) == (1, 0)
+    assert (await depth(clients, triage_q.dlq_name))[0] == 0
+
+
 async def test_idempotency_store_runs_once_under_parallel_calls(clients: AwsClients) -> None:
     store = IdempotencyStore(clients, namespace="direct")
     calls = 0
