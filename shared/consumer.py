@@ -50,6 +50,13 @@ Message = Event | S3ObjectCreated | ImportJobChanged
 _NOT_CONTENT = frozenset({"occurred_at", "traceparent", "tracestate"})
 
 
+def idempotency_payload(detail: dict[str, Any]) -> dict[str, Any]:
+    """What the idempotency store hashes for an event: its detail without :data:`_NOT_CONTENT`. The same event
+    published again (a producer re-run after a kill) differs only there, so it is a duplicate, not "the same key with
+    a different payload"."""
+    return {k: v for k, v in detail.items() if k not in _NOT_CONTENT}
+
+
 @dataclass
 class MessageContext:
     """What a handler may want to know about the delivery, besides the event itself."""
@@ -393,9 +400,7 @@ class SqsConsumer:
             await handler(event, ctx)
             return True
         key = f"{self.service}:{getattr(event, 'event_id', None) or _s3_dedupe_id(event, envelope)}"
-        # The same event published again (a producer re-run after a kill) differs only in when it was published
-        # and its trace context: it is a duplicate, not "the same key with a different payload".
-        payload = {k: v for k, v in envelope.detail.items() if k not in _NOT_CONTENT}
+        payload = idempotency_payload(envelope.detail)
         _, ran = await self.idempotency.run(key, payload, lambda: handler(event, ctx))
         return ran
 

@@ -74,7 +74,8 @@ async def test_a_republished_event_is_a_duplicate_whatever_its_time_and_trace(cl
     """A producer that re-runs after a kill republishes the same event (same id, same content) with a new
     ``occurred_at`` and trace context: consumers skip it as a duplicate. (The short chaos run dead-lettered such a
     re-published ``InstanceScored`` in verification and interop as "a different payload": the hash covered
-    ``occurred_at``.) The same id with different *content* is still refused (``test_idempotency_store_runs_once_under_parallel_calls``)."""
+    ``occurred_at``.) The same id with different *content* is still refused
+    (``test_idempotency_store_runs_once_under_parallel_calls``)."""
     from datetime import timedelta
 
     first = approved()

@@ -13,7 +13,7 @@ import pytest
 
 from radloop import dlq
 from shared.aws import AwsClients
-from shared.consumer import SqsConsumer
+from shared.consumer import SqsConsumer, idempotency_payload
 from shared.events import ModelApproved
 from shared.settings import Settings
 from shared.topology import QueueSpec, build_topology
@@ -53,7 +53,7 @@ async def test_a_message_in_progress_elsewhere_waits_until_the_record_is_stale(c
     from shared.idempotency import INPROGRESS, IdempotencyStore, payload_hash
 
     store = IdempotencyStore(clients)
-    payload = {k: v for k, v in json.loads(e.to_detail()).items() if k not in ("traceparent", "tracestate")}
+    payload = idempotency_payload(json.loads(e.to_detail()))
     # What a handler that was SIGKILLed leaves behind: a fresh INPROGRESS record that nobody heartbeats any more.
     now = int(time.time())
     ddb = await clients.dynamodb()
