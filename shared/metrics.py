@@ -13,7 +13,8 @@ Export (set up once per process by :func:`setup_metrics`, which :func:`shared.te
 
 No PHI and no high-cardinality identifiers in labels (invariant): a label name must be in :data:`ALLOWED_LABELS` (checked
 when the catalogue is built and again on every record), and a label value that looks like a DICOM UID, a person name
-(``^``), a date, or is longer than :data:`MAX_LABEL_VALUE_LEN` is replaced by ``"_invalid"`` before it reaches the SDK.
+(``^``), a date, or is longer than :data:`MAX_LABEL_VALUE_LEN` is replaced (a ``queue`` value must instead be an SQS queue
+name: the deployment prefix in it may hold digits) by ``"_invalid"`` before it reaches the SDK.
 A label name an instrument did not declare raises :class:`MetricLabelError` (a programming error; tests catch it).
 """
 
@@ -54,6 +55,9 @@ MAX_LABEL_VALUE_LEN = 96
 #: A DICOM UID (dotted digits), a DICOM person name (``^``), a date, or a long digit run (MRNs, accession numbers).
 _SUSPECT_VALUE = re.compile(r"(?:\d+\.){3,}\d+|\^|\d{4}-?\d{2}-?\d{2}|\d{7,}")
 INVALID = "_invalid"
+#: An SQS queue name (letters, digits, ``-``, ``_``; up to 80). Queue labels come from the topology, so their digits
+#: are the operator's deployment prefix, not a patient's: they are checked against this shape, not for digit runs.
+_QUEUE_NAME = re.compile(r"[A-Za-z0-9_-]{1,80}")
 
 Kind = Literal["counter", "histogram", "gauge", "updown"]
 
@@ -142,6 +146,9 @@ _SPECS: tuple[MetricSpec, ...] = (
     # --- triage ---
     MetricSpec("radloop.triage.scores", "counter", "{score}", "Studies scored, per model version and priority",
                ("model_version", "priority"), service="triage"),
+    MetricSpec("radloop.triage.rescored", "counter", "{image}",
+               "Unread images re-scored after a new champion was approved, per model version", ("model_version",),
+               service="triage"),
     MetricSpec("radloop.triage.scoring.duration", "histogram", "s", "Scoring latency per model version",
                ("model_version",), LATENCY_BUCKETS_S, service="triage"),
     # --- verification ---
@@ -174,7 +181,11 @@ def check_labels(spec: MetricSpec, attributes: Mapping[str, Any] | None) -> dict
         if key not in spec.labels:
             raise MetricLabelError(f"{spec.name} does not declare label {key!r} (declared: {list(spec.labels)})")
         value = str(raw)
-        if len(value) > MAX_LABEL_VALUE_LEN or (key != "route" and _SUSPECT_VALUE.search(value)):
+        if key == "queue":
+            if not _QUEUE_NAME.fullmatch(value):
+                _warn_once(spec.name, key)
+                value = INVALID
+        elif len(value) > MAX_LABEL_VALUE_LEN or (key != "route" and _SUSPECT_VALUE.search(value)):
             _warn_once(spec.name, key)
             value = INVALID
         elif key == "route" and ("?" in value or _SUSPECT_VALUE.search(value)):

@@ -89,6 +89,8 @@ def test_recording_an_undeclared_label_raises(provider: Any) -> None:
     ("role", "x" * 200),                                   # free text
     ("route", "/dicomweb/studies/1.2.840.10008.5.1.4"),   # a concrete path instead of the template
     ("route", "/dicomweb/studies?PatientName=DOE"),       # a query string
+    ("queue", "DOE^JOHN"),                                 # not an SQS queue name
+    ("queue", "1.2.840.113619.2.55"),
 ])
 def test_identifier_like_values_never_reach_the_exposition(provider: Any, label: str, value: str) -> None:
     spec = next(s for s in m.CATALOGUE.values() if label in s.labels)
@@ -103,7 +105,11 @@ def test_identifier_like_values_never_reach_the_exposition(provider: Any, label:
 
 @pytest.mark.parametrize(("label", "value"), [("route", "/dicomweb/studies/{study}/series/{series}"),
                                               ("model_version", "12"), ("status", "404"),
-                                              ("queue", "radloop-triage-dlq"), ("role", "radiologist")])
+                                              ("queue", "radloop-triage-dlq"), ("role", "radiologist"),
+                                              # a queue name is the deployment's, never a patient's: a prefix with
+                                              # a digit run or a date (random test prefixes, "rl-20261206") stays
+                                              ("queue", "t-98865535eb-registry-dlq"),
+                                              ("queue", "rl-2026-12-06-triage")])
 def test_ordinary_values_pass(label: str, value: str) -> None:
     spec = next(s for s in m.CATALOGUE.values() if label in s.labels)
     assert m.check_labels(spec, {label: value}) == {label: value}
