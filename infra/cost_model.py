@@ -114,7 +114,7 @@ def env_cost(env: EnvConfig, p: dict[str, Any], w: dict[str, Any], ratio: float)
     lines["KMS (3 CMKs + requests)"] = 3 * p["kms_key_month"] + images * 50 / 10_000 * p["kms_per_10k_requests"]
     lines[f"Secrets Manager ({SECRET_COUNT} secrets)"] = SECRET_COUNT * p["secret_month"]
     topo = build_topology(f"radloop-{env.name}")
-    n_alarms = 2 * len(topo.queues) + 1 + 2 * 5 + 1 + 2  # DLQs, 5xx+unhealthy per HTTP service, worker, events
+    n_alarms = 2 * len(topo.queues) + 1 + 2 * 5 + 1 + 3  # DLQs, 5xx+unhealthy per HTTP service, worker, events
     tasks = len(SERVICES) * env.min_tasks
     lines[f"CloudWatch ({n_alarms} alarms, logs, Container Insights)"] = (
         n_alarms * p["cloudwatch_alarm_month"]

@@ -12,6 +12,7 @@ TRAINING_COMPLETED = "TrainingCompleted"
 MODEL_REGISTERED = "ModelRegistered"
 MODEL_APPROVED = "ModelApproved"
 MODEL_PERFORMANCE_DEGRADED = "ModelPerformanceDegraded"
+DRIFT_DETECTED = "DriftDetected"
 
 #: S3's own notification, delivered through EventBridge's default bus.
 S3_OBJECT_CREATED = "Object Created"
@@ -32,4 +33,5 @@ ALL = (
     MODEL_REGISTERED,
     MODEL_APPROVED,
     MODEL_PERFORMANCE_DEGRADED,
+    DRIFT_DETECTED,
 )

@@ -142,7 +142,7 @@ class TrainingStarted(Event):
     manifest_sha256: str
     manifest_uri: str
     label_count: int
-    trigger: Literal["policy", "schedule", "manual", "degraded"]
+    trigger: Literal["policy", "schedule", "manual", "degraded", "drift"]
     champion_version: int | None = None
 
 
@@ -194,6 +194,23 @@ class ModelPerformanceDegraded(Event):
     value: float
     floor: float
     sample_size: int
+
+
+class DriftDetected(Event):
+    """A site's images or the champion's scores no longer look like the model's training data (shared.drift).
+
+    No PHI: the site is a pseudonymous key (a hash of the institution and device), never a name."""
+
+    name: ClassVar[str] = ev.DRIFT_DETECTED
+
+    model_version: int
+    site: str = Field(pattern=r"^site-[0-9a-f]{10}$")
+    modality: str = Field(max_length=16)
+    #: one of shared.drift.FEATURES: ``score`` is prediction drift, the others input drift
+    feature: str = Field(max_length=32)
+    psi: float
+    threshold: float
+    window_images: int = Field(ge=1)
 
 
 class S3ObjectCreated(BaseModel):
@@ -253,6 +270,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         ModelRegistered,
         ModelApproved,
         ModelPerformanceDegraded,
+        DriftDetected,
     )
 }
 assert set(EVENT_TYPES) == set(ev.ALL), "every event name needs a model"

@@ -13,8 +13,9 @@ Export (set up once per process by :func:`setup_metrics`, which :func:`shared.te
 
 No PHI and no high-cardinality identifiers in labels (invariant): a label name must be in :data:`ALLOWED_LABELS` (checked
 when the catalogue is built and again on every record), and a label value that looks like a DICOM UID, a person name
-(``^``), a date, or is longer than :data:`MAX_LABEL_VALUE_LEN` is replaced (a ``queue`` value must instead be an SQS queue
-name: the deployment prefix in it may hold digits) by ``"_invalid"`` before it reaches the SDK.
+(``^``), a date, or is longer than :data:`MAX_LABEL_VALUE_LEN` is replaced by ``"_invalid"`` before it reaches the SDK.
+A ``queue``, ``site`` or ``modality`` value is instead checked against its known shape (an SQS queue name's deployment
+prefix may hold digits; a site key is a hash).
 A label name an instrument did not declare raises :class:`MetricLabelError` (a programming error; tests catch it).
 """
 
@@ -48,6 +49,9 @@ ALLOWED_LABELS: frozenset[str] = frozenset({
     "priority",        # triage priority: urgent | routine
     "role",            # a radiologist's ROLE claim (never the name or subject)
     "measure",         # performance measure: auc | sensitivity | specificity
+    "site",            # a pseudonymous site key, site-<10 hex> (shared.drift.site_key: a hash, never a name)
+    "modality",        # a DICOM modality code: CR | DX | ...
+    "feature",         # a drift feature (shared.drift.FEATURES)
 })
 
 #: Label values longer than this are refused (identifiers and free text are long; every legitimate value is short).
@@ -55,9 +59,10 @@ MAX_LABEL_VALUE_LEN = 96
 #: A DICOM UID (dotted digits), a DICOM person name (``^``), a date, or a long digit run (MRNs, accession numbers).
 _SUSPECT_VALUE = re.compile(r"(?:\d+\.){3,}\d+|\^|\d{4}-?\d{2}-?\d{2}|\d{7,}")
 INVALID = "_invalid"
-#: An SQS queue name (letters, digits, ``-``, ``_``; up to 80). Queue labels come from the topology, so their digits
-#: are the operator's deployment prefix, not a patient's: they are checked against this shape, not for digit runs.
-_QUEUE_NAME = re.compile(r"[A-Za-z0-9_-]{1,80}")
+#: Labels whose values have a known shape, checked against it instead of for digit runs: a queue label is an SQS queue
+#: name from the topology (its digits are the operator's deployment prefix, not a patient's); a site label is a hash.
+_SHAPED = {"queue": re.compile(r"[A-Za-z0-9_-]{1,80}"), "site": re.compile(r"site-[0-9a-f]{10}"),
+           "modality": re.compile(r"[A-Z]{1,16}")}
 
 Kind = Literal["counter", "histogram", "gauge", "updown"]
 
@@ -149,6 +154,10 @@ _SPECS: tuple[MetricSpec, ...] = (
     MetricSpec("radloop.triage.rescored", "counter", "{image}",
                "Unread images re-scored after a new champion was approved, per model version", ("model_version",),
                service="triage"),
+    MetricSpec("radloop.model.drift.psi", "gauge", "{psi}",
+               "Drift: population stability index of a feature of the champion's recent inputs (or its scores: "
+               "feature=score) per pseudonymous site and modality, against the training reference",
+               ("model_version", "site", "modality", "feature"), service="triage"),
     MetricSpec("radloop.triage.scoring.duration", "histogram", "s", "Scoring latency per model version",
                ("model_version",), LATENCY_BUCKETS_S, service="triage"),
     # --- verification ---
@@ -181,8 +190,8 @@ def check_labels(spec: MetricSpec, attributes: Mapping[str, Any] | None) -> dict
         if key not in spec.labels:
             raise MetricLabelError(f"{spec.name} does not declare label {key!r} (declared: {list(spec.labels)})")
         value = str(raw)
-        if key == "queue":
-            if not _QUEUE_NAME.fullmatch(value):
+        if key in _SHAPED:
+            if not _SHAPED[key].fullmatch(value):
                 _warn_once(spec.name, key)
                 value = INVALID
         elif len(value) > MAX_LABEL_VALUE_LEN or (key != "route" and _SUSPECT_VALUE.search(value)):

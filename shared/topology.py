@@ -32,7 +32,8 @@ SUBSCRIPTIONS: dict[str, tuple[str, ...]] = {
     # ImageVerified: an image read before any model was approved leaves triage's backlog (docs/triage.md)
     "triage": (ev.INSTANCE_STORED, ev.MODEL_APPROVED, ev.IMAGE_VERIFIED),
     "verification": (ev.INSTANCE_STORED, ev.INSTANCE_SCORED),
-    "pipeline_orchestrator": (ev.IMAGE_VERIFIED, ev.MODEL_PERFORMANCE_DEGRADED),
+    # DriftDetected may trigger a run (trigger_on_drift, off by default: drift says "look", not "this is worse")
+    "pipeline_orchestrator": (ev.IMAGE_VERIFIED, ev.MODEL_PERFORMANCE_DEGRADED, ev.DRIFT_DETECTED),
     "registry": (ev.TRAINING_COMPLETED,),
     # AI results and verified reads become DICOM objects; stored derived objects are forwarded (docs/interop.md)
     "interop": (ev.INSTANCE_SCORED, ev.IMAGE_VERIFIED, ev.INSTANCE_STORED),
@@ -235,8 +236,11 @@ def build_topology(prefix: str = "radloop") -> Topology:
         "idempotency": TableSpec(f"{prefix}-idempotency", KeySpec("id"), ttl_attribute="expiration"),
         "audit": TableSpec(f"{prefix}-audit", KeySpec("day"), KeySpec("ts_id")),
         # by_backlog is sparse: only the records of images waiting for a first model (triage's start reads it).
+        # by_unread is sparse too: the scored images nobody has read yet, by arrival (a new champion re-scores them,
+        # newest first).
         "scores": TableSpec(f"{prefix}-scores", KeySpec("sop_uid"),
-                            indexes=(IndexSpec("by_backlog", KeySpec("backlog_pk"), KeySpec("scored_at")),)),
+                            indexes=(IndexSpec("by_backlog", KeySpec("backlog_pk"), KeySpec("scored_at")),
+                                     IndexSpec("by_unread", KeySpec("unread_pk"), KeySpec("arrived_at")))),
         # Sparse indexes of the cases (services.verification.adapters.cases): by_outbox holds only cases with
         # unpublished events, by_outcome the scored and verified cases per model version (live performance reads a
         # window of it), by_pair the double-read final cases (reader agreement).

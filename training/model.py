@@ -11,7 +11,7 @@ import json
 import tarfile
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -113,3 +113,15 @@ def predict_proba(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
     """Probabilities of pneumonia (shape N) for an N×1×S×S float32 batch, in fp32 for stable outputs."""
     model.eval()
     return torch.sigmoid(model(batch.float()).float().reshape(-1))
+
+
+def forward_with_embedding(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(penultimate-layer embedding N×D, logits N×1) of a :func:`build_model` ResNet in one forward pass.
+
+    The same steps as torchvision's ``ResNet._forward_impl``, stopping to keep the pooled features that ``fc`` reads:
+    triage and training summarise them for drift (shared.drift) at no extra forward pass."""
+    r = cast(models.ResNet, net)
+    x = r.maxpool(r.relu(r.bn1(r.conv1(x))))
+    x = r.layer4(r.layer3(r.layer2(r.layer1(x))))
+    emb = torch.flatten(r.avgpool(x), 1)
+    return emb, r.fc(emb)

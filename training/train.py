@@ -36,12 +36,15 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 from torchvision.transforms import v2
 
+from shared import drift
 from training import model as M
 from training.preprocess import load_shards
 from training.sm import channel_dir, checkpoint_dir, code_version, hyperparameters, model_dir, write_failure
 
 log = logging.getLogger("radloop.training.train")
 CHECKPOINT = "checkpoint.pt"
+#: Training images summarised in the model's drift reference (a seeded sample; enough for stable deciles).
+DRIFT_REFERENCE_IMAGES = 2000
 
 
 
@@ -140,13 +143,24 @@ def make_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[np.ndar
 @torch.no_grad()
 def predict(model: nn.Module, x: np.ndarray, device: torch.device, batch_size: int = 64) -> np.ndarray:
     """Probabilities for N×S×S float32 inputs, in fp32 (evaluation must not depend on the training precision)."""
+    return predict_with_embeddings(model, x, device, batch_size)[0]
+
+
+def predict_with_embeddings(model: nn.Module, x: np.ndarray, device: torch.device,
+                            batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities N, penultimate-layer embeddings N×D) in one fp32 pass (the embeddings feed the drift reference)."""
     model.eval()
-    out = []
-    for i in range(0, len(x), batch_size):
-        xb = torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size])).unsqueeze(1).to(device)
-        xb = xb.contiguous(memory_format=torch.channels_last)
-        out.append(torch.sigmoid(model(xb).float().reshape(-1)).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros(0, np.float32)
+    probs, embs = [], []
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            xb = torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size])).unsqueeze(1).to(device)
+            xb = xb.contiguous(memory_format=torch.channels_last)
+            emb, logits = M.forward_with_embedding(model, xb)
+            probs.append(torch.sigmoid(logits.float().reshape(-1)).cpu().numpy())
+            embs.append(emb.float().cpu().numpy())
+    if not probs:
+        return np.zeros(0, np.float32), np.zeros((0, 0), np.float32)
+    return np.concatenate(probs), np.concatenate(embs)
 
 
 def threshold_for_sensitivity(y: np.ndarray, p: np.ndarray, target: float) -> float:
@@ -280,9 +294,13 @@ def train(hp: HParams, train_dir: Path, val_dir: Path, out_dir: Path, ckpt_dir: 
     if select == "best_val" and best_state is not None:
         model.load_state_dict(best_state)
     selected_epoch = best_epoch if select == "best_val" and best_state is not None else len(history)
-    pv = predict(model, va["x"], device)
+    pv, emb_v = predict_with_embeddings(model, va["x"], device)
     threshold = threshold_for_sensitivity(va["y"], pv, hp.sensitivity_target)
     cfg = M.default_config(hp.arch, size, threshold)
+    # what triage compares its images, scores and embeddings with (shared.drift): a sample of the training inputs, and
+    # the model's scores and penultimate-layer embeddings on the validation split
+    sample = np.random.default_rng(hp.seed).permutation(len(tr["y"]))[:DRIFT_REFERENCE_IMAGES]
+    cfg["drift_reference"] = drift.build_reference(tr["x"][np.sort(sample)], pv, emb_v)
     M.save_model_dir(model, cfg, out_dir)
     meta_path = Path(train_dir) / "meta.json"
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}

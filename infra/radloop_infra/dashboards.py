@@ -57,6 +57,8 @@ EMF_DIMENSIONS: dict[str, list[list[str]]] = {
     "radloop.ingestion.bytes": [["direction"]],
     "radloop.ingestion.htj2k.ratio": [["service.name"]],
     "radloop.triage.scores": [["service.name"], ["model_version"]],
+    "radloop.triage.rescored": [["model_version"]],
+    "radloop.model.drift.psi": [["site", "modality", "feature"]],
     "radloop.triage.scoring.duration": [["service.name"]],
     "radloop.verification.reads": [["role"]],
     "radloop.verification.worklist.depth": [["priority"]],
@@ -271,6 +273,12 @@ class MetricsDashboards(Construct):
                 for o in ("succeeded", "failed", "stopped")]),
             cw.SingleValueWidget(title="Champion model version", width=6, metrics=[
                 self.metric("radloop.model.champion.version", {"service.name": "registry"}, "Maximum")]),
+        )
+        self.dashboard.add_widgets(
+            cw.GraphWidget(title="Unread images re-scored by a new champion", width=12, left=[self.search(
+                "radloop.triage.rescored", ["model_version"], "Sum", "re-scored")]),
+            cw.GraphWidget(title="Drift: PSI per site, modality and feature (0.25: act)", width=12, left=[self.search(
+                "radloop.model.drift.psi", ["site", "modality", "feature"], "Maximum", "psi")]),
         )
         self.dashboard.add_widgets(cw.AlarmStatusWidget(title="Metric alarms", width=24,
                                                         alarms=list(self.alarms.values())))

@@ -179,7 +179,18 @@ class Observability(Construct):
                                               detail_type=[ev.MODEL_PERFORMANCE_DEGRADED]),
             targets=[targets.SnsTopic(self.topic, dead_letter_queue=messaging.rule_dlq)],
         )
-        for id_, rule in (("PipelineFailures", sm_failed), ("ModelPerformanceDegraded", degraded)):
+        # Drift goes to the topic as it happens (each event names the site key, modality, feature and PSI), with an
+        # alarm like degradation's; the dashboard's PSI panel shows its course.
+        drift = events.Rule(
+            self, "ModelDrift", rule_name=f"{topology.prefix}-model-drift",
+            description="DriftDetected events published by radloop's triage (docs/triage.md)",
+            event_bus=messaging.bus,
+            event_pattern=events.EventPattern(source=events.Match.prefix("radloop."),
+                                              detail_type=[ev.DRIFT_DETECTED]),
+            targets=[targets.SnsTopic(self.topic, dead_letter_queue=messaging.rule_dlq)],
+        )
+        for id_, rule in (("PipelineFailures", sm_failed), ("ModelPerformanceDegraded", degraded),
+                          ("DriftDetected", drift)):
             alarm(id_, cw.Alarm(
                 self, f"{id_}Alarm", alarm_name=f"{topology.prefix}-{rule.node.id}",
                 alarm_description=f"{id_}: see the event delivered to the topic",
@@ -189,7 +200,7 @@ class Observability(Construct):
                 threshold=0, evaluation_periods=1, comparison_operator=cw.ComparisonOperator.GREATER_THAN_THRESHOLD,
                 treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
             ))
-        self.alert_rules = {"pipeline_failed": sm_failed, "model_degraded": degraded}
+        self.alert_rules = {"pipeline_failed": sm_failed, "model_degraded": degraded, "model_drift": drift}
 
 
 def _target_5xx():  # noqa: ANN202 - a small indirection keeps the import local

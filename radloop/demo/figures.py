@@ -57,7 +57,8 @@ def collect_figures(cfg: DemoConfig, state: DemoState, api: PlatformApi, endpoin
     s3 = boto3_client(s, "s3")
     topo = s.topology
 
-    scores = _scan(ddb, topo.table("scores"))
+    # records with no status are bare "read" marks (an image read before triage wrote anything for it)
+    scores = [sc for sc in _scan(ddb, topo.table("scores")) if sc.get("status")]
     everything = [i for i in _scan(ddb, topo.table("instances")) if i.get("sk", "").startswith(INSTANCE_PREFIX)]
     # Acquired images only: the SRs and SEGs the interop service derived (docs/interop.md) are counted apart.
     index = [i for i in everything if i.get("sop_class_uid") not in DERIVED_SOP_CLASSES]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from shared.consumer import MessageContext
-from shared.events import ImageVerified, ModelPerformanceDegraded
+from shared.events import DriftDetected, ImageVerified, ModelPerformanceDegraded
 from shared.service import HandlerMap
 
 if TYPE_CHECKING:  # bootstrap imports this module to declare the service
@@ -22,4 +22,10 @@ async def performance_degraded(deps: OrchestratorDeps, event: ModelPerformanceDe
     await deps.orchestrator.on_degraded(event)
 
 
-HANDLERS: HandlerMap = {ImageVerified: image_verified, ModelPerformanceDegraded: performance_degraded}
+async def drift_detected(deps: OrchestratorDeps, event: DriftDetected, _m: MessageContext) -> None:
+    """Drift: logged, and a run requested when ``trigger_on_drift`` is on."""
+    await deps.orchestrator.on_drift(event)
+
+
+HANDLERS: HandlerMap = {ImageVerified: image_verified, ModelPerformanceDegraded: performance_degraded,
+                        DriftDetected: drift_detected}

@@ -25,7 +25,7 @@ from services.pipeline_orchestrator.settings import OrchestratorSettings
 from shared.approval import ApprovalPolicy
 from shared.aws import AwsClients
 from shared.champion import ChampionPointer
-from shared.events import ImageVerified, ModelPerformanceDegraded, TrainingCompleted, TrainingStarted
+from shared.events import DriftDetected, ImageVerified, ModelPerformanceDegraded, TrainingCompleted, TrainingStarted
 from shared.metrics import instrument
 from shared.publisher import EventPublisher
 from shared.storage import NO_CHAMPION_PREFIX
@@ -93,6 +93,12 @@ class Orchestrator:
         if self.settings.trigger_on_degraded:
             log.info("performance degraded; requesting a run", extra={"metric": event.metric, "value": event.value})
             await self.request("degraded")
+
+    async def on_drift(self, event: DriftDetected) -> None:
+        log.warning("drift detected", extra={"site": event.site, "modality": event.modality, "feature": event.feature,
+                                             "psi": event.psi, "model_version": event.model_version})
+        if self.settings.trigger_on_drift:
+            await self.request("drift")
 
     # -- triggering ----------------------------------------------------------------------------------------------
     async def request(

@@ -25,6 +25,10 @@ class OrchestratorSettings(Settings):
     trigger_cooldown_s: float = Field(3600.0, ge=0)
     #: Whether ``ModelPerformanceDegraded`` triggers a run (still subject to the cooldown and single-flight).
     trigger_on_degraded: bool = True
+    #: Whether ``DriftDetected`` (triage: a site's inputs or the scores moved away from the training data) triggers a
+    #: run. Off by default: drift alone does not mean the model is worse, and a retrain on unverified drift learns
+    #: nothing new; turn it on where new labels follow drift quickly.
+    trigger_on_drift: bool = False
 
     # --- execution --------------------------------------------------------------------------------------------------
     #: ``local``: the docker-free executor as a subprocess; ``sagemaker``: StartPipelineExecution.

@@ -37,6 +37,7 @@ async def startup(rt: Runtime[TriageSettings]) -> TriageDeps:
         log.exception("champion could not be loaded at start-up")
     triage.batcher.start()
     triage.schedule_backlog()  # a restart finishes a backlog that an earlier process left (no-op without a model)
+    triage.schedule_rescore()  # and a re-scoring pass that an earlier process left unfinished
     return TriageDeps(rt=rt, triage=triage)
 
 

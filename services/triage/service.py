@@ -1,6 +1,6 @@
 """The triage use cases: score a stored instance (applicability, frame, micro-batched forward pass, heatmap, score
-record, event), install an approved model, keep the backlog of images that arrived before any model, and render a
-heatmap on request."""
+record, event), install an approved model, keep the backlog of images that arrived before any model, re-score the
+unread images when a new champion is approved, and render a heatmap on request."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import hashlib
 import logging
 import time
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,8 @@ from services.triage.domain.model import LoadedModel
 from services.triage.domain.priority import AWAITING_MODEL, VERIFIED_BEFORE_MODEL, priority_for
 from services.triage.settings import TriageSettings
 from shared.aws import AwsClients
-from shared.events import ImageVerified, InstanceScored, InstanceStored, ModelApproved
+from shared.drift import DriftCheck, DriftMonitor, DriftPolicy, embedding_features, image_features
+from shared.events import DriftDetected, ImageVerified, InstanceScored, InstanceStored, ModelApproved
 from shared.image_store import ImageNotFound
 from shared.image_store.factory import open_image_store
 from shared.metrics import instrument
@@ -40,6 +42,8 @@ log = logging.getLogger(__name__)
 #: How long a backlog claim keeps other tasks off an image: far longer than scoring one takes, short enough that an
 #: image whose task died is picked up by the next backlog run.
 BACKLOG_CLAIM_S = 300.0
+#: At most this many re-scoring passes follow one another (a champion approved while a pass ran asks for another).
+RESCORE_ROUNDS = 5
 
 
 def scored_event_id(scored: InstanceScored) -> str:
@@ -62,8 +66,19 @@ class Triage:
                                     max_batch=settings.triage_max_batch)
         self.scored = 0
         self._backlog_task: asyncio.Task[int] | None = None
+        self._rescore_task: asyncio.Task[int] | None = None
+        #: set when a pass should follow the running one (the champion changed while it ran)
+        self._rescore_again = False
+        self.rescored = 0
         #: this task's name on backlog claims (several triage tasks share the backlog; each record is scored once)
         self.claim_owner = uuid.uuid4().hex
+        #: drift of new arrivals against the champion's training reference, per site and modality (shared.drift)
+        self.drift = DriftMonitor(DriftPolicy(
+            window=settings.triage_drift_window, min_images=settings.triage_drift_min_images,
+            check_every=settings.triage_drift_check_every, psi_alert=settings.triage_drift_psi_alert,
+            max_windows=settings.triage_drift_max_windows))
+        #: (site, modality, feature) -> when this task last published DriftDetected for it (monotonic seconds)
+        self._drift_alerted: dict[tuple[str, str, str], float] = {}
 
     # -- events ------------------------------------------------------------------------------------------------------
     async def on_instance_stored(self, event: InstanceStored) -> dict[str, Any]:
@@ -71,13 +86,17 @@ class Triage:
         s = self.settings
         base = {"study_uid": event.study_uid, "series_uid": event.series_uid, "sop_uid": event.sop_uid,
                 "patient_pseudo_id": event.patient_pseudo_id}
+        arrived = event.occurred_at.astimezone(UTC).isoformat(timespec="milliseconds")
+        if await self.holder.refresh_if_due() is not None:  # approved while another task took the event
+            self.schedule_backlog()
+            self.schedule_rescore()
         meta: dict[str, Any] | None = None
         if event.body_part is None:  # the event may omit it; the stored DICOM JSON is authoritative
             meta = await self.images.metadata(event.study_uid, event.series_uid, event.sop_uid)
         reason = not_applicable_reason(event.modality, event.body_part, modalities=s.triage_modalities,
                                        body_parts=s.triage_body_parts, meta=meta)
         if reason:
-            return await self._record(InstanceScored(status="not_applicable", reason=reason, **base))
+            return await self._record(InstanceScored(status="not_applicable", reason=reason, **base), arrived)
 
         model = self.holder.current
         if model is None and (self.holder.load_error or await self.holder.read_pointer() is not None):
@@ -85,37 +104,44 @@ class Triage:
             # now, and if that fails let the message be retried rather than marking the image unscored.
             model = await self.holder.ensure_loaded()
         if model is None:
-            out = await self._record(InstanceScored(status="unscored", reason=AWAITING_MODEL, **base))
+            out = await self._record(InstanceScored(status="unscored", reason=AWAITING_MODEL, **base), arrived)
             if self.holder.current is not None:  # a champion arrived meanwhile: do not leave this one waiting
                 self.schedule_backlog()
             return out
-        return await self._score(model, base)
+        return await self._score(model, base, arrived, modality=event.modality)
 
     async def on_model_approved(self, event: ModelApproved) -> dict[str, Any]:
-        """Install the approved model (hot swap), then score the images that arrived before any model."""
+        """Install the approved model (hot swap), score the images that arrived before any model, and re-score the
+        unread images that an earlier champion scored (newest first, at a bounded rate)."""
         model = await self.holder.on_approved(event.version, event.model_artifact_uri, event.threshold,
                                               event.model_package_arn)
         self.schedule_backlog()  # images that arrived before any model get this one's score
+        self.schedule_rescore()  # the worklist's order follows the new champion
         return {"model_version": model.version}
 
     async def on_verified(self, event: ImageVerified) -> dict[str, Any]:
-        """An image read before any model was approved leaves the backlog: triage orders what is still unread, and a
-        score given after the label would neither order the worklist nor count towards live performance."""
-        if await self.scores.leave_backlog(event.sop_uid, VERIFIED_BEFORE_MODEL):
-            return {"backlog": "left"}
-        return {"backlog": "not in it"}  # scored already, or never waiting: nothing to do (and redelivery-safe)
+        """A read image is out of triage's hands: it leaves the backlog (an image read before any model) and the
+        unread index (no champion re-scores it). Triage orders what is still unread, and a score given after the label
+        would neither order the worklist nor count towards live performance. Redelivery-safe."""
+        left = await self.scores.leave_backlog(event.sop_uid, VERIFIED_BEFORE_MODEL)
+        await self.scores.mark_read(event.sop_uid)
+        return {"backlog": "left" if left else "not in it"}  # not in it: scored already, or never waiting
 
     # -- scoring -----------------------------------------------------------------------------------------------------
-    async def _score(self, model: LoadedModel, base: dict[str, Any]) -> dict[str, Any]:
-        """Score an applicable instance with ``model`` (the batcher may use a newer champion); record it."""
+    async def _score(self, model: LoadedModel, base: dict[str, Any], arrived: str,
+                     modality: str | None = None) -> dict[str, Any]:
+        """Score an applicable instance with ``model`` (the batcher may use a newer champion); record it. With the
+        ``modality`` of a new arrival (not a backlog or re-scoring pass, which would count an image twice), the image
+        and its score join the drift windows."""
         s = self.settings
         try:
             frame = await self.images.read_frame(base["study_uid"], base["series_uid"], base["sop_uid"])
             pre = await asyncio.to_thread(model_input, frame, model.input_size)
         except ValueError as exc:  # undecodable: it can never succeed, so say so instead of retrying forever
-            return await self._record(InstanceScored(status="unscored", reason=str(exc)[:500], **base))
+            return await self._record(InstanceScored(status="unscored", reason=str(exc)[:500], **base), arrived)
         started = time.perf_counter()
-        prob, used, x = await self.batcher.submit(frame, pre, model.input_size)
+        result = await self.batcher.submit(frame, pre, model.input_size)
+        prob, used, x = result.probability, result.model, result.input
         priority = priority_for(prob, used.threshold)
         # Scoring latency: the model call through the batcher (queueing for a batch included), per model version.
         version = {"model_version": str(used.version)}
@@ -129,18 +155,66 @@ class Triage:
             except ValueError as exc:  # the score stands without its explanation; the viewer shows none
                 log.warning("heatmap failed; scored without one", extra={"sop_uid": base["sop_uid"],
                                                                          "error": str(exc)[:300]})
-        return await self._record(InstanceScored(
+        out = await self._record(InstanceScored(
             status="scored", probability=round(prob, 6), threshold=used.threshold, priority=priority,
-            model_version=used.version, heatmap_key=heatmap, **base))
+            model_version=used.version, heatmap_key=heatmap, **base), arrived)
+        champion = self.holder.current
+        if champion is not None and champion.version != used.version:
+            self.schedule_rescore()  # a swap overtook this score: the new champion's pass must not miss it
+        elif modality and used.version == model.version:
+            await self.watch_drift(used, frame.site, modality, pre, prob, result.embedding)
+        return out
 
-    async def _record(self, scored: InstanceScored) -> dict[str, Any]:
+    # -- drift -------------------------------------------------------------------------------------------------------
+    async def watch_drift(self, model: LoadedModel, site: str, modality: str, pre: np.ndarray, prob: float,
+                          embedding: np.ndarray | None = None) -> DriftCheck | None:
+        """Add one new arrival to its (site, modality) window; when that completes a comparison, record the PSI gauges
+        and publish ``DriftDetected`` for each feature at or above the alert level (once per cooldown). Never fails
+        the scoring: the score is recorded already, and a lost drift alert is repeated at the next comparison."""
+        reference = model.config.get("drift_reference")
+        self.drift.use(reference)  # a champion without one (older artefacts): no drift
+        if reference is None:
+            return None
+        features = {**image_features(pre), "score": float(prob)}
+        if embedding is not None:
+            features.update(embedding_features(reference, embedding))
+        check = self.drift.observe(site, modality, features)
+        if check is None:
+            return None
+        gauge = instrument("radloop.model.drift.psi")
+        for feature, value in check.psi.items():
+            gauge.set(value, {"model_version": str(model.version), "site": site, "modality": modality,
+                              "feature": feature})
+        now = time.monotonic()
+        cooldown = self.settings.triage_drift_alert_cooldown_s
+        if len(self._drift_alerted) > 10 * self.drift.policy.max_windows:  # bounded: forget alerts past cooldown
+            self._drift_alerted = {k: t for k, t in self._drift_alerted.items() if now - t < cooldown}
+        for f in check.findings:
+            key = (f.site, f.modality, f.feature)
+            last = self._drift_alerted.get(key)
+            if last is not None and now - last < cooldown:
+                continue
+            try:
+                await self.publisher.publish(DriftDetected(
+                    model_version=model.version, site=f.site, modality=f.modality[:16], feature=f.feature,
+                    psi=f.psi, threshold=self.drift.policy.psi_alert, window_images=f.window_images))
+            except Exception as exc:  # noqa: BLE001 - the score stands; the next comparison repeats the alert
+                log.warning("drift alert not published", extra={"error": f"{type(exc).__name__}: {exc}"[:300]})
+                continue
+            self._drift_alerted[key] = now
+            log.warning("drift detected", extra={"site": f.site, "modality": f.modality, "feature": f.feature,
+                                                 "psi": f.psi, "model_version": model.version})
+        return check
+
+    async def _record(self, scored: InstanceScored, arrived: str | None = None) -> dict[str, Any]:
         """Write the score durably, then publish it (a crash between the two re-runs the handler: same result).
 
         The event id is derived from what was decided, so a re-run after a crash that followed the publish (the
         consumer had not completed its idempotency record) republishes the *same* event, which consumers skip, instead
         of a second ``InstanceScored`` (found by the chaos run, docs/reliability.md)."""
         scored = scored.model_copy(update={"event_id": scored_event_id(scored)})
-        await self.scores.put(scored, awaiting_model=scored.reason == AWAITING_MODEL)
+        arrived_at = arrived or datetime.now(UTC).isoformat(timespec="milliseconds")
+        await self.scores.put(scored, awaiting_model=scored.reason == AWAITING_MODEL, arrived_at=arrived_at)
         await self.publisher.publish(scored)
         self.scored += 1
         log.info("instance triaged", extra={"status": scored.status, "model_version": scored.model_version,
@@ -190,12 +264,13 @@ class Triage:
             self._backlog_task = asyncio.create_task(self.rescore_backlog(), name="triage-backlog")
 
     async def cancel_backlog(self) -> None:
-        """Stop a backlog run in progress (shutdown); the images it did not reach stay in the backlog."""
-        task = self._backlog_task
-        if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        """Stop the backlog and re-scoring runs in progress (shutdown); what they did not reach waits for the next
+        run (a restart starts both)."""
+        for task in (self._backlog_task, self._rescore_task):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def rescore_backlog(self, max_items: int = 100_000, max_rounds: int = 5) -> int:
         """Score every instance recorded as unscored for want of a model, with the champion now in memory.
@@ -223,7 +298,7 @@ class Triage:
                     if not await self.scores.claim(base["sop_uid"], self.claim_owner, BACKLOG_CLAIM_S):
                         return None  # scored already, or another task is scoring it
                     try:
-                        await self._score(model, base)
+                        await self._score(model, base, str(item.get("arrived_at") or item.get("scored_at") or ""))
                         return True
                     except Exception:
                         log.exception("backlog scoring failed; the image stays in the backlog",
@@ -239,3 +314,79 @@ class Triage:
         if total:
             log.info("backlog scored", extra={"count": total})
         return total
+
+    # -- re-scoring on a new champion --------------------------------------------------------------------------------
+    def schedule_rescore(self) -> None:
+        """Re-score, in the background, the unread images an earlier champion scored (single flight: a request while
+        a pass runs makes one more pass follow it)."""
+        self._rescore_again = True
+        if self._rescore_task is None or self._rescore_task.done():
+            self._rescore_task = asyncio.create_task(self.rescore_unread(), name="triage-rescore")
+
+    async def rescore_unread(self) -> int:
+        """Re-score every unread scored image with the champion in memory, newest arrival first, at most
+        ``triage_rescore_per_s`` a second and ``triage_rescore_max`` a pass; each new score replaces the record and
+        publishes ``InstanceScored``, which re-orders the worklist.
+
+        Exactly once per unread image and champion: an image is re-scored only by the task whose claim succeeded,
+        and the claim holds only while the image is unread and that champion has not scored it. An image read
+        meanwhile, or scored by the new champion on arrival, is skipped. A failure leaves the image for the next pass.
+        Returns how many were re-scored."""
+        s = self.settings
+        total = 0
+        for _ in range(RESCORE_ROUNDS):
+            if not self._rescore_again:
+                break
+            self._rescore_again = False
+            model = self.holder.current
+            if model is None or s.triage_rescore_max <= 0 or s.triage_rescore_per_s <= 0:
+                break
+            items = await self.scores.unread(s.triage_rescore_max, not_version=model.version)
+            if items:
+                log.info("re-scoring unread images with the new champion",
+                         extra={"count": len(items), "model_version": model.version})
+            total += await self._rescore(model, items)
+        if total:
+            log.info("re-scoring done", extra={"count": total})
+        return total
+
+    async def _rescore(self, model: LoadedModel, items: list[dict[str, Any]]) -> int:
+        """One pass over ``items`` (newest first) at the configured rate; stops early when the champion changes."""
+        sem = asyncio.Semaphore(self.settings.triage_max_batch)
+        interval = 1.0 / self.settings.triage_rescore_per_s
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+
+        async def one(item: dict[str, Any]) -> bool:
+            sop = str(item["sop_uid"])
+            base = {"study_uid": item["study_uid"], "series_uid": item["series_uid"], "sop_uid": sop,
+                    "patient_pseudo_id": item.get("patient_pseudo_id")}
+            async with sem:
+                if not await self.scores.claim_rescore(sop, self.claim_owner, BACKLOG_CLAIM_S, model.version):
+                    return False  # read meanwhile, scored by this champion already, or another task has it
+                try:
+                    await self._score(model, base, str(item.get("arrived_at") or ""))
+                except Exception:
+                    log.exception("re-scoring failed; the image keeps its earlier score", extra={"sop_uid": sop})
+                    await self.scores.unclaim_rescore(sop, self.claim_owner)
+                    return False
+            self.rescored += 1
+            instrument("radloop.triage.rescored").add(1, {"model_version": str(model.version)})
+            return True
+
+        tasks: list[asyncio.Task[bool]] = []
+        try:
+            for i, item in enumerate(items):
+                if self.holder.current is not model:
+                    self._rescore_again = True  # a newer champion: the next pass re-scores with it
+                    break
+                delay = started + i * interval - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                tasks.append(asyncio.create_task(one(item)))
+            return sum(await asyncio.gather(*tasks))
+        except asyncio.CancelledError:  # shutdown: claims not yet used pass with their lease
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import Field
+
 from shared.image_store.settings import ImageStoreSettings
 
 
@@ -31,4 +33,22 @@ class TriageSettings(ImageStoreSettings):
     triage_cam_min_size: int = 7
     #: Largest bf16-vs-fp32 probability difference accepted when ``triage_precision=auto``.
     triage_bf16_tolerance: float = 0.02
-
+    #: How often a task reads the champion pointer, to install a model approved while another task took the event.
+    triage_champion_check_s: float = 15.0
+    #: Re-scoring on a new champion: unread scored images per second (newest first), so that the worklist's new order
+    #: arrives at once for recent images without starving the scoring of new arrivals.
+    triage_rescore_per_s: float = 20.0
+    #: The most unread images one re-scoring pass takes (0 turns re-scoring off); older ones keep their score.
+    triage_rescore_max: int = 5000
+    #: Drift (shared.drift): images per (site, modality) window compared with the champion's training reference.
+    triage_drift_window: int = Field(500, ge=10, le=20_000)
+    #: Drift: no comparison before a window holds this many images.
+    triage_drift_min_images: int = Field(200, ge=10)
+    #: Drift: a window is compared every this many new images.
+    triage_drift_check_every: int = Field(50, ge=1)
+    #: Drift: a population stability index at or above this is drift (0.25 is the usual "act on it" level).
+    triage_drift_psi_alert: float = Field(0.25, gt=0)
+    #: Drift: one ``DriftDetected`` per (site, modality, feature) per this many seconds, per task.
+    triage_drift_alert_cooldown_s: float = Field(3600.0, ge=0)
+    #: Drift: the most (site, modality) windows kept; the least recently seen one is dropped beyond it.
+    triage_drift_max_windows: int = Field(200, ge=1)

@@ -374,8 +374,14 @@ def test_alarms_cover_dlqs_5xx_unhealthy_pipeline_and_degradation(synth, env) ->
     for svc in SERVICES:
         assert f"{topo.prefix}-{svc}-unhealthy-tasks" in alarms
     assert f"{topo.prefix}-PipelineFailed" in alarms and f"{topo.prefix}-ModelDegraded" in alarms
+    assert f"{topo.prefix}-ModelDrift" in alarms
     (topic,) = s.of_type("AWS::SNS::Topic").values()
     assert _ref(topic["Properties"]["KmsMasterKeyId"])
+    # drift reaches the same topic through its own rule (docs/triage.md)
+    (drift,) = [r["Properties"] for r in s.of_type("AWS::Events::Rule").values()
+                if r["Properties"].get("Name") == f"{topo.prefix}-model-drift"]
+    assert drift["EventPattern"]["detail-type"] == ["DriftDetected"]
+    assert [_ref(t["Arn"]) for t in drift["Targets"]] == list(s.of_type("AWS::SNS::Topic"))
     for a in alarms.values():
         assert a["AlarmActions"], a["AlarmName"]
 

@@ -22,7 +22,7 @@ from shared.approval import load_policy
 from shared.auth import mint_token
 from shared.aws import boto3_client
 from shared.datasets import parse
-from shared.events import ModelPerformanceDegraded
+from shared.events import DriftDetected, ModelPerformanceDegraded
 from shared.settings import Settings
 from tests.mlops.support import EventTap, ServiceProcess, publish, splits, store_cases, verified, wait_until
 
@@ -62,7 +62,7 @@ def manifest(settings: Settings, sha: str) -> list:
     return parse(s3.get_object(Bucket=settings.topology.bucket("ml"), Key=f"datasets/{sha}/manifest.json")["Body"].read())
 
 
-def test_policy_projection_cooldown_and_sagemaker_path(orch, mdeployment, tap):
+def test_policy_projection_cooldown_and_sagemaker_path(orch, mdeployment, tap, logs_dir):
     cases = store_cases(mdeployment, {"train": 14, "val": 2, "test": 2}, seed=3)
     held = splits(cases)["test"]  # the held-out patients: the locked evaluation set is drawn from their labels
     normals = [c for c in cases if c.label == "normal" and c not in held]
@@ -110,6 +110,11 @@ def test_policy_projection_cooldown_and_sagemaker_path(orch, mdeployment, tap):
     wait_until(lambda: _label_version(mdeployment, normals[1].sop_uid) == 2, 20, "the amendment to be projected")
     # The older version arriving late does not overwrite the newer one.
     publish(mdeployment, [verified(normals[1], version=1)], "radloop.verification")
+    # Drift is handled (logged) but starts nothing by default (trigger_on_drift=False): had it, the pending trigger
+    # below would be "drift", not "degraded".
+    publish(mdeployment, [DriftDetected(model_version=1, site="site-0123456789", modality="CR", feature="score",
+                                        psi=0.9, threshold=0.25, window_images=500)], "radloop.triage")
+    wait_until(lambda: "drift detected" in (logs_dir / "orch-aws.log").read_text(), 20, "the drift event handled")
     publish(mdeployment, [ModelPerformanceDegraded(model_version=1, metric="auc", value=0.6, floor=0.7,
                                                    sample_size=50)], "radloop.triage")
     wait_until(lambda: trainings(orch, mdeployment).json()["pending"] == "degraded", 20, "the deferred trigger")

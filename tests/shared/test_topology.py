@@ -72,6 +72,8 @@ def _sample(name: str) -> E.Event:
                                            threshold=0.5, approved_by="policy", reason="r"),
         ev.MODEL_PERFORMANCE_DEGRADED: E.ModelPerformanceDegraded(model_version=1, metric="auc", value=0.5, floor=0.8,
                                                                   sample_size=10),
+        ev.DRIFT_DETECTED: E.DriftDetected(model_version=1, site="site-0123456789", modality="CR", feature="score",
+                                           psi=0.4, threshold=0.25, window_images=200),
     }
     return samples[name]
 

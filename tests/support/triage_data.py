@@ -143,12 +143,12 @@ def trained_model_tar(threshold: float | None = None, *, seed_offset: int = 0) -
     data = tar_path.read_bytes()
     metrics = json.loads(metrics_path.read_text())
     if threshold is not None:
-        data = _with_threshold(data, threshold)
+        data = with_config(data, threshold=threshold)
     return data, metrics
 
 
-def _with_threshold(data: bytes, threshold: float) -> bytes:
-    """The same artefact with another operating threshold in config.json."""
+def with_config(data: bytes, **updates: Any) -> bytes:
+    """The same artefact with ``updates`` in its config.json (another threshold, a drift reference)."""
     out = io.BytesIO()
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as src, tarfile.open(fileobj=out, mode="w:gz") as dst:
         for m in src.getmembers():
@@ -157,7 +157,7 @@ def _with_threshold(data: bytes, threshold: float) -> bytes:
             body = f.read()
             if m.name == CONFIG_FILE:
                 cfg = json.loads(body)
-                cfg["threshold"] = threshold
+                cfg.update(updates)
                 body = json.dumps(cfg).encode()
             info = tarfile.TarInfo(m.name)
             info.size = len(body)

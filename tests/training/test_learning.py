@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from shared import drift
 from training.evaluate import evaluate
 from training.synthetic import cohort_shards
 from training.train import HParams, train
@@ -32,3 +33,8 @@ def test_resnet18_learns_the_synthetic_task(tmp_path: Path) -> None:
     assert test_auc >= 0.75, (test_auc, aucs)
     cfg = json.loads((tmp_path / "model" / "config.json").read_text())
     assert cfg["input_size"] == 64 and 0 < cfg["threshold"] < 1
+    # the drift reference triage compares new images with (shared.drift): training inputs and validation scores
+    ref = cfg["drift_reference"]
+    assert set(ref["features"]) == set(drift.FEATURES + drift.EMBEDDING_FEATURES)
+    assert len(ref["embedding"]["mean"]) == 512 and len(ref["embedding"]["components"]) == drift.EMBEDDING_COMPONENTS
+    assert ref["images"] == meta["counts"]["train"]["n"] and ref["scores"] == meta["counts"]["val"]["n"]

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from training.model import build_model, default_config, load_model_dir, save_model_dir, write_model_tar
+from training.model import (
+    build_model,
+    default_config,
+    forward_with_embedding,
+    load_model_dir,
+    save_model_dir,
+    write_model_tar,
+)
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
@@ -15,6 +22,17 @@ def test_build_model_gives_one_logit_per_image(arch: str) -> None:
     with torch.no_grad():
         out = m(torch.rand(3, 1, 64, 64))
     assert out.shape == (3, 1)
+
+
+@pytest.mark.parametrize(("arch", "dim"), [("resnet10", 512), ("resnet18", 512), ("resnet50", 2048)])
+def test_forward_with_embedding_gives_the_models_own_logits(arch: str, dim: int) -> None:
+    """The drift embedding comes out of the scoring pass itself: the logits are exactly the module's."""
+    m = build_model(arch).eval()
+    x = torch.rand(3, 1, 64, 64)
+    with torch.no_grad():
+        emb, logits = forward_with_embedding(m, x)
+        assert torch.allclose(logits, m(x), atol=1e-6)
+    assert emb.shape == (3, dim)
 
 
 def test_unknown_arch_is_refused_by_name() -> None:

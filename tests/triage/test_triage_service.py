@@ -68,7 +68,8 @@ def env(aws_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
                  aws_max_attempts=2)
     capture = asyncio.run(_prepare(s))
     with running("verification", s, tmp / "logs") as ver, \
-            running("triage", s, tmp / "logs", RADLOOP_TRIAGE_BATCH_WINDOW_MS="20") as tri:
+            running("triage", s, tmp / "logs", RADLOOP_TRIAGE_BATCH_WINDOW_MS="20",
+                    RADLOOP_TRIAGE_RESCORE_PER_S="10") as tri:
         yield Env(s, tri, ver, capture, model)
 
 
@@ -243,17 +244,80 @@ async def test_hot_swap_mid_stream_loses_nothing_and_scores_nothing_twice(env: E
     await _publish(env, later[0], first[0])  # duplicate deliveries (same event ids)
 
     sops = [e.sop_uid for e in events]
-    items = await _wait_listed(env, sops)
-    assert len(items) == 16
+
+    async def all_v2() -> list[dict[str, Any]] | None:
+        items = [i for i in await _worklist(env) if i["case_id"] in sops]
+        return items if len(items) == 16 and all(i["ai"]["model_version"] == 2 for i in items) else None
+
+    # every one ends with the new champion's score: scored by it, or scored by v1 and then re-scored as unread
+    assert await wait_for(all_v2, 60, 0.5), env.triage.tail()
     await asyncio.sleep(2)  # let any (wrong) second scoring of the duplicates happen before counting
     async with AwsClients(env.settings) as c:
         evs = [e["detail"] for e in await captured(c, env.capture, wait_s=2)]
+    per_version = Counter((e["sop_uid"], e["model_version"]) for e in evs if e["sop_uid"] in sops)
+    assert set(per_version.values()) == {1}, f"an instance was scored twice by one model: {per_version}"
     per_sop = Counter(e["sop_uid"] for e in evs if e["sop_uid"] in sops)
-    assert per_sop == dict.fromkeys(sops, 1), "every instance scored exactly once"
-    versions = {e["sop_uid"]: e["model_version"] for e in evs}
-    assert all(versions[e.sop_uid] == 2 for e in later), "instances after the swap use the new version"
-    assert all(versions[e.sop_uid] in (1, 2) for e in first)
+    assert all(per_sop[e.sop_uid] == 1 for e in later), "instances after the swap are scored once, by v2"
+    assert all((e.sop_uid, 2) in per_version for e in events)
     assert {e["threshold"] for e in evs if e["model_version"] == 2} == {0.45}
     async with httpx.AsyncClient(base_url=env.triage.url, timeout=10) as client:
         status = (await client.get("/triage/model", headers=env.headers("ml"))).json()
     assert status["batches"]["largest"] >= 2, f"micro-batching never batched: {json.dumps(status['batches'])}"
+
+
+async def test_a_new_champion_rescores_each_unread_image_once_newest_first(env: Env) -> None:
+    """Champion v3 (a threshold almost no image reaches) re-scores every unread scored image exactly once, newest
+    arrival first, and the worklist re-orders: urgent cases become routine. An image read meanwhile is not re-scored,
+    and a duplicate or repeated ``ModelApproved`` re-scores nothing twice."""
+    async def unread_by_v2() -> list[dict[str, Any]] | None:  # the previous test's re-scoring may still be running
+        async with AwsClients(env.settings) as c:
+            ddb = await c.dynamodb()
+            items = (await ddb.scan(TableName=env.settings.topology.table("scores"), ConsistentRead=True))["Items"]
+        rows = [{k: next(iter(v.values())) for k, v in i.items()} for i in items]
+        unread = sorted((r for r in rows if r.get("unread_pk")), key=lambda r: r["arrived_at"])
+        return unread if len(unread) >= 16 and {r["model_version"] for r in unread} == {"2"} else None
+
+    unread = await wait_for(unread_by_v2, 60, 0.5)
+    assert unread, env.triage.tail()
+    assert any(r["priority"] == "urgent" for r in unread)
+    # a radiologist reads one of them first: it is no longer triage's to re-order
+    read = unread[len(unread) // 2]
+    await _publish(env, ImageVerified(study_uid=read["study_uid"], series_uid=read["series_uid"],
+                                      sop_uid=read["sop_uid"], case_id=read["sop_uid"], label="normal",
+                                      label_version=1, resolution="single", reader="dr-test",
+                                      patient_pseudo_id=read["patient_pseudo_id"], frame_key="x/1.jph"))
+
+    async def was_read() -> bool:
+        row = (await _scores(env, [read["sop_uid"]]))[read["sop_uid"]]
+        return row.get("verified") is True and "unread_pk" not in row
+
+    assert await wait_for(was_read, 30, 0.3), env.triage.tail()
+    async with AwsClients(env.settings) as c:
+        await captured(c, env.capture, wait_s=0.5)  # forget the earlier tests' events
+        uri = await install_champion(c, env.model, 3, 0.9999)
+    approved = ModelApproved(version=3, model_package_arn="arn:test/3", model_artifact_uri=uri, threshold=0.9999,
+                             approved_by="test", reason="better", previous_version=2)
+    again = approved.model_copy(update={"event_id": uuid.uuid4().hex})  # the same approval as a new event
+    await _publish(env, approved, approved, again)
+    sops = [r["sop_uid"] for r in unread if r["sop_uid"] != read["sop_uid"]]
+
+    async def all_v3() -> list[dict[str, Any]] | None:
+        items = [i for i in await _worklist(env) if i["case_id"] in sops]
+        return items if len(items) == len(sops) and all(i["ai"]["model_version"] == 3 for i in items) else None
+
+    items = await wait_for(all_v3, 90, 0.5)
+    assert items, f"unread images were not re-scored by v3:\n{env.triage.tail()}"
+    before = {r["sop_uid"]: r["priority"] for r in unread}
+    assert all(i["ai"]["priority"] == ("urgent" if i["ai"]["probability"] >= 0.9999 else "routine") for i in items)
+    assert any(before[i["case_id"]] == "urgent" and i["ai"]["priority"] == "routine" for i in items), \
+        "no case left urgent under the new champion's threshold: the worklist did not take the new priorities"
+    await asyncio.sleep(3)  # let any (wrong) second re-scoring happen before counting
+    async with AwsClients(env.settings) as c:
+        evs = [e["detail"] for e in await captured(c, env.capture, wait_s=2)]
+    v3 = [e for e in evs if e["model_version"] == 3]
+    assert Counter(e["sop_uid"] for e in v3) == dict.fromkeys(sops, 1), "each unread image re-scored exactly once"
+    assert read["sop_uid"] not in {e["sop_uid"] for e in evs}, "the image read meanwhile was re-scored"
+    order = [e["sop_uid"] for e in sorted(v3, key=lambda e: e["occurred_at"])]
+    assert order.index(sops[-1]) < order.index(sops[0]), "the newest arrival was not re-scored before the oldest"
+    row = (await _scores(env, [read["sop_uid"]]))[read["sop_uid"]]
+    assert row["model_version"] == "2" and "unread_pk" not in row

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Trigger = Literal["policy", "schedule", "manual", "degraded"]
+Trigger = Literal["policy", "schedule", "manual", "degraded", "drift"]
 CLASSES = ("normal", "pneumonia")
 
 

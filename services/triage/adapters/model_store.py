@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from services.triage.domain.model import LoadedModel, load_model_artifact
 from services.triage.settings import TriageSettings
@@ -46,6 +47,7 @@ class ChampionHolder:
         self.load_error: str | None = None
         self.swaps = 0
         self._lock = asyncio.Lock()
+        self._checked = time.monotonic()
 
     async def read_pointer(self) -> ChampionPointer | None:
         """The registry's champion pointer, or None when no model was ever approved."""
@@ -68,6 +70,21 @@ class ChampionHolder:
         if pointer is None:
             return self.current
         return await self.install(pointer)
+
+    async def refresh_if_due(self) -> LoadedModel | None:
+        """Install a champion approved while another task took the ``ModelApproved`` event (the queue gives each
+        event to one task): at most every ``triage_champion_check_s``, read the pointer. Returns the model when it
+        changed, else None; a failed load is left to readiness and the next check."""
+        now = time.monotonic()
+        if now - self._checked < self.settings.triage_champion_check_s:
+            return None
+        self._checked = now
+        before = self.current
+        try:
+            model = await self.ensure_loaded()
+        except Exception:  # logged by install(); scoring goes on with the model in memory
+            return None
+        return model if model is not before else None
 
     async def install(self, pointer: ChampionPointer) -> LoadedModel:
         """Build ``pointer``'s model and make it current (a no-op when that version is already current)."""

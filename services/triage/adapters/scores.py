@@ -1,10 +1,16 @@
-"""The ``scores`` table: one record per instance (its latest triage outcome), and the backlog of images that
-arrived before any model was approved (records flagged ``awaiting_model``).
+"""The ``scores`` table: one record per instance (its latest triage outcome), the backlog of images that
+arrived before any model was approved (records flagged ``awaiting_model``), and the scored images nobody has read yet
+(which a new champion re-scores).
 
 The backlog is the sparse index ``by_backlog``: only waiting records carry its key (``backlog_pk``), so reading it
 costs the backlog, not the table. Several triage tasks may work through it at once: each record is *claimed*
 (a conditional write naming the task and a lease) before it is scored, so only one task scores and publishes it; a
 claim whose task died passes with its lease and the next run takes the record.
+
+The unread scored records are the sparse index ``by_unread`` (key ``unread_pk``, sorted by arrival). A record leaves
+it when the image is read (``ImageVerified`` sets ``verified``; a score written after that never re-enters it). A
+re-scoring pass claims each record the same way, on the condition that it is still unread and not yet scored by the
+new champion, so each unread image is re-scored once per champion whichever tasks take part.
 """
 
 from __future__ import annotations
@@ -20,6 +26,10 @@ from shared.exceptions import ConditionFailedError
 
 #: The ``by_backlog`` partition key of a waiting record.
 BACKLOG = "awaiting_model"
+#: The ``by_unread`` partition key of a scored record that nobody has read.
+UNREAD = "unread"
+#: Re-scoring's claim: the record is still unread and the claiming champion has not scored it.
+_RESCORE_CLAIMABLE = "unread_pk = :unread AND model_version <> :v"
 
 
 class Scores:
@@ -29,21 +39,52 @@ class Scores:
         self.clients = clients
         self.table = clients.settings.topology.table("scores")
 
-    async def put(self, scored: InstanceScored, *, awaiting_model: bool) -> None:
-        """Replace the instance's record; ``awaiting_model`` puts it in the backlog (a scored record leaves it)."""
+    async def put(self, scored: InstanceScored, *, awaiting_model: bool, arrived_at: str) -> None:
+        """Replace the instance's record; ``awaiting_model`` puts it in the backlog (a scored record leaves it), and a
+        scored record of an image nobody has read joins the unread index (``arrived_at`` is its order there).
+
+        An image read already keeps its ``verified`` mark and stays out of both indexes (the conditional write tells,
+        consistently, without a read first)."""
         record: dict[str, Any] = {
             "sop_uid": scored.sop_uid, "study_uid": scored.study_uid, "series_uid": scored.series_uid,
             "status": scored.status, "priority": scored.priority,
-            "scored_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "scored_at": datetime.now(UTC).isoformat(timespec="milliseconds"), "arrived_at": arrived_at,
             "probability": scored.probability, "threshold": scored.threshold, "model_version": scored.model_version,
             "heatmap_key": scored.heatmap_key or None, "reason": scored.reason or None,
+            "patient_pseudo_id": scored.patient_pseudo_id or None,
         }
         if awaiting_model:
             record["awaiting_model"] = True
             record["backlog_pk"] = BACKLOG
-            record["patient_pseudo_id"] = scored.patient_pseudo_id or None
+        if scored.status == "scored":
+            record["unread_pk"] = UNREAD
         ddb = await self.clients.dynamodb()
-        await ddb.put_item(TableName=self.table, Item=to_item(record))
+        try:
+            await write_if(ddb.put_item, TableName=self.table, Item=to_item(record),
+                           ConditionExpression="attribute_not_exists(verified)")
+        except ConditionFailedError:  # read already: the score is kept, but it orders nothing and waits for nothing
+            for key in ("unread_pk", "awaiting_model", "backlog_pk"):
+                record.pop(key, None)
+            record["verified"] = True
+            await ddb.put_item(TableName=self.table, Item=to_item(record))
+
+    async def mark_read(self, sop_uid: str) -> None:
+        """The image was read (``ImageVerified``): it leaves the unread index for good, and no re-scoring claim on it
+        stands. Idempotent; creates a bare marker when the image was read before triage wrote anything for it."""
+        ddb = await self.clients.dynamodb()
+        await ddb.update_item(TableName=self.table, Key={"sop_uid": to_value(sop_uid)},
+                              UpdateExpression="SET verified = :t REMOVE unread_pk, rescore_owner, rescore_until",
+                              ExpressionAttributeValues={":t": to_value(True)})
+
+    async def unread(self, limit: int, *, not_version: int) -> list[dict[str, Any]]:
+        """Up to ``limit`` unread scored records that model ``not_version`` has not scored, newest arrival first.
+
+        Eventually consistent like :meth:`backlog`: :meth:`claim_rescore` is the consistent check."""
+        ddb = await self.clients.dynamodb()
+        return await collect(ddb.query, limit_items=limit, TableName=self.table, IndexName="by_unread",
+                             KeyConditionExpression="unread_pk = :u", FilterExpression="model_version <> :v",
+                             ExpressionAttributeValues={":u": to_value(UNREAD), ":v": to_value(not_version)},
+                             ScanIndexForward=False, Limit=min(max(limit, 1), 1000))
 
     async def backlog(self, limit: int) -> list[dict[str, Any]]:
         """Up to ``limit`` records still awaiting a model, oldest first (plain dicts), from the ``by_backlog`` index.
@@ -58,26 +99,44 @@ class Scores:
     async def claim(self, sop_uid: str, owner: str, lease_s: float) -> bool:
         """Claim a backlog record for scoring by ``owner`` for ``lease_s``; False when it is no longer waiting or
         another live claim holds it (that task scores it)."""
+        return await self._claim(sop_uid, owner, lease_s, "claim", "awaiting_model = :t", {":t": to_value(True)})
+
+    async def unclaim(self, sop_uid: str, owner: str) -> None:
+        """Give a claim back (scoring failed): the record waits for the next run, which need not wait for the lease."""
+        await self._unclaim(sop_uid, owner, "claim")
+
+    async def claim_rescore(self, sop_uid: str, owner: str, lease_s: float, version: int) -> bool:
+        """Claim an unread record for re-scoring by champion ``version``; False when it was read meanwhile, that
+        version scored it already, or another live claim holds it."""
+        return await self._claim(sop_uid, owner, lease_s, "rescore", _RESCORE_CLAIMABLE,
+                                 {":unread": to_value(UNREAD), ":v": to_value(version)})
+
+    async def unclaim_rescore(self, sop_uid: str, owner: str) -> None:
+        """Give a re-scoring claim back (scoring failed): the next pass may take the record at once."""
+        await self._unclaim(sop_uid, owner, "rescore")
+
+    async def _claim(self, sop_uid: str, owner: str, lease_s: float, kind: str, condition: str,
+                     values: dict[str, Any]) -> bool:
+        """The lease protocol of both claims: ``condition`` holds, and no other owner's lease is live."""
         ddb = await self.clients.dynamodb()
         now = time.time()
         try:
             await write_if(ddb.update_item, TableName=self.table, Key={"sop_uid": to_value(sop_uid)},
-                           UpdateExpression="SET claim_owner = :o, claim_until = :u",
-                           ConditionExpression="awaiting_model = :t AND (attribute_not_exists(claim_until) "
-                                               "OR claim_until < :now OR claim_owner = :o)",
-                           ExpressionAttributeValues={":t": to_value(True), ":o": to_value(owner),
+                           UpdateExpression=f"SET {kind}_owner = :o, {kind}_until = :u",
+                           ConditionExpression=f"{condition} AND (attribute_not_exists({kind}_until) "
+                                               f"OR {kind}_until < :now OR {kind}_owner = :o)",
+                           ExpressionAttributeValues={**values, ":o": to_value(owner),
                                                       ":u": to_value(now + lease_s), ":now": to_value(now)})
         except ConditionFailedError:
             return False
         return True
 
-    async def unclaim(self, sop_uid: str, owner: str) -> None:
-        """Give a claim back (scoring failed): the record waits for the next run, which need not wait for the lease."""
+    async def _unclaim(self, sop_uid: str, owner: str, kind: str) -> None:
         ddb = await self.clients.dynamodb()
         try:
             await write_if(ddb.update_item, TableName=self.table, Key={"sop_uid": to_value(sop_uid)},
-                           UpdateExpression="REMOVE claim_owner, claim_until", ConditionExpression="claim_owner = :o",
-                           ExpressionAttributeValues={":o": to_value(owner)})
+                           UpdateExpression=f"REMOVE {kind}_owner, {kind}_until",
+                           ConditionExpression=f"{kind}_owner = :o", ExpressionAttributeValues={":o": to_value(owner)})
         except ConditionFailedError:
             pass  # scored meanwhile, or the lease passed and another task holds it
 

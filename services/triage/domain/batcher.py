@@ -30,12 +30,23 @@ class BatchStats:
     forward_s: float = 0.0
 
 
+@dataclass(frozen=True)
+class Scored:
+    """One frame's result: its probability, the model that scored it, the exact input it saw, and the model's
+    penultimate-layer embedding of it (for drift)."""
+
+    probability: float
+    model: LoadedModel
+    input: np.ndarray
+    embedding: np.ndarray
+
+
 @dataclass
 class _Item:
     frame: Frame
     pre: np.ndarray | None
     size: int | None
-    future: asyncio.Future[tuple[float, LoadedModel, np.ndarray]]
+    future: asyncio.Future[Scored]
 
 
 class MicroBatcher:
@@ -62,10 +73,10 @@ class MicroBatcher:
 
     async def submit(
         self, frame: Frame, pre: np.ndarray | None = None, size: int | None = None
-    ) -> tuple[float, LoadedModel, np.ndarray]:
-        """Score one frame -> (probability, the model that scored it, the exact input it saw)."""
+    ) -> Scored:
+        """Score one frame: its probability, the model that scored it, the exact input it saw, the embedding."""
         self.start()
-        fut: asyncio.Future[tuple[float, LoadedModel, np.ndarray]] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[Scored] = asyncio.get_running_loop().create_future()
         await self._queue.put(_Item(frame, pre, size, fut))
         return await fut
 
@@ -91,7 +102,7 @@ class MicroBatcher:
                     i.future.set_exception(LookupError("no champion model is loaded"))
                 continue
             try:
-                probs, inputs, dt = await asyncio.to_thread(_run, model, live)
+                probs, embs, inputs, dt = await asyncio.to_thread(_run, model, live)
             except Exception as exc:
                 log.exception("batch forward pass failed", extra={"batch": len(live)})
                 for i in live:
@@ -102,15 +113,15 @@ class MicroBatcher:
             self.stats.items += len(live)
             self.stats.largest = max(self.stats.largest, len(live))
             self.stats.forward_s += dt
-            for i, p, x in zip(live, probs, inputs, strict=True):
+            for i, p, e, x in zip(live, probs, embs, inputs, strict=True):
                 if not i.future.done():
-                    i.future.set_result((float(p), model, x))
+                    i.future.set_result(Scored(float(p), model, x, e))
 
 
-def _run(model: LoadedModel, items: list[_Item]) -> tuple[np.ndarray, list[np.ndarray], float]:
+def _run(model: LoadedModel, items: list[_Item]) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], float]:
     # Inputs preprocessed for another input size (a swap changed it) are preprocessed again for this model.
     inputs = [i.pre if i.pre is not None and i.size == model.input_size else model_input(i.frame, model.input_size)
               for i in items]
     t0 = time.perf_counter()
-    probs = model.predict(np.stack(inputs))
-    return probs, inputs, time.perf_counter() - t0
+    probs, embs = model.predict_with_embedding(np.stack(inputs))
+    return probs, embs, inputs, time.perf_counter() - t0

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from shared import htj2k
+from shared.drift import site_key
 from shared.preprocessing import FrameParams, params_from_dicom_json, preprocess
 
 
@@ -18,6 +19,8 @@ class Frame:
 
     pixels: np.ndarray
     params: FrameParams
+    #: the acquiring site and device, pseudonymised (shared.drift.site_key): drift is watched per site
+    site: str
 
     @property
     def rows(self) -> int:
@@ -40,7 +43,7 @@ def load_frame(codestream: bytes, metadata_json: bytes | str | dict[str, Any]) -
     meta = metadata_json if isinstance(metadata_json, dict) else json.loads(metadata_json)
     if not isinstance(meta, dict):
         raise ValueError(f"instance metadata is a JSON {type(meta).__name__}, expected a DICOM JSON object")
-    return Frame(pixels=pixels, params=params_from_dicom_json(meta))
+    return Frame(pixels=pixels, params=params_from_dicom_json(meta), site=site_key(meta))
 
 
 def model_input(frame: Frame, size: int) -> np.ndarray:

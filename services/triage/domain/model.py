@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from training.model import load_model_dir
+from training.model import forward_with_embedding, load_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -49,19 +49,28 @@ class LoadedModel:
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities (shape N) for an N×S×S float32 batch of preprocessed frames."""
+        return self.predict_with_embedding(batch)[0]
+
+    def predict_with_embedding(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities N, penultimate-layer embeddings N×D) in the same forward pass (the embedding feeds drift)."""
         x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).unsqueeze(1)
         x = x.contiguous(memory_format=torch.channels_last)
-        return _forward(self.module, x, self.precision)
+        return _forward_with_embedding(self.module, x, self.precision)
 
 
-def _forward(module: nn.Module, x: torch.Tensor, precision: str) -> np.ndarray:
+def _forward_with_embedding(module: nn.Module, x: torch.Tensor, precision: str) -> tuple[np.ndarray, np.ndarray]:
     with torch.inference_mode():
         if precision == "bf16":
             with torch.autocast("cpu", dtype=torch.bfloat16):
-                logits = module(x)
+                emb, logits = forward_with_embedding(module, x)
         else:
-            logits = module(x)
-        return torch.sigmoid(logits.float().reshape(-1)).numpy().astype(np.float64)
+            emb, logits = forward_with_embedding(module, x)
+        probs = torch.sigmoid(logits.float().reshape(-1)).numpy().astype(np.float64)
+        return probs, emb.float().numpy()
+
+
+def _forward(module: nn.Module, x: torch.Tensor, precision: str) -> np.ndarray:
+    return _forward_with_embedding(module, x, precision)[0]
 
 
 def cpu_has_bf16() -> bool:
