@@ -4,7 +4,7 @@
 # Multi-stage (dependencies in a venv, the browser viewer, then a slim runtime with the sources), non-root, healthcheck.
 # What differs between services is decided here by SERVICE alone: its dependency set (the pyproject extra named
 # after it; triage's brings CPU-only torch), triage gets training/ (its model code),
-# the streaming gateway gets the built viewer, every image gets shared/ and its own services/<SERVICE>/ only.
+# the streaming gateway gets the built viewer and the OHIF build, every image gets shared/ and its own services/<SERVICE>/ only.
 # The port is shared.settings.DEFAULT_PORTS[SERVICE] unless RADLOOP_PORT says otherwise (compose and ECS set it).
 ARG SERVICE=""
 
@@ -45,6 +45,23 @@ RUN if [ "$SERVICE" = "streaming_gateway" ]; then \
         mkdir -p dist; \
     fi
 
+# The OHIF viewer's published build for the gateway, served at /ohif (docs/interop.md): fetched with npm and checked
+# against ohif/ohif.lock.json's integrity by the script `make ohif` runs, which also rebases it to /ohif/ and installs
+# radloop's app-config.js. It needs Python and npm; node and npm come from the viewer stage. An empty folder for every
+# other service.
+FROM python:3.11-slim-bookworm AS ohif
+ARG SERVICE
+WORKDIR /src
+COPY --from=viewer /usr/local/bin/node /usr/local/bin/node
+COPY --from=viewer /usr/local/lib/node_modules/npm /usr/local/lib/node_modules/npm
+COPY ohif/ohif.lock.json ohif/app-config.js ./ohif/
+COPY scripts/fetch_ohif.py ./scripts/
+RUN mkdir -p ohif/dist \
+    && if [ "$SERVICE" = "streaming_gateway" ]; then \
+        ln -s /usr/local/lib/node_modules/npm/bin/npm-cli.js /usr/local/bin/npm \
+        && python scripts/fetch_ohif.py; \
+    fi
+
 # The sources one service runs: COPY fails when services/$SERVICE does not exist, so a misspelt SERVICE stops here.
 FROM python:3.11-slim-bookworm AS sources
 ARG SERVICE
@@ -55,6 +72,7 @@ COPY services/${SERVICE} ./services/${SERVICE}
 COPY training /tmp/training
 RUN if [ "$SERVICE" = "triage" ]; then mv /tmp/training ./training; fi
 COPY --from=viewer /viewer/dist ./viewer/dist
+COPY --from=ohif /src/ohif/dist ./ohif/dist
 
 FROM python:3.11-slim-bookworm AS runtime
 ARG SERVICE

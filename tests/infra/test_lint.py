@@ -45,6 +45,23 @@ def test_dockerfile_is_multistage_slim_nonroot_with_healthcheck() -> None:
     assert "RADLOOP_SERVICE_NAME=${SERVICE}" in text and 'python -m \\"services.$RADLOOP_SERVICE_NAME\\"' in text
 
 
+def test_every_file_the_dockerfile_copies_from_the_context_is_allowed_by_dockerignore() -> None:
+    """.dockerignore is an allow-list: a COPY of a path it does not let through fails only at build time (no Docker
+    engine here), so check each one. The gateway's OHIF stage is among them (its lock, config and fetch script)."""
+    allowed = [line[1:].rstrip("/") for line in (REPO / ".dockerignore").read_text().splitlines()
+               if line.startswith("!")]
+    copies = re.findall(r"^COPY\s+(?!--from)(?:--\S+\s+)*(.+)$", DOCKERFILE.read_text(), re.M)
+    sources = [src for line in copies for src in line.split()[:-1]]
+    assert "scripts/fetch_ohif.py" in sources and "ohif/ohif.lock.json" in sources
+    for src in sources:
+        src = src.replace("${SERVICE}", "triage").rstrip("/")
+        assert any(src == a or src.startswith(a + "/") for a in allowed), f"{src} is not allowed by .dockerignore"
+        assert (REPO / src).exists(), src
+    # the gateway's image gets the OHIF build the same way `make ohif` makes it
+    text = DOCKERFILE.read_text()
+    assert "python scripts/fetch_ohif.py" in text and "COPY --from=ohif /src/ohif/dist ./ohif/dist" in text
+
+
 def test_every_service_has_a_package_the_dockerfile_can_copy() -> None:
     for service in SERVICES:
         assert (REPO / "services" / service / "__main__.py").exists(), service
