@@ -60,6 +60,7 @@ from pynetdicom.utils import make_target
 
 from services.ingestion.settings import IngestionSettings
 from shared.auth import Principal
+from shared.dicom import tls as dicom_tls
 from shared.dicom.errors import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, DicomRejection, TransientFailure
 
 if TYPE_CHECKING:  # the SCP is an entry point that calls the service, as the routes do
@@ -123,19 +124,13 @@ def decodable_transfer_syntaxes() -> list[UID]:
 
 
 def tls_context(settings: IngestionSettings) -> ssl.SSLContext | None:
-    """The server TLS context of the DIMSE port, or None when DICOM TLS is not configured."""
+    """The server TLS context of the DIMSE port (shared.dicom_tls, the rules every radloop SCP follows), or None when
+    DICOM TLS is not configured."""
     if settings.dimse_tls_cert_file is None or settings.dimse_tls_key_file is None:
         return None
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2  # BCP 195: nothing older
-    ctx.load_cert_chain(settings.dimse_tls_cert_file, settings.dimse_tls_key_file)
-    if settings.dimse_tls_ca_file is not None:
-        ctx.load_verify_locations(cafile=str(settings.dimse_tls_ca_file))
-    if settings.dimse_tls_require_client_cert:
-        ctx.verify_mode = ssl.CERT_REQUIRED
-    else:
-        ctx.verify_mode = ssl.CERT_OPTIONAL if settings.dimse_tls_ca_file is not None else ssl.CERT_NONE
-    return ctx
+    return dicom_tls.server_context(settings.dimse_tls_cert_file, settings.dimse_tls_key_file,
+                                    settings.dimse_tls_ca_file,
+                                    require_client_cert=settings.dimse_tls_require_client_cert)
 
 
 def _status(code: int, comment: str) -> Dataset:

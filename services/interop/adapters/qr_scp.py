@@ -33,10 +33,10 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, build_context, evt
 from pynetdicom import sop_class as sc
 
-from services.interop.adapters.senders import tls_client_context
 from services.interop.settings import InteropSettings
 from shared import storage
 from shared.auth import Principal
+from shared.dicom import tls as dicom_tls
 from shared.query import C_FIND_STATUS, MATCHABLE, QueryError, Searcher, parse_query
 from shared.query.reader import IndexReader
 from shared.service import Runtime
@@ -165,14 +165,11 @@ class QueryRetrieveSCP:
         return ae
 
     def _ssl(self) -> ssl.SSLContext | None:
+        """The SCP's TLS context by the rules ingestion's SCP follows (shared.dicom_tls): with a CA file, clients
+        must present a certificate it signed."""
         s = self.settings
-        if not s.qr_tls_cert_file:
-            return None
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=s.qr_tls_ca_file or None)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.load_cert_chain(s.qr_tls_cert_file, s.qr_tls_key_file or None)
-        ctx.verify_mode = ssl.CERT_REQUIRED if s.qr_tls_ca_file else ssl.CERT_NONE
-        return ctx
+        return dicom_tls.server_context(s.qr_tls_cert_file, s.qr_tls_key_file, s.qr_tls_ca_file,
+                                        require_client_cert=bool(s.qr_tls_ca_file))
 
     def start(self) -> None:
         handlers = [(evt.EVT_C_FIND, self._on_find), (evt.EVT_C_GET, self._on_get), (evt.EVT_C_MOVE, self._on_move),
@@ -330,7 +327,7 @@ class QueryRetrieveSCP:
         contexts = [build_context(c, syntaxes) for c in classes[:128]] or [build_context(sc.Verification)]
         kwargs: dict[str, Any] = {"contexts": contexts}
         if dest.tls:
-            kwargs["tls_args"] = (tls_client_context(), dest.host)
+            kwargs["tls_args"] = (dicom_tls.client_context(), dest.host)
         level = str(event.identifier.QueryRetrieveLevel)
         self._audit(event, "dicom.move", level, len(items))
         yield dest.host, dest.port, kwargs

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import ssl
 import uuid
 
 import httpx
@@ -16,20 +15,11 @@ import pydicom
 from pynetdicom import AE
 
 from services.interop.settings import Destination
+from shared.dicom import tls as dicom_tls
 
 
 class SendError(RuntimeError):
     """A destination refused the object or could not be reached."""
-
-
-def tls_client_context(ca_file: str = "", cert_file: str = "", key_file: str = "") -> ssl.SSLContext:
-    """A TLS client context verifying the peer against ``ca_file`` (system CAs when empty), with a client
-    certificate when given (mutual TLS)."""
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file or None)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    if cert_file:
-        ctx.load_cert_chain(cert_file, key_file or None)
-    return ctx
 
 
 def c_store(data: bytes, *, ae_title: str, host: str, port: int, calling_ae_title: str, tls: bool = False,
@@ -39,7 +29,7 @@ def c_store(data: bytes, *, ae_title: str, host: str, port: int, calling_ae_titl
     ae = AE(ae_title=calling_ae_title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
     ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
-    tls_args = (tls_client_context(ca_file, cert_file, key_file), host) if tls else None
+    tls_args = (dicom_tls.client_context(ca_file, cert_file, key_file), host) if tls else None
     label = what or f"{ae_title}@{host}:{port}"
     assoc = ae.associate(host, port, ae_title=ae_title, tls_args=tls_args)
     if not assoc.is_established:
