@@ -45,6 +45,10 @@ PULL_THROUGH_PREFIX = "ecr-public"
 DIMSE_PORT = DEFAULT_PORTS["dimse"]
 #: The NLB terminates DICOM TLS on its registered port (2762) and forwards plain DIMSE to the task inside the VPC.
 DICOM_TLS_PORT = 2762
+#: The interop task's Query/Retrieve SCP, and the NLB's DICOM TLS port for it (next to the registered 2762; only with
+#: the deploy parameter qr_calling_aes).
+QR_PORT = DEFAULT_PORTS["qr"]
+QR_TLS_PORT = 2763
 HEALTH_PATH = "/healthz"
 #: Backlog each triage task should carry (messages visible per running task) before scaling out.
 BACKLOG_PER_TASK = 20
@@ -172,6 +176,9 @@ class Compute(Construct):
         for cidr in params.pacs_cidrs:
             peer = ec2.Peer.ipv6(cidr) if ":" in cidr else ec2.Peer.ipv4(cidr)
             self.nlb_sg.add_ingress_rule(peer, ec2.Port.tcp(DICOM_TLS_PORT), f"DICOM TLS from PACS {cidr}")
+        for cidr in params.qr_cidrs:  # the workstations that query and retrieve (only with qr_calling_aes)
+            peer = ec2.Peer.ipv6(cidr) if ":" in cidr else ec2.Peer.ipv4(cidr)
+            self.nlb_sg.add_ingress_rule(peer, ec2.Port.tcp(QR_TLS_PORT), f"DICOM TLS Q/R from {cidr}")
 
         self.alb = elbv2.ApplicationLoadBalancer(
             self, "Alb", vpc=vpc, internet_facing=False, security_group=self.alb_sg,
@@ -203,6 +210,10 @@ class Compute(Construct):
             "Dimse", port=DICOM_TLS_PORT, protocol=elbv2.Protocol.TLS,
             certificates=[elbv2.ListenerCertificate.from_arn(cert_arn)], ssl_policy=elbv2.SslPolicy.RECOMMENDED_TLS,
         )
+        self.qr_listener = self.nlb.add_listener(
+            "QueryRetrieve", port=QR_TLS_PORT, protocol=elbv2.Protocol.TLS,
+            certificates=[elbv2.ListenerCertificate.from_arn(cert_arn)], ssl_policy=elbv2.SslPolicy.RECOMMENDED_TLS,
+        ) if params.qr else None
 
         # --- services -----------------------------------------------------------------------------------------------
         self.services: dict[str, ecs.FargateService] = {}
@@ -279,6 +290,15 @@ class Compute(Construct):
             environment.update({"RADLOOP_DIMSE_PORT": str(DIMSE_PORT), "RADLOOP_DIMSE_HOST": "0.0.0.0",
                                 "RADLOOP_DIMSE_ALLOWED_CALLING_AES": json.dumps(list(params.dimse_calling_aes))})
             secrets["RADLOOP_DEID_KEY"] = ecs.Secret.from_secrets_manager(self.deid_secret)
+        qr = need.qr and params.qr
+        if qr:
+            # The Q/R SCP behind the NLB's second TLS listener: the workstations' AEs only, C-MOVE to the listed ones.
+            environment.update({
+                "RADLOOP_QR_PORT": str(QR_PORT), "RADLOOP_QR_HOST": "0.0.0.0",
+                "RADLOOP_QR_ALLOWED_CALLING_AES": json.dumps(list(params.qr_calling_aes)),
+                "RADLOOP_QR_MOVE_DESTINATIONS": json.dumps({ae: {"host": host, "port": port, "tls": tls}
+                                                            for ae, host, port, tls in params.qr_move_destinations}),
+            })
         if self.image_store is not None:
             # RADLOOP_IMAGE_STORE and the datastore for the services that read or write images; none otherwise.
             environment.update(self.image_store.task_environment(service))
@@ -307,7 +327,8 @@ class Compute(Construct):
                 start_period=Duration.seconds(60),
             ),
             port_mappings=[ecs.PortMapping(container_port=port, name="http")]
-            + ([ecs.PortMapping(container_port=DIMSE_PORT, name="dimse")] if need.dimse else []),
+            + ([ecs.PortMapping(container_port=DIMSE_PORT, name="dimse")] if need.dimse else [])
+            + ([ecs.PortMapping(container_port=QR_PORT, name="qr")] if qr else []),
         )
         app.add_mount_points(ecs.MountPoint(container_path="/tmp", source_volume="tmp", read_only=False))
         task.add_container(
@@ -376,6 +397,18 @@ class Compute(Construct):
             )
             sg.add_ingress_rule(self.nlb_sg, ec2.Port.tcp(DIMSE_PORT), "DIMSE from the NLB")
             self.nlb_sg.add_egress_rule(sg, ec2.Port.tcp(DIMSE_PORT), "to ingestion DIMSE")
+        if need.qr and self.qr_listener is not None:
+            self.qr_listener.add_targets(
+                "Interop", port=QR_PORT, protocol=elbv2.Protocol.TCP,
+                targets=[svc.load_balancer_target(container_name="app", container_port=QR_PORT)],
+                health_check=elbv2.HealthCheck(protocol=elbv2.Protocol.TCP, interval=Duration.seconds(30)),
+                deregistration_delay=Duration.seconds(60),
+            )
+            sg.add_ingress_rule(self.nlb_sg, ec2.Port.tcp(QR_PORT), "Q/R DIMSE from the NLB")
+            self.nlb_sg.add_egress_rule(sg, ec2.Port.tcp(QR_PORT), "to interop Q/R")
+            for ae, host, port, _tls in params.qr_move_destinations:  # C-MOVE opens an association to each
+                peer = ec2.Peer.ipv6(f"{host}/128") if ":" in host else ec2.Peer.ipv4(f"{host}/32")
+                sg.add_egress_rule(peer, ec2.Port.tcp(port), f"C-MOVE to {ae}")
 
     def _scale_on_backlog(self, service: str, svc: ecs.FargateService, scaling: ecs.ScalableTaskCount) -> None:
         """Target tracking on backlog per task: visible messages / running tasks (metric math).

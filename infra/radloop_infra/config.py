@@ -6,6 +6,7 @@ Everything that differs between them is here, as data: sizes, retention, Spot ca
 from __future__ import annotations
 
 import ipaddress
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -148,6 +149,20 @@ class DeployParams:
     #: One of :data:`IMAGE_STORES`: ``healthimaging`` adds the datastore, its import role, the import-job event rule
     #: and the grants (infra/radloop_infra/healthimaging.py); ``radloop`` synthesizes exactly what it did before.
     image_store: str = DEFAULT_IMAGE_STORE
+    #: Calling AE titles of the workstations allowed to query and retrieve (RADLOOP_QR_ALLOWED_CALLING_AES). Empty (the
+    #: default): the Q/R SCP is not exposed. Set: the interop task runs it and the NLB gets a second DICOM TLS listener
+    #: (compute.QR_TLS_PORT) that admits ``qr_cidrs`` only.
+    qr_calling_aes: tuple[str, ...] = ()
+    #: Networks of those workstations (required with ``qr_calling_aes``; validated like ``pacs_cidrs``).
+    qr_cidrs: tuple[str, ...] = ()
+    #: C-MOVE destinations, AE title -> (IP address, port, TLS) (RADLOOP_QR_MOVE_DESTINATIONS); each gets one egress
+    #: rule from the interop task, so an address is required (a security group cannot name a host).
+    qr_move_destinations: tuple[tuple[str, str, int, bool], ...] = ()
+
+    @property
+    def qr(self) -> bool:
+        """Whether the DIMSE Query/Retrieve SCP is exposed."""
+        return bool(self.qr_calling_aes)
 
     @property
     def healthimaging(self) -> bool:
@@ -181,19 +196,60 @@ def _auth_param(get: Any, name: str) -> str:
 
 
 def _pacs_cidrs(get: Any) -> tuple[str, ...]:
-    cidrs = _list(get("pacs_cidrs"))
+    return _cidrs(get, "pacs_cidrs", "DIMSE is exposed", "the networks of the PACS allowed to send to the DIMSE load "
+                  "balancer")
+
+
+def _cidrs(get: Any, name: str, when: str, what: str) -> tuple[str, ...]:
+    """A required list of networks, each a network address no wider than :data:`_MIN_PACS_PREFIX`."""
+    cidrs = _list(get(name))
     if not cidrs:
-        raise ValueError("deploy parameter pacs_cidrs is required while DIMSE is exposed (-c pacs_cidrs=CIDR,...): "
-                         "the networks of the PACS allowed to send to the DIMSE load balancer")
+        raise ValueError(f"deploy parameter {name} is required while {when} (-c {name}=CIDR,...): {what}")
     for cidr in cidrs:
         try:
             net = ipaddress.ip_network(cidr, strict=True)
         except ValueError as exc:
-            raise ValueError(f"deploy parameter pacs_cidrs: {cidr!r} is not a network address ({exc})") from None
+            raise ValueError(f"deploy parameter {name}: {cidr!r} is not a network address ({exc})") from None
         if net.prefixlen < _MIN_PACS_PREFIX[net.version]:
-            raise ValueError(f"deploy parameter pacs_cidrs: {cidr} admits far more than a PACS (0.0.0.0/0 and "
-                             f"anything wider than /{_MIN_PACS_PREFIX[net.version]} are refused)")
+            raise ValueError(f"deploy parameter {name}: {cidr} admits far more than a PACS or its workstations "
+                             f"(0.0.0.0/0 and anything wider than /{_MIN_PACS_PREFIX[net.version]} are refused)")
     return cidrs
+
+
+def _qr(get: Any) -> dict[str, Any]:
+    """The Q/R parameters: none unless ``qr_calling_aes`` is set; then networks and C-MOVE destinations, checked."""
+    aes = _list(get("qr_calling_aes"))
+    if not aes:
+        if get("qr_cidrs") or get("qr_move_destinations"):
+            raise ValueError("qr_cidrs and qr_move_destinations need qr_calling_aes (the workstations' AE titles): "
+                             "without it the Q/R SCP is not exposed")
+        return {}
+    if "*" in aes:
+        raise ValueError("qr_calling_aes must list the workstations' AE titles; a wildcard '*' is refused outside "
+                         "local")
+    raw = get("qr_move_destinations") or {}
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError as exc:
+            raise ValueError(f"deploy parameter qr_move_destinations is not JSON ({exc})") from None
+    if not isinstance(raw, dict):
+        raise ValueError('deploy parameter qr_move_destinations must be a JSON object: {"AE": {"host": "10.1.2.3", '
+                         '"port": 104, "tls": false}}')
+    dests = []
+    for ae, d in sorted(raw.items()):
+        try:
+            host, port, tls = str(ipaddress.ip_address(d["host"])), int(d["port"]), bool(d.get("tls", False))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"deploy parameter qr_move_destinations[{ae!r}] needs an IP address \"host\" and a "
+                             f"\"port\" ({type(exc).__name__}: {exc})") from None
+        if not 0 < port < 65536 or not 0 < len(ae) <= 16:
+            raise ValueError(f"deploy parameter qr_move_destinations[{ae!r}]: an AE title of 1-16 characters and a "
+                             "port in 1-65535")
+        dests.append((ae, host, port, tls))
+    return {"qr_calling_aes": aes, "qr_move_destinations": tuple(dests),
+            "qr_cidrs": _cidrs(get, "qr_cidrs", "the Q/R SCP is exposed", "the networks of the workstations allowed "
+                               "to query and retrieve")}
 
 
 def _image_store(get: Any) -> str:
@@ -227,4 +283,5 @@ def params_from_context(get: Any) -> DeployParams:
         dimse_calling_aes=aes,
         pipeline_definition=get("pipeline_definition") or "",
         image_store=_image_store(get),
+        **_qr(get),
     )

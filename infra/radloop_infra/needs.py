@@ -133,6 +133,8 @@ class ServiceNeeds:
     sagemaker: tuple[str, ...] = ()  # keys of SAGEMAKER_ACTIONS
     pass_pipeline_role: bool = False
     dimse: bool = False
+    #: Runs the DIMSE Query/Retrieve SCP, exposed through the NLB when the deployment sets ``qr_calling_aes``.
+    qr: bool = False
     #: Writes its metrics to the metrics log group (CloudWatch EMF, :data:`METRICS_ACTIONS`); every service does.
     metrics: bool = True
     #: Its grants when ``image_store=healthimaging`` (None: it never touches the image store's backend).
@@ -219,8 +221,10 @@ NEEDS: dict[str, ServiceNeeds] = {
     ),
     "interop": ServiceNeeds(
         # Not behind the ALB: its HTTP port answers health checks and operators' /interop/status only. The Q/R SCP
-        # (RADLOOP_QR_PORT) stays off in AWS until the NLB gets a second DIMSE listener (docs/interop.md).
+        # runs when the deployment sets qr_calling_aes: the NLB's second DICOM TLS listener forwards to it
+        # (compute.py; docs/interop.md). It answers from the instances index and reads originals (dicom/).
         kind="worker",
+        qr=True,
         s3=(
             # The source's header (original) and triage's heatmap, to build the results from.
             S3Need("images", "read", ("dicom/", "heatmaps/")),

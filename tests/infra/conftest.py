@@ -102,11 +102,17 @@ def synth(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Synth]:
 
 #: The key of the HealthImaging synthesis next to ENVS' (``image_store=healthimaging``, issue 22). One environment
 #: only: prod, the stricter one (retained data, seven-year logs); what differs between environments is covered by ENVS.
+#: It also exposes the Query/Retrieve SCP (QR_CONTEXT), the other optional part, so one more synthesis covers both.
 HEALTHIMAGING = "prod-healthimaging"
+#: The workstations allowed to query and retrieve, their network (neither the PACS's nor the clients'), and one C-MOVE
+#: destination.
+QR_CONTEXT = {"qr_calling_aes": "WS_READ1,WS_READ2", "qr_cidrs": "10.88.0.0/24",
+              "qr_move_destinations": json.dumps({"WS_READ1": {"host": "10.88.0.5", "port": 11112, "tls": True}})}
 
 
 @pytest.fixture(scope="session")
 def synth_healthimaging(tmp_path_factory: pytest.TempPathFactory) -> Synth:
-    """prod with AWS HealthImaging as the image store (``-c image_store=healthimaging``)."""
+    """prod with AWS HealthImaging as the image store (``-c image_store=healthimaging``) and the Q/R SCP exposed."""
     pytest.importorskip("aws_cdk", reason="infra extra not installed (pip install -e '.[infra]')")
-    return _synth(tmp_path_factory.mktemp("cdk-healthimaging"), HEALTHIMAGING, "prod", image_store="healthimaging")
+    return _synth(tmp_path_factory.mktemp("cdk-healthimaging"), HEALTHIMAGING, "prod", image_store="healthimaging",
+                  **QR_CONTEXT)
