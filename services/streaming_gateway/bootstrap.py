@@ -60,6 +60,7 @@ async def startup(rt: Runtime[GatewaySettings]) -> StreamingGatewayDeps:
         frame_audit=coalescer,
         executor=ThreadPoolExecutor(max_workers=max(1, s.decode_threads), thread_name_prefix="gateway-cpu"),
         decoded=FrameCache(s.decoded_cache_bytes),
+        rendered=FrameCache(s.rendered_cache_bytes),
     )
     await _warm_up(rt)
     return StreamingGatewayDeps(rt=rt, gateway=gateway)

@@ -31,6 +31,8 @@ class Gateway:
     executor: ThreadPoolExecutor
     #: Decoded little-endian pixels by (codestream digest, skipped levels), for octet-stream responses.
     decoded: FrameCache
+    #: Rendered JPEG/PNG bytes by their ETag (codestream digest, rendering parameters, skipped levels).
+    rendered: FrameCache
 
     async def run_cpu(self, fn: Callable[..., T], *args: Any) -> T:
         """Run CPU work (decode, render, transcode) in the worker threads, never on the event loop."""

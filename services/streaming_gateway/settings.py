@@ -21,6 +21,9 @@ class GatewaySettings(ForwardingSettings, ImageStoreSettings):
     frame_cache_bytes: int = 512 * 1024 * 1024
     #: Byte budget of the LRU cache of decoded pixels (frames asked for as application/octet-stream).
     decoded_cache_bytes: int = 256 * 1024 * 1024
+    #: Byte budget of the LRU cache of rendered images and thumbnails (JPEG/PNG), by codestream and rendering
+    #: parameters: a study browser asks for the same thumbnails again on every open.
+    rendered_cache_bytes: int = 64 * 1024 * 1024
     #: Read the rest of a series into the cache when its first frame is requested.
     prefetch_enabled: bool = True
     #: Concurrent S3 reads of one series prefetch.

@@ -46,7 +46,7 @@ def test_bench_dicomweb_smoke_writes_both_sides_and_ratios(tmp_path: Path) -> No
         assert s["qido_series_in_study"]["results"] == 2, side
         assert s["qido_instances_in_series"]["results"] == READ and s["series_metadata"]["results"] == READ, side
         for k in ("qido_studies_by_patient", "qido_series_in_study", "qido_instances_in_series", "series_metadata",
-                  "rendered_jpeg_512"):
+                  "rendered_jpeg_512", "rendered_jpeg_512_repeat"):
             assert _finite_positive(s[k]["ms"]), (side, k)
         f = s["frames_octet"]
         assert 512 * 512 * 2 <= f["bytes_per_frame"] < 512 * 512 * 2 + 4096, (side, f)  # raw pixels plus framing
@@ -55,6 +55,6 @@ def test_bench_dicomweb_smoke_writes_both_sides_and_ratios(tmp_path: Path) -> No
     assert res["radloop_entry"]["frames_jphc"]["bytes_per_frame"] < res["radloop_entry"]["frames_octet"][
         "bytes_per_frame"]  # the stored HTJ2K, compressed
     ratios = res["ratios"]
-    assert len(ratios) == 20 and all(_finite_positive(v) for v in ratios.values()), ratios
+    assert len(ratios) == 22 and all(_finite_positive(v) for v in ratios.values()), ratios
     load = res["load"]
     assert len(load["load_average_before"]) == 3 and 0 < load["machine_busy_share"] <= 1

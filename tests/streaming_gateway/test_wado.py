@@ -162,4 +162,19 @@ def test_rendered_and_thumbnail(corpus: Corpus, gateway: GatewayProcess, client:
         assert max(Image.open(io.BytesIO(r.content)).size) <= 64
     for params in ({"window": "abc"}, {"viewport": "0,10"}, {"quality": "101"}):
         assert httpx.get(f"{base}/rendered", params=params, headers=auth(corpus)).status_code == 400
+    # Rendered once per codestream and parameters: the same request is served from the rendered cache, byte for byte;
+    # other parameters are another entry; a client holding the ETag gets 304 without a render.
+    view = {"window": "40,400", "viewport": "300,300"}
+    first = httpx.get(f"{base}/rendered", params=view, headers=auth(corpus))
+    again = httpx.get(f"{base}/rendered", params=view, headers=auth(corpus))
+    assert (first.headers["x-cache"], again.headers["x-cache"]) == ("miss", "hit")
+    assert again.content == first.content and again.headers["etag"] == first.headers["etag"]
+    other = httpx.get(f"{base}/rendered", params={**view, "window": "40,80"}, headers=auth(corpus))
+    assert other.headers["x-cache"] == "miss" and other.headers["etag"] != first.headers["etag"]
+    stats = httpx.get(f"{gateway.url}/streaming/stats", headers=auth(corpus)).json()["rendered_cache"]
+    cached = httpx.get(f"{base}/rendered", params=view, headers={**auth(corpus), "If-None-Match": first.headers["etag"]})
+    assert cached.status_code == 304 and not cached.content and "x-cache" not in cached.headers
+    after = httpx.get(f"{gateway.url}/streaming/stats", headers=auth(corpus)).json()["rendered_cache"]
+    assert after["hits"] == stats["hits"] and after["misses"] == stats["misses"], "a 304 neither renders nor looks up"
+    assert 0 < after["bytes"] <= after["budget_bytes"]
     assert httpx.get(f"{base}/rendered", headers={**auth(corpus), "Accept": "image/gif"}).status_code == 406

@@ -20,18 +20,20 @@ log = logging.getLogger(__name__)
 
 
 class FrameAuditCoalescer:
-    """Counts frame reads per (user, study, series) and writes one audit record per window."""
+    """Counts image reads per (user, action, study, series) and writes one audit record per window: frames
+    (``wado.frames``), rendered images (``wado.rendered``) and thumbnails (``wado.thumbnail``), the reads a viewer
+    makes by the hundred."""
     def __init__(self, audit: AuditLog, window_s: float) -> None:
         self.audit = audit
         self.window_s = window_s
-        self._counts: dict[tuple[Principal, str, str], int] = defaultdict(int)
+        self._counts: dict[tuple[Principal, str, str, str], int] = defaultdict(int)
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self.flushed_records = 0
 
-    def add(self, principal: Principal, study: str, series: str, frames: int) -> None:
-        """Count ``frames`` frame reads by ``principal`` in a series."""
-        self._counts[(principal, study, series)] += frames
+    def add(self, principal: Principal, study: str, series: str, frames: int, action: str = "wado.frames") -> None:
+        """Count ``frames`` reads of ``action`` by ``principal`` in a series."""
+        self._counts[(principal, action, study, series)] += frames
 
     def start(self) -> None:
         """Start the periodic flush."""
@@ -46,17 +48,15 @@ class FrameAuditCoalescer:
                 log.exception("frame audit flush failed; counts kept for the next window")
 
     async def flush(self) -> int:
-        """Write one record per (user, series) with its count; returns the number of records written."""
+        """Write one record per (user, action, series) with its count; returns the number of records written."""
         async with self._lock:
             pending, self._counts = self._counts, defaultdict(int)
             written = 0
-            for (principal, study, series), n in list(pending.items()):
+            for (principal, action, study, series), n in list(pending.items()):
                 try:
-                    await self.audit.record(
-                        principal, "wado.frames", {"study_uid": study, "series_uid": series}, count=n
-                    )
+                    await self.audit.record(principal, action, {"study_uid": study, "series_uid": series}, count=n)
                     written += 1
-                    del pending[(principal, study, series)]
+                    del pending[(principal, action, study, series)]
                 except Exception:
                     for k, v in pending.items():  # keep what was not written
                         self._counts[k] += v

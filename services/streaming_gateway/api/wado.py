@@ -404,17 +404,21 @@ async def _render(
         skip = levels  # the lowest resolution: a few hundred bytes of the codestream decode to <= 64 px
     else:
         skip = render.skip_for_viewport(int(it.get("rows") or 0), int(it.get("columns") or 0), levels, params.viewport)
-    await audit(
-        request, principal, "wado.thumbnail" if thumbnail else "wado.rendered",
-        {"study_uid": study, "series_uid": series, "sop_uid": sop, "frame": frame_no},
-    )
+    # Audited like frames: one record per (user, series) per window with a count (a study browser reads dozens).
+    gw.frame_audit.add(principal, study, series, 1, "wado.thumbnail" if thumbnail else "wado.rendered")
+    etag = '"r-' + hashlib.blake2b(f"{f.digest}|{params}|{skip}".encode(), digest_size=12).hexdigest() + '"'
+    headers = {"ETag": etag, "Cache-Control": f"private, max-age={gw.settings.frame_max_age_s}"}
+    if _etag_matches(request, etag):  # the client has these bytes: nothing to render
+        return Response(status_code=304, headers=headers)
+    hit = gw.rendered.get(etag)
+    if hit is not None:
+        headers["X-Cache"] = "hit"
+        return Response(hit.data, media_type=params.media_type, headers=headers)
     data = await gw.run_cpu(
         lambda: render.render(f.data, it.get("dicom_json"), it.get("photometric"), params, skip_levels=skip)
     )
-    etag = '"r-' + hashlib.blake2b(f"{f.digest}|{params}|{skip}".encode(), digest_size=12).hexdigest() + '"'
-    headers = {"ETag": etag, "Cache-Control": f"private, max-age={gw.settings.frame_max_age_s}"}
-    if _etag_matches(request, etag):
-        return Response(status_code=304, headers=headers)
+    gw.rendered.put(etag, Frame(data, f.digest, (), 0))
+    headers["X-Cache"] = "miss"
     return Response(data, media_type=params.media_type, headers=headers)
 
 
