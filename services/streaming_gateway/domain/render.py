@@ -116,23 +116,14 @@ def render(codestream: bytes, dicom_json: str | None, photometric: str | None, p
         img8 = px[..., :3].astype(np.uint8) if px.dtype == np.uint8 else _scale_to_8bit(px[..., :3])
         mode = "RGB"
     else:
-        data = px.astype(np.float64)
-        slope = _first_number(meta, "00281053") or 1.0
-        intercept = _first_number(meta, "00281052") or 0.0
-        data = data * slope + intercept
-        if params.window is not None:
-            c, w, fn = params.window
+        if np.issubdtype(px.dtype, np.integer) and int(px.max()) - int(px.min()) < _LUT_MAX:
+            # Integer pixels (every CT, CR, MR frame): window each stored value once, then look the pixels up. The
+            # same arithmetic on the same values as below, so the same bytes, without float work per pixel.
+            lo = int(px.min())
+            lut = _gray_8bit(np.arange(lo, int(px.max()) + 1, dtype=np.float64), meta, params, photometric)
+            img8 = lut[px.astype(np.int64, copy=False) - lo]
         else:
-            c0, w0 = _first_number(meta, "00281050"), _first_number(meta, "00281051")
-            if c0 is not None and w0 is not None and w0 > 0:
-                c, w, fn = c0, max(w0, 1.0), (_string(meta, "00281056") or "LINEAR").lower()
-            else:
-                lo, hi = float(data.min()), float(data.max())
-                c, w, fn = (lo + hi) / 2, max(hi - lo, 1.0), "linear-exact"
-        out = _window(data, c, w, fn)
-        if photometric == "MONOCHROME1":
-            out = 1.0 - out
-        img8 = np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
+            img8 = _gray_8bit(px.astype(np.float64), meta, params, photometric)
         mode = "L"
     img = Image.fromarray(img8, mode=mode)
     if params.viewport is not None:
@@ -147,6 +138,31 @@ def render(codestream: bytes, dicom_json: str | None, photometric: str | None, p
     else:
         img.save(buf, format="JPEG", quality=params.quality)
     return buf.getvalue()
+
+
+#: Integer pixels whose value range is narrower than this are windowed through a lookup table (16-bit and below).
+_LUT_MAX = 1 << 17
+
+
+def _gray_8bit(stored: np.ndarray, meta: dict[str, Any], params: RenderParams, photometric: str) -> np.ndarray:
+    """Stored values -> modality values (rescale) -> VOI window (the request's, the instance's, or the data's range)
+    -> 8 bits, inverted for MONOCHROME1. ``stored`` is the frame, or every value between its minimum and maximum."""
+    slope = _first_number(meta, "00281053") or 1.0
+    intercept = _first_number(meta, "00281052") or 0.0
+    data = stored * slope + intercept
+    if params.window is not None:
+        c, w, fn = params.window
+    else:
+        c0, w0 = _first_number(meta, "00281050"), _first_number(meta, "00281051")
+        if c0 is not None and w0 is not None and w0 > 0:
+            c, w, fn = c0, max(w0, 1.0), (_string(meta, "00281056") or "LINEAR").lower()
+        else:
+            lo, hi = float(data.min()), float(data.max())
+            c, w, fn = (lo + hi) / 2, max(hi - lo, 1.0), "linear-exact"
+    out = _window(data, c, w, fn)
+    if photometric == "MONOCHROME1":
+        out = 1.0 - out
+    return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
 
 
 def _window(data: np.ndarray, c: float, w: float, fn: str) -> np.ndarray:
