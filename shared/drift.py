@@ -22,6 +22,7 @@ A reference built without embeddings (or an older artefact) watches the other fe
 from __future__ import annotations
 
 import hashlib
+import hmac
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -109,14 +110,16 @@ def psi(feature_reference: dict[str, Any], values: np.ndarray | list[float]) -> 
     return float(np.sum((actual - expected) * np.log(actual / expected)))
 
 
-def site_key(meta: dict[str, Any]) -> str:
-    """A pseudonymous, stable key of the acquiring site and device, from the instance's DICOM JSON: a hash of
-    InstitutionName, StationName, Manufacturer and ManufacturerModelName (names never leave as labels or events)."""
+def site_key(meta: dict[str, Any], key: str) -> str:
+    """A pseudonymous, stable key of the acquiring site and device, from the instance's DICOM JSON: a keyed hash
+    (HMAC-SHA256 with the deployment's pseudonym key, as patient pseudonyms) of InstitutionName, StationName,
+    Manufacturer and ManufacturerModelName, so nobody without the key can tell a site from its key by hashing the
+    names of known hospitals. Where de-identification removed the first two, the key is per device model."""
     parts = []
     for tag in ("00080080", "00081010", "00080070", "00081090"):
         value = ((meta.get(tag) or {}).get("Value") or [""])[0]
         parts.append(str(value).strip())
-    return "site-" + hashlib.sha256("|".join(parts).encode()).hexdigest()[:10]
+    return "site-" + hmac.new(key.encode(), "|".join(parts).encode(), hashlib.sha256).hexdigest()[:10]
 
 
 @dataclass(frozen=True)

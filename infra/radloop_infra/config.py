@@ -239,8 +239,10 @@ def _qr(get: Any) -> dict[str, Any]:
     dests = []
     for ae, d in sorted(raw.items()):
         try:
-            host, port, tls = str(ipaddress.ip_address(d["host"])), int(d["port"]), bool(d.get("tls", False))
-        except (KeyError, TypeError, ValueError) as exc:
+            host, port, tls = str(ipaddress.ip_address(d["host"])), int(d["port"]), d.get("tls", False)
+            if not isinstance(tls, bool):  # "false" would be truthy: only JSON true/false
+                raise ValueError(f"tls must be true or false, not {tls!r}")
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"deploy parameter qr_move_destinations[{ae!r}] needs an IP address \"host\" and a "
                              f"\"port\" ({type(exc).__name__}: {exc})") from None
         if not 0 < port < 65536 or not 0 < len(ae) <= 16:

@@ -46,9 +46,14 @@ BACKLOG_CLAIM_S = 300.0
 RESCORE_ROUNDS = 5
 
 
-def scored_event_id(scored: InstanceScored) -> str:
-    """Deterministic id of an ``InstanceScored``: one per image, outcome and model version."""
+def scored_event_id(scored: InstanceScored, replaces: str | None = None) -> str:
+    """Deterministic id of an ``InstanceScored``: one per image, outcome and model version, and, for a re-score, per
+    score it replaces (``replaces``: that score's event id). A re-run after a crash gives the same id (consumers skip
+    it); a re-score that lands on a (version, probability) the image had before (a rollback to an earlier champion)
+    gets a new one, so consumers do not drop it as a duplicate of the earlier score."""
     key = f"InstanceScored#{scored.sop_uid}#{scored.status}#{scored.model_version}#{scored.probability}"
+    if replaces:
+        key += f"#replaces:{replaces}"
     return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
@@ -129,16 +134,17 @@ class Triage:
 
     # -- scoring -----------------------------------------------------------------------------------------------------
     async def _score(self, model: LoadedModel, base: dict[str, Any], arrived: str,
-                     modality: str | None = None) -> dict[str, Any]:
+                     modality: str | None = None, replaces: str | None = None) -> dict[str, Any]:
         """Score an applicable instance with ``model`` (the batcher may use a newer champion); record it. With the
         ``modality`` of a new arrival (not a backlog or re-scoring pass, which would count an image twice), the image
-        and its score join the drift windows."""
+        and its score join the drift windows. ``replaces``: a re-score's earlier score (its event id)."""
         s = self.settings
         try:
             frame = await self.images.read_frame(base["study_uid"], base["series_uid"], base["sop_uid"])
             pre = await asyncio.to_thread(model_input, frame, model.input_size)
         except ValueError as exc:  # undecodable: it can never succeed, so say so instead of retrying forever
-            return await self._record(InstanceScored(status="unscored", reason=str(exc)[:500], **base), arrived)
+            return await self._record(InstanceScored(status="unscored", reason=str(exc)[:500], **base), arrived,
+                                      replaces)
         started = time.perf_counter()
         result = await self.batcher.submit(frame, pre, model.input_size)
         prob, used, x = result.probability, result.model, result.input
@@ -157,12 +163,15 @@ class Triage:
                                                                          "error": str(exc)[:300]})
         out = await self._record(InstanceScored(
             status="scored", probability=round(prob, 6), threshold=used.threshold, priority=priority,
-            model_version=used.version, heatmap_key=heatmap, **base), arrived)
+            model_version=used.version, heatmap_key=heatmap, **base), arrived, replaces)
         champion = self.holder.current
         if champion is not None and champion.version != used.version:
             self.schedule_rescore()  # a swap overtook this score: the new champion's pass must not miss it
         elif modality and used.version == model.version:
-            await self.watch_drift(used, frame.site, modality, pre, prob, result.embedding)
+            try:
+                await self.watch_drift(used, frame.site, modality, pre, prob, result.embedding)
+            except Exception:  # the score is recorded and published: drift must not make the message fail
+                log.exception("drift check failed; the score stands")
         return out
 
     # -- drift -------------------------------------------------------------------------------------------------------
@@ -206,13 +215,14 @@ class Triage:
                                                  "psi": f.psi, "model_version": model.version})
         return check
 
-    async def _record(self, scored: InstanceScored, arrived: str | None = None) -> dict[str, Any]:
+    async def _record(self, scored: InstanceScored, arrived: str | None = None,
+                      replaces: str | None = None) -> dict[str, Any]:
         """Write the score durably, then publish it (a crash between the two re-runs the handler: same result).
 
         The event id is derived from what was decided, so a re-run after a crash that followed the publish (the
         consumer had not completed its idempotency record) republishes the *same* event, which consumers skip, instead
         of a second ``InstanceScored`` (found by the chaos run, docs/reliability.md)."""
-        scored = scored.model_copy(update={"event_id": scored_event_id(scored)})
+        scored = scored.model_copy(update={"event_id": scored_event_id(scored, replaces)})
         arrived_at = arrived or datetime.now(UTC).isoformat(timespec="milliseconds")
         await self.scores.put(scored, awaiting_model=scored.reason == AWAITING_MODEL, arrived_at=arrived_at)
         await self.publisher.publish(scored)
@@ -361,14 +371,21 @@ class Triage:
             sop = str(item["sop_uid"])
             base = {"study_uid": item["study_uid"], "series_uid": item["series_uid"], "sop_uid": sop,
                     "patient_pseudo_id": item.get("patient_pseudo_id")}
+            # the score this one replaces (records written before event ids were stored: name it by its version)
+            replaces = str(item.get("event_id") or f"v{item.get('model_version')}")
             async with sem:
-                if not await self.scores.claim_rescore(sop, self.claim_owner, BACKLOG_CLAIM_S, model.version):
-                    return False  # read meanwhile, scored by this champion already, or another task has it
                 try:
-                    await self._score(model, base, str(item.get("arrived_at") or ""))
+                    if not await self.scores.claim_rescore(sop, self.claim_owner, BACKLOG_CLAIM_S, model.version):
+                        return False  # read meanwhile, scored by this champion already, or another task has it
+                except Exception:  # the image keeps its score; the next pass tries again
+                    log.exception("re-scoring claim failed", extra={"sop_uid": sop})
+                    return False
+                try:
+                    await self._score(model, base, str(item.get("arrived_at") or ""), replaces=replaces)
                 except Exception:
                     log.exception("re-scoring failed; the image keeps its earlier score", extra={"sop_uid": sop})
-                    await self.scores.unclaim_rescore(sop, self.claim_owner)
+                    with contextlib.suppress(Exception):  # else the lease passes by itself
+                        await self.scores.unclaim_rescore(sop, self.claim_owner)
                     return False
             self.rescored += 1
             instrument("radloop.triage.rescored").add(1, {"model_version": str(model.version)})
@@ -377,6 +394,10 @@ class Triage:
         tasks: list[asyncio.Task[bool]] = []
         try:
             for i, item in enumerate(items):
+                # A task that missed the approval must not go on re-scoring with the old champion: it reads the
+                # registry's pointer (at most every triage_champion_check_s) and hands over to the new one's pass.
+                if await self.holder.refresh_if_due() is not None:
+                    self.schedule_backlog()
                 if self.holder.current is not model:
                     self._rescore_again = True  # a newer champion: the next pass re-scores with it
                     break
@@ -384,7 +405,7 @@ class Triage:
                 if delay > 0:
                     await asyncio.sleep(delay)
                 tasks.append(asyncio.create_task(one(item)))
-            return sum(await asyncio.gather(*tasks))
+            return sum(1 for r in await asyncio.gather(*tasks, return_exceptions=True) if r is True)
         except asyncio.CancelledError:  # shutdown: claims not yet used pass with their lease
             for t in tasks:
                 t.cancel()

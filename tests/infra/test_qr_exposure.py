@@ -103,5 +103,10 @@ def test_qr_parameters_are_checked_before_synthesis() -> None:
     with pytest.raises(ValueError, match=r"qr_move_destinations\['WS1'\] needs an IP address"):
         _params(qr_calling_aes="WS1", qr_cidrs="10.88.0.0/24",
                 qr_move_destinations=json.dumps({"WS1": {"host": "ws1.hospital.org", "port": 104}}))
+    with pytest.raises(ValueError, match="tls must be true or false"):
+        _params(qr_calling_aes="WS1", qr_cidrs="10.88.0.0/24",
+                qr_move_destinations=json.dumps({"WS1": {"host": "10.88.0.5", "port": 104, "tls": "false"}}))
+    with pytest.raises(ValueError, match="needs an IP address"):
+        _params(qr_calling_aes="WS1", qr_cidrs="10.88.0.0/24", qr_move_destinations=json.dumps({"WS1": "10.88.0.5"}))
     with pytest.raises(ValueError, match="not JSON"):
         _params(qr_calling_aes="WS1", qr_cidrs="10.88.0.0/24", qr_move_destinations="{WS1")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -86,15 +87,18 @@ def test_a_new_reference_starts_the_windows_again_and_windows_are_bounded() -> N
     assert not monitor._windows and not monitor.latest
 
 
-def test_site_key_is_pseudonymous_and_stable() -> None:
+def test_site_key_is_pseudonymous_keyed_and_stable() -> None:
     meta = {"00080080": {"vr": "LO", "Value": ["St Canary Hospital"]}, "00081010": {"vr": "SH", "Value": ["XR-3"]},
             "00080070": {"vr": "LO", "Value": ["Acme"]}, "00081090": {"vr": "LO", "Value": ["DR 9000"]}}
-    key = drift.site_key(meta)
-    assert key == drift.site_key(json.loads(json.dumps(meta)))
+    key = drift.site_key(meta, "k1")
+    assert key == drift.site_key(json.loads(json.dumps(meta)), "k1")
     assert key.startswith("site-") and len(key) == 15 and "Canary" not in key
+    # keyed: hashing the names of known hospitals does not find it, and another deployment's keys differ
+    assert key != "site-" + hashlib.sha256(b"St Canary Hospital|XR-3|Acme|DR 9000").hexdigest()[:10]
+    assert drift.site_key(meta, "k2") != key
     other = dict(meta, **{"00081010": {"vr": "SH", "Value": ["XR-4"]}})
-    assert drift.site_key(other) != key  # another device of the same site is watched on its own
-    assert drift.site_key({}).startswith("site-")  # a header without them still gets a (shared) key
+    assert drift.site_key(other, "k1") != key  # another device of the same site is watched on its own
+    assert drift.site_key({}, "k1").startswith("site-")  # a header without them still gets a (shared) key
 
 
 def test_embedding_drift_is_watched_on_the_reference_principal_components() -> None:

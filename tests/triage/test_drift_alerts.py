@@ -78,8 +78,9 @@ async def test_a_site_whose_images_moved_raises_drift_and_the_others_do_not(clie
         await triage.cancel_backlog()
         await triage.batcher.stop()
 
-    home = drift.site_key(make_case(0, COHORT, size=128).meta)
-    moved_site = drift.site_key({**make_case(0, COHORT, size=128).meta, **new_site})
+    key = clients.settings.pseudonym_key
+    home = drift.site_key(make_case(0, COHORT, size=128).meta, key)
+    moved_site = drift.site_key({**make_case(0, COHORT, size=128).meta, **new_site}, key)
     psi = triage.drift.latest
     assert {s for s, _, _ in psi} == {home, moved_site}, "one comparison per site at its 80th image"
     assert {f for s, _, f in psi if s == home} == set(drift.FEATURES + drift.EMBEDDING_FEATURES)

@@ -406,7 +406,10 @@ async def _render(
         skip = render.skip_for_viewport(int(it.get("rows") or 0), int(it.get("columns") or 0), levels, params.viewport)
     # Audited like frames: one record per (user, series) per window with a count (a study browser reads dozens).
     gw.frame_audit.add(principal, study, series, 1, "wado.thumbnail" if thumbnail else "wado.rendered")
-    etag = '"r-' + hashlib.blake2b(f"{f.digest}|{params}|{skip}".encode(), digest_size=12).hexdigest() + '"'
+    # The render depends on the pixels, the request and the header (rescale, VOI window, photometric): all in the key,
+    # so a corrected header or another instance with the same pixels never gets this one's image.
+    header = hashlib.blake2b(f"{it.get('dicom_json')}|{it.get('photometric')}".encode(), digest_size=8).hexdigest()
+    etag = '"r-' + hashlib.blake2b(f"{f.digest}|{header}|{params}|{skip}".encode(), digest_size=12).hexdigest() + '"'
     headers = {"ETag": etag, "Cache-Control": f"private, max-age={gw.settings.frame_max_age_s}"}
     if _etag_matches(request, etag):  # the client has these bytes: nothing to render
         return Response(status_code=304, headers=headers)

@@ -31,7 +31,7 @@ class Images:
         """
         cs, meta = await asyncio.gather(self.store.read_frame(study, series, sop, 1),
                                         self.store.read_metadata(study, series, sop))
-        return await asyncio.to_thread(load_frame, cs, meta)
+        return await asyncio.to_thread(load_frame, cs, meta, self.clients.settings.pseudonym_key)
 
     async def metadata(self, study: str, series: str, sop: str) -> dict[str, Any] | None:
         """The stored DICOM JSON of an instance, or None when it cannot be read."""

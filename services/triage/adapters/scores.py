@@ -52,6 +52,8 @@ class Scores:
             "probability": scored.probability, "threshold": scored.threshold, "model_version": scored.model_version,
             "heatmap_key": scored.heatmap_key or None, "reason": scored.reason or None,
             "patient_pseudo_id": scored.patient_pseudo_id or None,
+            # the id of the InstanceScored this record published: a re-score names it as the score it replaces
+            "event_id": scored.event_id,
         }
         if awaiting_model:
             record["awaiting_model"] = True
@@ -77,14 +79,17 @@ class Scores:
                               ExpressionAttributeValues={":t": to_value(True)})
 
     async def unread(self, limit: int, *, not_version: int) -> list[dict[str, Any]]:
-        """Up to ``limit`` unread scored records that model ``not_version`` has not scored, newest arrival first.
+        """Of the ``limit`` most recently arrived unread scored records, those that model ``not_version`` has not
+        scored, newest arrival first. Reads at most ``limit`` records however many the champion has scored already,
+        so a pass costs its bound, and older images keep their score.
 
         Eventually consistent like :meth:`backlog`: :meth:`claim_rescore` is the consistent check."""
         ddb = await self.clients.dynamodb()
-        return await collect(ddb.query, limit_items=limit, TableName=self.table, IndexName="by_unread",
-                             KeyConditionExpression="unread_pk = :u", FilterExpression="model_version <> :v",
-                             ExpressionAttributeValues={":u": to_value(UNREAD), ":v": to_value(not_version)},
-                             ScanIndexForward=False, Limit=min(max(limit, 1), 1000))
+        newest = await collect(ddb.query, limit_items=limit, TableName=self.table, IndexName="by_unread",
+                               KeyConditionExpression="unread_pk = :u",
+                               ExpressionAttributeValues={":u": to_value(UNREAD)},
+                               ScanIndexForward=False, Limit=min(max(limit, 1), 1000))
+        return [it for it in newest if it.get("model_version") is None or int(it["model_version"]) != not_version]
 
     async def backlog(self, limit: int) -> list[dict[str, Any]]:
         """Up to ``limit`` records still awaiting a model, oldest first (plain dicts), from the ``by_backlog`` index.

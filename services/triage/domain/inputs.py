@@ -31,8 +31,9 @@ class Frame:
         return int(self.pixels.shape[1])
 
 
-def load_frame(codestream: bytes, metadata_json: bytes | str | dict[str, Any]) -> Frame:
-    """Decode an HTJ2K frame and read its preprocessing parameters from the instance's DICOM JSON.
+def load_frame(codestream: bytes, metadata_json: bytes | str | dict[str, Any], site_secret: str = "") -> Frame:
+    """Decode an HTJ2K frame and read its preprocessing parameters from the instance's DICOM JSON; ``site_secret``
+    keys the pseudonymous site key (:func:`shared.drift.site_key`; the deployment's pseudonym key).
 
     Raises ValueError with the reason when the codestream or the metadata cannot be read.
     """
@@ -43,7 +44,7 @@ def load_frame(codestream: bytes, metadata_json: bytes | str | dict[str, Any]) -
     meta = metadata_json if isinstance(metadata_json, dict) else json.loads(metadata_json)
     if not isinstance(meta, dict):
         raise ValueError(f"instance metadata is a JSON {type(meta).__name__}, expected a DICOM JSON object")
-    return Frame(pixels=pixels, params=params_from_dicom_json(meta), site=site_key(meta))
+    return Frame(pixels=pixels, params=params_from_dicom_json(meta), site=site_key(meta, site_secret))
 
 
 def model_input(frame: Frame, size: int) -> np.ndarray:
