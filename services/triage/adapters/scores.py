@@ -39,16 +39,18 @@ class Scores:
         self.clients = clients
         self.table = clients.settings.topology.table("scores")
 
-    async def put(self, scored: InstanceScored, *, awaiting_model: bool, arrived_at: str) -> None:
+    async def put(self, scored: InstanceScored, *, awaiting_model: bool, arrived_at: str | None = None) -> None:
         """Replace the instance's record; ``awaiting_model`` puts it in the backlog (a scored record leaves it), and a
-        scored record of an image nobody has read joins the unread index (``arrived_at`` is its order there).
+        scored record of an image nobody has read joins the unread index (``arrived_at``, now when not given, is its
+        order there).
 
         An image read already keeps its ``verified`` mark and stays out of both indexes (the conditional write tells,
         consistently, without a read first)."""
         record: dict[str, Any] = {
             "sop_uid": scored.sop_uid, "study_uid": scored.study_uid, "series_uid": scored.series_uid,
             "status": scored.status, "priority": scored.priority,
-            "scored_at": datetime.now(UTC).isoformat(timespec="milliseconds"), "arrived_at": arrived_at,
+            "scored_at": (now := datetime.now(UTC).isoformat(timespec="milliseconds")),
+            "arrived_at": arrived_at or now,
             "probability": scored.probability, "threshold": scored.threshold, "model_version": scored.model_version,
             "heatmap_key": scored.heatmap_key or None, "reason": scored.reason or None,
             "patient_pseudo_id": scored.patient_pseudo_id or None,
