@@ -158,6 +158,9 @@ _SPECS: tuple[MetricSpec, ...] = (
                "Drift: population stability index of a feature of the champion's recent inputs (or its scores: "
                "feature=score) per pseudonymous site and modality, against the training reference",
                ("model_version", "site", "modality", "feature"), service="triage"),
+    MetricSpec("radloop.model.drift.alerts", "counter", "{alert}",
+               "DriftDetected events published (PSI at or above triage_drift_psi_alert), per pseudonymous site, "
+               "modality and feature", ("site", "modality", "feature"), service="triage"),
     MetricSpec("radloop.triage.scoring.duration", "histogram", "s", "Scoring latency per model version",
                ("model_version",), LATENCY_BUCKETS_S, service="triage"),
     # --- verification ---

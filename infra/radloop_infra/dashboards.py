@@ -59,6 +59,7 @@ EMF_DIMENSIONS: dict[str, list[list[str]]] = {
     "radloop.triage.scores": [["service.name"], ["model_version"]],
     "radloop.triage.rescored": [["model_version"]],
     "radloop.model.drift.psi": [["site", "modality", "feature"]],
+    "radloop.model.drift.alerts": [["site", "modality", "feature"]],
     "radloop.triage.scoring.duration": [["service.name"]],
     "radloop.verification.reads": [["role"]],
     "radloop.verification.worklist.depth": [["priority"]],
@@ -277,8 +278,11 @@ class MetricsDashboards(Construct):
         self.dashboard.add_widgets(
             cw.GraphWidget(title="Unread images re-scored by a new champion", width=12, left=[self.search(
                 "radloop.triage.rescored", ["model_version"], "Sum", "re-scored")]),
-            cw.GraphWidget(title="Drift: PSI per site, modality and feature (0.25: act)", width=12, left=[self.search(
-                "radloop.model.drift.psi", ["site", "modality", "feature"], "Maximum", "psi")]),
+            cw.GraphWidget(title="Drift: PSI per site, modality and feature (0.25: act), and alerts", width=12,
+                           left=[self.search("radloop.model.drift.psi", ["site", "modality", "feature"], "Maximum",
+                                             "psi")],
+                           right=[self.search("radloop.model.drift.alerts", ["site", "modality", "feature"], "Sum",
+                                              "DriftDetected")]),
         )
         self.dashboard.add_widgets(cw.AlarmStatusWidget(title="Metric alarms", width=24,
                                                         alarms=list(self.alarms.values())))

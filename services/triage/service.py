@@ -211,6 +211,8 @@ class Triage:
                 log.warning("drift alert not published", extra={"error": f"{type(exc).__name__}: {exc}"[:300]})
                 continue
             self._drift_alerted[key] = now
+            instrument("radloop.model.drift.alerts").add(1, {"site": f.site, "modality": f.modality,
+                                                             "feature": f.feature})
             log.warning("drift detected", extra={"site": f.site, "modality": f.modality, "feature": f.feature,
                                                  "psi": f.psi, "model_version": model.version})
         return check
