@@ -226,7 +226,13 @@ class Triage:
         of a second ``InstanceScored`` (found by the chaos run, docs/reliability.md)."""
         scored = scored.model_copy(update={"event_id": scored_event_id(scored, replaces)})
         arrived_at = arrived or datetime.now(UTC).isoformat(timespec="milliseconds")
-        await self.scores.put(scored, awaiting_model=scored.reason == AWAITING_MODEL, arrived_at=arrived_at)
+        unread = await self.scores.put(scored, awaiting_model=scored.reason == AWAITING_MODEL, arrived_at=arrived_at)
+        if replaces and not unread:
+            # A re-score that finished after the image was read: kept in the record, not published. The read's score
+            # stays the one the radiologist saw, and live performance keeps counting the read under that model.
+            log.info("re-score finished after the read; not published", extra={"sop_uid": scored.sop_uid})
+            return {"status": scored.status, "model_version": scored.model_version, "probability": scored.probability,
+                    "published": False}
         await self.publisher.publish(scored)
         self.scored += 1
         log.info("instance triaged", extra={"status": scored.status, "model_version": scored.model_version,

@@ -68,3 +68,33 @@ async def test_a_rollback_rescore_is_a_new_event_and_a_pass_reads_only_the_newes
         assert rolled_back["probability"] == first["probability"]  # the same score again ...
         assert rolled_back["event_id"] != first["event_id"], "... must not be taken for a duplicate of the first"
     assert len({d["event_id"] for d in events}) == len(events)
+
+
+async def test_a_rescore_that_finishes_after_the_read_is_not_published(clients: AwsClients) -> None:
+    """The claim was taken while the image was unread; the radiologist's read (ImageVerified) lands before the new
+    score is written. The score the reader saw stays the published one: a later one would move the read's live
+    performance to a model that scored it after the label."""
+    await bootstrap_topology(clients)
+    qname = await capture_queue(clients, [ev.INSTANCE_SCORED], name="late")
+    model, _ = trained_model_tar()
+    await install_champion(clients, model, 1, 0.5)
+    settings = TriageSettings(**{**clients.settings.model_dump(), "triage_rescore_max": 0, "triage_heatmaps": "none"})
+    triage = Triage(clients, settings, EventPublisher(clients, "triage"))
+    loaded = await triage.holder.ensure_loaded()
+    assert loaded is not None
+    triage.batcher.start()
+    try:
+        case = make_case(0, 7, size=128, uid_salt="late-read")
+        stored = await store_instance(clients, case.pixels, case.meta, case.study_uid, case.series_uid, case.sop_uid)
+        await triage.on_instance_stored(stored)
+        assert await triage.scores.claim_rescore(case.sop_uid, triage.claim_owner, 60.0, 2)
+        await triage.scores.mark_read(case.sop_uid)  # the read arrives while the re-score runs
+        base = {"study_uid": case.study_uid, "series_uid": case.series_uid, "sop_uid": case.sop_uid,
+                "patient_pseudo_id": stored.patient_pseudo_id}
+        out = await triage._score(loaded, base, "2026-01-01T00:00:00.000+00:00", replaces="first-score")
+        events = [e["detail"] for e in await captured(clients, qname, wait_s=3.0)]
+    finally:
+        await triage.cancel_backlog()
+        await triage.batcher.stop()
+    assert [d["sop_uid"] for d in events] == [case.sop_uid], "only the score given before the read"
+    assert out.get("published") is False

@@ -39,13 +39,13 @@ class Scores:
         self.clients = clients
         self.table = clients.settings.topology.table("scores")
 
-    async def put(self, scored: InstanceScored, *, awaiting_model: bool, arrived_at: str | None = None) -> None:
+    async def put(self, scored: InstanceScored, *, awaiting_model: bool, arrived_at: str | None = None) -> bool:
         """Replace the instance's record; ``awaiting_model`` puts it in the backlog (a scored record leaves it), and a
         scored record of an image nobody has read joins the unread index (``arrived_at``, now when not given, is its
         order there).
 
         An image read already keeps its ``verified`` mark and stays out of both indexes (the conditional write tells,
-        consistently, without a read first)."""
+        consistently, without a read first). Returns False for such an image, True otherwise."""
         record: dict[str, Any] = {
             "sop_uid": scored.sop_uid, "study_uid": scored.study_uid, "series_uid": scored.series_uid,
             "status": scored.status, "priority": scored.priority,
@@ -71,6 +71,8 @@ class Scores:
                 record.pop(key, None)
             record["verified"] = True
             await ddb.put_item(TableName=self.table, Item=to_item(record))
+            return False
+        return True
 
     async def mark_read(self, sop_uid: str) -> None:
         """The image was read (``ImageVerified``): it leaves the unread index for good, and no re-scoring claim on it
