@@ -389,26 +389,25 @@ class Compute(Construct):
             self._scale_on_backlog(service, svc, scaling)
 
         if need.dimse:
-            self.dimse_listener.add_targets(
-                "Ingestion", port=DIMSE_PORT, protocol=elbv2.Protocol.TCP,
-                targets=[svc.load_balancer_target(container_name="app", container_port=DIMSE_PORT)],
-                health_check=elbv2.HealthCheck(protocol=elbv2.Protocol.TCP, interval=Duration.seconds(30)),
-                deregistration_delay=Duration.seconds(60),
-            )
-            sg.add_ingress_rule(self.nlb_sg, ec2.Port.tcp(DIMSE_PORT), "DIMSE from the NLB")
-            self.nlb_sg.add_egress_rule(sg, ec2.Port.tcp(DIMSE_PORT), "to ingestion DIMSE")
+            self._behind_nlb(self.dimse_listener, "Ingestion", svc, sg, DIMSE_PORT, "DIMSE", "ingestion DIMSE")
         if need.qr and self.qr_listener is not None:
-            self.qr_listener.add_targets(
-                "Interop", port=QR_PORT, protocol=elbv2.Protocol.TCP,
-                targets=[svc.load_balancer_target(container_name="app", container_port=QR_PORT)],
-                health_check=elbv2.HealthCheck(protocol=elbv2.Protocol.TCP, interval=Duration.seconds(30)),
-                deregistration_delay=Duration.seconds(60),
-            )
-            sg.add_ingress_rule(self.nlb_sg, ec2.Port.tcp(QR_PORT), "Q/R DIMSE from the NLB")
-            self.nlb_sg.add_egress_rule(sg, ec2.Port.tcp(QR_PORT), "to interop Q/R")
+            self._behind_nlb(self.qr_listener, "Interop", svc, sg, QR_PORT, "Q/R DIMSE", "interop Q/R")
             for ae, host, port, _tls in params.qr_move_destinations:  # C-MOVE opens an association to each
                 peer = ec2.Peer.ipv6(f"{host}/128") if ":" in host else ec2.Peer.ipv4(f"{host}/32")
                 sg.add_egress_rule(peer, ec2.Port.tcp(port), f"C-MOVE to {ae}")
+
+    def _behind_nlb(self, listener: elbv2.NetworkListener, target_id: str, svc: ecs.FargateService,
+                    sg: ec2.SecurityGroup, port: int, what: str, to: str) -> None:
+        """Put the task's ``port`` behind an NLB TLS listener (plain TCP from the NLB to the task) and open exactly
+        that path in both security groups."""
+        listener.add_targets(
+            target_id, port=port, protocol=elbv2.Protocol.TCP,
+            targets=[svc.load_balancer_target(container_name="app", container_port=port)],
+            health_check=elbv2.HealthCheck(protocol=elbv2.Protocol.TCP, interval=Duration.seconds(30)),
+            deregistration_delay=Duration.seconds(60),
+        )
+        sg.add_ingress_rule(self.nlb_sg, ec2.Port.tcp(port), f"{what} from the NLB")
+        self.nlb_sg.add_egress_rule(sg, ec2.Port.tcp(port), f"to {to}")
 
     def _scale_on_backlog(self, service: str, svc: ecs.FargateService, scaling: ecs.ScalableTaskCount) -> None:
         """Target tracking on backlog per task: visible messages / running tasks (metric math).

@@ -171,24 +171,20 @@ class Observability(Construct):
             ),
             targets=[targets.SnsTopic(self.topic, dead_letter_queue=messaging.rule_dlq)],
         )
-        degraded = events.Rule(
-            self, "ModelDegraded", rule_name=f"{topology.prefix}-model-performance-degraded",
-            description="ModelPerformanceDegraded events published by radloop",
-            event_bus=messaging.bus,
-            event_pattern=events.EventPattern(source=events.Match.prefix("radloop."),
-                                              detail_type=[ev.MODEL_PERFORMANCE_DEGRADED]),
-            targets=[targets.SnsTopic(self.topic, dead_letter_queue=messaging.rule_dlq)],
-        )
+        def radloop_event_rule(id_: str, name: str, detail_type: str, description: str) -> events.Rule:
+            """One of radloop's own events, delivered to the alarm topic as it happens."""
+            return events.Rule(
+                self, id_, rule_name=f"{topology.prefix}-{name}", description=description, event_bus=messaging.bus,
+                event_pattern=events.EventPattern(source=events.Match.prefix("radloop."), detail_type=[detail_type]),
+                targets=[targets.SnsTopic(self.topic, dead_letter_queue=messaging.rule_dlq)],
+            )
+
+        degraded = radloop_event_rule("ModelDegraded", "model-performance-degraded", ev.MODEL_PERFORMANCE_DEGRADED,
+                                      "ModelPerformanceDegraded events published by radloop")
         # Drift goes to the topic as it happens (each event names the site key, modality, feature and PSI), with an
         # alarm like degradation's; the dashboard's PSI panel shows its course.
-        drift = events.Rule(
-            self, "ModelDrift", rule_name=f"{topology.prefix}-model-drift",
-            description="DriftDetected events published by radloop's triage (docs/triage.md)",
-            event_bus=messaging.bus,
-            event_pattern=events.EventPattern(source=events.Match.prefix("radloop."),
-                                              detail_type=[ev.DRIFT_DETECTED]),
-            targets=[targets.SnsTopic(self.topic, dead_letter_queue=messaging.rule_dlq)],
-        )
+        drift = radloop_event_rule("ModelDrift", "model-drift", ev.DRIFT_DETECTED,
+                                   "DriftDetected events published by radloop's triage (docs/triage.md)")
         for id_, rule in (("PipelineFailures", sm_failed), ("ModelPerformanceDegraded", degraded),
                           ("DriftDetected", drift)):
             alarm(id_, cw.Alarm(
