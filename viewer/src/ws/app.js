@@ -353,6 +353,9 @@ function stopPolling() {
 async function showWorklist() {
   showView('worklist');
   await loadWorklist();
+  // The user may have gone elsewhere while the list loaded (signed out, opened a case): a late finish must neither
+  // restart polling nor claim the page's state.
+  if (S.view !== 'worklist') return;
   startPolling();
   hooks.state = 'worklist';
 }
@@ -721,7 +724,7 @@ async function openCase(id, { submitAt = null } = {}) {
     startRenew(c);
   }
   await opened;
-  hooks.state = 'reading';
+  if (S.current === c) hooks.state = 'reading';
 }
 
 function readBody() {
@@ -885,7 +888,7 @@ async function showMine() {
   } catch (e) {
     if (!onApiError(e)) say(e.status === 403 ? 'Only radiologists have reads.' : e.message, { error: true });
   }
-  hooks.state = 'mine';
+  if (S.view === 'mine') hooks.state = 'mine';
 }
 
 async function showPerformance() {
@@ -911,7 +914,7 @@ async function showPerformance() {
   } catch (e) {
     if (!onApiError(e)) say(e.message, { error: true });
   }
-  hooks.state = 'performance';
+  if (S.view === 'performance') hooks.state = 'performance';
 }
 
 // -- start ---------------------------------------------------------------------------------------------------------
