@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
-from typing import Literal
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -48,12 +48,30 @@ class ManifestRecord(BaseModel):
     reader: str
     patient_pseudo_id: str
     split: Split
+    #: With ``image_store=healthimaging``: frame 1 is image frame ``frame_id`` of image set ``image_set_id`` in data
+    #: store ``datastore_id`` (``frame_key`` and ``metadata_key`` then name no object). Absent otherwise, and left out
+    #: of the serialized line, so a manifest of the default store is byte for byte what it was.
+    datastore_id: str | None = Field(default=None, pattern=r"^[0-9a-z]{32}$")
+    image_set_id: str | None = Field(default=None, pattern=r"^[0-9a-z]{32}$")
+    frame_id: str | None = Field(default=None, pattern=r"^[0-9a-z]{32}$")
+
+
+#: The fields that say where a HealthImaging frame is, carried from ``ImageVerified`` through the orchestrator's label
+#: projection into the manifest.
+FRAME_LOCATION_FIELDS: tuple[str, ...] = ("datastore_id", "image_set_id", "frame_id")
+
+
+def frame_location(item: Mapping[str, Any]) -> dict[str, str]:
+    """The HealthImaging location fields that ``item`` (an event's fields or a projection item) has, all or none."""
+    found = {k: str(item[k]) for k in FRAME_LOCATION_FIELDS if item.get(k)}
+    return found if len(found) == len(FRAME_LOCATION_FIELDS) else {}
 
 
 def serialize(records: Iterable[ManifestRecord]) -> bytes:
-    """Canonical JSON-lines bytes (sorted by sop_uid, sorted keys)."""
+    """Canonical JSON-lines bytes (sorted by sop_uid, sorted keys; absent optional fields left out)."""
     rows = sorted(records, key=lambda r: r.sop_uid)
-    return b"".join(json.dumps(r.model_dump(), sort_keys=True, separators=(",", ":")).encode() + b"\n" for r in rows)
+    return b"".join(json.dumps(r.model_dump(exclude_none=True), sort_keys=True, separators=(",", ":")).encode() + b"\n"
+                    for r in rows)
 
 
 def sha256(data: bytes) -> str:

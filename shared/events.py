@@ -93,6 +93,8 @@ class InstanceStored(_InstanceRef):
     #: (frame 1 first). Absent with the default store, whose frames are under ``frames_prefix``.
     image_set_id: str | None = Field(default=None, pattern=r"^[0-9a-z]{32}$")
     frame_ids: tuple[str, ...] = ()
+    #: The HealthImaging data store holding ``image_set_id`` (with ``image_store=healthimaging`` only).
+    datastore_id: str | None = Field(default=None, pattern=r"^[0-9a-z]{32}$")
 
 
 class InstanceRejected(Event):
@@ -133,6 +135,11 @@ class ImageVerified(_InstanceRef):
     frame_key: str
     model_version: int | None = None
     probability: float | None = None
+    #: With ``image_store=healthimaging``: where frame 1 is (data store, image set, image frame id), so that the
+    #: training pipeline reads it from HealthImaging (``frame_key`` then names no object).
+    datastore_id: str | None = Field(default=None, pattern=r"^[0-9a-z]{32}$")
+    image_set_id: str | None = Field(default=None, pattern=r"^[0-9a-z]{32}$")
+    frame_id: str | None = Field(default=None, pattern=r"^[0-9a-z]{32}$")
 
 
 class TrainingStarted(Event):

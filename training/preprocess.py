@@ -1,15 +1,17 @@
 """Processing step: dataset manifest -> preprocessed train/val/test shards.
 
 Reads the manifest (JSON lines, :mod:`shared.datasets`) from ``/opt/ml/processing/input/manifest``, fetches each
-record's HTJ2K frame and DICOM JSON from the images bucket, runs :func:`shared.preprocessing.preprocess` (the same
-function triage serves with), and writes ``/opt/ml/processing/output/{train,val,test}/shard-00000.npz`` plus
-``meta.json`` (manifest sha256, counts). The **test** split is the locked evaluation set (``--locked-dir``: the
-version's ``manifest.jsonl`` and ``version.json``, written by the orchestrator, latest label of each case), never the
-training manifest's: a training manifest that names a locked patient is refused, and its own ``test`` records (there
-are none in the orchestrator's snapshots) are left out. Pixels are stored as uint16 (``round(v * 65535)``), an error of at most
+record's HTJ2K frame and DICOM JSON (from the images bucket, or from AWS HealthImaging for a record that names an
+image set and frame: ``image_store=healthimaging``, GetImageFrame and GetImageSetMetadata), runs
+:func:`shared.preprocessing.preprocess` (the same function triage serves with), and writes
+``/opt/ml/processing/output/{train,val,test}/shard-00000.npz`` plus ``meta.json`` (manifest sha256, counts). The
+**test** split is the locked evaluation set (``--locked-dir``: the version's ``manifest.jsonl`` and ``version.json``,
+written by the orchestrator, latest label of each case), never the training manifest's: a training manifest that
+names a locked patient is refused, and its own ``test`` records (there are none in the orchestrator's snapshots) are
+left out. Pixels are stored as uint16 (``round(v * 65535)``), an error of at most
 7.6e-6 against the float32 input, at half the size.
 
-S3 access uses boto3 with the standard environment (``AWS_ENDPOINT_URL`` for the embedded endpoint); this is the only
+AWS access uses boto3 with the standard environment (``AWS_ENDPOINT_URL`` for the embedded endpoint); this is the only
 script that talks to AWS, because the manifest names objects rather than carrying pixels.
 """
 
@@ -19,7 +21,9 @@ import argparse
 import json
 import logging
 import sys
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -59,11 +63,65 @@ def load_shards(d: str | Path) -> dict[str, np.ndarray]:
     return out
 
 
-def _s3():
+def _client(service: str) -> Any:
     import boto3
     from botocore.config import Config
 
-    return boto3.client("s3", config=Config(retries={"max_attempts": 3, "mode": "standard"}, max_pool_connections=16))
+    return boto3.client(service, config=Config(retries={"max_attempts": 3, "mode": "standard"},
+                                               max_pool_connections=16))
+
+
+class FrameReader:
+    """Reads a record's frame 1 and DICOM JSON from wherever the manifest says it is, with boto3 clients made on first
+    use: S3 (the default store) or HealthImaging (a record with ``image_set_id``). Thread-safe; HealthImaging's
+    metadata documents are cached per image set (``doc_cache`` of them), so a multi-instance image set is read once.
+    """
+
+    def __init__(self, *, s3: Any = None, medical_imaging: Any = None, doc_cache: int = 256) -> None:
+        self._clients = {"s3": s3, "medical-imaging": medical_imaging}
+        self._lock = threading.Lock()
+        self._docs: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()
+        self._doc_cache = doc_cache
+
+    def client(self, service: str) -> Any:
+        with self._lock:
+            if self._clients[service] is None:
+                self._clients[service] = _client(service)
+            return self._clients[service]
+
+    def _image_set(self, datastore_id: str, image_set_id: str) -> dict[str, Any]:
+        from shared.image_store import ahi_metadata
+
+        key = (datastore_id, image_set_id)
+        with self._lock:
+            if key in self._docs:
+                self._docs.move_to_end(key)
+                return self._docs[key]
+        resp = self.client("medical-imaging").get_image_set_metadata(datastoreId=datastore_id, imageSetId=image_set_id)
+        doc = ahi_metadata.load(resp["imageSetMetadataBlob"].read(), resp.get("contentEncoding"))
+        with self._lock:
+            self._docs[key] = doc
+            while len(self._docs) > self._doc_cache:
+                self._docs.popitem(last=False)
+        return doc
+
+    def read(self, rec: datasets.ManifestRecord) -> tuple[bytes, dict[str, Any]]:
+        """``(HTJ2K codestream of frame 1, DICOM JSON)`` of one record."""
+        if rec.image_set_id and rec.frame_id and rec.datastore_id:
+            from shared.image_store import ahi_metadata
+
+            doc = self._image_set(rec.datastore_id, rec.image_set_id)
+            found = ahi_metadata.find_instance(doc, rec.sop_uid)
+            if found is None:
+                raise ValueError(f"image set {rec.image_set_id} has no instance {rec.sop_uid}")
+            meta = ahi_metadata.instance_dicom_json(doc, found[0], rec.sop_uid)
+            resp = self.client("medical-imaging").get_image_frame(
+                datastoreId=rec.datastore_id, imageSetId=rec.image_set_id,
+                imageFrameInformation={"imageFrameId": rec.frame_id})
+            return resp["imageFrameBlob"].read(), meta
+        s3 = self.client("s3")
+        frame = s3.get_object(Bucket=rec.bucket, Key=rec.frame_key)["Body"].read()
+        return frame, json.loads(s3.get_object(Bucket=rec.bucket, Key=rec.metadata_key)["Body"].read())
 
 
 def frame_to_input(frame: bytes, meta: dict[str, Any], size: int) -> np.ndarray:
@@ -73,9 +131,8 @@ def frame_to_input(frame: bytes, meta: dict[str, Any], size: int) -> np.ndarray:
     return preprocess(htj2k.decode(frame), params_from_dicom_json(meta), size=size)
 
 
-def _fetch(s3: Any, rec: datasets.ManifestRecord, size: int) -> np.ndarray:
-    frame = s3.get_object(Bucket=rec.bucket, Key=rec.frame_key)["Body"].read()
-    meta = json.loads(s3.get_object(Bucket=rec.bucket, Key=rec.metadata_key)["Body"].read())
+def _fetch(reader: FrameReader, rec: datasets.ManifestRecord, size: int) -> np.ndarray:
+    frame, meta = reader.read(rec)
     return frame_to_input(frame, meta, size)
 
 
@@ -112,7 +169,7 @@ def read_locked(d: str | Path) -> tuple[list[datasets.ManifestRecord], dict[str,
 
 
 def run(manifest_dir: Path, out_root: Path, size: int, workers: int = 8,
-        locked_dir: Path | None = None) -> dict[str, Any]:
+        locked_dir: Path | None = None, reader: FrameReader | None = None) -> dict[str, Any]:
     """Write the shards. With ``locked_dir`` (the pipeline always gives one) the test split is the locked set;
     without it, the manifest's own test split (a stand-alone run on a manifest that still has one)."""
     t0 = time.monotonic()
@@ -128,9 +185,9 @@ def run(manifest_dir: Path, out_root: Path, size: int, workers: int = 8,
             raise ValueError(f"the training manifest holds {len(leaked)} images of patients in the locked evaluation "
                              "set; refusing to train on them")
         records = [r for r in records if r.split != "test"] + locked
-    s3 = _s3()
+    frames = reader or FrameReader()
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        arrays = list(pool.map(lambda r: _fetch(s3, r, size), records))
+        arrays = list(pool.map(lambda r: _fetch(frames, r, size), records))
     counts: dict[str, dict[str, int]] = {}
     for split in SPLITS:
         idx = [i for i, r in enumerate(records) if r.split == split]

@@ -124,12 +124,15 @@ class HealthImagingStore(Construct):
         if hi is None:
             return []
         access = hi.access.capitalize()
-        out = [
-            iam.PolicyStatement(sid=f"HealthImaging{access}", actions=list(N.HEALTHIMAGING_ACTIONS[hi.access]),
-                                resources=[self.datastore_arn, self.image_set_arns]),
-            iam.PolicyStatement(sid=f"HealthImagingKey{access}", actions=list(N.HEALTHIMAGING_KEY_ACTIONS[hi.access]),
-                                resources=[self.keys.data.key_arn]),
-        ]
+        out = []
+        if N.HEALTHIMAGING_ACTIONS[hi.access]:  # ``originals``: S3 objects only, no HealthImaging call
+            out += [
+                iam.PolicyStatement(sid=f"HealthImaging{access}", actions=list(N.HEALTHIMAGING_ACTIONS[hi.access]),
+                                    resources=[self.datastore_arn, self.image_set_arns]),
+                iam.PolicyStatement(sid=f"HealthImagingKey{access}",
+                                    actions=list(N.HEALTHIMAGING_KEY_ACTIONS[hi.access]),
+                                    resources=[self.keys.data.key_arn]),
+            ]
         if hi.pass_import_role:
             out.append(iam.PolicyStatement(
                 sid="PassHealthImagingImportRole", actions=list(N.PASS_ROLE_ACTIONS),

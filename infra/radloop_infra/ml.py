@@ -14,8 +14,10 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_sagemaker as sagemaker
 from constructs import Construct
 
+from infra.radloop_infra import needs as N
 from infra.radloop_infra.config import DeployParams
 from infra.radloop_infra.data import FRAMES_PREFIX, Data
+from infra.radloop_infra.healthimaging import HealthImagingStore
 from infra.radloop_infra.security import Keys, Network
 from shared.topology import Topology
 
@@ -34,7 +36,7 @@ def pipeline_name(topology: Topology) -> str:
 
 class Ml(Construct):
     def __init__(self, scope: Construct, cid: str, *, params: DeployParams, topology: Topology, keys: Keys,
-                 data: Data, network: Network) -> None:
+                 data: Data, network: Network, image_store: HealthImagingStore | None = None) -> None:
         super().__init__(scope, cid)
         stack = Stack.of(self)
         removal = RemovalPolicy.RETAIN if params.env.retain_data else RemovalPolicy.DESTROY
@@ -126,6 +128,13 @@ class Ml(Construct):
                 conditions={"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}},
             ),
         ]
+        if image_store is not None:
+            # image_store=healthimaging: the preprocess step reads each record's frame and its image set's metadata
+            # from HealthImaging (training/preprocess.py, FrameReader), on this datastore's image sets only. The data
+            # key's Decrypt is granted above.
+            statements.append(iam.PolicyStatement(
+                sid="ReadHealthImagingFrames", actions=list(N.HEALTHIMAGING_ACTIONS["read"]),
+                resources=[image_store.datastore_arn, image_store.image_set_arns]))
         # Attached from the policy side (its Roles property): the policy names the role's own ARN for PassRole,
         # so the role must not depend on the policy.
         iam.ManagedPolicy(self, "PipelinePolicy", statements=statements, roles=[self.role],

@@ -14,8 +14,9 @@ Why each need exists (the code that uses it):
   ingestion stages received instances under the import prefix, keeps its batches and jobs in the state table, starts
   and follows import jobs, reads their output manifests and indexes the image sets they create; the gateway and
   triage find an instance's image set and frame ids in the instance index and read frames and metadata, and the
-  gateway serves the kept P10 object (the staged import object) for WADO-RS instance retrieval. Every HealthImaging
-  grant names the one datastore, never ``*``.
+  gateway serves the kept P10 object (the staged import object) for WADO-RS instance retrieval; interop reads that
+  object to build results and answer C-GET/C-MOVE; the SageMaker pipeline role reads frames and metadata for the
+  preprocess step (ml.py). Every HealthImaging grant names the one datastore, never ``*``.
 """
 
 from __future__ import annotations
@@ -75,17 +76,20 @@ TELEMETRY_ACTIONS: tuple[str, ...] = (
 
 #: AWS HealthImaging, by access level (``image_store=healthimaging`` only). ``import``: ingestion starts and follows
 #: DICOM import jobs and indexes each image set they create from its metadata; ``read``: the gateway (WADO-RS frames
-#: and metadata) and triage (the frames it scores). Granted on the datastore and its image sets only.
+#: and metadata) and triage (the frames it scores); ``originals``: interop, which reads only the kept P10 objects (its
+#: S3 need), never HealthImaging itself. Granted on the datastore and its image sets only.
 HEALTHIMAGING_ACTIONS: dict[str, tuple[str, ...]] = {
     "import": ("medical-imaging:StartDICOMImportJob", "medical-imaging:GetDICOMImportJob",
                "medical-imaging:GetImageSetMetadata"),
     "read": ("medical-imaging:GetImageFrame", "medical-imaging:GetImageSetMetadata"),
+    "originals": (),
 }
 #: The datastore is encrypted with the data key; HealthImaging asks its callers for the key as for its own writes
 #: (DescribeKey validates the key, Decrypt serves reads, GenerateDataKey writes). Granted on the data key only.
 HEALTHIMAGING_KEY_ACTIONS: dict[str, tuple[str, ...]] = {
     "import": ("kms:Decrypt", "kms:DescribeKey", "kms:GenerateDataKey"),
     "read": ("kms:Decrypt", "kms:DescribeKey"),
+    "originals": (),
 }
 #: Where ingestion stages instances for an import job (and keeps them: the staged object is the instance's original,
 #: which WADO-RS returns) and where HealthImaging writes the job's output (its manifest and the SUCCESS/FAILURE lists),
@@ -234,6 +238,9 @@ NEEDS: dict[str, ServiceNeeds] = {
         ),
         # Which destination received which result is remembered in the state table (services/interop/adapters).
         tables={"instances": "read", "state": "read_write", **_IDEM, **_AUDIT},
+        # Results and C-GET/C-MOVE read an instance's original through the image store: with HealthImaging, the kept
+        # import object (shared/image_store/healthimaging.py, read_original).
+        healthimaging=HealthImagingNeed("originals", s3=(S3Need("ingestion", "read", (HEALTHIMAGING_IMPORT_PREFIX,)),)),
     ),
 }
 

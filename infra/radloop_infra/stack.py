@@ -42,7 +42,7 @@ class RadloopStack(Stack):
         self.messaging = Messaging(self, "Messaging", params=params, topology=self.topology, keys=self.keys,
                                    extra_rules=self.image_store.rules if self.image_store else ())
         self.ml = Ml(self, "Ml", params=params, topology=self.topology, keys=self.keys, data=self.data,
-                     network=self.network)
+                     network=self.network, image_store=self.image_store)
         self.compute = Compute(self, "Compute", params=params, topology=self.topology, keys=self.keys,
                                network=self.network, data=self.data, messaging=self.messaging,
                                pipeline_role=self.ml.role, pipeline_name=self.ml.pipeline_name,

@@ -60,7 +60,7 @@ class Results:
         item = await self.archive.instance(study, series, sop)
         if item is None:
             raise SourceMissing(f"source instance {sop} is not indexed")
-        data = await self.archive.read(item["original_key"])
+        data = await self.archive.original(study, series, sop)
         # The header is enough: the objects reference the image, they do not copy its pixels.
         return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
 
@@ -100,7 +100,7 @@ class Results:
     async def _seg_bytes(self, source: pydicom.Dataset, e: InstanceScored, algo: b.Algorithm) -> bytes:
         """The SEG of triage's stored heatmap (read only here; the caller hands the bytes to ingestion)."""
         assert e.heatmap_key is not None
-        png = await self.archive.read(e.heatmap_key)
+        png = await self.archive.heatmap(e.heatmap_key)
         return await asyncio.to_thread(
             lambda: b.to_bytes(b.build_heatmap_seg(source, map_from_overlay(png), algo, e.occurred_at)))
 
@@ -144,7 +144,7 @@ class Forwarder:
         """Forward one stored derived object to every destination that has not received it yet."""
         if not self.wanted(e):
             return {"skipped": "not forwarded"}
-        data = await self.archive.read(e.original_key)
+        data = await self.archive.original(e.study_uid, e.series_uid, e.sop_uid)
         if self.settings.interop_forward == "results":
             head = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
             if str(head.get("Manufacturer", "")) != b.MANUFACTURER:

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from shared.settings import Settings
+from shared.image_store.settings import ImageStoreSettings
 
 
 class Destination(BaseModel):
@@ -50,8 +50,9 @@ class MoveDestination(BaseModel):
     tls: bool = False
 
 
-class InteropSettings(Settings):
-    """Interop knobs; every field is an env var (``RADLOOP_<FIELD>``, lists and maps as JSON)."""
+class InteropSettings(ImageStoreSettings):
+    """Interop knobs; every field is an env var (``RADLOOP_<FIELD>``, lists and maps as JSON). Originals are read
+    through the image store of :class:`~shared.image_store.settings.ImageStoreSettings`."""
 
     #: TID 4019 Algorithm Name of the triage results.
     interop_algorithm_name: str = "radloop pneumonia triage"

@@ -78,6 +78,8 @@ class ImportedInstance:
     stored_transfer_syntax_uid: str
     #: what ingestion kept when it staged the instance (:attr:`NewInstance.attributes`)
     attributes: dict[str, Any]
+    #: the HealthImaging data store that holds ``image_set_id``
+    datastore_id: str = ""
 
 
 @dataclass(frozen=True)

@@ -354,7 +354,8 @@ class HealthImagingStore:
                     series_uid=series_uid, sop_uid=m["sop_uid"],
                     dicom_json=ahi_metadata.instance_dicom_json(doc, series_uid, m["sop_uid"]),
                     image_set_id=image_set_id, frame_ids=ahi_metadata.frame_ids(inst),
-                    stored_transfer_syntax_uid=str(inst.get("StoredTransferSyntaxUID") or ""), attributes=m))
+                    stored_transfer_syntax_uid=str(inst.get("StoredTransferSyntaxUID") or ""), attributes=m,
+                    datastore_id=self.datastore_id))
         for sop, m in members.items():
             if sop not in seen:  # neither imported nor refused: the job never saw it
                 failed.append(FailedImport(sop, "healthimaging-not-in-job-output", m))

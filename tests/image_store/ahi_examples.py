@@ -72,6 +72,9 @@ def image_set_metadata(image_set_id: str, datasets: list[pydicom.Dataset], frame
             "PixelSpacing": _ds_str(ds.get("PixelSpacing", pydicom.multival.MultiValue(str, ["1", "1"]))),
             "ImageType": list(ds.get("ImageType", ["ORIGINAL", "PRIMARY"])),
         }
+        for name in ("WindowCenter", "WindowWidth"):  # the VOI LUT attributes, when the instance has them
+            if name in ds:
+                inst[name] = _ds_str(ds.data_element(name).value)
         sop = str(ds.SOPInstanceUID)
         s["Instances"][sop] = {
             "DICOM": inst, "DICOMVRs": {}, "StoredTransferSyntaxUID": htj2k.HTJ2K_LOSSLESS_RPCL,

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import numpy as np
+import pydicom
 import pytest
 import pytest_asyncio
 from aiobotocore.response import AioStreamingBody
@@ -28,6 +30,9 @@ from services.ingestion.bootstrap import IngestionDeps
 from services.ingestion.domain.pool import CpuPool
 from services.ingestion.service import IngestPipeline
 from services.ingestion.settings import IngestionSettings
+from services.interop.adapters.archive import Archive
+from services.interop.service import Results
+from services.interop.settings import InteropSettings
 from services.streaming_gateway.bootstrap import SPEC as GATEWAY
 from services.streaming_gateway.settings import GatewaySettings
 from services.triage.adapters.images import Images
@@ -36,7 +41,7 @@ from shared.audit import AuditLog
 from shared.auth import mint_token
 from shared.aws import AwsClients
 from shared.consumer import SqsConsumer
-from shared.events import Event, InstanceRejected, InstanceStored
+from shared.events import Event, InstanceRejected, InstanceScored, InstanceStored
 from shared.idempotency import IdempotencyStore
 from shared.image_store.factory import open_image_store
 from shared.image_store.healthimaging import HealthImagingStore
@@ -283,6 +288,19 @@ async def test_ingest_import_index_and_retrieve_through_healthimaging(adeploymen
     frame = await images.read_frame(study, series, sop)
     assert np.array_equal(frame.pixels, good.pixel_array)
     stub.assert_no_pending_responses()
+
+    # 8. Interop builds the AI SR from the instance's original, which this store keeps (the staged import object;
+    #    radloop's images bucket has none), and hands it to ingestion's drop folder. No HealthImaging call is needed.
+    isettings = InteropSettings().model_copy(update={"aws_endpoint_url": adeployment.aws_endpoint_url,
+                                                     "prefix": adeployment.prefix, **HI})
+    results = Results(Archive(clients, open_image_store(isettings, clients)), isettings)
+    out = await results.on_scored(InstanceScored(study_uid=study, series_uid=series, sop_uid=sop, status="scored",
+                                                 probability=0.91, threshold=0.5, priority="urgent", model_version=3))
+    assert set(out) == {"sr"} and out["sr"].startswith("imports/interop/")
+    sr_obj = await s3.get_object(Bucket=bucket, Key=out["sr"])
+    async with sr_obj["Body"] as b:
+        sr = pydicom.dcmread(io.BytesIO(await b.read()))
+    assert (sr.Modality, sr.StudyInstanceUID, sr.PatientID) == ("SR", study, "MRN-4711")
 
 
 async def test_polling_finishes_a_job_whose_event_never_came_and_a_failed_job_is_started_again(

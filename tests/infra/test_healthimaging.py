@@ -206,7 +206,8 @@ def test_each_task_role_allows_exactly_its_declared_needs_with_healthimaging(hi,
     actions, _stmts = _task_role_actions(hi, service)
     assert actions == N.expected_actions(service, "healthimaging"), service
     has_hi = any(a.startswith("medical-imaging:") for a in actions)
-    assert has_hi == (service in HI_SERVICES), service
+    hi_need = N.healthimaging_need(service, "healthimaging")
+    assert has_hi == bool(hi_need and N.HEALTHIMAGING_ACTIONS[hi_need.access]), service
 
 
 def test_healthimaging_grants_name_this_datastore_and_the_data_key_only(hi) -> None:
@@ -264,7 +265,27 @@ def test_ingestion_stages_instances_and_reads_job_output_the_gateway_reads_kept_
     assert output in gets and staged not in gets
     puts, gets = _ingest_bucket_access(hi, "streaming_gateway")
     assert not puts and gets == {staged}  # WADO-RS instance retrieval returns the staged P10 object
+    # interop builds results from the kept original and answers C-GET/C-MOVE with it; it writes only its drop prefix
+    puts, gets = _ingest_bucket_access(hi, "interop")
+    assert gets == {staged} and puts == {"/imports/interop/*"}
     assert _ingest_bucket_access(hi, "triage") == (set(), set())
+
+
+def _pipeline_role_statements(s: Synth) -> list[dict[str, Any]]:
+    (policy,) = [r for r in s.of_type("AWS::IAM::ManagedPolicy").values()
+                 if r["Properties"].get("Description") == "SageMaker pipeline steps (least privilege)"]
+    return list(policy["Properties"]["PolicyDocument"]["Statement"])
+
+
+def test_the_pipeline_reads_frames_and_metadata_from_this_datastore_only(hi, synth) -> None:
+    """training/preprocess.py reads a HealthImaging record's frame (GetImageFrame) and its image set's metadata."""
+    ds_lid, _ = _only(hi, "AWS::HealthImaging::Datastore")
+    (st,) = [st for st in _pipeline_role_statements(hi) if any(
+        a.startswith("medical-imaging:") for a in _as_list(st["Action"]))]
+    assert set(_as_list(st["Action"])) == {"medical-imaging:GetImageFrame", "medical-imaging:GetImageSetMetadata"}
+    assert _refs(st["Resource"]) == {ds_lid} and any("/imageset/*" in json.dumps(r) for r in st["Resource"])
+    assert not [st for st in _pipeline_role_statements(synth["prod"]) if any(
+        a.startswith("medical-imaging:") for a in _as_list(st["Action"]))]
 
 
 @pytest.mark.parametrize("service", sorted(HI_SERVICES))
@@ -322,7 +343,7 @@ def test_the_services_that_touch_images_get_the_store_settings(hi) -> None:
 
 def test_the_store_settings_are_settings_the_services_read(hi, monkeypatch) -> None:
     """Each variable is a field of the service's settings, which accept the values: the task would start."""
-    from tests.infra.conftest import accepted_env_names, settings_class
+    from tests.infra.conftest import accepted_env_names, resolved, settings_class
 
     for td in hi.of_type("AWS::ECS::TaskDefinition").values():
         app = next(c for c in td["Properties"]["ContainerDefinitions"] if c["Name"] == "app")
@@ -337,11 +358,8 @@ def test_the_store_settings_are_settings_the_services_read(hi, monkeypatch) -> N
         with monkeypatch.context() as m:
             for k in [k for k in __import__("os").environ if k.startswith("RADLOOP_")]:
                 m.delenv(k)
-            stand_ins = {dict: "arn:aws:iam::111111111111:role/resolved-at-deploy"}
             for k, v in values.items():
-                if k == H.SETTING_DATASTORE_ID and not isinstance(v, str):
-                    v = "0" * 32  # a datastore id: 32 lower-case hex characters
-                m.setenv(k, v if isinstance(v, str) else stand_ins[dict])
+                m.setenv(k, resolved(k, v))
             for x in app.get("Secrets", []):
                 m.setenv(x["Name"], "x" * 64)
             settings = cls()

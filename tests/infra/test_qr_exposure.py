@@ -63,12 +63,13 @@ def test_exposed_qr_scp_has_its_own_tls_listener_network_and_move_destinations(
     assert sorted(p["ContainerPort"] for p in app["PortMappings"]) == sorted([DEFAULT_PORTS["interop"], QR_PORT])
     # the interop service would start with these values in prod (a wildcard or malformed map would stop it)
     from services.interop.settings import InteropSettings
+    from tests.infra.conftest import resolved
 
     with monkeypatch.context() as m:
         for k in [k for k in os.environ if k.startswith("RADLOOP_")]:
             m.delenv(k)
         for k, v in values.items():
-            m.setenv(k, v if isinstance(v, str) else "resolved-at-deploy")
+            m.setenv(k, resolved(k, v))
         m.setenv("RADLOOP_PSEUDONYM_KEY", "x" * 64)
         settings = InteropSettings()
     assert settings.qr_port == QR_PORT and settings.qr_move_destinations["WS_READ1"].tls is True

@@ -85,4 +85,5 @@ def stored_event_fields(inst: ImportedInstance) -> dict[str, Any]:
         "size_bytes": int(a.get("size_bytes") or 0), "htj2k_bytes": int(a.get("htj2k_bytes") or 0),
         "patient_pseudo_id": a["patient_pseudo_id"], "source": a.get("source") or "stow",
         "deidentified": bool(a.get("deidentified")), "image_set_id": inst.image_set_id, "frame_ids": inst.frame_ids,
+        "datastore_id": inst.datastore_id or None,
     }

@@ -33,8 +33,8 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, build_context, evt
 from pynetdicom import sop_class as sc
 
+from services.interop.adapters.archive import Archive
 from services.interop.settings import InteropSettings
-from shared import storage
 from shared.auth import Principal
 from shared.dicom import tls as dicom_tls
 from shared.query import C_FIND_STATUS, MATCHABLE, QueryError, Searcher, parse_query
@@ -143,7 +143,8 @@ class QueryRetrieveSCP:
         self.searcher = Searcher(self.index, max_results=settings.qr_max_results)
         #: Retrievals name unique keys; they may match more instances than a C-FIND may answer with, up to a bound.
         self.retriever = Searcher(self.index, max_results=MAX_RETRIEVE)
-        self.images_bucket = settings.topology.bucket("images")
+        #: Stored originals, through the image store (radloop's images bucket or HealthImaging's kept objects).
+        self.archive = Archive(rt.clients)
         self.server: Any = None
         self.stats = {"find": 0, "get": 0, "move": 0, "sent": 0, "refused": 0}
 
@@ -266,15 +267,8 @@ class QueryRetrieveSCP:
         return items
 
     def _load(self, it: dict[str, Any]) -> Dataset:
-        key = storage.original_key(it["study_uid"], it["series_uid"], it["sop_uid"])
-
-        async def read() -> bytes:
-            s3 = await self.rt.clients.s3()
-            obj = await s3.get_object(Bucket=self.images_bucket, Key=key)
-            async with obj["Body"] as stream:
-                return bytes(await stream.read())
-
-        return pydicom.dcmread(io.BytesIO(self._run(read())))
+        data = self._run(self.archive.original(it["study_uid"], it["series_uid"], it["sop_uid"]))
+        return pydicom.dcmread(io.BytesIO(data))
 
     def _sub_operations(self, event: Any, items: list[dict[str, Any]]) -> Iterator[Any]:
         for it in items:

@@ -26,6 +26,7 @@ import time
 from typing import Any
 
 from services.pipeline_orchestrator.domain.policy import CLASSES
+from shared import datasets
 from shared.aws import AwsClients
 from shared.champion import ChampionPointer, read_champion
 from shared.ddb import collect, from_item, to_item, to_value, write_if
@@ -70,6 +71,7 @@ class OrchestratorStore:
             "metadata_key": metadata_key(event.study_uid, event.series_uid, event.sop_uid),
             "event_id": event.event_id,
             "updated_at": time.time(),
+            **datasets.frame_location(event.model_dump()),
         }
         try:
             await write_if(

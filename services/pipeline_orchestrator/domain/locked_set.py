@@ -83,7 +83,7 @@ def _record(item: dict[str, Any]) -> ManifestRecord:
         sop_uid=item["sop_uid"], study_uid=item["study_uid"], series_uid=item["series_uid"], bucket=item["bucket"],
         frame_key=item["frame_key"], metadata_key=item["metadata_key"], label=item["label"],
         target=datasets.LABELS[item["label"]], label_version=int(item["label_version"]), reader=item["reader"],
-        patient_pseudo_id=item["patient_pseudo_id"], split=HOLDOUT_BUCKET)
+        patient_pseudo_id=item["patient_pseudo_id"], split=HOLDOUT_BUCKET, **datasets.frame_location(item))
 
 
 def update(current: LockedSet | None, labels: Iterable[dict[str, Any]]) -> LockedSet | None:

@@ -50,6 +50,7 @@ def build_snapshot(labels: Iterable[dict[str, Any]], exclude_patients: Iterable[
                 reader=item["reader"],
                 patient_pseudo_id=item["patient_pseudo_id"],
                 split=datasets.split_for(item["patient_pseudo_id"]),
+                **datasets.frame_location(item),
             )
         )
     data = datasets.serialize(records)

@@ -54,6 +54,8 @@ def apply_stored(case: dict[str, Any] | None, e: InstanceStored, *, mode: str) -
         "frame_key": storage.frame_key(e.study_uid, e.series_uid, e.sop_uid, 1),
         "metadata_key": e.metadata_key, "stored": True,
     })
+    if e.image_set_id and e.frame_ids and e.datastore_id:  # image_store=healthimaging: where frame 1 really is
+        c.update({"datastore_id": e.datastore_id, "image_set_id": e.image_set_id, "frame_id": e.frame_ids[0]})
     c.setdefault("arrived_at", e.occurred_at.astimezone(UTC).isoformat(timespec="milliseconds"))
     c.setdefault("status", OPEN)
     c.setdefault("mode", mode)
@@ -156,6 +158,7 @@ def _final_label(c: dict[str, Any], label: str, resolution: str, readers: list[s
         patient_pseudo_id=c["patient_pseudo_id"], frame_key=c["frame_key"],
         model_version=int(mv) if mv is not None else None,
         probability=float(score["probability"]) if mv is not None and score.get("probability") is not None else None,
+        datastore_id=c.get("datastore_id"), image_set_id=c.get("image_set_id"), frame_id=c.get("frame_id"),
     ))
 
 
