@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from aws_cdk import ArnFormat, CfnParameter, Duration, RemovalPolicy, Stack
+from aws_cdk import ArnFormat, CfnParameter, Duration, Fn, RemovalPolicy, Stack
 from aws_cdk import aws_applicationautoscaling as appscaling
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecr as ecr
@@ -43,6 +43,9 @@ ADOT_UPSTREAM_REPOSITORY = "aws-observability/aws-otel-collector"
 ADOT_TAG = "v0.43.3"
 PULL_THROUGH_PREFIX = "ecr-public"
 DIMSE_PORT = DEFAULT_PORTS["dimse"]
+#: The services that name their own origin in responses (their settings are shared.forwarded.ForwardingSettings:
+#: STOW-RS and QIDO-RS RetrieveURLs); they are told the ALB's HTTPS origin (DeployParams.public_base_url).
+PUBLIC_ORIGIN_SERVICES: tuple[str, ...] = ("ingestion", "streaming_gateway")
 #: The NLB terminates DICOM TLS on its registered port (2762) and forwards plain DIMSE to the task inside the VPC.
 DICOM_TLS_PORT = 2762
 #: The interop task's Query/Retrieve SCP, and the NLB's DICOM TLS port for it (next to the registered 2762; only with
@@ -285,6 +288,11 @@ class Compute(Construct):
             "OTEL_SERVICE_NAME": service,
         }
         secrets = {"RADLOOP_PSEUDONYM_KEY": ecs.Secret.from_secrets_manager(self.pseudonym_secret)}
+        if service in PUBLIC_ORIGIN_SERVICES:
+            # Behind the ALB a response's URLs must name the origin the client used, with https: the ALB passes the
+            # client's Host through over plain HTTP, so without this a RetrieveURL would read http://.
+            environment["RADLOOP_PUBLIC_BASE_URL"] = params.public_base_url or Fn.join(
+                "", ["https://", self.alb.load_balancer_dns_name])
         if need.dimse:
             # The SCP listens on all interfaces of the task (the NLB forwards to it) and accepts only the PACS AEs.
             environment.update({"RADLOOP_DIMSE_PORT": str(DIMSE_PORT), "RADLOOP_DIMSE_HOST": "0.0.0.0",

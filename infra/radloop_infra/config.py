@@ -10,6 +10,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from shared.settings import LOCAL_AUDIENCE, LOCAL_ISSUER, _is_placeholder
 from shared.topology import Topology
@@ -138,6 +139,10 @@ class DeployParams:
     pacs_cidrs: tuple[str, ...]
     #: ACM certificate for the ALB's HTTPS listener (a CloudFormation parameter when empty).
     certificate_arn: str = ""
+    #: The HTTPS origin clients reach the ALB at (``https://pacs.example.org``: the name on its certificate). The
+    #: ingestion and gateway tasks name it in the URLs of their responses (RADLOOP_PUBLIC_BASE_URL; an ALB is not a
+    #: proxy whose forwarded host they may believe, shared/forwarded.py). Empty: ``https://`` and the ALB's DNS name.
+    public_base_url: str = ""
     #: CIDR ranges of the hospital network allowed to reach the ALB (over VPN or Direct Connect).
     client_cidrs: tuple[str, ...] = ("10.0.0.0/8",)
     vpc_cidr: str = "10.42.0.0/16"
@@ -254,6 +259,17 @@ def _qr(get: Any) -> dict[str, Any]:
                                "to query and retrieve")}
 
 
+def _public_base_url(get: Any) -> str:
+    value = str(get("public_base_url") or "").strip().rstrip("/")
+    if not value:
+        return ""
+    u = urlsplit(value)
+    if u.scheme != "https" or not u.hostname or u.query or u.fragment or "@" in u.netloc:
+        raise ValueError(f"deploy parameter public_base_url={value!r} must be https://host[:port][/path], the origin "
+                         "clients reach the load balancer at (the name on its certificate)")
+    return value
+
+
 def _image_store(get: Any) -> str:
     value = str(get("image_store") or DEFAULT_IMAGE_STORE).strip().lower()
     if value not in IMAGE_STORES:
@@ -279,6 +295,7 @@ def params_from_context(get: Any) -> DeployParams:
         auth_audience=_auth_param(get, "auth_audience"),
         pacs_cidrs=_pacs_cidrs(get),
         certificate_arn=get("certificate_arn") or "",
+        public_base_url=_public_base_url(get),
         client_cidrs=_list(get("client_cidrs") or "10.0.0.0/8"),
         vpc_cidr=get("vpc_cidr") or "10.42.0.0/16",
         alarm_email=get("alarm_email") or "",

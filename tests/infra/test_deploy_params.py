@@ -134,3 +134,14 @@ def test_the_deploy_workflow_and_docs_offer_the_image_store() -> None:
     doc = (REPO / "docs" / "deploy.md").read_text()
     row = next((line for line in doc.splitlines() if line.startswith("| `image_store`")), "")
     assert "`radloop`" in row and "`healthimaging`" in row, "docs/deploy.md: no image_store row naming both stores"
+
+
+def test_the_public_base_url_is_an_https_origin() -> None:
+    assert _params().public_base_url == ""  # then the stack names the ALB's DNS name
+    assert _params(public_base_url="https://pacs.example.org/").public_base_url == "https://pacs.example.org"
+    assert _params(public_base_url="https://pacs.example.org:8443/radloop").public_base_url == \
+        "https://pacs.example.org:8443/radloop"
+    for bad in ("http://pacs.example.org", "pacs.example.org", "https://", "https://pacs.example.org/?a=1",
+                "https://user@pacs.example.org"):
+        with pytest.raises(ValueError, match="public_base_url"):
+            _params(public_base_url=bad)

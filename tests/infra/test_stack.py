@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from infra.radloop_infra import needs as N
-from infra.radloop_infra.compute import http_services
+from infra.radloop_infra.compute import PUBLIC_ORIGIN_SERVICES, http_services
 from infra.radloop_infra.config import PROD_LOG_RETENTION_DAYS, env_config, imports_expire_days
 from shared.settings import DEFAULT_PORTS
 from shared.topology import ROUTES, SERVICES, build_topology
@@ -408,7 +408,7 @@ def test_sagemaker_group_repo_and_pipeline(synth, env) -> None:
 def test_task_environment_matches_the_settings_and_passes_their_production_checks(synth, env, monkeypatch) -> None:
     """Every variable a task gets is a field of its service's settings, and those settings accept the values in
     dev/prod (where they refuse development keys and wildcard AE titles): the service would start."""
-    from tests.infra.conftest import accepted_env_names, settings_class
+    from tests.infra.conftest import accepted_env_names, resolved, settings_class
 
     s = synth[env]
     seen = set()
@@ -426,10 +426,32 @@ def test_task_environment_matches_the_settings_and_passes_their_production_check
             for k in [k for k in __import__("os").environ if k.startswith("RADLOOP_")]:
                 m.delenv(k)
             for k, v in values.items():
-                m.setenv(k, v if isinstance(v, str) else "arn:aws:iam::111111111111:role/resolved-at-deploy")
+                m.setenv(k, resolved(k, v))
             for k in secrets:
                 m.setenv(k, "x" * 64)  # Secrets Manager generates 64 characters
             settings = cls()
         assert settings.environment == env and settings.port == DEFAULT_PORTS[service]
     assert seen == set(SERVICES)
+
+
+
+def test_the_services_that_build_urls_are_told_the_albs_https_origin(synth, env) -> None:
+    """Behind the ALB, STOW-RS and QIDO-RS RetrieveURLs name https and the ALB's name (it passes the client's Host
+    over plain HTTP, and is not a proxy whose forwarded headers they believe): RADLOOP_PUBLIC_BASE_URL is set for
+    exactly the services whose settings read it, from the deploy parameter or the ALB's DNS name."""
+    from shared.forwarded import ForwardingSettings
+    from tests.infra.conftest import settings_class
+
+    assert {s for s in SERVICES if issubclass(settings_class(s), ForwardingSettings)} == set(PUBLIC_ORIGIN_SERVICES)
+    s = synth[env]
+    (alb,) = [k for k, v in s.of_type("AWS::ElasticLoadBalancingV2::LoadBalancer").items()
+              if v["Properties"].get("Type", "application") == "application"]
+    for td in s.of_type("AWS::ECS::TaskDefinition").values():
+        app = next(c for c in td["Properties"]["ContainerDefinitions"] if c["Name"] == "app")
+        values = {e["Name"]: e["Value"] for e in app["Environment"]}
+        if values["RADLOOP_SERVICE_NAME"] in PUBLIC_ORIGIN_SERVICES:
+            assert values["RADLOOP_PUBLIC_BASE_URL"] == {"Fn::Join": ["", ["https://", {"Fn::GetAtt": [
+                alb, "DNSName"]}]]}
+        else:
+            assert "RADLOOP_PUBLIC_BASE_URL" not in values
 
