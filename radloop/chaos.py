@@ -69,6 +69,8 @@ CAPTURED = ["InstanceStored", "InstanceScored", "ImageVerified"]
 CHANNELS = ("stow", "dimse", "s3")
 #: The services every image passes through (killed first, so that a short run with a few kills hits them).
 IMAGE_FLOW = ("ingestion", "triage", "verification", "interop")
+#: How often a long run says how far it has got (images acknowledged; then what is still outstanding).
+PROGRESS_EVERY_S = 30.0
 
 
 @dataclass
@@ -467,8 +469,7 @@ class Chaos:
             p = self.platform.processes[name]
             assert p.process is not None
             t = time.monotonic()
-            p.process.send_signal(signal.SIGKILL)
-            await asyncio.to_thread(p.process.wait, 10)
+            await asyncio.to_thread(p.kill)  # the service and its worker processes, as ECS stops a task
             await asyncio.sleep(0.5 + 1.5 * self.rng.random())
             p.restarts += 1
             p.start()
@@ -646,10 +647,23 @@ class Chaos:
         out["derived_index"] = sorted(set(rows) - set(sops))
         return out
 
+    async def progress(self, stop: asyncio.Event, every_s: float = PROGRESS_EVERY_S) -> None:
+        """While images are sent: a line every ``every_s`` saying how many are acknowledged, and at what rate."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), every_s)
+            if stop.is_set():
+                return
+            n, elapsed = len(self.acked), max(1e-3, time.monotonic() - self.started)
+            _say(f"{n}/{len(self.images)} images acknowledged ({n / elapsed:.2f}/s), "
+                 f"{len(self.fig.kills)}/{self.cfg.kills} kills")
+
     async def converge(self) -> tuple[dict[str, Any], float]:
-        """Poll until every effect is there and every queue is empty, bounded by ``converge_timeout_s``."""
+        """Poll until every effect is there and every queue is empty, bounded by ``converge_timeout_s``; a line of
+        what is still outstanding every :data:`PROGRESS_EVERY_S`."""
         deadline = self.started + self.cfg.converge_timeout_s
         st: dict[str, Any] = {}
+        next_line = time.monotonic() + PROGRESS_EVERY_S
         while True:
             st = await self.state()
             done = (not sum(st["queues"].values()) and not st["imports_left"] and "outbox" in st
@@ -658,6 +672,11 @@ class Chaos:
                     and len(self.verified) >= len(self.verify.keys() & {im.sop for im in self.acked}))
             if done or time.monotonic() > deadline:
                 return st, time.monotonic()
+            if time.monotonic() >= next_line:
+                next_line = time.monotonic() + PROGRESS_EVERY_S
+                _say(f"waiting: {sum(st['queues'].values())} messages queued, {len(st['missing_index'])} index rows, "
+                     f"{len(st['missing_score'])} scores and {len(st['missing_case'])} cases missing "
+                     f"({deadline - time.monotonic():.0f} s left of --converge-timeout-s)")
             await asyncio.sleep(3)
 
     def stop_all(self) -> dict[str, dict[str, Any]]:
@@ -690,7 +709,13 @@ class Chaos:
         self.started = time.monotonic()
         _say(f"traffic: {len(self.images)} images (STOW-RS, C-STORE, S3 drop), {self.cfg.kills} kills")
         tasks = [asyncio.create_task(x) for x in (self.traffic(), self.faults(), self.reader(), self.verifier())]
-        await asyncio.gather(*tasks[:2])
+        sending = asyncio.Event()
+        progress = asyncio.create_task(self.progress(sending))
+        try:
+            await asyncio.gather(*tasks[:2])
+        finally:
+            sending.set()
+            await progress
         sent_s = time.monotonic() - self.started
         _say(f"all {len(self.acked)} images acknowledged after {sent_s:.0f} s; waiting for every effect")
         st, converged = await self.converge()
@@ -799,6 +824,11 @@ def run(cfg: Config) -> dict[str, Any]:
         var = cfg.var_dir
         var.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
+
+    def stop_on_sigterm(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)  # so that ``finally`` stops every process this run started
+
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     try:
         chaos.make_images()
         chaos.setup(var)

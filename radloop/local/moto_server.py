@@ -14,8 +14,8 @@ The fix here: every DynamoDB backend operation runs under one re-entrant lock (D
 coarse), and a transaction backs up only the items it touches and restores exactly those on failure. The
 transaction keeps moto's own semantics otherwise (conditions checked per item, ``CancellationReasons`` in order).
 
-Three more changes remove work that moto repeats on every request, without changing any answer. A ``py-spy`` profile
-of moto during ``radloop demo --quick`` (docs/architecture.md) put them at about 40% of its busy time:
+Four more changes remove work that moto repeats on every request, without changing any answer. A ``py-spy`` profile
+of moto during ``radloop demo --quick`` (docs/architecture.md) put the first three at about 40% of its busy time:
 
 3. Routing a request to its service lists moto's package directory (``os.listdir`` and one ``isdir`` per service,
    about 200) under the dispatcher's global lock. The answer depends only on the host name, so it is remembered.
@@ -23,6 +23,13 @@ of moto during ``radloop demo --quick`` (docs/architecture.md) put them at about
    with ``jsonpath_ng``, which builds a parser each time. Compiled expressions are remembered.
 5. SQS computes all of a queue's attributes (approximate counts walk every message) to read one number, the
    retention period, for every message it receives. It reads that number directly.
+6. ``Table.query`` starts from ``all_items()``, which lists **and sorts every item of the table** (DynamoType
+   comparisons in Python) for each Query, whatever its key, and only then keeps the items of the queried partition.
+   A 1-item answer cost O(N log N) in the table's size; in the 2,000-image chaos run moto spent most of its time there
+   and drained the interop queue at 0.5 messages/s. A table query now starts from its partition (the items moto
+   keeps under that hash key), and an index query from the unsorted items, which moto then sorts by the index's
+   keys (and the table's, so the order is total) as before. The answers, their order and the pages are unchanged
+   (``tests/shared/test_embedded_aws.py`` compares both on the same tables).
 
 Everything else is moto's server, unchanged (same flags as ``moto_server``).
 """
@@ -179,8 +186,48 @@ def _patch_sqs_retention() -> None:
         is_message_valid_based_on_retention_period)
 
 
+def _partition_items(table: Any, hash_key: Any) -> list[Any]:
+    """The items of one partition (what ``all_items()`` filtered by hash key gave, before the sort by range key)."""
+    part = table.items.get(hash_key)
+    if part is None:
+        return []
+    return list(part.values()) if table.range_key_attr else [part]
+
+
+def _unsorted_items(table: Any) -> list[Any]:
+    if not table.range_key_attr:
+        return list(table.items.values())
+    return [item for part in table.items.values() for item in part.values()]
+
+
+def _patch_query() -> None:
+    from moto.dynamodb.models.table import Table
+
+    original = Table.query
+    if getattr(original, "__radloop_partitioned__", False):
+        return
+
+    @functools.wraps(original)
+    def query(self: Any, hash_key: Any, *args: Any, **kwargs: Any) -> Any:
+        index_name = args[6] if len(args) > 6 else kwargs.get("index_name")
+        if index_name:
+            self.all_items = lambda: _unsorted_items(self)  # moto sorts the matches by the index's keys itself
+        elif hash_key is not None:
+            self.all_items = lambda: _partition_items(self, hash_key)  # then sorted by range key, as before
+        else:
+            return original(self, hash_key, *args, **kwargs)
+        try:  # under the backend lock (_LOCKED): no other request sees the instance attribute
+            return original(self, hash_key, *args, **kwargs)
+        finally:
+            del self.all_items
+
+    query.__radloop_partitioned__ = True  # type: ignore[attr-defined]
+    Table.query = query  # type: ignore[method-assign]
+
+
 def patch() -> None:
     """Apply the fixes (idempotent)."""
+    _patch_query()
     _patch_routing()
     _patch_jsonpath()
     _patch_sqs_retention()

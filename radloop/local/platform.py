@@ -13,6 +13,7 @@ re-creates the topology too. Either way the data stored before is gone: ``state.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -65,14 +66,26 @@ class ManagedProcess:
             assert self.process is not None
             self.process.send_signal(signal.SIGTERM)
 
+    def kill(self) -> None:
+        """SIGKILL the service and everything it started, as stopping an ECS task does: its process group (it leads
+        one, ``start_new_session``). Killing only the service left its codec worker pool (a forkserver and its
+        workers) running, orphaned, for as long as the machine was up."""
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+
     def wait_or_kill(self, timeout_s: float) -> None:
         if self.process is None:
             return
         try:
             self.process.wait(timeout_s)
         except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(5)
+            self.kill()
+        # whatever the service started and did not stop (its group outlives it): gone with it
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
 
 
 @dataclass

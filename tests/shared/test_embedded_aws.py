@@ -146,3 +146,87 @@ def test_the_routing_and_jsonpath_caches_give_moto_s_answers(aws_endpoint: str) 
         if len(got) == 3:
             break
     assert sorted(got) == [0, 1, 2]
+
+
+def _query_battery(ddb: object) -> list[object]:
+    """Every page of a set of queries: table and index, both orders, range conditions, filters, small pages."""
+    ddb.create_table(  # type: ignore[attr-defined]
+        TableName="t", BillingMode="PAY_PER_REQUEST",
+        AttributeDefinitions=[{"AttributeName": n, "AttributeType": "S"} for n in ("pk", "sk", "g", "gs")],
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+        GlobalSecondaryIndexes=[
+            {"IndexName": "g-gs", "KeySchema": [{"AttributeName": "g", "KeyType": "HASH"},
+                                                {"AttributeName": "gs", "KeyType": "RANGE"}],
+             "Projection": {"ProjectionType": "ALL"}},
+            {"IndexName": "g-only", "KeySchema": [{"AttributeName": "g", "KeyType": "HASH"}],
+             "Projection": {"ProjectionType": "KEYS_ONLY"}}])
+    ddb.create_table(  # type: ignore[attr-defined]
+        TableName="h", BillingMode="PAY_PER_REQUEST",
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}, {"AttributeName": "g", "AttributeType": "S"}],
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+        GlobalSecondaryIndexes=[{"IndexName": "by-g", "KeySchema": [{"AttributeName": "g", "KeyType": "HASH"}],
+                                 "Projection": {"ProjectionType": "ALL"}}])
+    for i in range(240):
+        item = {"pk": {"S": f"p{i % 7}"}, "sk": {"S": f"s{(i * 37) % 240:04d}"}, "n": {"N": str(i % 11)}}
+        if i % 3:  # a sparse index: a third of the items are not in it
+            item |= {"g": {"S": f"g{i % 4}"}, "gs": {"S": f"x{(i * 13) % 97:03d}"}}
+        ddb.put_item(TableName="t", Item=item)  # type: ignore[attr-defined]
+        ddb.put_item(TableName="h", Item={"pk": {"S": f"k{i}"}, "g": {"S": f"g{i % 5}"}})  # type: ignore[attr-defined]
+    queries = [
+        {"TableName": "t", "KeyConditionExpression": "pk = :p", "ExpressionAttributeValues": {":p": {"S": "p3"}}},
+        {"TableName": "t", "KeyConditionExpression": "pk = :p AND sk BETWEEN :a AND :b", "ScanIndexForward": False,
+         "ExpressionAttributeValues": {":p": {"S": "p1"}, ":a": {"S": "s0040"}, ":b": {"S": "s0200"}}},
+        {"TableName": "t", "KeyConditionExpression": "pk = :p AND begins_with(sk, :s)", "FilterExpression": "n > :n",
+         "ExpressionAttributeValues": {":p": {"S": "p2"}, ":s": {"S": "s01"}, ":n": {"N": "4"}}},
+        {"TableName": "t", "KeyConditionExpression": "pk = :p", "ExpressionAttributeValues": {":p": {"S": "nope"}}},
+        {"TableName": "t", "IndexName": "g-gs", "KeyConditionExpression": "g = :g",
+         "ExpressionAttributeValues": {":g": {"S": "g1"}}},
+        {"TableName": "t", "IndexName": "g-gs", "KeyConditionExpression": "g = :g AND gs > :x", "ScanIndexForward": False,
+         "ExpressionAttributeValues": {":g": {"S": "g2"}, ":x": {"S": "x040"}}},
+        {"TableName": "t", "IndexName": "g-only", "KeyConditionExpression": "g = :g",
+         "ExpressionAttributeValues": {":g": {"S": "g3"}}},
+        {"TableName": "h", "KeyConditionExpression": "pk = :p", "ExpressionAttributeValues": {":p": {"S": "k17"}}},
+        {"TableName": "h", "IndexName": "by-g", "KeyConditionExpression": "g = :g",
+         "ExpressionAttributeValues": {":g": {"S": "g4"}}},
+    ]
+    pages: list[object] = []
+    for q in queries:
+        for limit in (None, 7):
+            start = None
+            for _ in range(200):  # bounded: at most 240 items in pages of 7
+                kw = dict(q) | ({"Limit": limit} if limit else {}) | ({"ExclusiveStartKey": start} if start else {})
+                resp = ddb.query(**kw)  # type: ignore[attr-defined]
+                pages.append((resp["Items"], resp["Count"], resp["ScannedCount"], resp.get("LastEvaluatedKey")))
+                start = resp.get("LastEvaluatedKey")
+                if not start:
+                    break
+    return pages
+
+
+def test_a_query_reads_its_partition_and_gives_moto_s_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Patch 6: a table query starts from its partition and an index query skips the sort of the whole table; every
+    page (items, counts, order, LastEvaluatedKey) equals moto's own, and a table query never lists the table."""
+    from moto import mock_aws
+    from moto.dynamodb.models.table import Table
+
+    from radloop.local import moto_server
+
+    moto_server.patch()
+    patched = Table.query
+    assert patched.__radloop_partitioned__  # type: ignore[attr-defined]
+    answers = []
+    for query in (patched.__wrapped__, patched):  # type: ignore[attr-defined]
+        monkeypatch.setattr(Table, "query", query)
+        with mock_aws():
+            answers.append(_query_battery(boto3.client("dynamodb", region_name="us-east-1")))
+    assert len(answers[0]) > 20 and answers[0] == answers[1]
+
+    listed = []
+    real_all_items = Table.all_items
+    monkeypatch.setattr(Table, "all_items", lambda self: listed.append(self.name) or real_all_items(self))
+    with mock_aws():
+        ddb = boto3.client("dynamodb", region_name="us-east-1")
+        _query_battery(ddb)
+        listed.clear()
+        ddb.query(TableName="t", KeyConditionExpression="pk = :p", ExpressionAttributeValues={":p": {"S": "p3"}})
+    assert listed == []  # the class's all_items (list and sort every item) was not called
