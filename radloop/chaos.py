@@ -674,9 +674,8 @@ class Chaos:
                 return st, time.monotonic()
             if time.monotonic() >= next_line:
                 next_line = time.monotonic() + PROGRESS_EVERY_S
-                _say(f"waiting: {sum(st['queues'].values())} messages queued, {len(st['missing_index'])} index rows, "
-                     f"{len(st['missing_score'])} scores and {len(st['missing_case'])} cases missing "
-                     f"({deadline - time.monotonic():.0f} s left of --converge-timeout-s)")
+                _say(f"waiting: {progress_line(st)} ({deadline - time.monotonic():.0f} s left of "
+                     "--converge-timeout-s)")
             await asyncio.sleep(3)
 
     def stop_all(self) -> dict[str, dict[str, Any]]:
@@ -850,6 +849,18 @@ def run(cfg: Config) -> dict[str, Any]:
     cfg.out.parent.mkdir(parents=True, exist_ok=True)
     cfg.out.write_text(json.dumps(result, indent=2, default=str))
     return result
+
+
+def progress_line(st: dict[str, Any]) -> str:
+    """What :meth:`Chaos.state` says is still outstanding. While any queue holds messages it reads the queues only
+    (the effects are not counted then), so the line says what it knows."""
+    queued = {q.rsplit("-", 1)[-1] if "-" in q else q: n for q, n in st["queues"].items() if n}
+    line = f"{sum(queued.values())} messages queued" + (
+        f" ({', '.join(f'{q} {n}' for q, n in sorted(queued.items()))})" if queued else "")
+    if "missing_index" in st:
+        line += (f", {len(st['missing_index'])} index rows, {len(st['missing_score'])} scores and "
+                 f"{len(st['missing_case'])} cases missing")
+    return line
 
 
 def print_figures(r: dict[str, Any]) -> None:

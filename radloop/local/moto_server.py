@@ -14,7 +14,7 @@ The fix here: every DynamoDB backend operation runs under one re-entrant lock (D
 coarse), and a transaction backs up only the items it touches and restores exactly those on failure. The
 transaction keeps moto's own semantics otherwise (conditions checked per item, ``CancellationReasons`` in order).
 
-Four more changes remove work that moto repeats on every request, without changing any answer. A ``py-spy`` profile
+Five more changes remove work that moto repeats on every request, without changing any answer. A ``py-spy`` profile
 of moto during ``radloop demo --quick`` (docs/architecture.md) put the first three at about 40% of its busy time:
 
 3. Routing a request to its service lists moto's package directory (``os.listdir`` and one ``isdir`` per service,
@@ -30,6 +30,10 @@ of moto during ``radloop demo --quick`` (docs/architecture.md) put the first thr
    keeps under that hash key), and an index query from the unsorted items, which moto then sorts by the index's
    keys (and the table's, so the order is total) as before. The answers, their order and the pages are unchanged
    (``tests/shared/test_embedded_aws.py`` compares both on the same tables).
+7. SQS's ``send_message`` (every EventBridge delivery to a queue goes through it) builds the queue's whole
+   attribute map, whose approximate counts walk every message in the queue, to read one flag,
+   ``ContentBasedDeduplication``. With thousands of messages queued (the chaos run), that walk was 40% of moto's
+   time. While a message is sent, the map it reads holds that flag only; every other reader gets the whole map.
 
 Everything else is moto's server, unchanged (same flags as ``moto_server``).
 """
@@ -174,6 +178,37 @@ def _patch_jsonpath() -> None:
         jsonpath_ng.ext.parse = functools.lru_cache(maxsize=512)(jsonpath_ng.ext.parse)
 
 
+_SENDING = threading.local()
+
+
+def _patch_sqs_send() -> None:
+    from moto.sqs.models import Queue, SQSBackend
+
+    original_send = SQSBackend.send_message
+    if getattr(original_send, "__radloop_cheap__", False):
+        return
+    full = Queue.attributes
+
+    def attributes(self: Any) -> dict[str, Any]:
+        if getattr(_SENDING, "active", False):  # send_message on this thread: only the flag it reads
+            return ({"ContentBasedDeduplication": str(bool(self.content_based_deduplication)).lower()}
+                    if self.fifo_queue else {})
+        return full.fget(self)  # type: ignore[no-any-return, union-attr]
+
+    @functools.wraps(original_send)
+    def send_message(self: Any, *args: Any, **kwargs: Any) -> Any:
+        before = getattr(_SENDING, "active", False)
+        _SENDING.active = True
+        try:
+            return original_send(self, *args, **kwargs)
+        finally:
+            _SENDING.active = before
+
+    send_message.__radloop_cheap__ = True  # type: ignore[attr-defined]
+    Queue.attributes = property(attributes)  # type: ignore[assignment, method-assign]
+    SQSBackend.send_message = send_message  # type: ignore[method-assign]
+
+
 def _patch_sqs_retention() -> None:
     from moto.core.utils import unix_time
     from moto.sqs.models import Message, SQSBackend
@@ -228,6 +263,7 @@ def _patch_query() -> None:
 def patch() -> None:
     """Apply the fixes (idempotent)."""
     _patch_query()
+    _patch_sqs_send()
     _patch_routing()
     _patch_jsonpath()
     _patch_sqs_retention()

@@ -107,3 +107,14 @@ async def test_the_hop_forwards_outside_its_window_and_faults_inside_it() -> Non
             await r.cleanup()
     assert seen == [b"item-1", b"msg"]  # the faulted call never reached the upstream
     assert stats["faulted"] == {"dynamodb": 1} and stats["forwarded"] == {"dynamodb": 1, "sqs": 1}
+
+
+def test_the_progress_line_reads_either_shape_of_the_state() -> None:
+    """While queues hold messages the state has the queues only (the 2,000-image run crashed on a missing key)."""
+    from radloop.chaos import progress_line
+
+    busy = {"queues": {"t-1-interop": 3241, "t-1-triage": 0, "t-1-verification": 12}, "dlqs": {}, "imports_left": 0}
+    assert progress_line(busy) == "3253 messages queued (interop 3241, verification 12)"
+    done = {"queues": {"t-1-interop": 0}, "dlqs": {}, "missing_index": [], "missing_score": ["1.2"],
+            "missing_case": []}
+    assert progress_line(done) == "0 messages queued, 0 index rows, 1 scores and 0 cases missing"

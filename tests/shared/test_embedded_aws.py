@@ -230,3 +230,29 @@ def test_a_query_reads_its_partition_and_gives_moto_s_answers(monkeypatch: pytes
         listed.clear()
         ddb.query(TableName="t", KeyConditionExpression="pk = :p", ExpressionAttributeValues={":p": {"S": "p3"}})
     assert listed == []  # the class's all_items (list and sort every item) was not called
+
+
+def test_sending_a_message_does_not_count_the_queue_and_gives_moto_s_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Patch 7: send_message reads ContentBasedDeduplication without walking every queued message; FIFO queues still
+    deduplicate by content, and GetQueueAttributes still counts."""
+    from moto.sqs.models import Queue, SQSBackend
+
+    from radloop.local import moto_server
+
+    moto_server.patch()
+    moto_server.patch()  # idempotent
+    counted = []
+    real = Queue.approximate_number_of_messages
+    monkeypatch.setattr(Queue, "approximate_number_of_messages",
+                        property(lambda self: counted.append(self.name) or real.fget(self)))
+    backend = SQSBackend("us-east-1", "123456789012")
+    backend.create_queue("std-q")
+    backend.create_queue("dedup-q.fifo", FifoQueue="true", ContentBasedDeduplication="true")
+    for _ in range(3):
+        backend.send_message("std-q", "same body")
+        backend.send_message("dedup-q.fifo", "same body", group_id="g")
+    assert counted == []  # no walk of the queue per message sent
+    attrs = backend.get_queue_attributes("std-q", ["ApproximateNumberOfMessages"])
+    assert attrs["ApproximateNumberOfMessages"] == 3 and set(counted) == {"std-q"}  # a reader still counts
+    assert backend.get_queue_attributes("dedup-q.fifo", ["ApproximateNumberOfMessages"])[
+        "ApproximateNumberOfMessages"] == 1  # the content-based deduplication still applies
