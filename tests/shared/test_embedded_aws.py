@@ -256,3 +256,27 @@ def test_sending_a_message_does_not_count_the_queue_and_gives_moto_s_answers(mon
     assert attrs["ApproximateNumberOfMessages"] == 3 and set(counted) == {"std-q"}  # a reader still counts
     assert backend.get_queue_attributes("dedup-q.fifo", ["ApproximateNumberOfMessages"])[
         "ApproximateNumberOfMessages"] == 1  # the content-based deduplication still applies
+
+
+def test_queue_walks_read_the_clock_once_and_give_moto_s_counts() -> None:
+    """Patch 8: the visible/in-flight/delayed walks equal moto's per-message answers on the same messages."""
+    from moto.sqs.models import Message, Queue, SQSBackend
+
+    from radloop.local import moto_server
+
+    moto_server.patch()
+    moto_server.patch()  # idempotent
+    backend = SQSBackend("us-east-1", "123456789012")
+    q = backend.create_queue("walk-q")
+    for i in range(30):
+        m = Message(f"m{i}", f"body {i}")
+        m.mark_sent(delay_seconds=600 if i % 5 == 0 else None)
+        if i % 3 == 0:
+            m.change_visibility(600)  # received: in flight
+        q._messages.append(m)  # noqa: SLF001 - the queue's own list, as add_message fills it
+    own = ([m for m in q._messages if m.visible and not m.delayed],  # noqa: SLF001 - moto's per-message properties
+           sum(1 for m in q._messages if not m.visible), sum(1 for m in q._messages if m.delayed))  # noqa: SLF001
+    assert (q.messages, q.approximate_number_of_messages_not_visible,
+            q.approximate_number_of_messages_delayed) == own
+    assert len(own[0]) == 16 and own[1] == 10 and own[2] == 6
+    assert Queue.messages.fget.__radloop_one_clock__  # type: ignore[attr-defined]
