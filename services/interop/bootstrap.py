@@ -36,6 +36,9 @@ class InteropDeps:
 async def startup(rt: Runtime[InteropSettings]) -> InteropDeps:
     """Create the use cases; start the Q/R SCP in the HTTP process when a port is configured."""
     settings = rt.settings
+    # highdicom logs every module it copies at INFO (eight lines per result, the SOP Instance UIDs in them): most of
+    # the service's log in the chaos run. Its warnings still reach the log.
+    logging.getLogger("highdicom").setLevel(max(logging.WARNING, logging.getLogger().getEffectiveLevel()))
     archive = Archive(rt.clients)
     http = httpx.AsyncClient()
     deps = InteropDeps(rt=rt, results=Results(archive, settings), forwarder=Forwarder(rt.clients, archive, settings, http),

@@ -113,7 +113,26 @@ class Triage:
             if self.holder.current is not None:  # a champion arrived meanwhile: do not leave this one waiting
                 self.schedule_backlog()
             return out
+        prior = await self.scores.recorded(event.sop_uid)
+        if (prior and prior.get("status") == "scored" and prior.get("event_id")
+                and prior.get("model_version") is not None and int(prior["model_version"]) == model.version):
+            return await self._republish(prior, base)
         return await self._score(model, base, arrived, modality=event.modality)
+
+    async def _republish(self, prior: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+        """This champion scored the image already (a take-over after a kill that followed the record, maybe the
+        publish too): publish *that* decision again, under its own event id, which consumers skip if they have it.
+        Scoring again could give another probability (a restarted task may run the model in another precision), so
+        another event id: a second ``InstanceScored`` for one image (found by the 2,000-image chaos run)."""
+        scored = InstanceScored(
+            event_id=str(prior["event_id"]), status="scored", probability=float(prior["probability"]),
+            threshold=float(prior["threshold"]), priority=prior.get("priority") or "routine",
+            model_version=int(prior["model_version"]), heatmap_key=prior.get("heatmap_key") or None, **base)
+        await self.publisher.publish(scored)
+        log.info("instance triaged (recorded score republished)", extra={
+            "status": scored.status, "model_version": scored.model_version, "sop_uid": scored.sop_uid})
+        return {"status": scored.status, "model_version": scored.model_version, "probability": scored.probability,
+                "republished": True}
 
     async def on_model_approved(self, event: ModelApproved) -> dict[str, Any]:
         """Install the approved model (hot swap), score the images that arrived before any model, and re-score the

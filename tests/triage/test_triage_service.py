@@ -218,6 +218,40 @@ async def test_the_first_champion_scores_the_backlog_that_arrived_before_it(env:
     assert row["status"] == "unscored" and row["reason"] == VERIFIED_BEFORE_MODEL and "model_version" not in row
 
 
+async def test_a_take_over_republishes_the_recorded_score_instead_of_scoring_again(env: Env) -> None:
+    """A task killed after recording (and publishing) a score: the task that takes the message over publishes that
+    recorded decision under its id, and does not score again. Scoring again gave another probability when the new
+    task ran the model in another precision (bf16 after fp32), so another event id: two InstanceScored for one image
+    in the 2,000-image chaos run (docs/reliability.md). Here the killed task's decision is written as it writes it."""
+    from services.triage.adapters.scores import Scores
+    from services.triage.service import scored_event_id
+    from shared.events import InstanceScored
+
+    (case,) = [make_case(2, 77, size=128, uid_salt="take-over")]
+    (stored,) = await _store(env, [case])
+    decision = InstanceScored(study_uid=case.study_uid, series_uid=case.series_uid, sop_uid=case.sop_uid,
+                              status="scored", probability=0.123456, threshold=0.5, priority="routine",
+                              model_version=1, patient_pseudo_id=stored.patient_pseudo_id)
+    decision = decision.model_copy(update={"event_id": scored_event_id(decision)})
+    async with AwsClients(env.settings) as c:
+        await Scores(c).put(decision, awaiting_model=False)
+        await EventPublisher(c, "triage").publish(decision)  # published, then killed before acknowledging
+    await _publish(env, stored)  # the InstanceStored message, taken over by the running task
+
+    async def republished() -> list[dict[str, Any]] | None:
+        async with AwsClients(env.settings) as c:
+            evs = [e["detail"] for e in await captured(c, env.capture, wait_s=1)]
+        mine = [e for e in evs if e["sop_uid"] == case.sop_uid]
+        got.extend(mine)
+        return got if len(got) >= 2 else None
+
+    got: list[dict[str, Any]] = []
+    assert await wait_for(republished, 60, 0.5), env.triage.tail()
+    assert {e["event_id"] for e in got} == {decision.event_id}, f"a second InstanceScored effect: {got}"
+    assert {e["probability"] for e in got} == {0.123456}
+    assert (await _scores(env, [case.sop_uid]))[case.sop_uid]["probability"] == "0.123456"  # not re-scored
+
+
 async def test_hot_swap_mid_stream_loses_nothing_and_scores_nothing_twice(env: Env) -> None:
     async with AwsClients(env.settings) as c:
         await captured(c, env.capture, wait_s=0.5)  # forget the earlier tests' events

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from shared.aws import AwsClients
-from shared.ddb import collect, to_item, to_value, write_if
+from shared.ddb import collect, from_item, to_item, to_value, write_if
 from shared.events import InstanceScored
 from shared.exceptions import ConditionFailedError
 
@@ -73,6 +73,12 @@ class Scores:
             await ddb.put_item(TableName=self.table, Item=to_item(record))
             return False
         return True
+
+    async def recorded(self, sop_uid: str) -> dict[str, Any] | None:
+        """The instance's score record (strongly consistent), or None."""
+        ddb = await self.clients.dynamodb()
+        resp = await ddb.get_item(TableName=self.table, Key={"sop_uid": to_value(sop_uid)}, ConsistentRead=True)
+        return from_item(resp.get("Item")) if resp.get("Item") else None
 
     async def mark_read(self, sop_uid: str) -> None:
         """The image was read (``ImageVerified``): it leaves the unread index for good, and no re-scoring claim on it
