@@ -132,3 +132,15 @@ def test_live_performance_counts_only_scores_given_before_the_label_was_final() 
 def copy_with_final_at(case: dict, at: str) -> dict:
     return {**case, "final": {**case["final"], "at": at}}
 
+
+
+def test_the_same_read_again_on_a_final_case_records_and_publishes_nothing() -> None:
+    """A retry of a read whose first attempt was recorded, but whose process was killed before the Idempotency-Key
+    record was completed, ran the read again: an 'amendment' to the same label and a second ImageVerified (label v2)
+    in the 2,000-image chaos run. The same read again now changes nothing; a real amendment still does."""
+    first = apply_read(case("1.8.20"), "r1", "pneumonia", 0.9, None, now=0)
+    again = apply_read(first.case, "r1", "pneumonia", 0.9, None, now=5)
+    assert again.events == [] and again.appends == [] and again.case == first.case
+    assert again.response["label_version"] == 1 and again.response["final_label"] == "pneumonia"
+    changed = apply_read(first.case, "r1", "pneumonia", 0.6, None, now=5)  # another confidence: a new read
+    assert [e.label_version for e in changed.events] == [2]

@@ -186,6 +186,15 @@ def apply_read(case: dict[str, Any], reader: str, label: str, confidence: float 
         if not may_amend(c, reader):
             raise ReadRejected(409, f"case {c['case_id']} is final; only the reader(s) whose read made it final "
                                     "may amend it")
+        final = c.get("final") or {}
+        if (previous is not None and previous.get("label") == label == final.get("label")
+                and previous.get("confidence") == confidence and final.get("decided_by") == reader):
+            # The same read again (a retry whose first attempt was recorded, but whose process died before its
+            # Idempotency-Key record was completed): it changes nothing, so it records nothing and publishes no
+            # second ImageVerified (found by the 2,000-image chaos run, docs/reliability.md).
+            out.response = {"case_id": c["case_id"], "read_no": previous.get("read_no"), "read_kind": "repeat",
+                            "status": FINAL, "label_version": final.get("version"), "final_label": final.get("label")}
+            return out
         kind = "amendment"
     elif status == ADJUDICATION:
         kind = "amendment" if reader in readers else "adjudication"
