@@ -80,9 +80,9 @@ bench: setup ## run the benchmarks; JSON results in bench/results/
 	@for b in bench/*.py; do [ "$$(basename $$b)" = "__init__.py" ] && continue; echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 # The chaos run (docs/reliability.md, "Chaos run"): every service as a process, mixed traffic, SIGKILLs, injected
-# DynamoDB/EventBridge/S3 errors and a SIGTERM during a 1 GB STOW; asserts nothing lost or duplicated. Long (tens of
+# DynamoDB/EventBridge/S3 errors and a SIGTERM during a 1 GB STOW; asserts nothing lost or duplicated. Long (about 25
 # minutes on 2 cores): the short version is tests/chaos/test_chaos.py. Size it with CHAOS_ARGS (see --help).
-CHAOS_ARGS ?= --images 2000 --kills 20
+CHAOS_ARGS ?= --images 2000 --kills 20 --converge-timeout-s 3600
 chaos: setup ## the full chaos run (kills, injected AWS errors, SIGTERM mid-STOW): figures and bench/results/chaos.json
 	$(BIN)/python -m radloop.chaos $(CHAOS_ARGS)
 
