@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 from contextlib import AsyncExitStack
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -42,6 +43,21 @@ def client_kwargs(settings: Settings) -> dict[str, Any]:
         if not os.environ.get("AWS_ACCESS_KEY_ID"):
             kw.update(_LOCAL_CREDENTIALS)
     return kw
+
+
+def child_env(settings: Settings) -> dict[str, str]:
+    """The environment of a child process that works on this deployment with the SDKs' own configuration (boto3 in
+    ``training``): its prefix, region and endpoint (with moto's credentials), and this checkout on ``PYTHONPATH``."""
+    env = dict(os.environ)
+    env["RADLOOP_PREFIX"] = settings.prefix
+    env["AWS_DEFAULT_REGION"] = settings.region
+    if settings.aws_endpoint_url:
+        env["AWS_ENDPOINT_URL"] = settings.aws_endpoint_url
+        env.setdefault("AWS_ACCESS_KEY_ID", _LOCAL_CREDENTIALS["aws_access_key_id"])
+        env.setdefault("AWS_SECRET_ACCESS_KEY", _LOCAL_CREDENTIALS["aws_secret_access_key"])
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
 
 
 class AwsClients:

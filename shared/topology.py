@@ -157,6 +157,17 @@ class Topology:
     def bucket(self, role: str) -> str:
         return self.buckets[role].name
 
+    @property
+    def rescore_job_prefix(self) -> str:
+        """Triage's re-scoring batch transform jobs are named ``<this><version>-<id>`` (the CDK app scopes the task
+        role's SageMaker actions by it). SageMaker names: letters, digits and hyphens, at most 63 characters."""
+        return f"{_sagemaker_stem(self.prefix)}-rescore-v"
+
+    @property
+    def rescore_model_prefix(self) -> str:
+        """The SageMaker models those jobs run: ``<this><version>-<artefact hash>``."""
+        return f"{_sagemaker_stem(self.prefix)}-triage-v"
+
     def table(self, role: str) -> str:
         return self.tables[role].name
 
@@ -272,3 +283,8 @@ def build_topology(prefix: str = "radloop") -> Topology:
         rules=tuple(rules),
         model_package_group=f"{prefix}-pneumonia",
     )
+
+
+def _sagemaker_stem(prefix: str) -> str:
+    """The deployment prefix as the start of a SageMaker resource name (at most 30 of its 63 characters)."""
+    return "".join(c if c.isalnum() else "-" for c in prefix)[:30].strip("-") or "radloop"

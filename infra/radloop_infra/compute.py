@@ -116,9 +116,11 @@ class Compute(Construct):
     def __init__(
         self, scope: Construct, cid: str, *, params: DeployParams, topology: Topology, keys: Keys,
         network: Network, data: Data, messaging: Messaging, pipeline_role: iam.IRole, pipeline_name: str,
-        image_store: HealthImagingStore | None = None,
+        image_store: HealthImagingStore | None = None, training_repo_uri: str = "",
     ) -> None:
         super().__init__(scope, cid)
+        #: The training image's repository (Ml): triage's Batch Transform jobs serve with it.
+        self.training_repo_uri = training_repo_uri
         stack = Stack.of(self)
         env = params.env
         N.check_complete()
@@ -310,6 +312,17 @@ class Compute(Construct):
         if self.image_store is not None:
             # RADLOOP_IMAGE_STORE and the datastore for the services that read or write images; none otherwise.
             environment.update(self.image_store.task_environment(service))
+        if "run_transform" in need.sagemaker:
+            if params.training_image_tag:
+                # Large re-scoring passes run as Batch Transform jobs of the training image (training/serve.py), as the
+                # pipeline's role (it reads the originals and the models, and writes the results).
+                environment.update({
+                    "RADLOOP_TRIAGE_TRANSFORM_EXECUTOR": "sagemaker",
+                    "RADLOOP_TRIAGE_TRANSFORM_IMAGE_URI": Fn.join(":", [self.training_repo_uri,
+                                                                        params.training_image_tag]),
+                    "RADLOOP_TRIAGE_TRANSFORM_ROLE_ARN": pipeline_role.role_arn})
+            else:  # no training image to serve with: the tasks re-score every pass themselves
+                environment["RADLOOP_TRIAGE_TRANSFORM_MIN"] = "0"
         if service == "pipeline_orchestrator":
             environment.update({"RADLOOP_EXECUTOR": "sagemaker", "RADLOOP_PIPELINE_NAME": pipeline_name,
                                 "RADLOOP_PIPELINE_ROLE_ARN": pipeline_role.role_arn})
@@ -507,7 +520,13 @@ class Compute(Construct):
                                            resources=[self.messaging.bus.event_bus_arn]))
         group = self.topology.model_package_group
         for level in need.sagemaker:
-            if level == "run_pipeline":
+            if level == "run_transform":
+                t = self.topology
+                resources = [stack.format_arn(service="sagemaker", resource="model",
+                                              resource_name=f"{t.rescore_model_prefix.lower()}*"),
+                             stack.format_arn(service="sagemaker", resource="transform-job",
+                                              resource_name=f"{t.rescore_job_prefix.lower()}*")]
+            elif level == "run_pipeline":
                 resources = [stack.format_arn(service="sagemaker", resource="pipeline", resource_name=pipeline_name),
                              stack.format_arn(service="sagemaker", resource="pipeline",
                                               resource_name=f"{pipeline_name}/execution/*")]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -143,6 +144,9 @@ class DeployParams:
     #: ingestion and gateway tasks name it in the URLs of their responses (RADLOOP_PUBLIC_BASE_URL; an ALB is not a
     #: proxy whose forwarded host they may believe, shared/forwarded.py). Empty: ``https://`` and the ALB's DNS name.
     public_base_url: str = ""
+    #: The tag of the training image in the stack's training repository (the deploy workflow pushes it with the
+    #: commit). Triage serves Batch Transform re-scoring jobs with it; empty: the tasks re-score every pass themselves.
+    training_image_tag: str = ""
     #: CIDR ranges of the hospital network allowed to reach the ALB (over VPN or Direct Connect).
     client_cidrs: tuple[str, ...] = ("10.0.0.0/8",)
     vpc_cidr: str = "10.42.0.0/16"
@@ -270,6 +274,14 @@ def _public_base_url(get: Any) -> str:
     return value
 
 
+def _training_image_tag(get: Any) -> str:
+    value = str(get("training_image_tag") or "").strip()
+    if value and not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", value):
+        raise ValueError(f"deploy parameter training_image_tag={value!r} is not an image tag (letters, digits, '_', "
+                         "'.', '-'; at most 128)")
+    return value
+
+
 def _image_store(get: Any) -> str:
     value = str(get("image_store") or DEFAULT_IMAGE_STORE).strip().lower()
     if value not in IMAGE_STORES:
@@ -296,6 +308,7 @@ def params_from_context(get: Any) -> DeployParams:
         pacs_cidrs=_pacs_cidrs(get),
         certificate_arn=get("certificate_arn") or "",
         public_base_url=_public_base_url(get),
+        training_image_tag=_training_image_tag(get),
         client_cidrs=_list(get("client_cidrs") or "10.0.0.0/8"),
         vpc_cidr=get("vpc_cidr") or "10.42.0.0/16",
         alarm_email=get("alarm_email") or "",

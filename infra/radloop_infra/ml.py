@@ -77,6 +77,12 @@ class Ml(Construct):
             iam.PolicyStatement(sid="ReadFrames", actions=["s3:GetObject"],
                                 resources=[images.arn_for_objects(f"{FRAMES_PREFIX}*"),
                                            images.arn_for_objects("metadata/*")]),
+            # Triage's re-scoring Batch Transform jobs run as this role: they read the originals (dicom/) listed in a
+            # manifest under transforms/ and write one result per original there (services/triage/adapters/transform.py).
+            iam.PolicyStatement(sid="RescoreOriginals", actions=["s3:GetObject"],
+                                resources=[images.arn_for_objects("dicom/*")]),
+            iam.PolicyStatement(sid="RescoreTransforms", actions=["s3:GetObject", "s3:PutObject"],
+                                resources=[images.arn_for_objects("transforms/*")]),
             iam.PolicyStatement(sid="DataKey",
                                 actions=["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey", "kms:DescribeKey"],
                                 resources=[keys.data.key_arn]),
@@ -135,6 +141,10 @@ class Ml(Construct):
             statements.append(iam.PolicyStatement(
                 sid="ReadHealthImagingFrames", actions=list(N.HEALTHIMAGING_ACTIONS["read"]),
                 resources=[image_store.datastore_arn, image_store.image_set_arns]))
+            # ... and re-scoring transforms read the originals where HealthImaging keeps them: the staged imports.
+            statements.append(iam.PolicyStatement(
+                sid="RescoreStagedOriginals", actions=["s3:GetObject"],
+                resources=[data.buckets["ingestion"].arn_for_objects(f"{N.HEALTHIMAGING_IMPORT_PREFIX}*")]))
         # Attached from the policy side (its Roles property): the policy names the role's own ARN for PassRole,
         # so the role must not depend on the policy.
         iam.ManagedPolicy(self, "PipelinePolicy", statements=statements, roles=[self.role],

@@ -65,6 +65,12 @@ SAGEMAKER_ACTIONS: dict[str, tuple[str, ...]] = {
         "sagemaker:DescribeModelPackageGroup",
     ),
     "read_model_packages": ("sagemaker:DescribeModelPackage", "sagemaker:ListModelPackages"),
+    # Re-score a large unread backlog with a new champion as one Batch Transform job (triage), on the models and jobs
+    # named by the topology's rescore prefixes only.
+    "run_transform": (
+        "sagemaker:CreateModel", "sagemaker:CreateTransformJob", "sagemaker:DescribeTransformJob",
+        "sagemaker:StopTransformJob", "sagemaker:AddTags",
+    ),
 }
 #: Only the pipeline's execution role may be passed, and only to SageMaker.
 PASS_ROLE_ACTIONS: tuple[str, ...] = ("iam:PassRole",)
@@ -188,11 +194,17 @@ NEEDS: dict[str, ServiceNeeds] = {
         s3=(
             S3Need("images", "read", ("frames/", "metadata/")),
             S3Need("images", "write", ("heatmaps/",)),
+            # A re-scoring batch transform's manifest and results (services/triage/adapters/transform.py).
+            S3Need("images", "read_write", ("transforms/",), list=True),
             S3Need("ml", "read", ("models/",), list=True),
         ),
-        # The champion pointer is read from the state table (shared/champion.py, via adapters/model_store.py).
-        tables={"scores": "read_write", "state": "read", **_IDEM, **_AUDIT},
+        # The champion pointer is read from the state table (shared/champion.py, via adapters/model_store.py); the
+        # record of who drives a champion's re-scoring transform job is written there.
+        tables={"scores": "read_write", "state": "read_write", **_IDEM, **_AUDIT},
         publishes=True,
+        # Large re-scoring passes run as SageMaker Batch Transform jobs, as the pipeline's role.
+        sagemaker=("run_transform",),
+        pass_pipeline_role=True,
         # An instance's image set and frame ids are in the instance index.
         healthimaging=HealthImagingNeed("read", tables={"instances": "read"}),
     ),

@@ -46,7 +46,7 @@ class RadloopStack(Stack):
         self.compute = Compute(self, "Compute", params=params, topology=self.topology, keys=self.keys,
                                network=self.network, data=self.data, messaging=self.messaging,
                                pipeline_role=self.ml.role, pipeline_name=self.ml.pipeline_name,
-                               image_store=self.image_store)
+                               image_store=self.image_store, training_repo_uri=self.ml.training_repo.repository_uri)
         self.observability = Observability(self, "Observability", params=params, topology=self.topology,
                                            keys=self.keys, data=self.data, messaging=self.messaging,
                                            compute=self.compute, ml=self.ml, image_store=self.image_store)

@@ -19,6 +19,8 @@ from botocore.exceptions import ClientError
 from services.triage.adapters.images import Images
 from services.triage.adapters.model_store import ChampionHolder
 from services.triage.adapters.scores import Scores
+from services.triage.adapters.transform import TransformJob, TransformRecords, open_runner, read_results, write_manifest
+from services.triage.adapters.transform import job_name as transform_job_name
 from services.triage.domain.applicability import not_applicable_reason
 from services.triage.domain.batcher import MicroBatcher
 from services.triage.domain.errors import FrameNotFound, InvalidInstance, NoModelLoaded
@@ -30,6 +32,7 @@ from services.triage.settings import TriageSettings
 from shared.aws import AwsClients
 from shared.drift import DriftCheck, DriftMonitor, DriftPolicy, embedding_features, image_features
 from shared.events import DriftDetected, ImageVerified, InstanceScored, InstanceStored, ModelApproved
+from shared.exceptions import ConditionFailedError
 from shared.image_store import ImageNotFound
 from shared.image_store.factory import open_image_store
 from shared.metrics import instrument
@@ -77,6 +80,10 @@ class Triage:
         self.rescored = 0
         #: this task's name on backlog claims (several triage tasks share the backlog; each record is scored once)
         self.claim_owner = uuid.uuid4().hex
+        #: large re-scoring passes run as one batch transform job (adapters/transform.py), one driver per champion
+        self.transforms = open_runner(clients, settings)
+        self.transform_records = TransformRecords(clients, self.claim_owner, settings.triage_transform_lease_s,
+                                                  settings.triage_transform_timeout_s)
         #: drift of new arrivals against the champion's training reference, per site and modality (shared.drift)
         self.drift = DriftMonitor(DriftPolicy(
             window=settings.triage_drift_window, min_images=settings.triage_drift_min_images,
@@ -382,10 +389,49 @@ class Triage:
             if items:
                 log.info("re-scoring unread images with the new champion",
                          extra={"count": len(items), "model_version": model.version})
+            if s.triage_transform_min and len(items) >= s.triage_transform_min:
+                done = await self._rescore_by_transform(model, items)
+                if done is not None:
+                    total += done
+                    self._rescore_again = True  # what the job did not score goes image by image in the next pass
+                    continue
             total += await self._rescore(model, items)
         if total:
             log.info("re-scoring done", extra={"count": total})
         return total
+
+    async def _rescore_item(self, model: LoadedModel, item: dict[str, Any], probability: float | None = None) -> bool:
+        """Claim one unread image for ``model`` and re-score it (with ``probability``: record that one, which a
+        transform job computed); True when it was re-scored, False when it was read meanwhile, scored by this champion
+        already, taken by another task, or failed (it keeps its earlier score; the next pass tries again)."""
+        sop = str(item["sop_uid"])
+        base = {"study_uid": item["study_uid"], "series_uid": item["series_uid"], "sop_uid": sop,
+                "patient_pseudo_id": item.get("patient_pseudo_id")}
+        arrived = str(item.get("arrived_at") or "")
+        # the score this one replaces (records written before event ids were stored: name it by its version)
+        replaces = str(item.get("event_id") or f"v{item.get('model_version')}")
+        try:
+            if not await self.scores.claim_rescore(sop, self.claim_owner, BACKLOG_CLAIM_S, model.version):
+                return False
+        except Exception:  # the image keeps its score; the next pass tries again
+            log.exception("re-scoring claim failed", extra={"sop_uid": sop})
+            return False
+        try:
+            if probability is None:
+                await self._score(model, base, arrived, replaces=replaces)
+            else:
+                await self._record(InstanceScored(
+                    status="scored", probability=round(probability, 6), threshold=model.threshold,
+                    priority=priority_for(probability, model.threshold), model_version=model.version, **base),
+                    arrived, replaces)
+        except Exception:
+            log.exception("re-scoring failed; the image keeps its earlier score", extra={"sop_uid": sop})
+            with contextlib.suppress(Exception):  # else the lease passes by itself
+                await self.scores.unclaim_rescore(sop, self.claim_owner)
+            return False
+        self.rescored += 1
+        instrument("radloop.triage.rescored").add(1, {"model_version": str(model.version)})
+        return True
 
     async def _rescore(self, model: LoadedModel, items: list[dict[str, Any]]) -> int:
         """One pass over ``items`` (newest first) at the configured rate; stops early when the champion changes."""
@@ -395,28 +441,8 @@ class Triage:
         started = loop.time()
 
         async def one(item: dict[str, Any]) -> bool:
-            sop = str(item["sop_uid"])
-            base = {"study_uid": item["study_uid"], "series_uid": item["series_uid"], "sop_uid": sop,
-                    "patient_pseudo_id": item.get("patient_pseudo_id")}
-            # the score this one replaces (records written before event ids were stored: name it by its version)
-            replaces = str(item.get("event_id") or f"v{item.get('model_version')}")
             async with sem:
-                try:
-                    if not await self.scores.claim_rescore(sop, self.claim_owner, BACKLOG_CLAIM_S, model.version):
-                        return False  # read meanwhile, scored by this champion already, or another task has it
-                except Exception:  # the image keeps its score; the next pass tries again
-                    log.exception("re-scoring claim failed", extra={"sop_uid": sop})
-                    return False
-                try:
-                    await self._score(model, base, str(item.get("arrived_at") or ""), replaces=replaces)
-                except Exception:
-                    log.exception("re-scoring failed; the image keeps its earlier score", extra={"sop_uid": sop})
-                    with contextlib.suppress(Exception):  # else the lease passes by itself
-                        await self.scores.unclaim_rescore(sop, self.claim_owner)
-                    return False
-            self.rescored += 1
-            instrument("radloop.triage.rescored").add(1, {"model_version": str(model.version)})
-            return True
+                return await self._rescore_item(model, item)
 
         tasks: list[asyncio.Task[bool]] = []
         try:
@@ -438,3 +464,91 @@ class Triage:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
+
+    # -- re-scoring as a batch transform job -------------------------------------------------------------------------
+    async def _rescore_by_transform(self, model: LoadedModel, items: list[dict[str, Any]]) -> int | None:
+        """Re-score ``items`` with one batch transform job of ``model`` (adapters/transform.py), then apply its results
+        as re-scores (claimed one by one, so exactly once per image whichever task applies them). One task drives a
+        champion's job; the others wait for it. Returns how many this task re-scored, or None when the pass should go
+        image by image instead (this champion's job ran already, the champion moved on, or no job could be run)."""
+        s = self.settings
+        records = self.transform_records
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + s.triage_transform_timeout_s + s.triage_transform_lease_s
+        while (record := await records.claim(model.version, transform_job_name(s.topology, model.version))) is None:
+            current = await records.read(model.version)
+            if current is not None and current.get("status") == "done":
+                return None  # this champion's job ran: what it left is re-scored image by image
+            if self.holder.current is not model or loop.time() > deadline:
+                return None
+            await asyncio.sleep(s.triage_transform_poll_s)  # another task drives it; its lease passes if it died
+        version = model.version
+        name = str(record["job_name"])
+        outcome, why = "Failed", ""
+        applied = 0
+        try:
+            pointer = await self.holder.read_pointer()
+            if pointer is None or pointer.version != version:
+                outcome, why = "Skipped", "the champion changed before the job started"
+                return None
+            if record.get("manifest_uri"):  # taking over a job started by a task that died
+                manifest_uri, output_uri = str(record["manifest_uri"]), str(record["output_uri"])
+            else:
+                objects = await self._originals(items)
+                if not objects:
+                    outcome, why = "Skipped", "no original object to read"
+                    return None
+                manifest_uri, output_uri = await write_manifest(self.clients, objects,
+                                                                self.settings.topology.bucket("images"), name)
+                await records.set_job(version, manifest_uri, output_uri)
+            job = TransformJob(name=name, version=version, model_uri=pointer.model_artifact_uri,
+                               manifest_uri=manifest_uri, output_uri=output_uri)
+            log.info("re-scoring as a batch transform job", extra={
+                "job": name, "executor": self.transforms.kind, "count": len(items), "model_version": version})
+            await self.transforms.start(job)
+            result = await self.transforms.wait(job, s.triage_transform_timeout_s,
+                                                lambda: records.renew(version))
+            outcome, why = result.status, result.reason
+            # Failed or timed out: the results it wrote still count (SageMaker uploads each finished object's)
+            results, problems = await read_results(self.clients, output_uri, len(items) + 16)
+            by_sop = {str(i["sop_uid"]): i for i in items}
+            sem = asyncio.Semaphore(s.triage_max_batch)
+
+            async def apply(sop: str, probability: float) -> bool:
+                async with sem:
+                    if self.holder.current is not model:
+                        return False  # a newer champion: its pass re-scores these
+                    return await self._rescore_item(model, by_sop[sop], probability)
+
+            done = await asyncio.gather(*(apply(sop, p) for sop, p in results.items() if sop in by_sop))
+            applied = sum(1 for d in done if d)
+            log.info("batch transform applied", extra={
+                "job": name, "status": outcome, "reason": why[:300], "results": len(results),
+                "unreadable_results": len(problems), "rescored": applied, "model_version": version})
+            return applied
+        except ConditionFailedError:  # the lease passed to another task (this one stalled): it drives the job now
+            self._rescore_again = True
+            outcome = "Handed over"
+            return 0
+        except Exception as exc:  # the images keep their scores; the next pass goes image by image
+            log.exception("batch transform failed", extra={"job": name, "model_version": version})
+            why = f"{type(exc).__name__}: {exc}"[:500]
+            return None
+        finally:
+            if outcome != "Handed over":
+                with contextlib.suppress(Exception):
+                    await records.finish(version, outcome, {"job": name, "rescored": applied, "reason": why[:500]})
+
+    async def _originals(self, items: list[dict[str, Any]]) -> list[tuple[str, str]]:
+        """(bucket, key) of each item's original object (those the store keeps none of are left to the next pass)."""
+        sem = asyncio.Semaphore(32)
+
+        async def one(item: dict[str, Any]) -> tuple[str, str] | None:
+            async with sem:
+                try:
+                    return await self.images.store.original_object(
+                        str(item["study_uid"]), str(item["series_uid"]), str(item["sop_uid"]))
+                except (ImageNotFound, ClientError, ValueError):
+                    return None
+
+        return [o for o in await asyncio.gather(*(one(i) for i in items)) if o is not None]

@@ -119,6 +119,11 @@ class ImageStore(Protocol):
         """The instance as a DICOM P10 object. :class:`ImageNotFound` when the store keeps none."""
         ...
 
+    async def original_object(self, study: str, series: str, sop: str) -> tuple[str, str]:
+        """(bucket, key) of the S3 object :meth:`read_original` reads (a batch transform reads it in place).
+        :class:`ImageNotFound` when the store keeps none."""
+        ...
+
     async def submit_due(self, *, force: bool = False) -> int:
         """Start the imports that are due (all staged ones with ``force``); returns how many started."""
         ...

@@ -441,14 +441,19 @@ class HealthImagingStore:
             raise ImageNotFound(f"instance {sop} is not in its image set's metadata")
         return ahi_metadata.instance_dicom_json(doc, found[0], sop)
 
-    async def read_original(self, study: str, series: str, sop: str) -> bytes:
-        """The staged P10 object (what HealthImaging imported), kept in the import bucket."""
+    async def original_object(self, study: str, series: str, sop: str) -> tuple[str, str]:
+        """The staged P10 object's place in the import bucket."""
         loc = await self._locate(study, series, sop)
         if not loc["original_key"]:
             raise ImageNotFound(f"instance {sop} has no kept P10 object")
+        return self.bucket, str(loc["original_key"])
+
+    async def read_original(self, study: str, series: str, sop: str) -> bytes:
+        """The staged P10 object (what HealthImaging imported), kept in the import bucket."""
+        bucket, key = await self.original_object(study, series, sop)
         s3 = await self.clients.s3()
         try:
-            resp = await s3.get_object(Bucket=self.bucket, Key=loc["original_key"])
+            resp = await s3.get_object(Bucket=bucket, Key=key)
             async with resp["Body"] as body:
                 data: bytes = await body.read()
         except ClientError as exc:

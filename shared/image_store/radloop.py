@@ -78,6 +78,9 @@ class RadloopStore:
     async def read_original(self, study: str, series: str, sop: str) -> bytes:
         return await self.read_key(storage.original_key(study, series, sop))
 
+    async def original_object(self, study: str, series: str, sop: str) -> tuple[str, str]:
+        return self.bucket, storage.original_key(study, series, sop)
+
     # --- imports: none (storing is synchronous) -------------------------------------------------------------------
     async def submit_due(self, *, force: bool = False) -> int:
         return 0

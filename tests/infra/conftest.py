@@ -43,6 +43,7 @@ def settings_class(service: str) -> type[Settings]:
 _STAND_INS = {
     "RADLOOP_PUBLIC_BASE_URL": "https://internal-radloop-alb-123.eu-central-1.elb.amazonaws.com",
     "RADLOOP_HEALTHIMAGING_DATASTORE_ID": "0" * 32,  # 32 lower-case hex characters
+    "RADLOOP_TRIAGE_TRANSFORM_IMAGE_URI": "111111111111.dkr.ecr.eu-central-1.amazonaws.com/radloop-training:abc1234",
 }
 
 
@@ -116,9 +117,12 @@ def synth(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Synth]:
 #: only: prod, the stricter one (retained data, seven-year logs); what differs between environments is covered by ENVS.
 #: It also exposes the Query/Retrieve SCP (QR_CONTEXT), the other optional part, so one more synthesis covers both.
 HEALTHIMAGING = "prod-healthimaging"
+#: The training image the deploy workflow pushed (triage's Batch Transform jobs serve with it); the HealthImaging
+#: synthesis names one, the others do not.
+TRAINING_IMAGE_TAG = "abc1234"
 #: The workstations allowed to query and retrieve, their network (neither the PACS's nor the clients'), and one C-MOVE
 #: destination.
-QR_CONTEXT = {"qr_calling_aes": "WS_READ1,WS_READ2", "qr_cidrs": "10.88.0.0/24",
+QR_CONTEXT = {"training_image_tag": TRAINING_IMAGE_TAG, "qr_calling_aes": "WS_READ1,WS_READ2", "qr_cidrs": "10.88.0.0/24",
               "qr_move_destinations": json.dumps({"WS_READ1": {"host": "10.88.0.5", "port": 11112, "tls": True}})}
 
 

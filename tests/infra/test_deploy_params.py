@@ -145,3 +145,11 @@ def test_the_public_base_url_is_an_https_origin() -> None:
                 "https://user@pacs.example.org"):
         with pytest.raises(ValueError, match="public_base_url"):
             _params(public_base_url=bad)
+
+
+def test_the_training_image_tag_is_an_image_tag() -> None:
+    assert _params().training_image_tag == ""  # then triage re-scores in its tasks only
+    assert _params(training_image_tag="3f2c1ab").training_image_tag == "3f2c1ab"
+    for bad in ("latest tag", "-x", "a" * 129, "x:y"):
+        with pytest.raises(ValueError, match="training_image_tag"):
+            _params(training_image_tag=bad)

@@ -455,3 +455,29 @@ def test_the_services_that_build_urls_are_told_the_albs_https_origin(synth, env)
         else:
             assert "RADLOOP_PUBLIC_BASE_URL" not in values
 
+
+
+def _app_env(s: Any, service: str) -> dict[str, Any]:
+    for td in s.of_type("AWS::ECS::TaskDefinition").values():
+        app = next(c for c in td["Properties"]["ContainerDefinitions"] if c["Name"] == "app")
+        values = {e["Name"]: e["Value"] for e in app["Environment"]}
+        if values["RADLOOP_SERVICE_NAME"] == service:
+            return values
+    raise AssertionError(f"no task definition for {service}")
+
+
+def test_triage_rescores_large_passes_with_the_training_image_only_when_the_deployment_names_it(
+        synth, synth_healthimaging, env) -> None:
+    """Issue #18: a large re-scoring backlog runs as a SageMaker Batch Transform job of the training image (its
+    ``serve`` entry point), as the pipeline's role. Without a training image tag the tasks re-score every pass."""
+    from tests.infra.conftest import TRAINING_IMAGE_TAG
+
+    plain = _app_env(synth[env], "triage")
+    assert plain["RADLOOP_TRIAGE_TRANSFORM_MIN"] == "0"
+    assert "RADLOOP_TRIAGE_TRANSFORM_EXECUTOR" not in plain
+    hi = _app_env(synth_healthimaging, "triage")
+    assert hi["RADLOOP_TRIAGE_TRANSFORM_EXECUTOR"] == "sagemaker"
+    assert "RADLOOP_TRIAGE_TRANSFORM_MIN" not in hi  # the setting's default
+    image = hi["RADLOOP_TRIAGE_TRANSFORM_IMAGE_URI"]["Fn::Join"]
+    assert image[0] == ":" and image[1][1] == TRAINING_IMAGE_TAG and "TrainingRepo" in json.dumps(image[1][0])
+    assert "PipelineRole" in json.dumps(hi["RADLOOP_TRIAGE_TRANSFORM_ROLE_ARN"])

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 from services.pipeline_orchestrator.settings import OrchestratorSettings
 from shared.approval import POLICY_FILE_ENV
-from shared.aws import AwsClients
+from shared.aws import AwsClients, child_env
 
 log = logging.getLogger(__name__)
 LOG_TAIL_CHARS = 2000
@@ -50,17 +50,9 @@ class ExecutorError(RuntimeError):
 
 
 def _child_env(settings: OrchestratorSettings) -> dict[str, str]:
-    env = dict(os.environ)
-    env["RADLOOP_PREFIX"] = settings.prefix
+    env = child_env(settings)
     # The definition's gate defaults come from the same policy document as this service's parameters.
     env[POLICY_FILE_ENV] = str(Path(settings.approval_policy_file).resolve())
-    env["AWS_DEFAULT_REGION"] = settings.region
-    if settings.aws_endpoint_url:
-        env["AWS_ENDPOINT_URL"] = settings.aws_endpoint_url
-        env.setdefault("AWS_ACCESS_KEY_ID", "testing")
-        env.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
-    root = str(Path(__file__).resolve().parents[3])
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
 
 
