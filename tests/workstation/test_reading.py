@@ -156,6 +156,9 @@ def test_second_reader_sees_the_case_is_claimed(plat: Platform, browser: Any) ->
         a.wait_for_function("window.radloopWorkstation.state === 'worklist'")
         assert plat.case_view(case.sop)["lease_owner"] is None
         b.click("#release-case")
+        # B's release (of a claim it never held) must be back before B opens the case again: a release answered
+        # after the open returned B to the worklist and the open never showed (a flake in a clean-clone run)
+        b.wait_for_function("window.radloopWorkstation.state === 'worklist'")
         b.click(f"button[data-open='{case.sop}']")
         wait_reading(b, case.sop)
         assert plat.case_view(case.sop)["lease_owner"] == "dr-two"
