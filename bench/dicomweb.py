@@ -271,6 +271,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--with-python-entry", action="store_true",
                     help="also read through the Python fallback entry (radloop/local/proxy.py) on another port")
     ap.add_argument("--rounds", type=int, default=None, help="rounds of reads, sides in turn (default 3, --quick 1)")
+    ap.add_argument("--gateway-replicas", type=int, default=min(4, os.cpu_count() or 1),
+                    help="streaming gateway processes behind the entry (RADLOOP_LOCAL_GATEWAY_REPLICAS; default: one "
+                         "per CPU, at most 4). The gateway-direct figures are the first replica's alone")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "dicomweb.json")
     args = ap.parse_args(argv)
     n_read, n_stow10, n_cr, n_rendered = (24, 20, 2, 8) if args.quick else (300, 100, 20, 30)
@@ -297,7 +300,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     py_entry: subprocess.Popen[bytes] | None = None
     try:
         settings = Settings(aws_endpoint_url=moto.endpoint, prefix=f"benchdw-{os.getpid()}", var_dir=tmp / "var",
-                            aws_max_attempts=3)
+                            aws_max_attempts=3, local_gateway_replicas=args.gateway_replicas)
+        results["gateway_replicas"] = args.gateway_replicas
         ports = {name: free_port() for name in DEFAULT_PORTS}
         plat = LocalPlatform(settings=settings, ports=ports, services=SERVICES,
                              extra_env={"RADLOOP_LOG_LEVEL": "WARNING"})

@@ -21,7 +21,8 @@ def collect_status(s: Settings) -> dict[str, Any]:
     out: dict[str, Any] = {"endpoint": endpoint or "aws", "prefix": s.prefix, "services": {}, "queues": {}}
     from shared.topology import SERVICES
 
-    for name in (*SERVICES, "entry"):
+    replicas = [n for n in state.get("pids", {}) if n not in (*SERVICES, "entry") and n in ports]  # streaming_gateway-2
+    for name in (*SERVICES, *replicas, "entry"):
         url = f"http://127.0.0.1:{ports[name]}"
         code, body = fetch_json(url + ("/readyz" if name != "entry" else "/healthz"))
         out["services"][name] = {

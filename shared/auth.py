@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Annotated, Any
@@ -99,6 +100,11 @@ def _jwks_client(url: str, cooldown_s: float = 5.0) -> jwt.PyJWKClient:
 
 def verify_token(settings: Settings, token: str) -> Principal:
     """Verify a JWT and return its principal, or raise HTTP 401 with the reason."""
+    return _verify(settings, token)[0]
+
+
+def _verify(settings: Settings, token: str) -> tuple[Principal, float]:
+    """The principal of a verified JWT and its ``exp`` (seconds since the epoch); HTTP 401 with the reason otherwise."""
     if settings.environment != "local" and settings.auth_signing_key == DEV_SIGNING_KEY and not settings.auth_jwks_url:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "the development key is not accepted outside local")
     try:
@@ -123,7 +129,7 @@ def verify_token(settings: Settings, token: str) -> Principal:
     roles = claims.get("roles") or claims.get("cognito:groups") or []
     if isinstance(roles, str):
         roles = roles.split()
-    return Principal(subject=str(claims["sub"]), roles=tuple(r for r in roles if r in ROLES))
+    return Principal(subject=str(claims["sub"]), roles=tuple(r for r in roles if r in ROLES)), float(claims["exp"])
 
 
 _JWKS_CHECK_TTL_S = 30.0
@@ -180,11 +186,59 @@ def get_settings(request: Request) -> Settings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
-def current_principal(request: Request) -> Principal:
+class VerifiedTokens:
+    """Tokens this app verified recently, so a viewer's stream of frame requests is not verified once per frame.
+
+    An entry is reused for at most ``ttl_s`` and never past the token's ``exp``: a token stays accepted no longer
+    than its own lifetime, and a signing key the identity provider withdraws stops working within the JWKS cache's
+    5 minutes plus ``ttl_s``. The whole token (signature included) is the key, so only the very token that was
+    verified matches. At most ``max_entries`` are kept (the oldest go first).
+    """
+
+    def __init__(self, max_entries: int = 4096, ttl_s: float = 60.0) -> None:
+        self.max_entries, self.ttl_s = max_entries, ttl_s
+        self._entries: OrderedDict[str, tuple[float, Principal]] = OrderedDict()
+
+    def get(self, token: str) -> Principal | None:
+        hit = self._entries.get(token)
+        if hit is None:
+            return None
+        if time.time() >= hit[0]:
+            del self._entries[token]
+            return None
+        return hit[1]
+
+    def put(self, token: str, principal: Principal, exp: float) -> None:
+        self._entries[token] = (min(exp, time.time() + self.ttl_s), principal)
+        self._entries.move_to_end(token)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+
+async def current_principal(request: Request) -> Principal:
+    """The caller, from the bearer token (async: a plain function dependency costs a thread-pool hop per request).
+
+    A token verified by this app within the last minute is not verified again (:class:`VerifiedTokens`). HS256
+    verification is microseconds and runs here; with a JWKS it may fetch the key set, so it runs in a thread.
+    """
     cached = getattr(request.state, "principal", None)
     if cached is not None:
         return cached  # type: ignore[no-any-return]
-    principal = verify_token(get_settings(request), bearer_token(request))
+    token = bearer_token(request)
+    state = request.app.state
+    tokens: VerifiedTokens | None = getattr(state, "verified_tokens", None)
+    if tokens is None:
+        tokens = state.verified_tokens = VerifiedTokens()
+    remembered = tokens.get(token)
+    if remembered is not None:
+        principal = remembered
+    else:
+        settings = get_settings(request)
+        if settings.auth_jwks_url:
+            principal, exp = await asyncio.to_thread(_verify, settings, token)
+        else:
+            principal, exp = _verify(settings, token)
+        tokens.put(token, principal, exp)
     request.state.principal = principal
     return principal
 
@@ -192,7 +246,7 @@ def current_principal(request: Request) -> Principal:
 def require(permission: str) -> Any:
     """A dependency that authenticates the caller and checks one permission."""
 
-    def dep(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
+    async def dep(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
         if not principal.can(permission):
             raise HTTPException(
                 status.HTTP_403_FORBIDDEN,

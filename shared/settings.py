@@ -80,6 +80,10 @@ class Settings(BaseSettings):
 
     #: Where local state lives: trace sink, logs, pipeline work trees.
     var_dir: Path = Path("var")
+    #: The local platform only (``radloop up``): streaming gateway processes behind the entry point, each on its own
+    #: port with its own caches (nginx sends each request to the least busy). One Python process serves on one core;
+    #: on AWS the same is more gateway tasks behind the load balancer (prod runs at least two).
+    local_gateway_replicas: int = Field(1, ge=1, le=8)
     #: The service's name in logs, traces and metrics (``service.name``); each image sets its own.
     service_name: str = "radloop"
     #: The HTTP listen address (containers set 0.0.0.0).

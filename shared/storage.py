@@ -11,6 +11,17 @@ from shared.uids import validate_uid
 HTJ2K_EXT = "jph"
 
 
+def parse_s3_uri(uri: str, *, what: str = "S3 URI", key_required: bool = True) -> tuple[str, str]:
+    """``s3://bucket/key`` -> (bucket, key); a ValueError names the bad URI. ``key_required=False`` also accepts a
+    bucket-level prefix (``s3://bucket/``: key "")."""
+    if not uri.startswith("s3://") or "/" not in uri[5:]:
+        raise ValueError(f"{what} {uri!r} is not of the form s3://bucket/key")
+    bucket, key = uri[5:].split("/", 1)
+    if not bucket or (key_required and not key):
+        raise ValueError(f"{what} {uri!r} is not of the form s3://bucket/key")
+    return bucket, key
+
+
 def _uids(study: str, series: str, sop: str | None = None) -> tuple[str, ...]:
     out: tuple[str, ...] = (validate_uid(study, what="StudyInstanceUID"), validate_uid(series, what="SeriesInstanceUID"))
     if sop is not None:

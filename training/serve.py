@@ -40,6 +40,8 @@ from typing import Any
 
 import numpy as np
 
+from shared.storage import parse_s3_uri
+
 log = logging.getLogger("training.serve")
 
 #: Content types accepted by ``/invocations`` (the model package's declared content types).
@@ -185,20 +187,11 @@ def serve(scorer: Scorer, host: str, port: int, ready: threading.Event | None = 
 
 
 # -- the docker-free transform ----------------------------------------------------------------------------------------
-def parse_s3_uri(uri: str) -> tuple[str, str]:
-    if not uri.startswith("s3://") or "/" not in uri[5:]:
-        raise ValueError(f"{uri!r} is not an s3://bucket/key URI")
-    bucket, key = uri[5:].split("/", 1)
-    if not bucket:
-        raise ValueError(f"{uri!r} names no bucket")
-    return bucket, key
-
-
 def read_manifest(doc: Any) -> tuple[str, str, list[str]]:
     """A SageMaker manifest (``[{"prefix": "s3://b/p/"}, "rel", ...]``) -> (bucket, key prefix, relative keys)."""
     if not isinstance(doc, list) or not doc or not isinstance(doc[0], dict) or "prefix" not in doc[0]:
         raise ValueError('a manifest is a JSON list: [{"prefix": "s3://bucket/prefix/"}, "relative/key", ...]')
-    bucket, prefix = parse_s3_uri(str(doc[0]["prefix"]))
+    bucket, prefix = parse_s3_uri(str(doc[0]["prefix"]), what="manifest prefix", key_required=False)
     keys = [str(k) for k in doc[1:]]
     if not all(isinstance(k, str) and k for k in doc[1:]):
         raise ValueError("every manifest entry after the prefix is a non-empty relative key")
@@ -217,9 +210,9 @@ def marker_key(output_prefix: str) -> str:
 
 def transform(s3: Any, scorer: Scorer, manifest_uri: str, output_uri: str, *, progress_every: int = 100) -> dict[str, Any]:
     """Score every object of the manifest and write its result; returns ``{"scored", "failed", "failures"}``."""
-    mb, mk = parse_s3_uri(manifest_uri)
+    mb, mk = parse_s3_uri(manifest_uri, what="manifest URI")
     bucket, prefix, keys = read_manifest(json.loads(s3.get_object(Bucket=mb, Key=mk)["Body"].read()))
-    ob, op = parse_s3_uri(output_uri)
+    ob, op = parse_s3_uri(output_uri, what="output URI", key_required=False)
     scored, failures = 0, []
     started = time.monotonic()
     for i, rel in enumerate(keys, 1):
@@ -283,9 +276,9 @@ def main(argv: Iterable[str] | None = None) -> int:
 
     s3 = _s3_client()
     try:
-        for uri in (args.manifest, args.output):
-            parse_s3_uri(uri)
-        mb, mk = parse_s3_uri(args.model)
+        parse_s3_uri(args.manifest, what="--manifest")
+        parse_s3_uri(args.output, what="--output", key_required=False)
+        mb, mk = parse_s3_uri(args.model, what="--model")
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

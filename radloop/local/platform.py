@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from radloop.local.embedded_aws import EmbeddedAws, port_open, start_embedded_aws
+from radloop.local.embedded_aws import EmbeddedAws, free_port, port_open, start_embedded_aws
 from shared.settings import DEFAULT_PORTS, Settings
 from shared.topology import SERVICES
 
@@ -140,11 +140,16 @@ class LocalPlatform:
             self.endpoint = self.embedded.endpoint
         self._say(progress, "creating the topology (bus, rules, queues, buckets, tables)")
         self.boot_id = asyncio.run(_bootstrap(self._aws_settings()))
+        for extra in self.replicas().values():
+            for pname in extra:  # each replica its own port, so each keeps its own /metrics and /readyz
+                self.ports.setdefault(pname, free_port())
         env = self.child_env()
         for name in self.services:
             argv = [sys.executable, "-m", f"services.{name}"]
-            penv = dict(env, RADLOOP_PORT=str(self.ports[name]), RADLOOP_SERVICE_NAME=name)
-            self.processes[name] = ManagedProcess(name, argv, penv, self.run_dir / f"{name}.log", self.ports[name])
+            for pname in (name, *self.replicas().get(name, ())):
+                penv = dict(env, RADLOOP_PORT=str(self.ports[pname]), RADLOOP_SERVICE_NAME=name)
+                self.processes[pname] = ManagedProcess(pname, argv, penv, self.run_dir / f"{pname}.log",
+                                                       self.ports[pname])
         self.processes["entry"] = ManagedProcess(
             # nginx from shared/topology.py ROUTES (it execs, so this PID is nginx's master), or the Python fallback
             "entry", [sys.executable, "-m", "radloop.local.entry"], dict(env, RADLOOP_PORT=str(self.ports["entry"])),
@@ -154,6 +159,11 @@ class LocalPlatform:
             self._say(progress, f"starting {p.name} on port {p.port}")
             p.start()
         self.write_state()
+
+    def replicas(self) -> dict[str, list[str]]:
+        """The process names of each service's extra replicas (``streaming_gateway-2``, ...), by service."""
+        n = self.settings.local_gateway_replicas if "streaming_gateway" in self.services else 1
+        return {"streaming_gateway": [f"streaming_gateway-{k}" for k in range(2, n + 1)]} if n > 1 else {}
 
     def _aws_settings(self) -> Settings:
         return self.settings.model_copy(update={"aws_endpoint_url": self.endpoint})
@@ -172,6 +182,8 @@ class LocalPlatform:
         env["RADLOOP_QR_PORT"] = str(self.ports["qr"])  # the interop service's Query/Retrieve SCP (docs/interop.md)
         for s in (*SERVICES, "entry"):
             env[f"RADLOOP_PORT_{s.upper()}"] = str(self.ports[s])
+        for s, names in self.replicas().items():  # the entry's upstream lists them after the first
+            env[f"RADLOOP_REPLICA_PORTS_{s.upper()}"] = ",".join(str(self.ports[n]) for n in names if n in self.ports)
         root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         return env

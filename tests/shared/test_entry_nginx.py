@@ -98,10 +98,11 @@ class Upstream:
         self.server.server_close()
 
 
-def _entry(flavour: str, tmp: Path, ports: dict[str, int]) -> tuple[subprocess.Popen[bytes], int]:
+def _entry(flavour: str, tmp: Path, ports: dict[str, int], extra_env: dict[str, str] | None = None
+           ) -> tuple[subprocess.Popen[bytes], int]:
     entry_port = free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT), RADLOOP_PORT=str(entry_port), RADLOOP_VAR_DIR=str(tmp),
-               **{f"RADLOOP_PORT_{n.upper()}": str(p) for n, p in ports.items()})
+               **{f"RADLOOP_PORT_{n.upper()}": str(p) for n, p in ports.items()}, **(extra_env or {}))
     env.pop("RADLOOP_ENTRY", None)
     if flavour == "python":
         env["RADLOOP_ENTRY"] = "python"
@@ -221,3 +222,44 @@ def test_entry_routes_sets_forwarded_headers_streams_and_stops_by_pid(entry: tup
         assert not any(Path(f"/proc/{w}").exists() for w in workers), "an nginx worker outlived its master"
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def test_nginx_spreads_a_service_over_its_replicas_and_passes_over_a_dead_one(tmp_path: Path) -> None:
+    """RADLOOP_LOCAL_GATEWAY_REPLICAS: the local platform gives each gateway replica a port and the entry's upstream
+    lists them all (least_conn); a replica that does not answer costs no failed request."""
+    if shutil.which("nginx", path=os.environ.get("PATH", "") + ":/usr/sbin") is None:
+        pytest.skip("nginx is not installed (make setup installs Debian's nginx)")
+    ingestion, first, second = Upstream("ingestion"), Upstream("gateway-1"), Upstream("gateway-2")
+    ports = {"ingestion": ingestion.port, "streaming_gateway": first.port, "verification": free_port()}
+    procs = []
+    (tmp_path / "live").mkdir()
+    (tmp_path / "dead").mkdir()
+    try:
+        proc, port = _entry("nginx", tmp_path / "live", ports, {"RADLOOP_REPLICA_PORTS_STREAMING_GATEWAY": str(second.port)})
+        procs.append(proc)
+        conf = next((tmp_path / "live" / "run").glob("entry-*/nginx.conf")).read_text()
+        assert f"server 127.0.0.1:{first.port};" in conf and f"server 127.0.0.1:{second.port};" in conf
+        answered = [json.loads(_request(port, "GET", "/dicomweb/studies")[2])["upstream"] for _ in range(20)]
+        assert set(answered) == {"gateway-1", "gateway-2"}, answered
+        assert len(first.seen) + len(second.seen) == 20 and not ingestion.seen
+        # a replica that is down (nothing listens on its port): every GET is answered by the other
+        proc, port = _entry("nginx", tmp_path / "dead", ports, {"RADLOOP_REPLICA_PORTS_STREAMING_GATEWAY": str(free_port())})
+        procs.append(proc)
+        for _ in range(10):
+            status, _h, body = _request(port, "GET", "/dicomweb/studies")
+            assert status == 200 and json.loads(body)["upstream"] == "gateway-1"
+    finally:
+        for proc in procs:
+            _stop(proc)
+        for u in (ingestion, first, second):
+            u.close()

@@ -74,7 +74,8 @@ def check_routing(entry_port: int, ports: dict[str, int], token: str) -> None:
 
 
 def test_radloop_up_brings_every_service_to_healthy_and_stops_cleanly(tmp_path: Path) -> None:
-    env = dict(os.environ, RADLOOP_VAR_DIR=str(tmp_path), PYTHONPATH=str(ROOT))
+    # two gateway processes behind the entry (RADLOOP_LOCAL_GATEWAY_REPLICAS), as the DICOMweb benchmark runs it
+    env = dict(os.environ, RADLOOP_VAR_DIR=str(tmp_path), PYTHONPATH=str(ROOT), RADLOOP_LOCAL_GATEWAY_REPLICAS="2")
     env.pop("AWS_ENDPOINT_URL", None)
     ports = {name: free_port() for name in DEFAULT_PORTS}
     for name, port in ports.items():
@@ -95,8 +96,11 @@ def test_radloop_up_brings_every_service_to_healthy_and_stops_cleanly(tmp_path: 
         logs = "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-1500:]}"
                           for p in [tmp_path / "up.log", *sorted((tmp_path / "run").glob("*.log"))])
         assert status is not None, f"radloop up did not become healthy:\n{logs}"
-        assert set(status["services"]) == {"ingestion", "streaming_gateway", "triage", "verification",
-                                           "pipeline_orchestrator", "registry", "interop", "entry"}
+        assert set(status["services"]) == {"ingestion", "streaming_gateway", "streaming_gateway-2", "triage",
+                                           "verification", "pipeline_orchestrator", "registry", "interop", "entry"}
+        replica = status["services"]["streaming_gateway-2"]["url"]
+        assert replica != f"http://127.0.0.1:{ports['streaming_gateway']}"
+        assert httpx.get(f"{replica}/healthz").json()["service"] == "streaming_gateway"
         assert all(v["healthy"] for v in status["services"].values())
         assert status["dimse_port"] == ports["dimse"] and status["qr_port"] == ports["qr"]
         assert all(q["dlq"] == 0 for q in status["queues"].values())

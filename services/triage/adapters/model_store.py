@@ -22,18 +22,9 @@ from services.triage.domain.model import LoadedModel, load_model_artifact
 from services.triage.settings import TriageSettings
 from shared.aws import AwsClients
 from shared.champion import ChampionPointer, read_champion
+from shared.storage import parse_s3_uri
 
 log = logging.getLogger(__name__)
-
-
-def parse_s3_uri(uri: str) -> tuple[str, str]:
-    """``s3://bucket/key`` -> (bucket, key); ValueError names the bad URI."""
-    if not uri.startswith("s3://") or "/" not in uri[5:]:
-        raise ValueError(f"model artefact URI {uri!r} is not of the form s3://bucket/key")
-    bucket, key = uri[5:].split("/", 1)
-    if not bucket or not key:
-        raise ValueError(f"model artefact URI {uri!r} is not of the form s3://bucket/key")
-    return bucket, key
 
 
 class ChampionHolder:
@@ -54,7 +45,7 @@ class ChampionHolder:
         return await read_champion(await self.clients.dynamodb(), self.settings.topology.table("state"))
 
     async def _load(self, pointer: ChampionPointer) -> LoadedModel:
-        bucket, key = parse_s3_uri(pointer.model_artifact_uri)
+        bucket, key = parse_s3_uri(pointer.model_artifact_uri, what="model artefact URI")
         s3 = await self.clients.s3()
         obj = await s3.get_object(Bucket=bucket, Key=key)
         async with obj["Body"] as body:

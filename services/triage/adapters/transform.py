@@ -32,6 +32,7 @@ from services.triage.settings import TriageSettings
 from shared.aws import AwsClients, child_env
 from shared.ddb import from_item, to_value, write_if
 from shared.exceptions import ConditionFailedError
+from shared.storage import parse_s3_uri
 from shared.topology import Topology
 
 log = logging.getLogger(__name__)
@@ -98,9 +99,9 @@ class LocalTransform:
 
     async def finished(self, job: TransformJob) -> bool:
         """Whether an earlier run of this job wrote its ``_SUCCESS`` marker (a take-over need not run it again)."""
-        from training.serve import marker_key, parse_s3_uri
+        from training.serve import marker_key
 
-        bucket, prefix = parse_s3_uri(job.output_uri)
+        bucket, prefix = parse_s3_uri(job.output_uri, what="output URI", key_required=False)
         s3 = await self.clients.s3()
         try:
             await s3.head_object(Bucket=bucket, Key=marker_key(prefix))
@@ -321,9 +322,9 @@ async def write_manifest(clients: AwsClients, objects: list[tuple[str, str]], ma
 async def read_results(clients: AwsClients, output_uri: str, limit: int) -> tuple[dict[str, float], list[str]]:
     """The job's results: {SOP Instance UID: probability} and the problems met (unreadable results), reading at most
     ``limit`` result objects (the manifest's size: a pass is bounded by ``triage_rescore_max``)."""
-    from training.serve import RESULT_SUFFIX, parse_s3_uri
+    from training.serve import RESULT_SUFFIX
 
-    bucket, prefix = parse_s3_uri(output_uri)
+    bucket, prefix = parse_s3_uri(output_uri, what="output URI", key_required=False)
     s3 = await clients.s3()
     keys: list[str] = []
     token: str | None = None
