@@ -87,7 +87,9 @@ class AwsClients:
         async with self._lock:
             if service not in self._clients:
                 ctx = self._session.create_client(service, config=self._config, **client_kwargs(self.settings))
-                self._clients[service] = await self._stack.enter_async_context(ctx)
+                client = await self._stack.enter_async_context(ctx)
+                count_requests(client)
+                self._clients[service] = client
             return self._clients[service]
 
     async def s3(self) -> Any:
@@ -104,6 +106,28 @@ class AwsClients:
 
     async def sagemaker(self) -> Any:
         return await self.get("sagemaker")
+
+
+def count_requests(client: Any) -> None:
+    """Count every HTTP request the client sends (retries included) and its body's bytes, per API and operation
+    (``radloop.aws.requests``, ``radloop.aws.request.bytes``): what AWS bills and throttles, and what a service's
+    work costs per item (docs/ingestion.md, "What one instance costs on AWS")."""
+    from shared.metrics import instrument
+
+    requests, sent = instrument("radloop.aws.requests"), instrument("radloop.aws.request.bytes")
+
+    def on_send(event_name: str = "", request: Any = None, **_: Any) -> None:
+        _, api, operation = (event_name.split(".", 2) + ["", ""])[:3]
+        labels = {"api": api, "operation": operation}
+        requests.add(1, labels)
+        length = getattr(request, "headers", {}).get("Content-Length")  # set by botocore for streamed bodies too
+        body = getattr(request, "body", None)
+        size = int(length) if length and str(length).isdigit() else (
+            len(body) if isinstance(body, (bytes, bytearray, str)) else 0)
+        if size:
+            sent.add(size, labels)
+
+    client.meta.events.register("before-send", on_send)
 
 
 def boto3_client(settings: Settings, service: str) -> Any:

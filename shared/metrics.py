@@ -52,6 +52,8 @@ ALLOWED_LABELS: frozenset[str] = frozenset({
     "site",            # a pseudonymous site key, site-<10 hex> (shared.drift.site_key: a hash, never a name)
     "modality",        # a DICOM modality code: CR | DX | ...
     "feature",         # a drift feature (shared.drift.FEATURES)
+    "api",             # an AWS API as botocore names it: s3 | dynamodb | eventbridge | sqs | sagemaker | ...
+    "operation",       # an AWS operation: PutObject | TransactWriteItems | PutEvents | ...
 })
 
 #: Label values longer than this are refused (identifiers and free text are long; every legitimate value is short).
@@ -126,6 +128,13 @@ _SPECS: tuple[MetricSpec, ...] = (
     MetricSpec("radloop.http.server.duration", "histogram", "s",
                "HTTP request latency per route template (query strings and concrete paths never appear)",
                ("method", "route", "status"), LATENCY_BUCKETS_S),
+    # --- every process's AWS clients (shared/aws.py) ---
+    MetricSpec("radloop.aws.requests", "counter", "{request}",
+               "HTTP requests sent to AWS, per API and operation (each retry is a request: what AWS bills and "
+               "throttles)", ("api", "operation")),
+    MetricSpec("radloop.aws.request.bytes", "counter", "By",
+               "Request body bytes sent to AWS, per API and operation (S3 objects, DynamoDB items, events)",
+               ("api", "operation")),
     # --- every consumer (shared/consumer.py) ---
     MetricSpec("radloop.messages.received", "counter", "{message}", "SQS messages received", ("queue",)),
     MetricSpec("radloop.messages.handled", "counter", "{message}",

@@ -48,6 +48,8 @@ from shared.metrics import CATALOGUE
 #: left out of every set is summed over (CloudWatch aggregates datapoints with the same dimensions).
 EMF_DIMENSIONS: dict[str, list[list[str]]] = {
     "radloop.http.server.duration": [["service.name"], ["service.name", "route"]],
+    "radloop.aws.requests": [["service.name"], ["service.name", "api", "operation"]],
+    "radloop.aws.request.bytes": [["service.name"], ["service.name", "api", "operation"]],
     "radloop.messages.received": [["queue"]],
     "radloop.messages.handled": [["queue"], ["queue", "outcome"]],
     "radloop.message.handler.duration": [["queue"]],
@@ -244,6 +246,12 @@ class MetricsDashboards(Construct):
             cw.GraphWidget(title="Requests per service", width=12, left=[
                 self.metric("radloop.http.server.duration", {"service.name": s}, "SampleCount", label=s)
                 for s in services]),
+        )
+        self.dashboard.add_widgets(
+            cw.GraphWidget(title="Requests to AWS per service (retries included: what AWS bills)", width=12, left=[
+                self.metric("radloop.aws.requests", {"service.name": s}, "Sum", label=s) for s in services]),
+            cw.GraphWidget(title="Bytes sent to AWS per service", width=12, left=[
+                self.metric("radloop.aws.request.bytes", {"service.name": s}, "Sum", label=s) for s in services]),
         )
         self.dashboard.add_widgets(
             cw.GraphWidget(title="Instances stored and rejected", width=8, left=[

@@ -218,6 +218,28 @@ async def test_consumer_counts_outcomes_latency_age_and_depth_per_queue(provider
             assert samples("radloop_queue_depth", queue=q, state=state), (q, state)
 
 
+async def test_aws_requests_and_their_bytes_are_counted_per_api_and_operation(provider: Any,
+                                                                             clients: AwsClients) -> None:
+    """What docs/ingestion.md's "What one instance costs on AWS" is read from: every request a client sends, retries
+    included, with its body's size, against a real moto server."""
+    s3 = await clients.s3()
+    bucket = clients.settings.topology.bucket("images")
+    name, size = "radloop_aws_requests_total", "radloop_aws_request_bytes_total"
+    before = (total(name, api="s3", operation="PutObject"), total(size, api="s3", operation="PutObject"),
+              total(name, api="s3", operation="GetObject"))
+    for k in range(3):
+        await s3.put_object(Bucket=bucket, Key=f"metrics-probe/{k}", Body=b"x" * 1000)
+    await (await s3.get_object(Bucket=bucket, Key="metrics-probe/0"))["Body"].read()
+    assert total(name, api="s3", operation="PutObject") == before[0] + 3
+    assert total(size, api="s3", operation="PutObject") == before[1] + 3000
+    assert total(name, api="s3", operation="GetObject") == before[2] + 1
+    ddb = await clients.dynamodb()
+    n = total(name, api="dynamodb", operation="GetItem")
+    await ddb.get_item(TableName=clients.settings.topology.table("instances"),
+                       Key={"pk": {"S": "probe"}, "sk": {"S": "probe"}})
+    assert total(name, api="dynamodb", operation="GetItem") == n + 1
+
+
 # --- a real service process ------------------------------------------------------------------------------------------
 
 def test_a_running_service_serves_its_metrics(deployment: Settings, tmp_path: Path) -> None:
