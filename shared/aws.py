@@ -117,8 +117,8 @@ def count_requests(client: Any) -> None:
     requests, sent = instrument("radloop.aws.requests"), instrument("radloop.aws.request.bytes")
 
     def on_send(event_name: str = "", request: Any = None, **_: Any) -> None:
-        _, api, operation = (event_name.split(".", 2) + ["", ""])[:3]
-        labels = {"api": api, "operation": operation}
+        parts = (event_name.split(".", 2) + ["", ""])[:3]  # before-send.<api>.<Operation>
+        labels = {"api": parts[1], "operation": parts[2]}
         requests.add(1, labels)
         length = getattr(request, "headers", {}).get("Content-Length")  # set by botocore for streamed bodies too
         body = getattr(request, "body", None)
