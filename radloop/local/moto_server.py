@@ -29,7 +29,11 @@ of moto during ``radloop demo --quick`` (docs/architecture.md) put the first thr
    and drained the interop queue at 0.5 messages/s. A table query now starts from its partition (the items moto
    keeps under that hash key), and an index query from the unsorted items, which moto then sorts by the index's
    keys (and the table's, so the order is total) as before. The answers, their order and the pages are unchanged
-   (``tests/shared/test_embedded_aws.py`` compares both on the same tables).
+   (``tests/shared/test_embedded_aws.py`` compares both on the same tables). A table query with a sort-key condition
+   (``begins_with``, ``BETWEEN``, ``<`` ...) starts from the partition's items that meet it: moto sorted every item of
+   the partition and computed each one's size (every attribute walked) before skipping the rest, so the gateway's
+   "series of a study" query (``begins_with(sk, "SERIES#")`` in a partition that also holds the study's instance
+   items with their DICOM JSON) cost O(instances in the study).
 7. SQS's ``send_message`` (every EventBridge delivery to a queue goes through it) builds the queue's whole
    attribute map, whose approximate counts walk every message in the queue, to read one flag,
    ``ContentBasedDeduplication``. With thousands of messages queued (the chaos run), that walk was 40% of moto's
@@ -273,8 +277,17 @@ def _patch_query() -> None:
     @functools.wraps(original)
     def query(self: Any, hash_key: Any, *args: Any, **kwargs: Any) -> Any:
         index_name = args[6] if len(args) > 6 else kwargs.get("index_name")
+        comparison = args[0] if args else kwargs.get("range_comparison")
+        operands = args[1] if len(args) > 1 else kwargs.get("range_objs")
+        conditions = kwargs.get("range_key_conditions")
+        on_table_key = not conditions or conditions[-1][0] == self.range_key_attr
         if index_name:
             self.all_items = lambda: _unsorted_items(self)  # moto sorts the matches by the index's keys itself
+        elif hash_key is not None and comparison and on_table_key and self.range_key_attr:
+            # Only the partition's items that meet the sort-key condition: moto would sort all of them and size
+            # each one (Item.size() walks every attribute) before skipping those that do not match.
+            self.all_items = lambda: [i for i in _partition_items(self, hash_key)
+                                      if i.range_key is not None and i.range_key.compare(comparison, operands)]
         elif hash_key is not None:
             self.all_items = lambda: _partition_items(self, hash_key)  # then sorted by range key, as before
         else:

@@ -231,6 +231,23 @@ def test_a_query_reads_its_partition_and_gives_moto_s_answers(monkeypatch: pytes
         ddb.query(TableName="t", KeyConditionExpression="pk = :p", ExpressionAttributeValues={":p": {"S": "p3"}})
     assert listed == []  # the class's all_items (list and sort every item) was not called
 
+    from moto.dynamodb.models.dynamo_type import Item
+
+    sized: list[object] = []
+    real_size = Item.size
+    monkeypatch.setattr(Item, "size", lambda self: sized.append(self) or real_size(self))
+    with mock_aws():
+        ddb = boto3.client("dynamodb", region_name="us-east-1")
+        _query_battery(ddb)
+        sized.clear()
+        resp = ddb.query(TableName="t", KeyConditionExpression="pk = :p AND begins_with(sk, :s)",
+                         ExpressionAttributeValues={":p": {"S": "p2"}, ":s": {"S": "s01"}})
+    in_partition = 240 // 7
+    assert 0 < resp["Count"] < in_partition // 2
+    # only the items that meet the sort-key condition were sized (twice each: the page limit, the page's size);
+    # moto sized every item of the partition before skipping the others
+    assert len(sized) == 2 * resp["Count"], (len(sized), resp["Count"])
+
 
 def test_sending_a_message_does_not_count_the_queue_and_gives_moto_s_answers(monkeypatch: pytest.MonkeyPatch) -> None:
     """Patch 7: send_message reads ContentBasedDeduplication without walking every queued message; FIFO queues still
