@@ -199,10 +199,11 @@ def test_no_dependency_is_pinned_that_nothing_imports() -> None:
     g = _graph()
     imported = {m for m in g.modules if "." not in m}
     # a pin is used when its distribution provides a module some first-party code imports, or it is a plugin/extra
-    # that one of them loads at run time (pydicom's pixel decoders; pyjwt's crypto backend)
+    # that one of them loads at run time (pydicom's pixel decoders; pyjwt's crypto backend; uvicorn's event loop and
+    # HTTP parser, chosen with loop="auto" and http="auto")
     plugins = {"pylibjpeg", "pylibjpeg-openjpeg", "pylibjpeg-libjpeg", "pylibjpeg-rle", "cryptography", "radloop",
                "opentelemetry-exporter-prometheus", "opentelemetry-instrumentation-fastapi",
-               "opentelemetry-exporter-otlp-proto-http", "opentelemetry-sdk"}
+               "opentelemetry-exporter-otlp-proto-http", "opentelemetry-sdk", "uvloop", "httptools"}
     for dep in set(deps) - plugins:
         tops = importable_top_levels({dep})
         assert tops & imported, f"{dep} is pinned but nothing in services/, shared/, training/ or radloop/ imports it"

@@ -41,6 +41,20 @@ async def _get(app: FastAPI, path: str, token: str | None) -> httpx.Response:
         return await client.get(path, headers=headers)
 
 
+def test_services_serve_on_uvloop_with_the_httptools_parser() -> None:
+    # shared.service.serve leaves uvicorn's loop and http at "auto": these are what it picks when installed
+    from uvicorn.config import Config
+
+    config = Config(app=_app(Settings()), log_config=None)
+    config.load()
+    assert config.http_protocol_class.__module__ == "uvicorn.protocols.http.httptools_impl"
+    loop = config.get_loop_factory()()
+    try:
+        assert type(loop).__module__.startswith("uvloop")
+    finally:
+        loop.close()
+
+
 def test_the_principal_dependencies_run_on_the_event_loop() -> None:
     # A plain-function dependency is run by FastAPI in a worker thread: two thread hops per frame request before.
     assert inspect.iscoroutinefunction(current_principal)
