@@ -102,21 +102,27 @@ async def throughput(data: bytes, size: int, n: int, budget_s: float) -> dict[st
     return out
 
 
+async def seeded(s: Settings, data: bytes, n: int, *, seed: int) -> list[Any]:
+    """The topology, the champion (version 1) and ``n`` stored DX instances; their InstanceStored events, unsent."""
+    async with AwsClients(s) as c:
+        await bootstrap_topology(c)
+        await install_champion(c, data, 1, 0.5)
+        rng = np.random.default_rng(seed)
+        base = [rng.integers(0, 4095, (512, 512), dtype=np.uint16) for _ in range(4)]
+        meta = {"00080060": {"vr": "CS", "Value": ["DX"]}, "00180015": {"vr": "CS", "Value": ["CHEST"]}}
+        events = []
+        for i in range(n):
+            study, series, sop = (f"2.25.{uuid.uuid4().int >> 8}{k}" for k in range(3))
+            events.append(await store_instance(c, base[i % 4], meta, study, series, sop))
+    return events
+
+
 async def latency(data: bytes, burst: int, budget_s: float) -> dict[str, Any]:
     emb = start_embedded_aws()
     tmp = Path(tempfile.mkdtemp(prefix="bench-triage-"))
     s = Settings(aws_endpoint_url=emb.endpoint, prefix=f"bt-{uuid.uuid4().hex[:8]}", var_dir=tmp / "var")
     try:
-        async with AwsClients(s) as c:
-            await bootstrap_topology(c)
-            await install_champion(c, data, 1, 0.5)
-            rng = np.random.default_rng(1)
-            base = [rng.integers(0, 4095, (512, 512), dtype=np.uint16) for _ in range(4)]
-            meta = {"00080060": {"vr": "CS", "Value": ["DX"]}, "00180015": {"vr": "CS", "Value": ["CHEST"]}}
-            events = []
-            for i in range(burst):
-                study, series, sop = (f"2.25.{uuid.uuid4().int >> 8}{k}" for k in range(3))
-                events.append(await store_instance(c, base[i % 4], meta, study, series, sop))
+        events = await seeded(s, data, burst, seed=1)
         with running("verification", s, tmp / "logs") as ver, running("triage", s, tmp / "logs") as tri:
             token = mint_token(s, "viewer")
             published: dict[str, float] = {}
@@ -178,16 +184,7 @@ async def steady(data: bytes, rate: float, seconds: float, budget_s: float) -> d
     s = Settings(aws_endpoint_url=emb.endpoint, prefix=f"bs-{uuid.uuid4().hex[:8]}", var_dir=tmp / "var")
     n = max(1, int(rate * seconds))
     try:
-        async with AwsClients(s) as c:
-            await bootstrap_topology(c)
-            await install_champion(c, data, 1, 0.5)
-            rng = np.random.default_rng(2)
-            base = [rng.integers(0, 4095, (512, 512), dtype=np.uint16) for _ in range(4)]
-            meta = {"00080060": {"vr": "CS", "Value": ["DX"]}, "00180015": {"vr": "CS", "Value": ["CHEST"]}}
-            events = []
-            for i in range(n):
-                study, series, sop = (f"2.25.{uuid.uuid4().int >> 8}{k}" for k in range(3))
-                events.append(await store_instance(c, base[i % 4], meta, study, series, sop))
+        events = await seeded(s, data, n, seed=2)
         # verification consumes the same InstanceStored events (the worklist), as on the platform
         with running("verification", s, tmp / "logs"), running("triage", s, tmp / "logs") as tri:
             published: dict[str, float] = {}

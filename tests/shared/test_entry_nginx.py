@@ -121,6 +121,17 @@ def _entry(flavour: str, tmp: Path, ports: dict[str, int], extra_env: dict[str, 
     raise AssertionError(f"entry did not listen in 30 s: {(tmp / 'entry.log').read_text()}")
 
 
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the entry by its PID; SIGKILL after 10 s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
 @pytest.fixture(params=["nginx", "python"])
 def entry(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, int, Upstream, Upstream, Path,
                                                                            subprocess.Popen[bytes]]]:
@@ -132,13 +143,7 @@ def entry(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str,
     try:
         yield request.param, port, ingestion, gateway, tmp_path, proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        _stop(proc)
         ingestion.close()
         gateway.close()
 
@@ -222,16 +227,6 @@ def test_entry_routes_sets_forwarded_headers_streams_and_stops_by_pid(entry: tup
         assert not any(Path(f"/proc/{w}").exists() for w in workers), "an nginx worker outlived its master"
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 def test_nginx_spreads_a_service_over_its_replicas_and_passes_over_a_dead_one(tmp_path: Path) -> None:

@@ -41,6 +41,19 @@ async def _get(app: FastAPI, path: str, token: str | None) -> httpx.Response:
         return await client.get(path, headers=headers)
 
 
+def _count_verifications(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The tokens verified from now on (the real verification still runs)."""
+    calls: list[str] = []
+    real = auth._verify
+
+    def counting(s: Settings, token: str) -> tuple[Principal, float]:
+        calls.append(token)
+        return real(s, token)
+
+    monkeypatch.setattr(auth, "_verify", counting)
+    return calls
+
+
 def test_services_serve_on_uvloop_with_the_httptools_parser() -> None:
     # shared.service.serve leaves uvicorn's loop and http at "auto": these are what it picks when installed
     from uvicorn.config import Config
@@ -64,14 +77,7 @@ def test_the_principal_dependencies_run_on_the_event_loop() -> None:
 
 async def test_a_token_is_verified_once_then_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     settings = Settings(var_dir=tmp_path)
-    calls: list[str] = []
-    real = auth._verify
-
-    def counting(s: Settings, token: str) -> tuple[Principal, float]:
-        calls.append(token)
-        return real(s, token)
-
-    monkeypatch.setattr(auth, "_verify", counting)
+    calls = _count_verifications(monkeypatch)
     app = _app(settings)
     viewer, other = mint_token(settings, "viewer", subject="u-1"), mint_token(settings, "viewer", subject="u-2")
     for _ in range(5):
@@ -89,14 +95,7 @@ async def test_a_token_is_verified_once_then_reused(tmp_path: Path, monkeypatch:
 async def test_a_remembered_token_is_verified_again_once_its_expiry_passed(tmp_path: Path,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     settings = Settings(var_dir=tmp_path)
-    calls: list[str] = []
-    real = auth._verify
-
-    def counting(s: Settings, token: str) -> tuple[Principal, float]:
-        calls.append(token)
-        return real(s, token)
-
-    monkeypatch.setattr(auth, "_verify", counting)
+    calls = _count_verifications(monkeypatch)
     app = _app(settings)
     token = mint_token(settings, "viewer", ttl_s=30)
     assert (await _get(app, f"/dicomweb/studies/{UID}/series", token)).status_code == 200
