@@ -61,19 +61,20 @@ def throughput(arch: str, size: int, batch: int, precision: str, steps: int, war
 
 def quality(n: int, size: int, render_size: int, epochs: int, curve: list[int], difficulty: float,
             seed: int, *, workers: int = 1, batch: int = 32, lr: float = 2e-3, arch: str = "resnet18",
-            progress: Path | None = None) -> dict[str, object]:
+            sites: int | None = None, progress: Path | None = None) -> dict[str, object]:
     from training.evaluate import compute_metrics
     from training.preprocess import load_shards, write_shard
-    from training.synthetic import cohort_shards
+    from training.synthetic import DEFAULT_SITES, cohort_shards
     from training.train import HParams, predict, threshold_for_sensitivity, train
 
     out: dict[str, object] = {"n": n, "size": size, "render_size": render_size, "epochs": epochs,
-                              "difficulty": difficulty, "prevalence": 0.3, "arch": arch, "batch": batch, "lr": lr}
+                              "difficulty": difficulty, "prevalence": 0.3, "arch": arch, "batch": batch, "lr": lr,
+                              "sites": sites or DEFAULT_SITES}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         t0 = time.perf_counter()
         meta = cohort_shards(root / "data", n, seed, image_size=size, render_size=render_size, prevalence=0.3,
-                             difficulty=difficulty, workers=workers)
+                             difficulty=difficulty, sites=sites or DEFAULT_SITES, workers=workers)
         out["render_s"] = round(time.perf_counter() - t0, 1)
         out["splits"] = meta["counts"]
         # After rendering: the render workers are forked, and CUDA must not be initialised before a fork.
@@ -121,6 +122,8 @@ def main() -> int:
     ap.add_argument("--render-size", type=int, default=128)
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--difficulty", type=float, default=0.5)
+    ap.add_argument("--sites", type=int, default=0,
+                    help="acquiring sites of the synthetic cohort, 1 to 3 (default: the generator's, all of them)")
     ap.add_argument("--curve", default="100,200,400")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes rendering the cohort")
@@ -152,7 +155,7 @@ def main() -> int:
         t0 = time.perf_counter()
         result["quality"] = quality(a.quality_n, a.quality_size, a.render_size, a.epochs,
                                     [int(c) for c in a.curve.split(",") if c], a.difficulty, a.seed, workers=a.workers,
-                                    batch=a.batch, lr=a.lr, arch=a.arch,
+                                    batch=a.batch, lr=a.lr, arch=a.arch, sites=a.sites or None,
                                     progress=ROOT / "bench" / "results" / f"partial-{a.out}")
         result["quality_wall_s"] = round(time.perf_counter() - t0, 1)
     result["load_avg_end"] = os.getloadavg()

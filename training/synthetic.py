@@ -16,11 +16,17 @@ observed labels flipped, as a real reader would) are controls too. Every image i
 only, so any case can be regenerated on its own, and its lesion mask with it (:func:`generate_case`), which the triage
 heat-map test uses as ground truth.
 
+Every patient is imaged at one of three sites (:data:`training.synthetic_cases.SITES`): a DR room, a CR room and an
+emergency department's portable unit, each with its own intensity profile, noise, collimation, positioning, lead side
+marker and burned-in text, and with the same prevalence, so the site is a confounder, not a signal. ``sites=1`` renders
+the original one-site cohort.
+
 Patients have one to four studies (``patient_of``), each at a different date with a fresh exposure and positioning,
 which is why training uses patient-level splits.
 
-The calibration test (tests/training/test_synthetic.py) checks that the task is not trivial: a logistic regression on
-global intensity statistics reaches at most 0.65 accuracy on a balanced cohort at the default difficulty.
+The calibration test (tests/training/test_synthetic.py) checks that the task is not trivial: logistic regressions on
+global intensity statistics and on a 16x16 thumbnail reach at most 0.65 ROC AUC on a balanced cohort at the default
+difficulty.
 
 This module is the generator's public face: cohorts written as files (:func:`write_cohort`), stored as the platform
 stores them (:func:`publish_cohort`), or rendered straight into training shards (:func:`cohort_shards`), and the CLI.
@@ -47,10 +53,13 @@ from training.synthetic_cases import (
     CT_SOP_CLASS,
     DEFAULT_DIFFICULTY,
     DEFAULT_PREVALENCE,
+    DEFAULT_SITES,
     DEFAULT_SIZE,
     DX_SOP_CLASS,
     MAX_STUDIES_PER_PATIENT,
+    SITES,
     CaseSpec,
+    SiteProfile,
     case_spec,
     patient_of,
     synthetic_uid,
@@ -61,10 +70,10 @@ from training.synthetic_render import Rendered, render
 
 #: The generator's public names, wherever they are defined: callers import them from this module.
 __all__ = [
-    "CT_SOP_CLASS", "DEFAULT_DIFFICULTY", "DEFAULT_PREVALENCE", "DEFAULT_SIZE", "DX_SOP_CLASS",
-    "MAX_STUDIES_PER_PATIENT", "CaseSpec", "Rendered", "case_spec", "cohort_shards", "generate_case", "iter_cohort",
-    "iter_ct_series", "main", "patient_of", "publish_cohort", "render", "synthetic_uid", "to_dataset", "write_cohort",
-    "write_ct_series",
+    "CT_SOP_CLASS", "DEFAULT_DIFFICULTY", "DEFAULT_PREVALENCE", "DEFAULT_SITES", "DEFAULT_SIZE", "DX_SOP_CLASS",
+    "MAX_STUDIES_PER_PATIENT", "SITES", "CaseSpec", "Rendered", "SiteProfile", "case_spec", "cohort_shards",
+    "generate_case", "iter_cohort", "iter_ct_series", "main", "patient_of", "publish_cohort", "render",
+    "synthetic_uid", "to_dataset", "write_cohort", "write_ct_series",
 ]
 
 
@@ -76,13 +85,15 @@ def generate_case(
     prevalence: float = DEFAULT_PREVALENCE,
     difficulty: float = DEFAULT_DIFFICULTY,
     label_noise: float = 0.0,
+    sites: int = DEFAULT_SITES,
 ) -> tuple[Dataset, int, np.ndarray]:
     """Case ``index`` of cohort ``seed`` -> (DICOM dataset, observed label 0/1, lesion mask bool[size, size]).
 
     The lesion mask marks the pixels of the consolidations (empty for true negatives); with label noise the observed
     label may disagree with it.
     """
-    rd = render(case_spec(index, seed, size=size, prevalence=prevalence, difficulty=difficulty, label_noise=label_noise))
+    rd = render(case_spec(index, seed, size=size, prevalence=prevalence, difficulty=difficulty, label_noise=label_noise,
+                          sites=sites))
     return to_dataset(rd), rd.spec.label, rd.lesion_mask
 
 
@@ -94,12 +105,13 @@ def iter_cohort(
     prevalence: float = DEFAULT_PREVALENCE,
     difficulty: float = DEFAULT_DIFFICULTY,
     label_noise: float = 0.0,
+    sites: int = DEFAULT_SITES,
     start: int = 0,
 ) -> Iterator[Rendered]:
     """Render cases ``start .. start+n-1`` of cohort ``seed``."""
     for i in range(start, start + n):
         yield render(case_spec(i, seed, size=size, prevalence=prevalence, difficulty=difficulty,
-                               label_noise=label_noise))
+                               label_noise=label_noise, sites=sites))
 
 
 def write_cohort(out: str | Path, n: int, seed: int = 0, *, masks: bool = False, **kw: Any) -> list[dict[str, Any]]:
@@ -114,7 +126,7 @@ def write_cohort(out: str | Path, n: int, seed: int = 0, *, masks: bool = False,
         if masks:
             np.save(d / f"{s.index:06d}_mask.npy", rd.lesion_mask)
         rows.append({"file": name, "index": s.index, "label": s.label, "true_label": s.true_label,
-                     "patient_id": s.patient_id, "study": s.study, "study_uid": s.study_uid,
+                     "site": s.site_profile.station, "patient_id": s.patient_id, "study": s.study, "study_uid": s.study_uid,
                      "series_uid": s.series_uid, "sop_uid": s.sop_uid, "lesion_pixels": int(rd.lesion_mask.sum())})
     if rows:
         with open(d / "labels.csv", "w", newline="") as f:
@@ -179,19 +191,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=DEFAULT_SIZE)
     ap.add_argument("--prevalence", type=float, default=DEFAULT_PREVALENCE)
     ap.add_argument("--difficulty", type=float, default=DEFAULT_DIFFICULTY)
-    ap.add_argument("--label-noise", type=float, default=0.0)
+    ap.add_argument("--label-noise", type=float, default=0.0, help="share of observed labels flipped (0 to 0.5)")
+    ap.add_argument("--sites", type=int, default=DEFAULT_SITES,
+                    help=f"acquiring sites, 1 to {len(SITES)} (1: one DR room, no collimation, markers or burned-in text)")
     ap.add_argument("--masks", action="store_true", help="also write lesion masks as .npy")
     ap.add_argument("--ct", action="store_true", help="write a chest CT series of --n slices instead")
     ap.add_argument("--opacities", action="store_true", help="CT: add lung opacities")
     a = ap.parse_args(argv)
     if a.n < 1:
         ap.error(f"--n must be at least 1, got {a.n}")
+    if not 1 <= a.sites <= len(SITES):
+        ap.error(f"--sites must be between 1 and {len(SITES)}, got {a.sites}")
     if a.ct:
         paths = write_ct_series(a.out, a.seed, slices=a.n, size=a.size, opacities=a.opacities)
         sys.stdout.write(json.dumps({"out": a.out, "ct_slices": len(paths)}) + "\n")
         return 0
     rows = write_cohort(a.out, a.n, a.seed, masks=a.masks, size=a.size, prevalence=a.prevalence,
-                        difficulty=a.difficulty, label_noise=a.label_noise)
+                        difficulty=a.difficulty, label_noise=a.label_noise, sites=a.sites)
     pos = sum(r["label"] for r in rows)
     patients = len({r["patient_id"] for r in rows})
     sys.stdout.write(json.dumps({"out": a.out, "images": len(rows), "positives": pos, "patients": patients}) + "\n")

@@ -21,6 +21,57 @@ DEFAULT_DIFFICULTY = 0.5
 MAX_STUDIES_PER_PATIENT = 4
 
 
+@dataclass(frozen=True)
+class SiteProfile:
+    """One acquiring site and device: what its images look like, whatever the label (a confounder, not a signal).
+
+    Ranges are (low, high) of a per-study draw. Site 0 is the generator's original acquisition (no collimation, no
+    markers), so a one-site cohort (``sites=1``) renders exactly as the generator did before sites existed.
+    """
+
+    institution: str
+    station: str
+    model: str
+    view: str  # PA or AP
+    #: share of patients imaged here (renormalised over the sites a cohort uses)
+    weight: float
+    kvp: tuple[float, float] = (100.0, 130.0)
+    gamma: tuple[float, float] = (0.85, 1.15)  # of the processed (log, inverted) image
+    offset: tuple[float, float] = (0.02, 0.12)  # of the stored range
+    scale: tuple[float, float] = (0.75, 0.95)
+    #: quantum noise relative to site 0, and the heel-effect gradient relative to site 0
+    noise: float = 1.0
+    heel: float = 1.0
+    #: positioning: rotation (degrees) and shift (fraction of the field) added to every study's own
+    extra_rotation_deg: float = 0.0
+    extra_shift: float = 0.0
+    #: collimation: each edge of the exposed field moves in by a fraction of the image in this range
+    collimation: tuple[float, float] = (0.0, 0.0)
+    #: True: processing blanks the unexposed border to black (an electronic shutter); False: it stays bright
+    shutter: bool = False
+    #: a lead side marker exposed with the image (radiopaque, so bright): "R", "L" or None
+    marker: str | None = None
+    #: text burned into the pixels by the modality (white), e.g. "AP PORTABLE"
+    burned_in_text: str | None = None
+
+
+#: The sites of a synthetic cohort (the generator's one source for them): a DR room, a CR room with noisier, flatter
+#: images and tighter collimation, and an emergency department's portable unit (AP, low kVp, noisy, rotated, shuttered,
+#: with burned-in text). Prevalence is the same at every site, so a site tells nothing about the label: a model has to
+#: learn the lungs, not the scanner (docs/training.md, "The synthetic cohort").
+SITES: tuple[SiteProfile, ...] = (
+    SiteProfile("Synthetic General Hospital", "SGH-DR1", "SYN-DR 1717", "PA", weight=0.5),
+    SiteProfile("Synthetic Community Hospital", "SCH-CR2", "SYN-CR 35", "PA", weight=0.3,
+                kvp=(110.0, 125.0), gamma=(1.05, 1.35), offset=(0.08, 0.2), scale=(0.6, 0.8), noise=1.8, heel=1.5,
+                extra_rotation_deg=3.0, extra_shift=0.03, collimation=(0.02, 0.07), marker="R"),
+    SiteProfile("Synthetic Emergency Department", "SED-PORT1", "SYN-PORTABLE 2", "AP", weight=0.2,
+                kvp=(80.0, 100.0), gamma=(0.7, 0.95), offset=(0.0, 0.06), scale=(0.85, 0.98), noise=2.5, heel=2.0,
+                extra_rotation_deg=6.0, extra_shift=0.05, collimation=(0.03, 0.09), shutter=True, marker="L",
+                burned_in_text="AP PORTABLE"),
+)
+DEFAULT_SITES = len(SITES)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # determinism helpers
 
@@ -53,6 +104,11 @@ class CaseSpec:
     label: int  # observed label (after label noise)
     size: int = DEFAULT_SIZE
     difficulty: float = DEFAULT_DIFFICULTY
+    site: int = 0  # index into SITES (a patient's site: one hospital per patient)
+
+    @property
+    def site_profile(self) -> SiteProfile:
+        return SITES[self.site]
 
     @property
     def patient_id(self) -> str:
@@ -98,8 +154,10 @@ def case_spec(
     prevalence: float = DEFAULT_PREVALENCE,
     difficulty: float = DEFAULT_DIFFICULTY,
     label_noise: float = 0.0,
+    sites: int = DEFAULT_SITES,
 ) -> CaseSpec:
-    """The spec of case ``index``: its patient, study and labels. Labels are correlated within a patient."""
+    """The spec of case ``index``: its patient, study, site and labels. Labels are correlated within a patient; the
+    site (one of the first ``sites`` of :data:`SITES`) is the patient's and independent of the label."""
     if not 0.0 <= prevalence <= 1.0:
         raise ValueError(f"prevalence must be in [0, 1], got {prevalence}")
     if not 0.0 <= difficulty <= 1.0:
@@ -108,6 +166,8 @@ def case_spec(
         raise ValueError(f"label_noise must be in [0, 0.5], got {label_noise}")
     if size < 32:
         raise ValueError(f"image size must be at least 32 pixels, got {size}")
+    if not 1 <= sites <= len(SITES):
+        raise ValueError(f"sites must be in [1, {len(SITES)}], got {sites}")
     patient, study = patient_of(index, seed)
     r = keyed_rng(seed, "label", patient, study)
     # a patient-level propensity keeps the marginal prevalence while making a patient's studies correlated
@@ -117,7 +177,15 @@ def case_spec(
     u = 2 * u * u if u < 0.5 else 1 - 2 * (1 - u) ** 2
     true_label = int(u < prevalence)
     label = true_label ^ int(r.random() < label_noise)
-    return CaseSpec(seed, index, patient, study, true_label, label, size, difficulty)
+    return CaseSpec(seed, index, patient, study, true_label, label, size, difficulty, site_of(seed, patient, sites))
+
+
+def site_of(seed: int, patient: int, sites: int = DEFAULT_SITES) -> int:
+    """The site of ``patient``: drawn by the sites' weights from its own stream (so labels do not move with it)."""
+    if sites == 1:
+        return 0
+    w = np.array([p.weight for p in SITES[:sites]], dtype=np.float64)
+    return int(keyed_rng(seed, "site", patient).choice(sites, p=w / w.sum()))
 
 
 

@@ -43,11 +43,14 @@ def to_dataset(rd: Rendered) -> Dataset:
     ds.AccessionNumber = f"A{s.seed:03d}{s.index:07d}"[:16]
     ds.Modality = "DX"
     ds.PresentationIntentType = "FOR PRESENTATION"
+    site = s.site_profile
     ds.Manufacturer = "radloop synthetic"
-    ds.InstitutionName = "Synthetic General Hospital"
+    ds.ManufacturerModelName = site.model
+    ds.InstitutionName = site.institution
+    ds.StationName = site.station
     ds.ReferringPhysicianName = ""
-    ds.StudyDescription = "XR CHEST PA"
-    ds.SeriesDescription = "PA"
+    ds.StudyDescription = f"XR CHEST {site.view}" + (" PORTABLE" if "PORTABLE" in (site.burned_in_text or "") else "")
+    ds.SeriesDescription = site.view
     ds.PatientName = f"SYNTHETIC^{s.patient:06d}"
     ds.PatientID = s.patient_id
     birth = date.year - rd.anatomy.age
@@ -55,7 +58,7 @@ def to_dataset(rd: Rendered) -> Dataset:
     ds.PatientSex = rd.anatomy.sex
     ds.PatientAge = f"{rd.anatomy.age:03d}Y"
     ds.BodyPartExamined = "CHEST"
-    ds.ViewPosition = "PA"
+    ds.ViewPosition = site.view
     ds.PatientOrientation = ["R", "F"]
     ds.KVP = f"{rd.kvp:.0f}"
     ds.ExposureInuAs = int(rd.exposure_mas * 1000)
@@ -81,7 +84,7 @@ def to_dataset(rd: Rendered) -> Dataset:
     lo, hi = np.percentile(rd.pixels, [1, 99])
     ds.WindowCenter = f"{(lo + hi) / 2:.0f}"
     ds.WindowWidth = f"{max(hi - lo, 2):.0f}"
-    ds.BurnedInAnnotation = "NO"
+    ds.BurnedInAnnotation = "YES" if site.burned_in_text else "NO"
     ds.LossyImageCompression = "00"
     ds.PixelData = rd.pixels.astype("<u2").tobytes()
     return ds

@@ -9,6 +9,44 @@ from scipy import ndimage
 
 from training.synthetic_cases import Anatomy, CaseSpec, keyed_rng, patient_anatomy
 
+#: 5x7 glyphs of the letters that side markers and burned-in text use ("#" is ink)
+_GLYPHS = {
+    "A": (".###.", "#...#", "#...#", "#####", "#...#", "#...#", "#...#"),
+    "B": ("####.", "#...#", "#...#", "####.", "#...#", "#...#", "####."),
+    "E": ("#####", "#....", "#....", "####.", "#....", "#....", "#####"),
+    "L": ("#....", "#....", "#....", "#....", "#....", "#....", "#####"),
+    "O": (".###.", "#...#", "#...#", "#...#", "#...#", "#...#", ".###."),
+    "P": ("####.", "#...#", "#...#", "####.", "#....", "#....", "#...."),
+    "R": ("####.", "#...#", "#...#", "####.", "#.#..", "#..#.", "#...#"),
+    "T": ("#####", "..#..", "..#..", "..#..", "..#..", "..#..", "..#.."),
+    " ": (".....",) * 7,
+}
+
+
+def text_mask(text: str, n: int, height_px: float, row: int, col: int) -> np.ndarray:
+    """An ``n`` x ``n`` float mask in [0, 1] of ``text`` (5x7 glyphs), ``height_px`` tall, its top-left at (row, col):
+    anti-aliased, so at a small size a marker becomes the bright blob it is in a thumbnail."""
+    unknown = set(text) - set(_GLYPHS)
+    if unknown:
+        raise ValueError(f"no glyph for {sorted(unknown)}")
+    bitmap = np.array([[c == "#" for c in "".join(_GLYPHS[ch][r] + "." for ch in text)[:-1]] for r in range(7)],
+                      dtype=np.float32)
+    zoom = max(height_px, 1.0) / 7.0
+    glyphs = np.clip(ndimage.zoom(bitmap, zoom, order=1, grid_mode=True, mode="grid-constant"), 0.0, 1.0)
+    out = np.zeros((n, n), dtype=np.float32)
+    r0, c0 = max(row, 0), max(col, 0)
+    r1, c1 = min(row + glyphs.shape[0], n), min(col + glyphs.shape[1], n)
+    if r1 > r0 and c1 > c0:
+        out[r0:r1, c0:c1] = glyphs[r0 - row:r1 - row, c0 - col:c1 - col]
+    return out
+
+
+def _remap(v: float, src: tuple[float, float], dst: tuple[float, float]) -> float:
+    """``v`` drawn from the range ``src``, moved affinely to the site's range ``dst`` (unchanged when they agree)."""
+    if src == dst:
+        return v
+    return dst[0] + (v - src[0]) / (src[1] - src[0]) * (dst[1] - dst[0])
+
 
 def _smooth_noise(r: np.random.Generator, size: int, scale: float) -> np.ndarray:
     """Zero-mean, unit-std smooth noise whose correlation length is ``scale`` (fraction of the image)."""
@@ -46,9 +84,16 @@ def render(spec: CaseSpec) -> Rendered:
     n = spec.size
     an = patient_anatomy(spec.seed, spec.patient)
     r = keyed_rng(spec.seed, "study", spec.patient, spec.study)
-    # study-level positioning: shift, rotation, inspiration depth, and a tilt
+    site = spec.site_profile
+    # the site's own draws come from their own stream, so site 0 renders as before sites existed
+    rs = keyed_rng(spec.seed, "site-study", spec.patient, spec.study)
+    # study-level positioning: shift, rotation, inspiration depth, and a tilt; some sites position less carefully
     dx, dy = r.uniform(-0.06, 0.06), r.uniform(-0.05, 0.07)
     rot = np.deg2rad(r.uniform(-4, 4))
+    if site.extra_rotation_deg or site.extra_shift:
+        dx += rs.uniform(-1, 1) * site.extra_shift
+        dy += rs.uniform(-1, 1) * site.extra_shift
+        rot += np.deg2rad(rs.uniform(-1, 1) * site.extra_rotation_deg)
     insp = r.uniform(0.92, 1.08)
     yy, xx = np.mgrid[0:n, 0:n].astype(np.float32)
     x0 = (xx + 0.5) / n * 2 - 1 - dx
@@ -177,27 +222,55 @@ def render(spec: CaseSpec) -> Rendered:
     density += lesion_density * lung_soft
     lesion_mask = (lesion_density * lung_soft) > 0.25 * max((d["amp"] for d in lesions), default=1.0)
 
+    # --- the site's collimation (the exposed field) and its lead side marker
+    field = None
+    left = right = top_m = bottom = 0.0
+    if site.collimation[1] > 0:
+        left, right, top_m, bottom = (float(rs.uniform(*site.collimation)) for _ in range(4))
+        u_, v_ = (xx + 0.5) / n, (yy + 0.5) / n
+        pen = 1.5 / n  # penumbra
+        field = (_soft(left - u_, pen) * _soft(u_ - (1 - right), pen) * _soft(top_m - v_, pen)
+                 * _soft(v_ - (1 - bottom), pen))
+        lesion_mask &= field > 0.5
+    if site.marker:
+        left_side = site.marker == "R"  # patient right is image left on a PA film
+        h = 0.05 * n
+        m_row = int((0.04 + rs.uniform(0.0, 0.08) + top_m) * n)
+        inset = 0.05 + rs.uniform(0.0, 0.06)
+        m_col = int((inset + left) * n) if left_side else int(n - (inset + right) * n - h * 5 / 7)
+        density += 1.5 * text_mask(site.marker, n, h, m_row, m_col)
+
     # --- acquisition: exposure, kVp-dependent contrast, heel effect, detector, noise
-    kvp = float(r.uniform(100, 130))
+    kvp = _remap(float(r.uniform(100, 130)), (100.0, 130.0), site.kvp)
     mas = float(r.uniform(1.5, 5.0))
     mu = 2.2 * (1.0 + (120 - kvp) / 120)  # harder beams flatten contrast
     transmitted = np.exp(-mu * np.clip(density, 0, None))
-    heel = 1.0 + r.uniform(-0.12, 0.12) * y + r.uniform(-0.06, 0.06) * x
+    heel = 1.0 + r.uniform(-0.12, 0.12) * site.heel * y + r.uniform(-0.06, 0.06) * site.heel * x
     signal = transmitted * heel * mas
+    if field is not None:
+        signal = signal * (0.04 + 0.96 * field)  # the collimator's leaves let little through: bright when inverted
     # quantum noise (Poisson-like, relative std falls with dose) plus a little structured detector noise
     q = r.standard_normal(signal.shape).astype(np.float32)
-    signal = signal + q * np.sqrt(np.clip(signal, 1e-6, None)) * 0.02 * r.uniform(0.7, 1.4)
+    signal = signal + q * np.sqrt(np.clip(signal, 1e-6, None)) * 0.02 * site.noise * r.uniform(0.7, 1.4)
     signal = signal * (1 + 0.01 * _smooth_noise(r, n, 0.3))
     # MONOCHROME2: dense is bright, so store a log-transformed inverted signal, as DX processing does
     log_img = -np.log(np.clip(signal, 1e-4, None))
-    gamma = r.uniform(0.85, 1.15)
+    gamma = _remap(r.uniform(0.85, 1.15), (0.85, 1.15), site.gamma)
     lo, hi = np.percentile(log_img, [0.1, 99.9])
     img = np.clip((log_img - lo) / max(hi - lo, 1e-6), 0, 1) ** gamma
+    if field is not None and site.shutter:
+        img = img * field  # an electronic shutter blanks the unexposed border
     bits = int(r.choice([12, 14, 16]))
     top_val = 2**bits - 1
-    offset = r.uniform(0.02, 0.12)
-    scale = r.uniform(0.75, 0.95)
+    offset = _remap(r.uniform(0.02, 0.12), (0.02, 0.12), site.offset)
+    scale = _remap(r.uniform(0.75, 0.95), (0.75, 0.95), site.scale)
     stored = np.clip(np.round((offset + scale * img) * top_val), 0, top_val).astype(np.uint16)
+    if site.burned_in_text:
+        h = 0.035 * n
+        width = h * (6 * len(site.burned_in_text) - 1) / 7
+        t_row = int((0.03 + rs.uniform(0.0, 0.02)) * n)
+        t_col = int(n - width - (0.03 + rs.uniform(0.0, 0.02)) * n)
+        stored[text_mask(site.burned_in_text, n, h, t_row, t_col) > 0.5] = top_val
     return Rendered(spec, stored, lesion_mask.astype(bool), lungs > 0.5, bits, kvp, mas, an, lesions)
 
 

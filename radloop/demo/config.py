@@ -33,7 +33,11 @@ class DemoConfig:
     prevalence: float = 0.4
     train_epochs: int = 15
     train_batch_size: int = 16
-    train_image_size: int = 64
+    #: 128 px inputs: with the three sites' confounders (noise, collimation, markers) a 64 px input lost the
+    #: consolidations: on the same 458 training images (difficulty 0, 40% prevalence, 159 held-out test images) a
+    #: resnet10 reached test AUC 0.64 at 64 px, 0.89 at 96 and 0.92 at 128 (specificity at sensitivity 0.9: 0.24,
+    #: 0.69, 0.71), training in 19, 47 and 66 s (docs/demo.md)
+    train_image_size: int = 128
     #: resnet10 (one basic block per stage) trains about twice as fast as resnet18 on a CPU, as accurately at this size
     train_arch: str = "resnet10"
     #: torch threads of a training run (triage keeps one)
@@ -54,6 +58,11 @@ class DemoConfig:
     #: whether the demo's data can earn an approval under the shipped policy. The quick demo's cannot (see
     #: :meth:`quick`): it checks the loop up to an honest decision, pending with its reasons.
     expect_approval: bool = True
+    #: the quality the final champion should reach on the locked set (issue 18's target for the full demo): reported
+    #: as met or not, beside the policy's decisions; the policy, not this target, decides what is approved
+    target_auc: float = 0.85
+    target_sensitivity: float = 0.9
+    target_specificity: float = 0.6
 
     @classmethod
     def quick(cls, **kw: Any) -> DemoConfig:

@@ -40,6 +40,26 @@ def _locked_figures(evidence: dict[str, Any]) -> dict[str, Any]:
             "ece": (evidence.get("calibration") or {}).get("ece")}
 
 
+def quality_target(cfg: DemoConfig, model_rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The final champion against the demo's quality target on the locked set: its AUC, and its sensitivity and
+    specificity at the operating threshold it ships with (chosen on validation data, so the strict reading), with the
+    best specificity its locked-set ROC curve offers at the target sensitivity beside them (for the record)."""
+    target = {"auc": cfg.target_auc, "sensitivity": cfg.target_sensitivity, "specificity": cfg.target_specificity}
+    champ = next((m for m in model_rows if m.get("champion")), None)
+    if champ is None or champ.get("auc") is None:
+        return {"target": target, "met": False, "version": None, "reason": "no champion"}
+    roc = champ.get("roc") or {}
+    best = max((1 - f for f, t in zip(roc.get("fpr") or [], roc.get("tpr") or [], strict=True) if t >= cfg.target_sensitivity),
+               default=None)
+    auc, sens, spec = champ["auc"], champ.get("sensitivity"), champ.get("specificity")
+    unmet = [name for name, value, floor in (("AUC", auc, cfg.target_auc), ("sensitivity", sens, cfg.target_sensitivity),
+                                              ("specificity", spec, cfg.target_specificity))
+             if value is None or value < floor]
+    return {"target": target, "met": not unmet, "version": champ.get("version"), "auc": auc, "sensitivity": sens,
+            "specificity": spec, "best_specificity_at_target_sensitivity": best,
+            "reason": "met" if not unmet else "below the target: " + ", ".join(unmet)}
+
+
 def models_by_version(api: PlatformApi, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each registered version's full record (its history and locked-set evidence)."""
     return [api.model(int(r["version"])) for r in rows if r.get("version") is not None]
@@ -164,6 +184,7 @@ def collect_figures(cfg: DemoConfig, state: DemoState, api: PlatformApi, endpoin
         "decisions": decisions,
         "runs": run_rows,
         "champion": champion,
+        "quality_target": quality_target(cfg, model_rows),
         "latency": {"ingest_ms": state.ingest_ms, "stored_to_scored_ms": stored_to_scored,
                     "verified_to_training_s": verified_to_training},
         "streaming": streaming,

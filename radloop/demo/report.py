@@ -114,6 +114,23 @@ def _triple(v: Any, signed: bool = False) -> str:
     return f"{f.format(v[0])} (95% CI {f.format(v[1])} to {f.format(v[2])})"
 
 
+def _target_line(q: Any) -> str:
+    """The final champion against the demo's quality target (figures.quality_target)."""
+    if not isinstance(q, dict) or not q:
+        return ""
+    t = q.get("target") or {}
+    want = (f"AUC &ge; {t.get('auc')}, sensitivity &ge; {t.get('sensitivity')} and specificity &ge; "
+            f"{t.get('specificity')} at the operating threshold, on the locked set")
+    if q.get("version") is None:
+        return f"<p class='bad'>Quality target ({want}): no champion.</p>"
+    best = q.get("best_specificity_at_target_sensitivity")
+    return (f"<p class='{'ok' if q.get('met') else 'bad'}'>Quality target ({want}): champion v{q.get('version')} has "
+            f"AUC {_fmt(q.get('auc'))}, sensitivity {_fmt(q.get('sensitivity'))}, specificity "
+            f"{_fmt(q.get('specificity'))} ({html.escape(str(q.get('reason')))}); its locked-set ROC offers "
+            f"specificity {_fmt(best)} at sensitivity &ge; {t.get('sensitivity')} with a threshold chosen on these "
+            "cases, which the policy does not allow.</p>")
+
+
 def _locked_section(locked: Any, models: list[dict[str, Any]], policy: Any) -> str:
     """The locked evaluation set: its size, each version's AUC with its 95% CI on it, and the paired difference."""
     if not locked:
@@ -158,7 +175,8 @@ def write_report(out_dir: Path, figures: dict[str, Any]) -> Path:
     if models:
         parts.append(_table(models, ["version", "status", "auc", "sensitivity", "specificity", "labels", "run_id",
                                      "parent", "champion"]))
-        parts.append(_locked_section(figures.get("locked_set"), models, figures.get("policy")))
+        parts.append(_locked_section(figures.get("locked_set"), models, figures.get("policy"))
+                     + _target_line(figures.get("quality_target")))
         roc = _roc_chart(models)
         if roc:
             parts.append(f"<img alt='ROC curves' src='{roc}'>")

@@ -206,6 +206,12 @@ class Demo:
             path = write_report(self.cfg.out_dir, figures)
             ok = figures["summary"]["loop_succeeded"]
             self.console.print(("[green]" if ok else "[red]") + figures["summary"]["headline"] + "[/]")
+            q = figures["quality_target"]
+            if q.get("version") is not None:
+                self.console.print(f"quality target on the locked set (AUC >= {q['target']['auc']}, sensitivity >= "
+                                   f"{q['target']['sensitivity']}, specificity >= {q['target']['specificity']}): "
+                                   f"v{q['version']} AUC {q['auc']:.3f}, sensitivity {q['sensitivity']:.3f}, "
+                                   f"specificity {q['specificity']:.3f}: {q['reason']}")
             self.console.print(f"report: [bold]{path.resolve()}[/] (and report.json beside it)")
             if self.cfg.keep_running:
                 self.console.print(f"platform left running at {self.base}; Ctrl-C stops it")

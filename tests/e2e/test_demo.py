@@ -65,6 +65,13 @@ def test_quick_demo_runs_the_whole_loop(tmp_path: Path) -> None:
         assert fig["champion"] and any(k.startswith("v") for k in c["scored_by"]), c["scored_by"]
     else:
         assert reasons[first["version"]].startswith(f"policy {policy.name}: "), reasons
+    # the quality target is judged on the champion, if there is one, at the threshold it ships with
+    q = fig["quality_target"]
+    if not fig["champion"]:
+        assert q["version"] is None and q["met"] is False, q
+    else:
+        assert q["version"] == fig["champion"]["version"]
+        assert q["met"] == (q["auc"] >= 0.85 and q["sensitivity"] >= 0.9 and q["specificity"] >= 0.6), q
     # the figures are internally consistent
     assert sum(c["sent_by"].values()) == c["radiographs"]
     assert c["indexed_instances"] == c["radiographs"] + c["ct_slices"]

@@ -35,3 +35,23 @@ def test_the_services_read_the_shipped_policy(tmp_path: Path, quick: bool) -> No
     # every number is the shipped policy's: the demo lowers no floor and no minimum
     assert policy == ApprovalPolicy.load(DEFAULT_POLICY_FILE)
     assert not hasattr(cfg, "auc_floor") and not hasattr(cfg, "sensitivity_floor")
+
+
+def test_the_quality_target_is_judged_at_the_shipped_threshold() -> None:
+    """The final champion's AUC, sensitivity and specificity at its own operating threshold against the demo's
+    target; the best point of the locked set's ROC curve is reported beside it, not used to pass."""
+    from radloop.demo.figures import quality_target
+
+    cfg = DemoConfig()
+    roc = {"fpr": [0.0, 0.1, 0.3, 1.0], "tpr": [0.0, 0.8, 0.95, 1.0]}
+    row = {"version": 3, "champion": True, "auc": 0.9, "sensitivity": 0.875, "specificity": 0.69, "roc": roc}
+    q = quality_target(cfg, [{"version": 2, "champion": False, "auc": 0.95}, row])
+    assert q["version"] == 3 and q["met"] is False and q["reason"] == "below the target: sensitivity"
+    assert q["best_specificity_at_target_sensitivity"] == pytest.approx(0.7)
+    q = quality_target(cfg, [dict(row, sensitivity=0.91)])
+    assert q["met"] is True and q["reason"] == "met"
+    q = quality_target(cfg, [dict(row, sensitivity=0.91, specificity=0.5, auc=0.8)])
+    assert q["reason"] == "below the target: AUC, specificity"
+    assert quality_target(cfg, [dict(row, champion=False)]) == {
+        "target": {"auc": 0.85, "sensitivity": 0.9, "specificity": 0.6}, "met": False, "version": None,
+        "reason": "no champion"}
