@@ -61,7 +61,7 @@ def throughput(arch: str, size: int, batch: int, precision: str, steps: int, war
 
 def quality(n: int, size: int, render_size: int, epochs: int, curve: list[int], difficulty: float,
             seed: int, *, workers: int = 1, batch: int = 32, lr: float = 2e-3, arch: str = "resnet18",
-            sites: int | None = None, progress: Path | None = None) -> dict[str, object]:
+            sites: int | None = None, train_seed: int = 0, progress: Path | None = None) -> dict[str, object]:
     from training.evaluate import compute_metrics
     from training.preprocess import load_shards, write_shard
     from training.synthetic import DEFAULT_SITES, cohort_shards
@@ -69,7 +69,7 @@ def quality(n: int, size: int, render_size: int, epochs: int, curve: list[int], 
 
     out: dict[str, object] = {"n": n, "size": size, "render_size": render_size, "epochs": epochs,
                               "difficulty": difficulty, "prevalence": 0.3, "arch": arch, "batch": batch, "lr": lr,
-                              "sites": sites or DEFAULT_SITES}
+                              "sites": sites or DEFAULT_SITES, "train_seed": train_seed}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         t0 = time.perf_counter()
@@ -88,7 +88,7 @@ def quality(n: int, size: int, render_size: int, epochs: int, curve: list[int], 
             sub = root / f"train_{labels}"
             idx = np.random.default_rng(0).permutation(len(tr["y"]))[:labels]
             write_shard(sub, tr["x"][idx], tr["y"][idx], tr["ids"][idx], tr["patients"][idx])
-            hp = HParams(arch=arch, epochs=epochs, batch_size=batch, lr=lr, patience=max(3, epochs // 3), seed=0)
+            hp = HParams(arch=arch, epochs=epochs, batch_size=batch, lr=lr, patience=max(3, epochs // 3), seed=train_seed)
             t1 = time.perf_counter()
             card = train(hp, sub, root / "data" / "val", root / f"model_{labels}", root / f"ckpt_{labels}")
             wall = time.perf_counter() - t1
@@ -125,7 +125,8 @@ def main() -> int:
     ap.add_argument("--sites", type=int, default=0,
                     help="acquiring sites of the synthetic cohort, 1 to 3 (default: the generator's, all of them)")
     ap.add_argument("--curve", default="100,200,400")
-    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=1, help="the synthetic cohort's seed")
+    ap.add_argument("--train-seed", type=int, default=0, help="the training runs' seed (initialisation, batches)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes rendering the cohort")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=2e-3)
@@ -156,6 +157,7 @@ def main() -> int:
         result["quality"] = quality(a.quality_n, a.quality_size, a.render_size, a.epochs,
                                     [int(c) for c in a.curve.split(",") if c], a.difficulty, a.seed, workers=a.workers,
                                     batch=a.batch, lr=a.lr, arch=a.arch, sites=a.sites or None,
+                                    train_seed=a.train_seed,
                                     progress=ROOT / "bench" / "results" / f"partial-{a.out}")
         result["quality_wall_s"] = round(time.perf_counter() - t0, 1)
     result["load_avg_end"] = os.getloadavg()
