@@ -19,7 +19,8 @@ class GatewaySettings(ForwardingSettings, ImageStoreSettings):
 
     #: Byte budget of the in-memory LRU cache of HTJ2K frame codestreams.
     frame_cache_bytes: int = 512 * 1024 * 1024
-    #: Byte budget of the LRU cache of decoded pixels (frames asked for as application/octet-stream).
+    #: Byte budget of the LRU cache of decoded pixels (frames asked for as application/octet-stream, and the pixels
+    #: rendered images are windowed from): one decode per frame and resolution.
     decoded_cache_bytes: int = 256 * 1024 * 1024
     #: Byte budget of the LRU cache of rendered images and thumbnails (JPEG/PNG), by codestream and rendering
     #: parameters: a study browser asks for the same thumbnails again on every open.

@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
@@ -20,7 +19,7 @@ from services.streaming_gateway.api.deps import DICOM_JSON, GatewayDep, audit, u
 from services.streaming_gateway.domain import frame_response as fr
 from services.streaming_gateway.domain import media, render
 from services.streaming_gateway.domain.errors import BadRequest, NotAcceptable, NotFound, TooLarge
-from services.streaming_gateway.domain.frames import Frame
+from services.streaming_gateway.domain.frames import Decoded, Frame
 from services.streaming_gateway.domain.transcode import transcode
 from services.streaming_gateway.service import Gateway
 from shared.auth import Principal, ReadUser
@@ -210,19 +209,23 @@ async def instance_metadata(
 
 
 # --- frames ------------------------------------------------------------------------------------------------------
-def _decoded(f: Frame, skip: int) -> bytes:
-    a = decode(f.data, skip_levels=skip)
-    return np.ascontiguousarray(a.astype(a.dtype.newbyteorder("<"), copy=False)).tobytes()
+def _decoded(f: Frame, skip: int) -> Decoded:
+    return Decoded.of_array(decode(f.data, skip_levels=skip), f.digest)
+
+
+def _decoded_hit(gw: Gateway, f: Frame, skip: int) -> Decoded | None:
+    """The decoded pixels of ``f`` at ``skip``, if a frame request or a rendering decoded them before."""
+    hit = gw.decoded.get(f"{f.digest}/{skip}")
+    return hit if isinstance(hit, Decoded) and hit.digest == f.digest else None
 
 
 async def _decoded_cached(gw: Gateway, f: Frame, skip: int) -> bytes:
-    key = f"{f.digest}/{skip}"
-    hit = gw.decoded.get(key)
+    hit = _decoded_hit(gw, f, skip)
     if hit is not None:
         return hit.data
-    raw = await gw.run_cpu(_decoded, f, skip)
-    gw.decoded.put(key, Frame(raw, f.digest, (), 0))
-    return raw
+    d = await gw.run_cpu(_decoded, f, skip)
+    gw.decoded.put(f"{f.digest}/{skip}", d)
+    return d.data
 
 
 def _maybe_prefetch(gw: Gateway, study: str, series: str) -> None:
@@ -417,9 +420,19 @@ async def _render(
     if hit is not None:
         headers["X-Cache"] = "hit"
         return Response(hit.data, media_type=params.media_type, headers=headers)
-    data = await gw.run_cpu(
-        lambda: render.render(f.data, it.get("dicom_json"), it.get("photometric"), params, skip_levels=skip)
-    )
+    # One decode per frame and resolution: pixels decoded for an application/octet-stream request, or for another
+    # rendering of the same frame (another window or quality), are windowed again without decoding the codestream.
+    cached = _decoded_hit(gw, f, skip)
+
+    def work() -> tuple[bytes, Decoded | None]:
+        pixels = cached.array() if cached is not None else decode(f.data, skip_levels=skip)
+        out = render.render(f.data, it.get("dicom_json"), it.get("photometric"), params, skip_levels=skip,
+                            pixels=pixels)
+        return out, (None if cached is not None else Decoded.of_array(pixels, f.digest))
+
+    data, decoded = await gw.run_cpu(work)
+    if decoded is not None:
+        gw.decoded.put(f"{f.digest}/{skip}", decoded)
     gw.rendered.put(etag, Frame(data, f.digest, (), 0))
     headers["X-Cache"] = "miss"
     return Response(data, media_type=params.media_type, headers=headers)

@@ -1,4 +1,5 @@
-"""Frames as the gateway caches them: :class:`Frame` (an HTJ2K codestream with its digest and resolution offsets) and
+"""Frames as the gateway caches them: :class:`Frame` (an HTJ2K codestream with its digest and resolution offsets),
+:class:`Decoded` (a frame's decoded pixels, as little-endian bytes with their array's shape and type), and
 :class:`FrameCache`, an LRU of frames bounded by the bytes of their codestreams. A frame larger than the budget is
 served but never cached. Pure: no storage access (the S3 reads are in ``adapters/frame_store.py``).
 """
@@ -8,6 +9,8 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
+
+import numpy as np
 
 from shared.htj2k import CodestreamError, number_of_levels, resolution_offsets
 
@@ -31,6 +34,25 @@ class Frame:
             offsets, levels = (len(data),), 0
         return cls(data, hashlib.blake2b(data, digest_size=16).hexdigest(), offsets, levels)
 
+
+
+@dataclass(frozen=True)
+class Decoded(Frame):
+    """A frame's decoded pixels (``data``: little-endian, C order), the digest of the codestream they came from, and
+    the array's ``shape`` and ``dtype`` (a NumPy type string such as ``<i2``), so the bytes a client was sent as
+    application/octet-stream and the pixels a rendered image is made from are one decode."""
+
+    shape: tuple[int, ...] = ()
+    dtype: str = ""
+
+    @classmethod
+    def of_array(cls, pixels: np.ndarray, digest: str) -> Decoded:
+        a = np.ascontiguousarray(pixels.astype(pixels.dtype.newbyteorder("<"), copy=False))
+        return cls(a.tobytes(), digest, (), 0, a.shape, a.dtype.str)
+
+    def array(self) -> np.ndarray:
+        """The pixels (read-only, no copy)."""
+        return np.frombuffer(self.data, dtype=np.dtype(self.dtype)).reshape(self.shape)
 
 class FrameCache:
     """LRU of :class:`Frame` by key, bounded by the total bytes of the codestreams."""

@@ -107,10 +107,11 @@ def skip_for_viewport(rows: int, cols: int, levels: int, viewport: tuple[int, in
 
 
 def render(codestream: bytes, dicom_json: str | None, photometric: str | None, params: RenderParams, *,
-           skip_levels: int = 0) -> bytes:
-    """Decode (optionally at reduced resolution), window, fit into the viewport and encode."""
+           skip_levels: int = 0, pixels: np.ndarray | None = None) -> bytes:
+    """Decode (optionally at reduced resolution), window, fit into the viewport and encode. ``pixels``: the
+    codestream already decoded at ``skip_levels`` (the gateway's decoded cache), so it is not decoded again."""
     meta = json.loads(dicom_json) if dicom_json else {}
-    px = decode(codestream, skip_levels=skip_levels)
+    px = pixels if pixels is not None else decode(codestream, skip_levels=skip_levels)
     photometric = (photometric or _string(meta, "00280004") or "MONOCHROME2").upper()
     if px.ndim == 3 and px.shape[2] in (3, 4):
         img8 = px[..., :3].astype(np.uint8) if px.dtype == np.uint8 else _scale_to_8bit(px[..., :3])
