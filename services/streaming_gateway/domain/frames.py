@@ -35,7 +35,6 @@ class Frame:
         return cls(data, hashlib.blake2b(data, digest_size=16).hexdigest(), offsets, levels)
 
 
-
 @dataclass(frozen=True)
 class Decoded(Frame):
     """A frame's decoded pixels (``data``: little-endian, C order), the digest of the codestream they came from, and
@@ -53,6 +52,7 @@ class Decoded(Frame):
     def array(self) -> np.ndarray:
         """The pixels (read-only, no copy)."""
         return np.frombuffer(self.data, dtype=np.dtype(self.dtype)).reshape(self.shape)
+
 
 class FrameCache:
     """LRU of :class:`Frame` by key, bounded by the total bytes of the codestreams."""
