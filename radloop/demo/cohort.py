@@ -39,7 +39,8 @@ class Cohort:
         cohort_dir = self.work / "cohort"
         rows = []
         for i in range(c.radiographs):
-            spec = synthetic.case_spec(i, c.seed, size=c.image_size, difficulty=c.difficulty, prevalence=c.prevalence)
+            spec = synthetic.case_spec(i, c.seed, size=c.image_size, difficulty=c.difficulty, prevalence=c.prevalence,
+                                       sites=c.sites)
             rows.append({"index": i, "file": cohort_dir / f"{i:06d}.dcm", "sop_uid": spec.sop_uid,
                          "label": spec.label, "patient": spec.patient_id})
             self.state.truth[spec.sop_uid] = int(spec.label)
@@ -69,7 +70,7 @@ class Cohort:
             indices = sorted(r["index"] for r in wave)
             self._jobs.append([
                 self._pool.submit(_render_cases, self.work / "cohort", indices[i : i + 20], c.seed, c.image_size,
-                                  c.difficulty, c.prevalence) for i in range(0, len(indices), 20)])
+                                  c.difficulty, c.prevalence, c.sites) for i in range(0, len(indices), 20)])
         self._ct_job = self._pool.submit(_render_ct, self.work / "ct", c.seed, c.ct_slices, c.ct_size)
 
     def rendered(self, w: int, name: str) -> None:
@@ -99,13 +100,13 @@ class Cohort:
 
 
 def _render_cases(cohort_dir: Path, indices: list[int], seed: int, size: int, difficulty: float,
-                  prevalence: float) -> int:
+                  prevalence: float, sites: int) -> int:
     """Write the radiographs of ``indices`` as ``{index:06d}.dcm`` (runs in a worker process); returns the count."""
     from training import synthetic
 
     cohort_dir.mkdir(parents=True, exist_ok=True)
     for i in indices:
-        spec = synthetic.case_spec(i, seed, size=size, difficulty=difficulty, prevalence=prevalence)
+        spec = synthetic.case_spec(i, seed, size=size, difficulty=difficulty, prevalence=prevalence, sites=sites)
         synthetic.to_dataset(synthetic.render(spec)).save_as(cohort_dir / f"{i:06d}.dcm", enforce_file_format=True)
     return len(indices)
 
