@@ -11,6 +11,7 @@ Usage: ``python bench/gpu_check.py`` from the repository root.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import tempfile
@@ -59,6 +60,7 @@ def step_loop(arch: str, size: int, batch: int, steps: int, device: torch.device
 
 
 def main() -> int:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     if not torch.cuda.is_available():
         # `make bench` runs every bench script: without a GPU this one reports that it was skipped
         print(json.dumps({"skipped": "CUDA is not available; run this on a GPU machine"}))

@@ -36,8 +36,8 @@ sys.path.insert(0, str(REPO))
 
 from radloop.local.embedded_aws import start_embedded_aws  # noqa: E402
 from shared.auth import mint_token  # noqa: E402
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 from tests.viewer.browser_support import FOUR_G, throttle  # noqa: E402
-from tests.viewer.conftest import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 from tests.workstation.conftest import DESKTOP, PHONE, Platform, start_platform, wait_reading  # noqa: E402
 
 READS_PER_RUN = 3

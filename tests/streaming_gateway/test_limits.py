@@ -183,3 +183,23 @@ def test_forwarded_headers_only_from_trusted_proxies(corpus: Corpus, limited: Ga
             return _retrieve_url(r)
 
     assert asyncio.run(through_proxy()) == f"http://entry.test/dicomweb/studies/{corpus.ct_study}"
+
+
+def test_series_pixel_data_is_capped_like_frames(corpus: Corpus, limited: GatewayProcess,
+                                                 tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A whole series in one response is bounded by the same two limits as a frames request: the frame count and the
+    response bytes, each with the setting named in the reason."""
+    with run_gateway(corpus.settings, tmp_path_factory.mktemp("gw-five"), RADLOOP_PREFETCH_ENABLED="false",
+                     RADLOOP_WADO_MAX_FRAMES="5") as five:
+        mr = f"{five.url}/dicomweb/studies/{corpus.mr_study}/series/{corpus.mr_series}/pixeldata"
+        r = httpx.get(mr, params={"resolution": "0"}, headers={**auth(corpus), "Accept": OCTET})
+        assert r.status_code == 413 and "has 10 frames" in r.json()["detail"], r.text
+        assert "RADLOOP_WADO_MAX_FRAMES" in r.json()["detail"]
+    url = f"{limited.url}/dicomweb/studies/{corpus.mr_study}/series/{corpus.mr_series}/pixeldata"
+    r = httpx.get(url, headers={**auth(corpus), "Accept": OCTET})
+    assert r.status_code == 413, r.text
+    assert "RADLOOP_WADO_MAX_RESPONSE_BYTES" in r.json()["detail"]
+    r = httpx.get(url, params={"resolution": "0"}, headers={**auth(corpus), "Accept": OCTET})
+    assert r.status_code == 200 and len(parts(r)) == 10
+    ct = f"{limited.url}/dicomweb/studies/{corpus.ct_study}/series/{corpus.ct_series}/pixeldata"
+    assert httpx.get(ct, params={"resolution": "0"}, headers={**auth(corpus), "Accept": JPHC}).status_code == 200

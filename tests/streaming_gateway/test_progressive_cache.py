@@ -134,3 +134,47 @@ def test_cache_stays_within_budget(corpus: Corpus, small_cache_gateway: GatewayP
     assert s["budget_bytes"] == 300000
     assert 0 < s["bytes"] <= 300000 and s["max_bytes_seen"] <= 300000
     assert s["evictions"] > 0 and s["frames"] <= 2
+
+
+def _located_parts(resp: httpx.Response) -> list[tuple[str, str, bytes]]:
+    """(Content-Type, Content-Location, body) of each part of a multipart/related response."""
+    from email.parser import BytesParser
+    from email.policy import HTTP
+
+    msg = BytesParser(policy=HTTP).parsebytes(
+        b"Content-Type: " + resp.headers["content-type"].encode() + b"\r\n\r\n" + resp.content)
+    return [(p["Content-Type"], p["Content-Location"], p.get_payload(decode=True)) for p in msg.iter_parts()]
+
+
+def test_series_pixel_data_sends_every_frame_prefix_in_one_response(corpus: Corpus, gateway: GatewayProcess) -> None:
+    """The Series Pixel Data resource (PS3.18 §10.4.1.1.6): every frame of the series, in instance order, each part
+    named by its frame URL; with ?resolution=k, each frame's level-k prefix, byte for byte what the frame URL sends
+    (the viewer's whole-series low-resolution pass in one request)."""
+    base = f"{gateway.url}/dicomweb/studies/{corpus.ct_study}/series/{corpus.ct_series}"
+    h = {**auth(corpus), "Accept": 'multipart/related; type="image/jphc"'}
+    r = httpx.get(f"{base}/pixeldata", params={"resolution": 0}, headers=h)
+    assert r.status_code == 200, r.text
+    got = _located_parts(r)
+    path = base.removeprefix(gateway.url)
+    assert [loc for _, loc, _ in got] == [f"{path}/instances/{sop}/frames/1" for sop in corpus.ct_sops]
+    for (ctype, _, body), sop in zip(got, corpus.ct_sops, strict=True):
+        one = httpx.get(frame_url(gateway, corpus.ct_study, corpus.ct_series, sop, "1"), params={"resolution": 0},
+                        headers={**auth(corpus), "Accept": "image/jphc"})
+        assert ctype.startswith("image/jphc") and body == one.content
+        assert len(body) == corpus.offsets[sop][0][0] + 2  # the level-0 prefix and an EOC marker
+    assert len(r.headers["x-resolution-offsets"].split(";")) == len(corpus.ct_sops)
+    # Without ?resolution: the whole codestreams, which decode to the stored pixels.
+    full = _located_parts(httpx.get(f"{base}/pixeldata", headers=h))
+    assert [np.array_equal(decode(b), px) for (_, _, b), px in zip(full, corpus.ct_pixels, strict=True)] == [True] * 6
+    # A multi-frame instance: one part per frame, in frame order.
+    mr = _located_parts(httpx.get(
+        f"{gateway.url}/dicomweb/studies/{corpus.mr_study}/series/{corpus.mr_series}/pixeldata",
+        headers={**auth(corpus), "Accept": "multipart/related; type=application/octet-stream; transfer-syntax=*"}))
+    assert [loc.rsplit("/", 1)[1] for _, loc, _ in mr] == [str(k) for k in range(1, 11)]
+    assert np.array_equal(np.frombuffer(mr[2][2], "<u2").reshape(64, 64), corpus.mr_frames[2])
+    # Errors: a single-part type (406), an unknown series (404), a bad resolution (400), no token (401).
+    assert httpx.get(f"{base}/pixeldata", headers={**auth(corpus), "Accept": "image/jphc"}).status_code == 406
+    missing = f"{gateway.url}/dicomweb/studies/{corpus.ct_study}/series/{generate_uid()}/pixeldata"
+    assert httpx.get(missing, headers=h).status_code == 404
+    assert httpx.get(f"{base}/pixeldata", params={"resolution": "x"}, headers=h).status_code == 400
+    assert httpx.get(f"{base}/pixeldata", headers={"Accept": h["Accept"]}).status_code == 401

@@ -49,12 +49,15 @@ def desktop(browser: Any, gateway: Any, ct_series: CtSeries, viewer_token: str) 
     page = context.new_page()
     errors: list[str] = []
     frames: list[tuple[str, str, int]] = []  # (url, content type, body bytes) of every frame response, in order
+    ranges: list[tuple[str, int, str]] = []  # (url, status, Content-Range) of the responses to Range requests
     requested: list[str] = []  # frame URLs in the order they were requested
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.on("request", lambda r: requested.append(r.url) if "/frames/" in r.url else None)
     page.on("response", lambda r: frames.append((r.url, r.headers.get("content-type", ""),
                                                  int(r.headers.get("content-length", "0"))))
-            if "/frames/" in r.url else None)
+            if "/frames/" in r.url or "/pixeldata" in r.url else None)
+    page.on("response", lambda r: ranges.append((r.url, r.status, r.headers.get("content-range", "")))
+            if "/frames/" in r.url and r.request.headers.get("range") else None)
     t0 = time.monotonic()
     page.goto(viewer_url(gateway.base_url, ct_series.study, ct_series.series, viewer_token))
     wait_state(page)
@@ -63,6 +66,7 @@ def desktop(browser: Any, gateway: Any, ct_series: CtSeries, viewer_token: str) 
     assert page.evaluate("window.radloopViewer.waitAllLoaded(90000)"), "not every slice loaded at full resolution"
     page.errors = errors  # type: ignore[attr-defined]
     page.frames_seen = frames  # type: ignore[attr-defined]
+    page.ranges_seen = ranges  # type: ignore[attr-defined]
     page.frames_requested = requested  # type: ignore[attr-defined]
     yield page
     context.close()
@@ -85,20 +89,36 @@ def test_first_image_is_not_blank_and_counter_shows_position(desktop: Any) -> No
 
 
 def test_frames_stream_as_htj2k_low_resolution_first(desktop: Any, ct_series: CtSeries) -> None:
-    """Progressive, interleaved streaming: the shown slice's low-resolution prefix first, then a low-resolution pass
-    over the whole series, and every slice at full resolution; all as stored HTJ2K codestreams."""
+    """Progressive, interleaved streaming: the shown slice's low-resolution prefix first, then the whole series at
+    its lowest resolution in one Series Pixel Data request, and every slice at full resolution, most of them as the
+    rest of the codestream after that prefix (a Range request); all as stored HTJ2K codestreams."""
     seen = desktop.frames_seen
     assert seen, "no frame responses were seen"
-    assert all('type="image/jphc"' in ctype for _, ctype, _ in seen), {c for _, c, _ in seen}
-    low = [(u, n) for u, _, n in seen if "resolution=" in u]
+    assert all('type="image/jphc"' in ctype or ctype.startswith("image/jphc") for _, ctype, _ in seen), \
+        {c for _, c, _ in seen}
+    batch = [(u, n) for u, _, n in seen if "/pixeldata" in u]
+    low = [(u, n) for u, _, n in seen if "resolution=" in u and "/frames/" in u]
     full = [(u, n) for u, _, n in seen if "resolution=" not in u]
     middle = ct_series.sops[(N_SLICES - 1) // 2]
     first = desktop.frames_requested[0]
     assert "resolution=" in first and f"/instances/{middle}/" in first, first
     sop_of = lambda url: url.split("/instances/")[1].split("/")[0]  # noqa: E731
     assert {sop_of(u) for u, _ in full} == set(ct_series.sops)
-    assert len({sop_of(u) for u, _ in low}) > N_SLICES * 0.8  # the prefetch window goes straight to full
-    # A prefix is a small part of the frame (the 128-px level of a 512-px image).
+    # One batched request brought every slice's level-0 prefix: a few percent of the series' bytes, and no slice
+    # needed a low-resolution request of its own (the prefetch window goes straight to full resolution).
+    assert [u.split("/series/")[1] for u, _ in batch] == [f"{ct_series.series}/pixeldata?resolution=0"], batch
+    stats = desktop.evaluate("window.radloopViewer.stats()")
+    assert stats["batch"]["frames"] == N_SLICES and stats["batch"]["bytes"] == batch[0][1], stats["batch"]
+    assert batch[0][1] < 0.05 * sum(n for _, n in full)
+    assert stats["allLowFromOpen"] is not None and len(low) <= 2, low
+    # The slices the batch brought were completed by Range requests for the bytes after their prefix: 206, from
+    # past the prefix's length, so no byte of the series came twice.
+    ranges = desktop.ranges_seen
+    assert stats["remainders"] == len(ranges) > N_SLICES * 0.8, (stats["remainders"], len(ranges))
+    assert all(status == 206 and cr.startswith("bytes ") and not cr.startswith("bytes 0-") for _, status, cr in ranges)
+    assert sum(n for _, n in batch) + sum(n for _, n in full) < 1.02 * sum(
+        int(cr.rsplit("/", 1)[1]) for _, _, cr in ranges) * N_SLICES / len(ranges)
+    # A per-slice prefix is a small part of the frame (the 128-px level of a 512-px image).
     assert np.median([n for _, n in low]) < 0.2 * np.median([n for _, n in full])
 
 

@@ -182,6 +182,8 @@ export class StackViewer {
       columns,
       concurrency,
       lowRes,
+      batchUrl: `${base}/pixeldata`,
+      headers: authHeaders,
       onUpdate: () => this.updateProgress(),
     });
     prefetched?.images?.forEach((image, imageId) => {

@@ -237,10 +237,15 @@ def _maybe_prefetch(gw: Gateway, study: str, series: str) -> None:
         gw.frames.start_prefetch(study, series, instances)
 
 
+#: One frame: (study, series, instance) and its 1-based number.
+_FrameKey = tuple[tuple[str, str, str], int]
+
+
 @dataclass
 class _Planned:
     """One requested frame after the planning pass: what the headers need, and the frame while it is small."""
 
+    ids: tuple[str, str, str]
     number: int
     digest: str
     offsets: tuple[int, ...]
@@ -250,28 +255,26 @@ class _Planned:
     frame: Frame | None  # kept only within the buffer budget; re-read (from the cache) when streaming
 
 
-async def _plan_frames(
-    gw: Gateway, ids: tuple[str, str, str], nums: list[int], res: int | None, encoded: bool
-) -> list[_Planned]:
+async def _plan_frames(gw: Gateway, keys: list[_FrameKey], res: int | None, encoded: bool) -> list[_Planned]:
     """Read each frame once, in order with a bounded window, to learn its digest, resolution offsets and exact part
     size; stop with 413 as soon as the parts pass ``wado_max_response_bytes``. At most ``wado_buffer_bytes`` of
     frames stay referenced (the rest live in the byte-bounded frame cache, or are read again while streaming)."""
     s = gw.settings
     window = max(1, s.retrieve_concurrency)
     pending: list[asyncio.Task[tuple[Frame, bool]]] = []
-    it = iter(nums)
+    it = iter(keys)
     planned: list[_Planned] = []
     total = held = 0
     try:
-        for n in it:
+        for ids, n in it:
             pending.append(asyncio.create_task(gw.frames.frame(*ids, n)))
             if len(pending) >= window:
                 break
-        for n in nums:
+        for ids, n in keys:
             f, hit = await pending.pop(0)
             nxt = next(it, None)
             if nxt is not None:
-                pending.append(asyncio.create_task(gw.frames.frame(*ids, nxt)))
+                pending.append(asyncio.create_task(gw.frames.frame(*nxt[0], nxt[1])))
             if res is not None and res >= len(f.offsets):
                 raise BadRequest(f"resolution {res} does not exist for frame {n}; levels 0 to {len(f.offsets) - 1} exist")
             skip = fr.skip_levels(f, res)
@@ -284,12 +287,12 @@ async def _plan_frames(
             total += size
             if total > s.wado_max_response_bytes:
                 raise TooLarge(
-                    f"the {len(nums)} frame(s) asked for come to more than {s.wado_max_response_bytes} bytes "
+                    f"the {len(keys)} frame(s) asked for come to more than {s.wado_max_response_bytes} bytes "
                     "(RADLOOP_WADO_MAX_RESPONSE_BYTES); ask for fewer frames per request or a lower ?resolution"
                 )
             keep = held + len(f.data) <= s.wado_buffer_bytes
             held += len(f.data) if keep else 0
-            planned.append(_Planned(n, f.digest, f.offsets, size, skip, hit, f if keep else None))
+            planned.append(_Planned(ids, n, f.digest, f.offsets, size, skip, hit, f if keep else None))
     finally:
         for t in pending:
             t.cancel()
@@ -298,11 +301,11 @@ async def _plan_frames(
     return planned
 
 
-def _payload(gw: Gateway, ids: tuple[str, str, str], p: _Planned, res: int | None, encoded: bool) -> fr.Payload:
+def _payload(gw: Gateway, p: _Planned, res: int | None, encoded: bool) -> fr.Payload:
     async def produce() -> bytes:
         f = p.frame
         if f is None:
-            f, _ = await gw.frames.frame(*ids, p.number)
+            f, _ = await gw.frames.frame(*p.ids, p.number)
             if f.digest != p.digest:  # frames are immutable; a different stream would break the announced length
                 raise fr.PayloadSizeError(f"frame {p.number} changed while it was being sent")
         return fr.encoded_bytes(f, res) if encoded else await _decoded_cached(gw, f, p.skip)
@@ -327,8 +330,53 @@ async def retrieve_frames(
     nums = fr.parse_frame_list(frame_list, max_frames=gw.settings.wado_max_frames)
     res = fr.parse_resolution(resolution)
     rep = media.negotiate_frames(request.headers.get("accept"), len(nums))
-    plan = await _plan_frames(gw, ids, nums, res, rep.encoded)
+    plan = await _plan_frames(gw, [(ids, n) for n in nums], res, rep.encoded)
+    return await _frames_response(request, gw, principal, plan, rep, res, t0)
+
+
+@router.get("/{study}/series/{series}/pixeldata", summary="Retrieve the pixel data of every frame of a series.")
+async def series_pixel_data(
+    study: str, series: str, request: Request, gw: GatewayDep, principal: ReadUser, resolution: str | None = None
+) -> Response:
+    """The Series Pixel Data resource (PS3.18 §10.4.1.1.6): every frame of every instance in one multipart response,
+    in instance order, each part with its frame's URL as ``Content-Location``. ``?resolution=k`` (radloop's, as on
+    frames) sends each frame's level-k prefix: a viewer gets a whole series at low resolution in one request.
+    Bounded as a frames request is: at most ``wado_max_frames`` frames and ``wado_max_response_bytes`` bytes (413 with
+    the reason otherwise)."""
+    t0 = time.perf_counter()
+    s, se = _ids(study, series)
+    res = fr.parse_resolution(resolution)
+    rep = media.negotiate_frames(request.headers.get("accept"), 2)  # a pixel data resource is always multipart
+    # The series' instance list as the metadata request (which a viewer makes first) left it in the series cache.
+    entry = await gw.index.series_entry(s, se)
+    if not entry.instances:
+        raise NotFound(f"series {se} of study {s} has no stored instances")
+    keys = [((s, se, it["sop_uid"]), n) for it in entry.instances
+            for n in range(1, int(it.get("number_of_frames") or 1) + 1)]
+    limit = gw.settings.wado_max_frames
+    if len(keys) > limit:
+        raise TooLarge(f"series {se} has {len(keys)} frames, more than {limit} (RADLOOP_WADO_MAX_FRAMES); "
+                       "ask for them instance by instance")
+    plan = await _plan_frames(gw, keys, res, rep.encoded)
+    base = request.url.path.removesuffix("/pixeldata")
+    return await _frames_response(request, gw, principal, plan, rep, res, t0,
+                                  locations=[f"{base}/instances/{p.ids[2]}/frames/{p.number}" for p in plan])
+
+
+async def _frames_response(
+    request: Request,
+    gw: Gateway,
+    principal: Principal,
+    plan: list[_Planned],
+    rep: media.FrameRepresentation,
+    res: int | None,
+    t0: float,
+    locations: list[str] | None = None,
+) -> Response:
+    """The response to a frames or pixel data request: conditional (ETag), ranged, in memory when small and streamed
+    part by part when large, with the resolution offsets of each frame in ``X-Resolution-Offsets``."""
     t_read = time.perf_counter()
+    s, se, _ = plan[0].ids
     # After the requested frames, so the first image does not wait behind its own series' prefetch.
     _maybe_prefetch(gw, s, se)
     variant = f"{rep.variant}|{res}"
@@ -344,14 +392,14 @@ async def retrieve_frames(
         "Access-Control-Expose-Headers": _EXPOSE,
     }
     timing = f"read;dur={(t_read - t0) * 1000:.1f}"
-    gw.frame_audit.add(principal, s, se, len(nums))
+    gw.frame_audit.add(principal, s, se, len(plan))
     if _etag_matches(request, etag):
         return Response(status_code=304, headers=headers)
 
-    payloads = [_payload(gw, ids, p, res, rep.encoded) for p in plan]
+    payloads = [_payload(gw, p, res, rep.encoded) for p in plan]
     if rep.multipart:
         boundary = media.boundary_for(etag)
-        body = fr.Body.multipart([(rep.part_type, p) for p in payloads], boundary)
+        body = fr.Body.multipart([(rep.part_type, p) for p in payloads], boundary, locations)
         ctype = media.multipart_content_type(boundary, rep.media_type)
     else:
         body = fr.Body.single(payloads[0])

@@ -136,11 +136,13 @@ class Body:
         self.length = sum(s.size if isinstance(s, Payload) else len(s) for s in self.segments)
 
     @classmethod
-    def multipart(cls, parts: Sequence[tuple[str, Payload]], boundary: str) -> Body:
-        """A multipart/related body, byte-identical to :func:`media.multipart_body` of the produced parts."""
+    def multipart(cls, parts: Sequence[tuple[str, Payload]], boundary: str,
+                  locations: Sequence[str] | None = None) -> Body:
+        """A multipart/related body, byte-identical to :func:`media.multipart_body` of the produced parts; with
+        ``locations``, each part names its resource in a ``Content-Location`` header."""
         segs: list[Segment] = []
-        for ctype, payload in parts:
-            segs += [media.part_header(boundary, ctype), payload, b"\r\n"]
+        for k, (ctype, payload) in enumerate(parts):
+            segs += [media.part_header(boundary, ctype, locations[k] if locations else None), payload, b"\r\n"]
         segs.append(f"--{boundary}--\r\n".encode())
         return cls(segs)
 
