@@ -103,7 +103,7 @@ class IndexReader:
         self.table = table
         self.series_cache = SeriesCache(series_cache_bytes)
         self._series_locks: dict[tuple[str, str], asyncio.Lock] = {}
-        self.stats = {"queries": 0, "series_cache_hits": 0, "series_cache_loads": 0}
+        self.stats = {"queries": 0, "series_cache_hits": 0, "series_cache_loads": 0, "series_warmups": 0}
 
     async def _ddb(self) -> Any:
         return await self._ddb_factory()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections import OrderedDict
 
 from fastapi import APIRouter, Request, Response
 
@@ -82,9 +84,24 @@ async def search_study_series(study: str, request: Request, gw: GatewayDep, prin
 
 
 _warming: set[asyncio.Task[None]] = set()
+#: Studies whose series were warmed (or are being warmed), with when: at most one warm-up per study per
+#: WARM_AGAIN_S, however many searches list its series (the metadata request loads anything changed since).
+_warmed: OrderedDict[str, float] = OrderedDict()
+WARM_AGAIN_S = 60.0
+_WARMED_MAX = 10_000
 
 
 def _warm_series(gw: Gateway, study: str, at_most: int = 4) -> None:
+    now = time.monotonic()
+    last = _warmed.get(study)
+    if last is not None and now - last < WARM_AGAIN_S:
+        return
+    _warmed[study] = now
+    _warmed.move_to_end(study)
+    while len(_warmed) > _WARMED_MAX:
+        _warmed.popitem(last=False)
+    gw.index.stats["series_warmups"] += 1
+
     async def warm() -> None:
         try:
             for se in (await gw.index.series_of_study(study))[:at_most]:
