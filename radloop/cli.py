@@ -20,6 +20,7 @@ from rich.table import Table
 from radloop.datasets.cli import import_dataset
 from radloop.ops import config as ops_config
 from radloop.ops import dlq as ops_dlq
+from radloop.ops import index as ops_index
 from radloop.ops import models as ops_models
 from radloop.ops import runs as ops_runs
 from radloop.ops import send as ops_send
@@ -46,6 +47,7 @@ err = Console(stderr=True)
 app.add_typer(ops_models.app, name="models")
 app.add_typer(ops_runs.app, name="runs")
 app.add_typer(ops_dlq.app, name="dlq")
+app.add_typer(ops_index.app, name="index")
 app.command("send")(ops_send.send)
 app.command("worklist")(ops_worklist.worklist)
 app.command("config")(ops_config.config)

@@ -62,6 +62,25 @@ def series_index_keys(study: str, modality: str | None) -> dict[str, Any]:
     return {"level_pk": level_pk(LEVEL_SERIES, study), "modality_key": modality or None}
 
 
+def index_keys_of(item: dict[str, Any]) -> dict[str, Any] | None:
+    """The index key attributes a study or series item must carry, derived from the item's own attributes exactly as
+    :mod:`shared.index_writer` writes them today (a None value: the attribute must be absent); None for any other
+    item. ``radloop index backfill`` uses it to bring items written before a key existed up to date."""
+    sk = str(item.get("sk") or "")
+    study = str(item.get("study_uid") or "")
+    if not study:
+        return None
+    if sk == STUDY_SK:
+        keys = study_index_keys(study, item.get("accession_number"))
+        keys["level_sk"] = item.get("level_sk") or f"{item.get('study_date') or '00000000'}#{study}"
+        return keys
+    if sk.startswith(SERIES_PREFIX):
+        keys = series_index_keys(study, item.get("modality"))
+        keys["level_sk"] = item.get("level_sk") or f"{study}#{sk[len(SERIES_PREFIX):]}"
+        return keys
+    return None
+
+
 def study_pk(study: str) -> str:
     """Partition key of a study and everything in it."""
     return f"STUDY#{validate_uid(study, what='StudyInstanceUID')}"

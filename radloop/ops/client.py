@@ -6,9 +6,10 @@ Exit codes (every command): 0 success; 1 the deployment or the connection failed
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Callable
-from typing import Annotated, Any
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -163,3 +164,41 @@ def show_get(url: str | None, token: str | None, path: str, as_json: bool, rende
             render(data)
 
     run(go)
+
+
+T = TypeVar("T")
+EndpointOpt = Annotated[str | None, typer.Option(
+    "--url", envvar="AWS_ENDPOINT_URL", show_default=False,
+    help="The AWS endpoint (default: AWS_ENDPOINT_URL, else the embedded one `radloop up` started, else AWS).")]
+
+
+def with_clients(endpoint: str | None, what: str, fn: Callable[[Any], Awaitable[T]]) -> T:
+    """Run ``fn(AwsClients)`` against the deployment's AWS (``what`` names the service in errors): the commands that
+    talk to AWS directly, like ``radloop status``: the embedded endpoint locally, AWS otherwise."""
+    from shared.aws import AwsClients
+
+    s = local_settings()
+    if s is None:
+        raise OpsError("the settings do not load: set RADLOOP_ENVIRONMENT (and RADLOOP_PREFIX for a deployment)", 2)
+    if not endpoint:
+        try:
+            from radloop.local.platform import read_state
+
+            endpoint = s.aws_endpoint_url or str((read_state(s.var_dir) or {}).get("endpoint") or "")
+        except ImportError:  # the CLI without the `local` extra talks to AWS
+            endpoint = s.aws_endpoint_url
+    settings = s.model_copy(update={"aws_endpoint_url": endpoint or ""})
+
+    async def go() -> T:
+        async with AwsClients(settings) as clients:
+            return await fn(clients)
+
+    try:
+        return asyncio.run(go())
+    except ValueError as exc:  # e.g. an unknown queue name
+        raise OpsError(str(exc), 2) from None
+    except OpsError:
+        raise
+    except Exception as exc:  # botocore: endpoint down, a table or queue missing (the endpoint restarted), credentials
+        raise OpsError(f"{what} at {endpoint or 'AWS'} failed: {type(exc).__name__}: {exc} (is the platform up? "
+                       "see docs/troubleshooting.md)") from None
