@@ -78,3 +78,17 @@ def test_frame_cache_budget() -> None:
     big = FrameCache(10)
     big.put("x", frames[0])  # larger than the whole budget: served, never cached
     assert len(big) == 0
+
+
+def test_resolution_headers_stay_within_what_proxies_pass() -> None:
+    """Per-frame resolution offsets ride in response headers; a 1,000-frame request made about 30 KB of them, which an
+    AWS ALB refuses (16 KB per header, 32 KB in all: 502 to the client). Above the budget they are left out."""
+    from services.streaming_gateway.domain.frame_response import RESOLUTION_HEADERS_MAX_BYTES, resolution_headers
+
+    one = resolution_headers([(2_113, 8_467, 33_710, 117_090)])
+    assert one == {"X-Resolution-Offsets": "2113,8467,33710,117090", "X-Resolution-Levels": "4"}
+    series = resolution_headers([(2_113 + k, 8_467 + k, 33_710 + k, 117_090 + k) for k in range(300)])
+    assert len(series["X-Resolution-Offsets"].split(";")) == 300  # a 300-slice series' offsets still fit
+    many = [(9_113 + k, 38_467 + k, 133_710 + k, 517_090 + k, 1_900_000 + k) for k in range(1_000)]
+    assert resolution_headers(many) == {}
+    assert all(len(v) <= RESOLUTION_HEADERS_MAX_BYTES for v in series.values())

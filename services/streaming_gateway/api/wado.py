@@ -374,7 +374,8 @@ async def _frames_response(
     locations: list[str] | None = None,
 ) -> Response:
     """The response to a frames or pixel data request: conditional (ETag), ranged, in memory when small and streamed
-    part by part when large, with the resolution offsets of each frame in ``X-Resolution-Offsets``."""
+    part by part when large, with the resolution offsets of each frame in ``X-Resolution-Offsets`` (within
+    ``fr.RESOLUTION_HEADERS_MAX_BYTES``)."""
     t_read = time.perf_counter()
     s, se, _ = plan[0].ids
     # After the requested frames, so the first image does not wait behind its own series' prefetch.
@@ -386,8 +387,7 @@ async def _frames_response(
         "Cache-Control": f"private, max-age={gw.settings.frame_max_age_s}, immutable",
         "Vary": "Accept",
         "Accept-Ranges": "bytes",
-        "X-Resolution-Offsets": ";".join(",".join(str(o) for o in p.offsets) for p in plan),
-        "X-Resolution-Levels": ";".join(str(len(p.offsets)) for p in plan),
+        **fr.resolution_headers([p.offsets for p in plan]),
         "X-Cache": "hit" if all(p.cached for p in plan) else "miss",
         "Access-Control-Expose-Headers": _EXPOSE,
     }

@@ -112,6 +112,21 @@ def decoded_size(codestream: bytes, skip: int) -> int | None:
     return max(0, width) * max(0, height) * comps * itemsize
 
 
+#: Bytes the per-frame resolution headers may take. Proxies refuse large response headers: an AWS ALB answers 502 for
+#: a header over 16 KB or headers over 32 KB in all (the local entry's nginx allows 64 KB), and a 1,000-frame request
+#: makes about 30 KB of offsets. Above this the headers are left out (a client can still ask for ?resolution=k).
+RESOLUTION_HEADERS_MAX_BYTES = 8 * 1024
+
+
+def resolution_headers(offsets: Sequence[Sequence[int]]) -> dict[str, str]:
+    """``X-Resolution-Offsets`` (per frame, the byte offsets where each resolution level ends, ``;`` between frames)
+    and ``X-Resolution-Levels``, or no headers when they would pass :data:`RESOLUTION_HEADERS_MAX_BYTES`."""
+    joined = ";".join(",".join(str(o) for o in frame) for frame in offsets)
+    if len(joined) > RESOLUTION_HEADERS_MAX_BYTES:
+        return {}
+    return {"X-Resolution-Offsets": joined, "X-Resolution-Levels": ";".join(str(len(frame)) for frame in offsets)}
+
+
 # --- the body ---------------------------------------------------------------------------------------------------------
 class PayloadSizeError(RuntimeError):
     """A produced payload differs from its planned size (the body's length was already sent): a bug, never input."""
