@@ -150,8 +150,9 @@ def free_port() -> int:
 
 
 def start_gateway(settings: Settings, log_path: Path, *, viewer_dist: Path | None = None,
-                  timeout_s: float = 60.0) -> GatewayProcess:
-    """Start the gateway against ``settings``' deployment and wait (bounded) until /readyz answers 200."""
+                  timeout_s: float = 60.0, env_extra: dict[str, str] | None = None) -> GatewayProcess:
+    """Start the gateway against ``settings``' deployment (``env_extra``: more of its settings) and wait (bounded)
+    until /readyz answers 200."""
     port = free_port()
     env = dict(os.environ)
     env.update({
@@ -162,6 +163,7 @@ def start_gateway(settings: Settings, log_path: Path, *, viewer_dist: Path | Non
         "RADLOOP_PORT": str(port),
         "RADLOOP_VAR_DIR": str(settings.var_dir),
         "RADLOOP_VIEWER_DIST": str(viewer_dist or REPO / "viewer" / "dist"),
+        **(env_extra or {}),
     })
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as out:

@@ -27,6 +27,7 @@ from tests.viewer.browser_support import (
     wait_state,
 )
 from tests.viewer.conftest import N_SLICES, REPO, CtSeries
+from tests.viewer.series_store import start_gateway
 
 PRESETS = {"lung": (-600, 1500), "mediastinum": (40, 400), "bone": (400, 1800)}
 SCREENSHOTS = Path(os.environ.get("RADLOOP_VIEWER_SCREENSHOTS", REPO / "var" / "viewer-screenshots"))
@@ -120,6 +121,32 @@ def test_frames_stream_as_htj2k_low_resolution_first(desktop: Any, ct_series: Ct
         int(cr.rsplit("/", 1)[1]) for _, _, cr in ranges) * N_SLICES / len(ranges)
     # A per-slice prefix is a small part of the frame (the 128-px level of a 512-px image).
     assert np.median([n for _, n in low]) < 0.2 * np.median([n for _, n in full])
+
+
+def test_series_over_the_batch_limit_falls_back_to_one_request_per_slice(
+        browser: Any, gateway_settings: Any, ct_series: CtSeries, viewer_dist: Path, viewer_token: str,
+        tmp_path: Path) -> None:
+    """A gateway that refuses the whole-series request (here its frame limit, 100, is below the 300 slices: 413) still
+    serves the viewer: it falls back to one low-resolution request per slice, and every slice loads."""
+    gw = start_gateway(gateway_settings, tmp_path / "gateway.log", viewer_dist=viewer_dist,
+                       env_extra={"RADLOOP_WADO_MAX_FRAMES": "100"})
+    context = browser.new_context(**DESKTOP)
+    try:
+        page = context.new_page()
+        statuses: list[int] = []
+        page.on("response", lambda r: statuses.append(r.status) if "/pixeldata" in r.url else None)
+        low: list[str] = []
+        page.on("request", lambda r: low.append(r.url) if "/frames/" in r.url and "resolution=" in r.url else None)
+        page.goto(viewer_url(gw.base_url, ct_series.study, ct_series.series, viewer_token))
+        wait_state(page)
+        assert page.evaluate("window.radloopViewer.waitAllLoaded(90000)"), "not every slice loaded"
+        stats = page.evaluate("window.radloopViewer.stats()")
+        assert statuses == [413], statuses
+        assert "413" in stats["batch"]["error"] and stats["remainders"] == 0
+        assert stats["allLowFromOpen"] is not None and len(low) > N_SLICES * 0.8, len(low)
+    finally:
+        context.close()
+        gw.stop()
 
 
 @pytest.mark.parametrize("k", [37, 211])
