@@ -121,8 +121,12 @@ class Verification:
             raise CaseNotFound(f"case {case_id!r} does not exist (no stored instance has that SOP Instance UID)")
         return c
 
-    async def claim(self, case_id: str, reader: str) -> dict[str, Any]:
-        """Lease the case to ``reader`` (renewing their own lease); :class:`CaseConflict` when another holds it."""
+    async def claim(self, case_id: str, reader: str, *, renew: bool = False) -> dict[str, Any]:
+        """Lease the case to ``reader`` (renewing their own lease); :class:`CaseConflict` when another holds it.
+
+        With ``renew``, only an existing lease of ``reader``'s is extended: a renewal that reaches the service after
+        the reader released the case (its request was in flight when the reader left) must not claim it again, or
+        the case stays held by someone who has gone."""
         await self.existing(case_id)
         lease_s = self.settings.verification_lease_s
 
@@ -135,6 +139,8 @@ class Verification:
             holder = lease_holder(c, now)
             if holder is not None and holder != reader:
                 raise CaseConflict(f"case {case_id} is claimed by another reader until its lease expires")
+            if renew and holder is None:
+                raise CaseConflict(f"your claim on case {case_id} has ended (released or expired); claim it again")
             new = dict(c, lease_owner=reader, lease_expires_at=now + lease_s)
             return new, [], None
 

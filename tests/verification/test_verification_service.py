@@ -139,6 +139,28 @@ async def test_claim_lease_expiry_and_conflicts(single) -> None:
         assert done.status_code == 200 and done.json()["status"] == "final"
 
 
+async def test_a_renewal_arriving_after_the_release_does_not_claim_the_case_again(single) -> None:
+    # The workstation renews its lease every lease/3 s. A renewal in flight when the reader leaves the case reached
+    # the service after the release and claimed the case again for a reader who had gone (a flake of the browser
+    # test of claims, a real bug for a second reader). A renewal now only extends a live lease of the caller's own.
+    dep = single
+    async with httpx.AsyncClient(base_url=dep.service.url, timeout=10) as client:
+        sop = await new_case(client, dep)
+        r1, r2 = dep.headers("radiologist", "rad-1"), dep.headers("radiologist", "rad-2")
+        url = f"/verification/cases/{sop}/claim"
+        first = await client.post(url, headers=r1)
+        assert first.status_code == 200
+        renewed = await client.post(url, headers=r1, params={"renew": "true"})
+        assert renewed.status_code == 200 and renewed.json()["lease_expires_at"] >= first.json()["lease_expires_at"]
+        assert (await client.post(url, headers=r2, params={"renew": "true"})).status_code == 409  # not theirs
+        assert (await client.delete(url, headers=r1)).status_code == 204
+        late = await client.post(url, headers=r1, params={"renew": "true"})
+        assert late.status_code == 409 and "ended" in late.json()["detail"]
+        view = (await client.get(f"/verification/cases/{sop}", headers=r2)).json()
+        assert view["lease_owner"] is None
+        assert (await client.post(url, headers=r2)).status_code == 200  # the second reader can take it
+
+
 async def test_single_read_is_final_publishes_once_and_amendment_publishes_a_new_version(single) -> None:
     dep = single
     await events_of(dep, wait_s=0.5)  # drop what earlier tests published

@@ -88,12 +88,16 @@ async def worklist(
 
 
 @router.post("/cases/{case_id}/claim", summary="Claim a case: a time-limited lease that keeps others off it.")
-async def claim(case_id: str, deps: DepsDep, user: VerifyUser) -> dict[str, Any]:
+async def claim(
+    case_id: str, deps: DepsDep, user: VerifyUser,
+    renew: Annotated[bool, Query(description="only extend the caller's own live lease: 409 when it has ended "
+                                             "(released or expired), so a late renewal never claims a left case")] = False,
+) -> dict[str, Any]:
     """Lease the case to the caller."""
     v = deps.verification
     cid = v.case_id(case_id)
-    out = await v.claim(cid, user.subject)
-    await deps.rt.audit.record(user, "case.claim", {"case_id": cid})
+    out = await v.claim(cid, user.subject, renew=renew)
+    await deps.rt.audit.record(user, "case.claim", {"case_id": cid, "renew": renew or None})
     return out
 
 

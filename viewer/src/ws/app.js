@@ -547,14 +547,18 @@ function renderLease() {
   p.textContent = `Claimed by you · lease until ${clock(c.claim.lease_expires_at)} (${left} s), renewed while open`;
 }
 
-async function claim(c) {
+async function claim(c, { renew = false, quiet = false } = {}) {
   try {
-    c.claim = await post(`/verification/cases/${c.id}/claim`);
+    // A renewal only extends a lease we still hold: one still in flight when the reader leaves the case reaches the
+    // service after the release, and must not claim the case again for someone who has gone.
+    c.claim = await post(`/verification/cases/${c.id}/claim${renew ? '?renew=true' : ''}`);
     c.claimError = null;
     renderLease();
     return true;
   } catch (e) {
     if (onApiError(e)) return false;
+    // A case left meanwhile is not on screen: its failure must not touch the open case's alert or form.
+    if (quiet || S.current !== c) return false;
     c.claim = null;
     c.claimError = e;
     const other = e.status === 409;
@@ -569,7 +573,8 @@ function startRenew(c) {
   const every = Math.max(1000, ((c.claim?.lease_s || 900) * 1000) / 3);
   c.renew = setInterval(async () => {
     if (S.current !== c || c.submitted) return;
-    const ok = await claim(c);
+    // Our lease ended without anyone else taking the case (the machine slept past it): claim it again.
+    const ok = (await claim(c, { renew: true, quiet: true })) || (S.current === c && !c.submitted && await claim(c));
     if (!ok) {
       clearInterval(c.renew);
       setAlert('The lease was lost: another reader claimed this case. Your read cannot be submitted.');
