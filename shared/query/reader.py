@@ -216,6 +216,23 @@ class IndexReader:
             ScanIndexForward=False,
         )
 
+    async def study_and_series(self, study: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+        """The study item (None if absent) and its series items by series number, in one Query: the sort keys
+        ``SERIES#...`` and ``STUDY`` are neighbours (``INSTANCE#...`` sorts before both), so one range holds them."""
+        study_item: dict[str, Any] | None = None
+        series: list[dict[str, Any]] = []
+        async for it in self.query(
+            KeyConditionExpression="pk = :pk AND sk BETWEEN :lo AND :hi",
+            ExpressionAttributeValues={":pk": {"S": study_pk(study)}, ":lo": {"S": SERIES_PREFIX},
+                                       ":hi": {"S": STUDY_SK}},
+        ):
+            if it.get("sk") == STUDY_SK:
+                study_item = it
+            elif str(it.get("sk", "")).startswith(SERIES_PREFIX):
+                series.append(it)
+        series.sort(key=lambda it: (it.get("series_number", 1 << 31), it.get("series_uid", "")))
+        return study_item, series
+
     async def series_of_study(self, study: str) -> list[dict[str, Any]]:
         """Series items of a study, by series number."""
         items = [

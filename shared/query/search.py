@@ -123,6 +123,8 @@ class IndexReads(Protocol):
 
     async def series_of_study(self, study: str) -> list[dict[str, Any]]: ...
 
+    async def study_and_series(self, study: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]: ...
+
     async def instances_of_study(self, study: str, series: str | None = None) -> list[dict[str, Any]]: ...
 
     async def instances_by_sop(self, sop: str) -> list[dict[str, Any]]: ...
@@ -206,8 +208,8 @@ class Searcher:
 
     async def _matching_series(self, q: qido.Query, b: Budget) -> AsyncIterator[tuple[dict[str, Any], dict[str, Any]]]:
         if self._needs_study_filter(q):
-            async for st in self._matching_studies(q, b):
-                series = await self.index.series_of_study(st["study_uid"])
+            # (The series of one study, what a viewer lists first: its study and series items in one index read.)
+            async for st, series in self._studies_with_series(q, b):
                 b.spend(len(series))
                 for se in series:
                     if qido.series_matches(q, se):
@@ -271,8 +273,8 @@ class Searcher:
                 if qido.study_matches(q, st) and qido.series_matches(q, se) and qido.instance_matches(q, it):
                     yield st, se, it
             return
-        async for st in self._matching_studies(q, b):
-            series = {se["series_uid"]: se for se in await self.index.series_of_study(st["study_uid"])}
+        async for st, series_items in self._studies_with_series(q, b):
+            series = {se["series_uid"]: se for se in series_items}
             b.spend(len(series))
             want = {k for k, se in series.items() if qido.series_matches(q, se)}
             if not want:
@@ -283,6 +285,21 @@ class Searcher:
             for it in instances:
                 if it["series_uid"] in want and qido.instance_matches(q, it):
                     yield st, series[it["series_uid"]], it
+
+    async def _studies_with_series(
+        self, q: qido.Query, b: Budget
+    ) -> AsyncIterator[tuple[dict[str, Any], list[dict[str, Any]]]]:
+        """Matching studies with their series items; one study by UID alone takes one index read."""
+        study_m = q.matchers.get("StudyInstanceUID")
+        if (study_m is not None and len(study_m.values) == 1
+                and {m.keyword for m in q.at("STUDY")} == {"StudyInstanceUID"}):
+            st, series = await self.index.study_and_series(str(study_m.values[0]))
+            b.spend(1)
+            if st is not None and qido.study_matches(q, st):
+                yield st, series
+            return
+        async for st in self._matching_studies(q, b):
+            yield st, await self.index.series_of_study(st["study_uid"])
 
     async def instances(self, q: qido.Query, base_url: str) -> SearchResult:
         """Matching instances in instance-number order."""

@@ -137,3 +137,27 @@ def test_listing_a_study_series_warms_its_metadata_once(corpus: Corpus, gateway:
     time.sleep(0.3)  # any background warm-up the burst started would have queried by now
     assert stats()["series_warmups"] == warmups
     assert stats()["queries"] - before == 10 * per_search
+
+
+def test_a_study_series_are_listed_with_one_index_read(corpus: Corpus, gateway: GatewayProcess) -> None:
+    """The series of one study (what a viewer asks first) come from one index Query: the study item and its series
+    items are neighbours in the study's partition. It took two reads before (a BatchGetItem of the study, a Query of
+    its series), each a round trip to the index; the search's time is mostly those round trips."""
+    h = {**auth(corpus), "Accept": "application/dicom+json"}
+    stats = lambda: httpx.get(f"{gateway.url}/streaming/stats", headers=auth(corpus)).json()["index"]  # noqa: E731
+    url = f"{gateway.url}/dicomweb/series"
+    for study, series, n in ((corpus.ct_study, corpus.ct_series, 6), (corpus.mr_study, corpus.mr_series, 1)):
+        before = stats()["queries"]
+        r = httpx.get(url, params={"StudyInstanceUID": study, "includefield": "PatientID"}, headers=h)
+        assert stats()["queries"] - before == 1
+        assert r.status_code == 200 and _uids(r.json(), "0020000E") == {series}
+        (only,) = r.json()
+        assert only["0020000D"]["Value"] == [study] and only["00201209"]["Value"] == [n]
+    assert _uids(httpx.get(url, params={"StudyInstanceUID": corpus.ct_study, "PatientID": "PID-A"}, headers=h).json(),
+                 "0020000E") == {corpus.ct_series}  # another study key: the general path, same answer
+    ct = httpx.get(url, params={"StudyInstanceUID": corpus.ct_study, "includefield": "PatientID"}, headers=h).json()
+    assert ct[0]["00100020"]["Value"] == ["PID-A"]  # the study's attributes come with the series
+    assert httpx.get(url, params={"StudyInstanceUID": corpus.ct_study, "PatientID": "PID-B"}, headers=h).json() == []
+    before = stats()["queries"]
+    assert httpx.get(url, params={"StudyInstanceUID": "1.2.3.999999"}, headers=h).json() == []
+    assert stats()["queries"] - before == 1
