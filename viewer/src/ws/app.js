@@ -575,6 +575,7 @@ function startRenew(c) {
     if (S.current !== c || c.submitted) return;
     // Our lease ended without anyone else taking the case (the machine slept past it): claim it again.
     const ok = (await claim(c, { renew: true, quiet: true })) || (S.current === c && !c.submitted && await claim(c));
+    if (S.current !== c) return; // left while renewing: leaveCase stopped the timer, the screen is another case's
     if (!ok) {
       clearInterval(c.renew);
       setAlert('The lease was lost: another reader claimed this case. Your read cannot be submitted.');
