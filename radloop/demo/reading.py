@@ -33,28 +33,33 @@ class Radiologists:
         items = self.api.worklist()
         todo = [i for i in items if (i.get("sop_uid") or i.get("case_id")) in self.state.truth][: c.reads_per_round]
         readers = ["dr-ada", "dr-lister", "dr-curie"]
-        labels: list[tuple[int, int]] = []  # (truth, the label read), drawn in worklist order: a seed gives one run
+        # (truth, the labels read), drawn in worklist order: a seed gives one run. Each reader errs on their own: in
+        # double-read mode two reads, and a third (the adjudicator's) used only when the two disagree.
+        labels: list[tuple[int, list[int]]] = []
         for i in todo:
             truth = self.state.truth[i.get("sop_uid") or i["case_id"]]
-            labels.append((truth, truth if rng.random() >= c.read_error_rate else 1 - truth))
+            drawn = [truth if rng.random() >= c.read_error_rate else 1 - truth for _ in range(3 if c.double_read else 1)]
+            labels.append((truth, drawn if not c.double_read or drawn[0] != drawn[1] else drawn[:2]))
         done = 0
         with progress_bar(self.console) as prog:
             t = prog.add_task(f"round {r + 1}: {len(readers)} radiologists reading the worklist", total=len(todo))
 
             def read_case(k: int) -> None:
                 nonlocal done
-                item, (truth, label) = todo[k], labels[k]
+                item, (truth, reads) = todo[k], labels[k]
+                label = reads[-1]  # the final label: the single read, the two agreeing reads or the adjudicator's
                 case = item.get("case_id") or item["sop_uid"]
                 sop = item.get("sop_uid") or case
-                for j in range(2 if c.double_read else 1):
-                    reader = readers[(k + j) % len(readers)]  # a double read goes to two different readers
+                for j, read in enumerate(reads):
+                    # a double read goes to two different readers, an adjudication to the third
+                    reader = readers[(k + j) % len(readers)]
                     h = {"Authorization": f"Bearer {self.api.token('radiologist', reader)}"}
                     cl = self.api.http.post(f"{self.api.base}/verification/cases/{case}/claim", headers=h)
                     if cl.status_code not in (200, 201):
                         with self._lock:
                             self.state.errors.append(f"claim {case}: {cl.status_code} {cl.text[:120]}")
                         continue
-                    body = {"label": "pneumonia" if label else "normal", "confidence": 0.9, "comment": "demo read"}
+                    body = {"label": "pneumonia" if read else "normal", "confidence": 0.9, "comment": "demo read"}
                     rr = self.api.http.post(f"{self.api.base}/verification/cases/{case}/reads", json=body,
                                         headers={**h, "Idempotency-Key": f"{case}-{reader}-{r}"})
                     if rr.status_code not in (200, 201, 202):

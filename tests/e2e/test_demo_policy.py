@@ -55,3 +55,35 @@ def test_the_quality_target_is_judged_at_the_shipped_threshold() -> None:
     assert quality_target(cfg, [dict(row, champion=False)]) == {
         "target": {"auc": 0.85, "sensitivity": 0.9, "specificity": 0.6}, "met": False, "version": None,
         "reason": "no champion"}
+
+
+#: Variables the demo sets that no service's settings hold: read by the training scripts themselves.
+_NOT_SETTINGS = {"RADLOOP_TORCH_THREADS"}
+
+
+@pytest.mark.parametrize("double", [False, True])
+def test_every_variable_the_demo_sets_is_one_a_service_reads(tmp_path: Path, double: bool) -> None:
+    """The services ignore unknown variables (pydantic-settings, ``extra="ignore"``), so a misspelt name fails
+    silently: `radloop demo --double-read` set RADLOOP_READ_MODE, which no service reads, and every case was final
+    after its first read (the second readers got 409 "case is final")."""
+    from services.ingestion.settings import IngestionSettings
+    from services.interop.settings import InteropSettings
+    from services.pipeline_orchestrator.settings import OrchestratorSettings
+    from services.registry.settings import RegistrySettings
+    from services.streaming_gateway.settings import GatewaySettings
+    from services.triage.settings import TriageSettings
+    from services.verification.settings import VerificationSettings
+
+    classes = (IngestionSettings, InteropSettings, OrchestratorSettings, RegistrySettings, GatewaySettings,
+               TriageSettings, VerificationSettings)
+    read = {f"RADLOOP_{name.upper()}" for cls in classes for name in cls.model_fields}
+    demo = Demo(DemoConfig(double_read=double), work_dir=tmp_path)
+    try:
+        env = demo.platform_env()
+    finally:
+        demo.api.close()
+    unknown = sorted(k for k in env if k.startswith("RADLOOP_") and k not in read | _NOT_SETTINGS)
+    assert not unknown, f"no service reads {unknown}"
+    mode = VerificationSettings(**{k.removeprefix("RADLOOP_").lower(): v for k, v in env.items()
+                                   if k == "RADLOOP_VERIFICATION_READ_MODE"})
+    assert mode.verification_read_mode == ("double" if double else "single")
