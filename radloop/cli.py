@@ -273,7 +273,10 @@ def demo(
     keep_running: Annotated[bool, typer.Option("--keep-running", help="Leave the platform up afterwards.")] = False,
     out: Annotated[Path, typer.Option(help="Where the report is written.")] = Path("demo-report"),
     radiographs: Annotated[int | None, typer.Option(min=40, help="Override the number of chest radiographs.")] = None,
-    double_read: Annotated[bool, typer.Option("--double-read", help="Two readers per case, with adjudication.")] = False,
+    double_read: Annotated[bool | None, typer.Option(
+        "--double-read/--single-read",
+        help="Two readers per case, the third adjudicating disagreements (the full demo's default), or one read per "
+             "case (--quick's default).")] = None,
     read_error_rate: Annotated[float, typer.Option(min=0.0, max=0.5,
                                                    help="Share of simulated reads that disagree with the truth.")] = 0.03,
 ) -> None:
@@ -285,8 +288,10 @@ def demo(
     """
     from radloop.demo.run import Demo, DemoConfig
 
-    kw: dict[str, Any] = {"seed": seed, "keep_running": keep_running, "out_dir": out, "double_read": double_read,
+    kw: dict[str, Any] = {"seed": seed, "keep_running": keep_running, "out_dir": out,
                           "read_error_rate": read_error_rate}
+    if double_read is not None:
+        kw["double_read"] = double_read
     if radiographs is not None:
         kw["radiographs"] = radiographs
     cfg = DemoConfig.quick(**kw) if quick else DemoConfig(**kw)
