@@ -6,6 +6,7 @@ moto keeps state in memory only, so the topology is bootstrapped each time the e
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -15,11 +16,40 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+_PORTS = random.Random()  # its own generator: a test that seeds ``random`` must not make every caller pick alike
+_EPHEMERAL_FALLBACK = (32768, 60999)  # Linux's default ip_local_port_range
+_LOWEST = 10000
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+
+def ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for outgoing connections' local ports (``ip_local_port_range``)."""
+    try:
+        lo, hi = (int(v) for v in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        return lo, hi
+    except (OSError, ValueError):
+        return _EPHEMERAL_FALLBACK
+
+
+def free_port(*, tries: int = 200) -> int:
+    """A loopback port free now and outside the kernel's ephemeral range.
+
+    A port the kernel hands out for ``bind(0)`` lies in the ephemeral range, so the next outgoing connection (a boto
+    client opening one to moto, say) may take it before the process it was chosen for binds it: the CI run of
+    2026-12-07 lost the quick demo that way (``[Errno 98] ... address already in use`` for a port chosen a second
+    earlier). Ports below the range are never handed to outgoing connections; one is drawn at random, so callers in
+    separate processes rarely draw the same one, and tried, bounded by ``tries``.
+    """
+    lo, _ = ephemeral_range()
+    top = lo - 1 if lo - 1 > _LOWEST + 1000 else 32767
+    for _ in range(tries):
+        port = _PORTS.randint(_LOWEST, top)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free loopback port in {_LOWEST}-{top} after {tries} tries")
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import io
-import socket
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
+from radloop.local.embedded_aws import free_port
 from radloop.local.platform import LocalPlatform
 from radloop.smoke import generate_instance, smoke
 from shared.auth import mint_token
@@ -31,10 +31,6 @@ CHAMPION_VERSION = 1
 CHAMPION_THRESHOLD = 0.5
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def _approve_champion(settings: Settings, artefact: bytes) -> None:
@@ -56,7 +52,7 @@ def platform(aws_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     artefact, _metrics = trained_model_tar()  # its accuracy is the triage tests' concern; any valid model scores
     bootstrap_sync(settings)  # the champion needs the ml bucket and the state table before triage starts
     asyncio.run(_approve_champion(settings, artefact))
-    ports = {name: _free_port() for name in (*SMOKE_SERVICES, "entry", "dimse")}
+    ports = {name: free_port() for name in (*SMOKE_SERVICES, "entry", "dimse")}
     plat = LocalPlatform(settings=settings, ports=ports, services=SMOKE_SERVICES)
     try:
         plat.start()
@@ -106,6 +102,6 @@ def test_smoke_stops_at_the_first_failure(platform: LocalPlatform) -> None:
     assert len(result.steps) == 1 and not result.steps[0].ok
     assert "403" in result.steps[0].detail
     # And against nothing at all: a connection error, reported, not raised.
-    dead = smoke(f"http://127.0.0.1:{_free_port()}", bad, timeout=1,
+    dead = smoke(f"http://127.0.0.1:{free_port()}", bad, timeout=1,
                  client=httpx.Client(timeout=2.0))
     assert not dead.ok and "ConnectError" in dead.steps[0].detail

@@ -24,11 +24,12 @@ import httpx
 import pydicom
 import pytest
 
+from radloop.local.embedded_aws import free_port
 from shared.aws import AwsClients
 from shared.bootstrap import bootstrap_topology
 from shared.index_writer import decode_item
 from shared.settings import Settings
-from tests.support.ingestion_service import ROOT, free_port, ingestion_service
+from tests.support.ingestion_service import ROOT, ingestion_service
 from training.synthetic import generate_case
 
 #: Calling AE titles the Q/R SCP accepts in the tests.

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
+from radloop.local.embedded_aws import free_port
 from services.interop.adapters.archive import Archive
 from services.interop.adapters.senders import SendError
 from services.interop.domain import builders as b
@@ -81,17 +82,11 @@ async def _delivered(clients: AwsClients, ev: InstanceStored, receive_count: int
     return MessageContext(parse_envelope(got["Body"]), got["MessageId"], count, got["ReceiptHandle"])
 
 
-def _closed_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def test_stow_forwarding_then_dead_letter_with_reason(adeployment: Settings, stow_server: str) -> None:
     dests = [Destination(name="cloud-pacs", kind="stow", url=stow_server, authorization="Bearer secret-token"),
-             Destination(name="down", kind="dimse", ae_title="NOBODY", host="127.0.0.1", port=_closed_port())]
+             Destination(name="down", kind="dimse", ae_title="NOBODY", host="127.0.0.1", port=free_port())]
     settings = InteropSettings(**adeployment.model_dump(), interop_destinations=dests)
     spec = settings.topology.queue_for("interop")
     _Stow.received.clear()
@@ -146,7 +141,7 @@ def test_c_store_over_tls(tmp_path) -> None:
     from pynetdicom import sop_class as sc
 
     from services.interop.adapters.senders import c_store
-    from tests.interop.test_qr_tls import _port, _self_signed
+    from tests.interop.test_qr_tls import _self_signed
 
     cert, key = _self_signed(tmp_path)
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -159,7 +154,7 @@ def test_c_store_over_tls(tmp_path) -> None:
 
     ae = AE(ae_title="TLSPACS")
     ae.add_supported_context(sc.Comprehensive3DSRStorage)
-    port = _port()
+    port = free_port()
     server = ae.start_server(("127.0.0.1", port), block=False, ssl_context=server_ctx,
                              evt_handlers=[(evt.EVT_C_STORE, on_store)])
     try:

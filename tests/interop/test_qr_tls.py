@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import ipaddress
-import socket
 import ssl
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom import sop_class as sc
 
+from radloop.local.embedded_aws import free_port
 from services.interop.adapters.qr_scp import QueryRetrieveSCP
 from services.interop.settings import InteropSettings
 from shared.audit import AuditLog
@@ -44,10 +44,6 @@ def _self_signed(tmp: Path) -> tuple[str, str]:
     return str(cert_path), str(key_path)
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _client(port: int, tls_ctx: ssl.SSLContext | None) -> tuple[bool, list[int]]:
@@ -70,7 +66,7 @@ def _client(port: int, tls_ctx: ssl.SSLContext | None) -> tuple[bool, list[int]]
 
 async def test_qr_scp_over_tls(adeployment: Settings, tmp_path: Path) -> None:
     cert, key = _self_signed(tmp_path)
-    port = _port()
+    port = free_port()
     settings = InteropSettings(**adeployment.model_dump(), qr_port=port, qr_tls_cert_file=cert, qr_tls_key_file=key,
                                qr_allowed_calling_aes=["PYNETDICOM"])
     async with AwsClients(settings) as clients:
@@ -89,7 +85,7 @@ async def test_qr_scp_over_tls(adeployment: Settings, tmp_path: Path) -> None:
 
 
 async def test_qr_scp_association_limit(adeployment: Settings) -> None:
-    port = _port()
+    port = free_port()
     settings = InteropSettings(**adeployment.model_dump(), qr_port=port, qr_max_associations=1,
                                qr_allowed_calling_aes=["PYNETDICOM"])
     async with AwsClients(settings) as clients:

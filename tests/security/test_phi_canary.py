@@ -47,7 +47,6 @@ import asyncio
 import io
 import json
 import re
-import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -59,6 +58,7 @@ import httpx
 import pydicom
 import pytest
 
+from radloop.local.embedded_aws import free_port
 from radloop.local.platform import LocalPlatform
 from radloop.smoke import generate_instance
 from shared.auth import mint_token
@@ -135,10 +135,6 @@ class Capture:
                 f"{where}: …{f}…" for f in found[:3])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def _prepare(settings: Settings) -> str:
@@ -361,7 +357,7 @@ def capture(aws_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
                         var_dir=tmp_path_factory.mktemp("phi-var"), aws_max_attempts=2)
     bootstrap_sync(settings)
     capture_url = asyncio.run(_prepare(settings))
-    ports = {name: _free_port() for name in (*SERVICES, "entry", "dimse")}
+    ports = {name: free_port() for name in (*SERVICES, "entry", "dimse")}
     plat = LocalPlatform(settings=settings, ports=ports, services=SERVICES,
                          extra_env={"RADLOOP_LOG_LEVEL": "DEBUG"})
     cap = Capture(settings=settings)

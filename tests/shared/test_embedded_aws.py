@@ -297,3 +297,23 @@ def test_queue_walks_read_the_clock_once_and_give_moto_s_counts() -> None:
             q.approximate_number_of_messages_delayed) == own
     assert len(own[0]) == 16 and own[1] == 10 and own[2] == 6
     assert Queue.messages.fget.__radloop_one_clock__  # type: ignore[attr-defined]
+
+
+def test_a_chosen_port_is_one_no_outgoing_connection_can_take() -> None:
+    """CI 2026-12-07: the quick demo's orchestrator failed to bind a port chosen with ``bind(0)``, because an outgoing
+    connection had been given it meanwhile. Chosen ports now lie below the kernel's ephemeral range."""
+    import socket
+
+    from radloop.local.embedded_aws import ephemeral_range, free_port
+
+    lo, hi = ephemeral_range()
+    chosen = {free_port() for _ in range(50)}
+    assert len(chosen) > 40, "ports are drawn at random, so callers rarely pick the same one"
+    assert not [p for p in chosen if lo <= p <= hi], f"ports inside the ephemeral range {lo}-{hi}"
+    with socket.socket() as listener:  # and outgoing connections' local ports never land on them
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        port = listener.getsockname()[1]
+        for _ in range(20):
+            with socket.create_connection(("127.0.0.1", port)) as c:
+                assert c.getsockname()[1] not in chosen

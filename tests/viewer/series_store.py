@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from radloop.local.embedded_aws import free_port
 from services.ingestion.domain.prepare import Prepared, PrepareOptions, prepare
 from shared.aws import AwsClients
 from shared.dicom.parse import ParseLimits
@@ -141,12 +142,6 @@ class GatewayProcess:
                 self.process.wait(5)
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_gateway(settings: Settings, log_path: Path, *, viewer_dist: Path | None = None,
