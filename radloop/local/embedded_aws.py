@@ -13,12 +13,14 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
 _PORTS = random.Random()  # its own generator: a test that seeds ``random`` must not make every caller pick alike
 _EPHEMERAL_FALLBACK = (32768, 60999)  # Linux's default ip_local_port_range
 _LOWEST = 10000
+_GIVEN: deque[int] = deque(maxlen=4096)  # ports this process handed out: not handed out again before they are bound
 
 
 def ephemeral_range() -> tuple[int, int]:
@@ -37,17 +39,21 @@ def free_port(*, tries: int = 200) -> int:
     client opening one to moto, say) may take it before the process it was chosen for binds it: the CI run of
     2026-12-07 lost the quick demo that way (``[Errno 98] ... address already in use`` for a port chosen a second
     earlier). Ports below the range are never handed to outgoing connections; one is drawn at random, so callers in
-    separate processes rarely draw the same one, and tried, bounded by ``tries``.
+    separate processes rarely draw the same one, and tried, bounded by ``tries``. One process never gets the same port
+    twice (of its last 4,096), so the ports chosen for a platform's services before any of them binds are distinct.
     """
     lo, _ = ephemeral_range()
     top = lo - 1 if lo - 1 > _LOWEST + 1000 else 32767
     for _ in range(tries):
         port = _PORTS.randint(_LOWEST, top)
+        if port in _GIVEN:
+            continue
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
+            _GIVEN.append(port)
             return port
     raise RuntimeError(f"no free loopback port in {_LOWEST}-{top} after {tries} tries")
 
