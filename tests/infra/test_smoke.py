@@ -31,8 +31,6 @@ CHAMPION_VERSION = 1
 CHAMPION_THRESHOLD = 0.5
 
 
-
-
 async def _approve_champion(settings: Settings, artefact: bytes) -> None:
     """Upload the artefact to the ml bucket and point the champion at it, as the registry does on approval."""
     async with AwsClients(settings) as clients:

@@ -82,8 +82,6 @@ async def _delivered(clients: AwsClients, ev: InstanceStored, receive_count: int
     return MessageContext(parse_envelope(got["Body"]), got["MessageId"], count, got["ReceiptHandle"])
 
 
-
-
 async def test_stow_forwarding_then_dead_letter_with_reason(adeployment: Settings, stow_server: str) -> None:
     dests = [Destination(name="cloud-pacs", kind="stow", url=stow_server, authorization="Bearer secret-token"),
              Destination(name="down", kind="dimse", ae_title="NOBODY", host="127.0.0.1", port=free_port())]

@@ -44,8 +44,6 @@ def _self_signed(tmp: Path) -> tuple[str, str]:
     return str(cert_path), str(key_path)
 
 
-
-
 def _client(port: int, tls_ctx: ssl.SSLContext | None) -> tuple[bool, list[int]]:
     ae = AE(ae_title="PYNETDICOM")
     ae.acse_timeout = ae.network_timeout = 10 if tls_ctx else 3  # a plain client never gets an answer

@@ -135,8 +135,6 @@ class Capture:
                 f"{where}: …{f}…" for f in found[:3])
 
 
-
-
 async def _prepare(settings: Settings) -> str:
     """Install a champion (so triage scores) and a capture rule+queue for every radloop event; returns its URL."""
     async with AwsClients(settings) as clients:

@@ -19,8 +19,6 @@ from shared.settings import Settings
 ROOT = Path(__file__).resolve().parents[2]
 
 
-
-
 @dataclass
 class RunningService:
     url: str

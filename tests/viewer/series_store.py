@@ -142,8 +142,6 @@ class GatewayProcess:
                 self.process.wait(5)
 
 
-
-
 def start_gateway(settings: Settings, log_path: Path, *, viewer_dist: Path | None = None,
                   timeout_s: float = 60.0, env_extra: dict[str, str] | None = None) -> GatewayProcess:
     """Start the gateway against ``settings``' deployment (``env_extra``: more of its settings) and wait (bounded)
