@@ -42,6 +42,16 @@ of moto during ``radloop demo --quick`` (docs/architecture.md) put the first thr
    message (``Message.visible``, ``Message.delayed``: ``datetime.utcnow()`` and arithmetic each time). With thousands
    queued, that was the next 30% of moto's time. The walk now reads the clock once.
 
+9. **Keep-alive.** werkzeug's development server, which moto runs on, answers every request with
+   ``Connection: close`` (on purpose: ``http.server`` cannot tell where an unread request body ends), so every call of
+   every service opened a TCP connection and the server started a thread for it; a py-spy profile of ingestion under
+   STOW load put 11% of its CPU in opening connections. :class:`KeepAliveHandler` reads exactly the request's
+   ``Content-Length`` (whatever the application left unread) and answers with a ``Content-Length``, so the next request
+   on the connection starts where it should, and the connection stays open. It is still one thread per connection,
+   so an SQS long poll holds only its own connection (a fixed pool of threads, tried with waitress in session 15,
+   queued every request behind long polls). A request without a length (chunked), an HTTP/1.0 request or one that
+   asks to close is served by werkzeug's own code, unchanged.
+
 Everything else is moto's server, unchanged (same flags as ``moto_server``).
 """
 
@@ -50,6 +60,7 @@ from __future__ import annotations
 import copy
 import functools
 import logging
+import socket
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -63,6 +74,8 @@ from moto.dynamodb.exceptions import (
     TransactWriteSingleOpException,
 )
 from moto.dynamodb.models import DynamoDBBackend
+from moto.moto_server.werkzeug_app import MotoRequestHandler
+from werkzeug.wsgi import LimitedStream
 
 _LOCK = threading.RLock()
 #: The backend operations that read or write table state (each runs under the lock).
@@ -301,8 +314,107 @@ def _patch_query() -> None:
     Table.query = query  # type: ignore[method-assign]
 
 
+#: An idle keep-alive connection's thread ends after this long (clients close theirs sooner: aiohttp after 15 s).
+IDLE_TIMEOUT_S = 75.0
+_NO_BODY_STATUS = frozenset({204, 304})
+
+
+class KeepAliveHandler(MotoRequestHandler):
+    """moto's request handler, with HTTP/1.1 keep-alive (fix 9 in the module docstring).
+
+    The response is built in memory (moto's responses are) and sent with its length; the request body's unread
+    remainder is read before the next request line. Anything this cannot frame exactly goes to werkzeug's
+    ``run_wsgi``, which closes the connection afterwards.
+    """
+
+    timeout = IDLE_TIMEOUT_S
+
+    def setup(self) -> None:
+        super().setup()
+        # Headers and body leave in two writes; with Nagle's algorithm the second waits for the client's delayed
+        # ACK of the first (40 ms) once the connection is kept alive (closing it used to flush both at once).
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def _framed_length(self) -> int | None:
+        """The request body's length when this request can be served on a kept-alive connection, else None."""
+        if self.request_version != "HTTP/1.1" or self.headers.get("Transfer-Encoding"):
+            return None
+        if "close" in self.headers.get("Connection", "").lower():
+            return None
+        raw = self.headers.get("Content-Length", "0").strip() or "0"
+        if not raw.isdigit():
+            return None
+        return int(raw)
+
+    def run_wsgi(self) -> None:
+        length = self._framed_length()
+        if length is None:
+            super().run_wsgi()
+            return
+        # http.server's parse_request already answered ``Expect: 100-continue`` (HTTP/1.1 on both sides).
+        self.environ = environ = self.make_environ()
+        body = LimitedStream(self.rfile, length)
+        environ["wsgi.input"] = body
+        environ["wsgi.input_terminated"] = True
+        started: list[Any] = []
+
+        def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[..., None]:
+            started[:] = [status, headers]
+            return chunks.append
+
+        chunks: list[bytes] = []
+        try:
+            result = self.server.app(environ, start_response)
+            try:
+                chunks.extend(result)
+            finally:
+                if hasattr(result, "close"):
+                    result.close()
+            body.exhaust()  # the next request starts after this one's body, read or not
+        except Exception:
+            logging.getLogger("werkzeug").exception("Error on request %s %s", self.command, self.path)
+            self.close_connection = True
+            self.send_response(500, "Internal Server Error")
+            self.send_header("Content-Length", "0")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.flush()
+            return
+        status, headers = started
+        code_str, _, reason = status.partition(" ")
+        code = int(code_str)
+        data = b"".join(chunks)
+        bodiless = self.command == "HEAD" or code < 200 or code in _NO_BODY_STATUS
+        self.send_response(code, reason)
+        for key, value in headers:
+            k = key.lower()
+            # A HEAD answer keeps the length of the body it describes (S3 HeadObject); others get the real one.
+            if k in ("connection", "transfer-encoding", "keep-alive") or (k == "content-length" and not bodiless):
+                continue
+            self.send_header(key, value)
+        if not bodiless:
+            self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if not bodiless and data:
+            self.wfile.write(data)
+        self.wfile.flush()
+
+    def log_error(self, format: str, *args: Any) -> None:  # noqa: A002 (http.server's signature)
+        # An idle connection reaching IDLE_TIMEOUT_S is normal, not an error worth a log line.
+        if format.startswith("Request timed out"):
+            return
+        super().log_error(format, *args)
+
+
+def _patch_keep_alive() -> None:
+    import moto.server
+
+    moto.server.MotoRequestHandler = KeepAliveHandler  # type: ignore[misc]
+
+
 def patch() -> None:
     """Apply the fixes (idempotent)."""
+    _patch_keep_alive()
     _patch_query()
     _patch_sqs_send()
     _patch_sqs_walks()

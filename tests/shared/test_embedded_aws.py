@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import http.client
+import json
+import os
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -103,7 +107,6 @@ def test_transactions_racing_writes_never_fail_with_a_server_error(table) -> Non
 
 def test_sqs_retention_is_read_directly_and_still_expires_old_messages() -> None:
     """Patch 5: the retention check reads the queue's period instead of computing every attribute; same answers."""
-    import time
 
     from moto.sqs.models import Message, SQSBackend
 
@@ -317,3 +320,65 @@ def test_a_chosen_port_is_one_no_outgoing_connection_can_take() -> None:
         for _ in range(20):
             with socket.create_connection(("127.0.0.1", port)) as c:
                 assert c.getsockname()[1] not in chosen
+
+
+def _raw_call(conn: http.client.HTTPConnection, method: str, path: str, body: bytes | None = None,
+              headers: dict[str, str] | None = None) -> tuple[http.client.HTTPResponse, bytes]:
+    # moto checks no signature, but answers an anonymous read of a private object with 403.
+    auth = {"Authorization": "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/s3/aws4_request, "
+                             "SignedHeaders=host, Signature=0"}
+    conn.request(method, path, body=body, headers={**auth, **(headers or {})})
+    response = conn.getresponse()
+    return response, response.read()
+
+
+def test_calls_reuse_one_connection_and_each_request_is_framed(aws_endpoint: str) -> None:
+    """Patch 9: the server keeps a connection open across requests (werkzeug closed every one), and every answer is
+    framed by its length: a HEAD keeps the object's length and sends no body, and a request body the application
+    answers without reading is skipped, so the next request on the connection is read from its first byte."""
+    host, port = aws_endpoint.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    bucket = f"keepalive-{uuid.uuid4().hex[:8]}"
+    try:
+        response, _ = _raw_call(conn, "PUT", f"/{bucket}")
+        assert response.status == 200
+        assert response.getheader("Connection") is None
+        sock = conn.sock
+        assert sock is not None  # http.client closes its socket after an answer that says "Connection: close"
+        payload = os.urandom(100_000)
+        response, _ = _raw_call(conn, "PUT", f"/{bucket}/object", body=payload)
+        assert response.status == 200
+        response, body = _raw_call(conn, "HEAD", f"/{bucket}/object")
+        assert (response.status, int(response.getheader("Content-Length")), body) == (200, 100_000, b"")
+        response, body = _raw_call(conn, "GET", f"/{bucket}/object")
+        assert response.status == 200 and body == payload
+        response, _ = _raw_call(conn, "PUT", f"/no-such-bucket-{uuid.uuid4().hex[:8]}/object",
+                                body=os.urandom(50_000))
+        assert response.status == 404
+        response, body = _raw_call(conn, "POST", "/", body=b"{}", headers={
+            "X-Amz-Target": "DynamoDB_20120810.ListTables", "Content-Type": "application/x-amz-json-1.0",
+            "Authorization": "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/dynamodb/aws4_request, "
+                             "SignedHeaders=host, Signature=0"})
+        assert response.status == 200 and "TableNames" in json.loads(body)
+        assert conn.sock is sock  # six requests, one connection
+    finally:
+        conn.close()
+
+
+def test_a_long_poll_holds_only_its_own_connection(aws_endpoint: str) -> None:
+    """Patch 9 keeps one server thread per connection: requests on other connections are answered while long polls
+    wait (a fixed pool of threads, tried with waitress, queued them behind the polls)."""
+    cfg = Config(retries={"max_attempts": 1, "mode": "standard"}, max_pool_connections=16)
+    sqs = boto3.client("sqs", endpoint_url=aws_endpoint, region_name="us-east-1", config=cfg)
+    s3 = boto3.client("s3", endpoint_url=aws_endpoint, region_name="us-east-1", config=cfg)
+    url = sqs.create_queue(QueueName=f"poll-{uuid.uuid4().hex[:8]}")["QueueUrl"]
+    bucket = f"poll-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=bucket)
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        polls = [pool.submit(sqs.receive_message, QueueUrl=url, WaitTimeSeconds=4) for _ in range(12)]
+        time.sleep(0.5)  # the polls reach the server and wait there
+        for i in range(5):
+            s3.put_object(Bucket=bucket, Key=f"k{i}", Body=b"x" * 1000)
+        answered_while_polling = not any(p.done() for p in polls)
+        assert all(p.result(timeout=30).get("Messages") is None for p in polls)
+    assert answered_while_polling
