@@ -80,6 +80,8 @@ class _Known:
 
     series: set[str] = field(default_factory=set)
     modalities: set[str] = field(default_factory=set)
+    #: The study's descriptive attributes as this writer last wrote them (:func:`_study_description`), or None.
+    described: str | None = None
 
 
 class IndexWriter:
@@ -115,12 +117,15 @@ class IndexWriter:
         sha = rec.instance["content_sha256"]
         known = self._known.get(rec.study_uid)
         guess = known is not None and rec.series_uid in known.series
+        description = _study_description(rec)
         for attempt in range(max_attempts):
             replacing = False
             old_sha = ""
+            described = False
             if guess and known is not None:
                 study_exists, series_exists = True, True
                 has_modality = rec.modality in known.modalities
+                described = known.described == description.key
             else:
                 resp = await ddb.batch_get_item(RequestItems={self.table: {"Keys": [
                     {"pk": {"S": pk}, "sk": {"S": STUDY_SK}}, {"pk": {"S": pk}, "sk": {"S": s_sk}},
@@ -144,10 +149,11 @@ class IndexWriter:
                                   "ConditionExpression": "content_sha256 = :old",
                                   "ExpressionAttributeValues": {":old": {"S": old_sha}}}}]
             else:
-                items = _transaction(self.table, rec, pk, s_sk, i_sk, study_exists, series_exists, has_modality)
+                items = _transaction(self.table, rec, pk, s_sk, i_sk, study_exists, series_exists, has_modality,
+                                     None if described else description)
             try:
                 await ddb.transact_write_items(TransactItems=items + list(extra_items or []))
-                self._remember(rec.study_uid, rec.series_uid, {rec.modality})
+                self._remember(rec.study_uid, rec.series_uid, {rec.modality}, description.key)
                 return "created"
             except ClientError as exc:
                 # Retry a cancelled transaction (a wrong belief or a concurrent writer), never another error.
@@ -165,7 +171,7 @@ class IndexWriter:
             await asyncio.sleep(min(0.5, 0.005 * (2 ** min(attempt, 7))) * random.random())
         raise RuntimeError(f"index write for SOP instance {rec.sop_uid} kept conflicting after {max_attempts} attempts")
 
-    def _remember(self, study: str, series: str | None, modalities: set[str]) -> None:
+    def _remember(self, study: str, series: str | None, modalities: set[str], described: str | None = None) -> None:
         k = self._known.get(study)
         if k is None:
             if len(self._known) >= self._cache_size:
@@ -174,6 +180,8 @@ class IndexWriter:
         if series:
             k.series.add(series)
         k.modalities |= {m for m in modalities if m}
+        if described is not None:
+            k.described = described
 
 
 async def write_instance(ddb: Any, table: str, rec: IndexRecord, *, overwrite: bool = False) -> WriteOutcome:
@@ -190,12 +198,38 @@ def new_study_items(rec: IndexRecord) -> list[dict[str, Any]]:
     every index key, exactly as :class:`IndexWriter` writes them (for loading a table in bulk, e.g. cost tests)."""
     pk = study_pk(rec.study_uid)
     items = _transaction("", rec, pk, series_sk(rec.series_uid), instance_sk(rec.series_uid, rec.sop_uid),
-                         False, False, False)
+                         False, False, False, _study_description(rec))
     return [i["Put"]["Item"] for i in items]
 
 
+@dataclass(frozen=True)
+class _Description:
+    """A study's descriptive attributes as one instance states them: what to SET, what to REMOVE, and a key."""
+
+    sets: dict[str, Any]
+    removes: tuple[str, ...]
+    key: str
+
+
+def _study_description(rec: IndexRecord) -> _Description:
+    # Descriptive study attributes follow the latest instance; identity and counters are maintained elsewhere.
+    sets = {k: v for k, v in rec.study.items() if k not in ("study_uid", "level_sk", "patient_id") and v is not None}
+    # The by_accession key follows the accession number (absent while it is empty: an index key cannot be "").
+    removes: tuple[str, ...] = ()
+    if "accession_number" in rec.study:
+        if rec.study["accession_number"]:
+            sets["accession_key"] = rec.study["accession_number"]
+        else:
+            removes = ("accession_key",)
+    return _Description(sets, removes, json.dumps([sorted(sets.items()), removes], default=str))
+
+
 def _transaction(table: str, rec: IndexRecord, pk: str, s_sk: str, i_sk: str, study_exists: bool,
-                 series_exists: bool, has_modality: bool) -> list[dict[str, Any]]:
+                 series_exists: bool, has_modality: bool, description: _Description | None) -> list[dict[str, Any]]:
+    """The items of one instance's index transaction. ``description`` None: this writer last wrote the same
+    descriptive attributes to the study, so only its counters (and modalities) change. Every instance of a series
+    states the same study attributes, and re-setting a dozen of them per instance was most of the embedded
+    endpoint's work for a transaction (its expression parser is Python)."""
     now = now_iso()
     inst = dict(rec.instance, pk=pk, sk=i_sk, stored_at=now)
     items: list[dict[str, Any]] = [{"Put": {"TableName": table, "Item": encode_item(inst),
@@ -217,15 +251,8 @@ def _transaction(table: str, rec: IndexRecord, pk: str, s_sk: str, i_sk: str, st
         items.append({"Put": {"TableName": table, "Item": encode_item(st),
                               "ConditionExpression": "attribute_not_exists(pk)"}})
         return items
-    # Descriptive study attributes follow the latest instance; identity and counters are maintained here.
-    sets = {k: v for k, v in rec.study.items() if k not in ("study_uid", "level_sk", "patient_id") and v is not None}
-    # The by_accession key follows the accession number (absent while it is empty: an index key cannot be "").
-    removes = []
-    if "accession_number" in rec.study:
-        if rec.study["accession_number"]:
-            sets["accession_key"] = rec.study["accession_number"]
-        else:
-            removes.append("accession_key")
+    sets = description.sets if description is not None else {}
+    removes = description.removes if description is not None else ()
     names = {f"#a{i}": k for i, k in enumerate(sets)}
     values: dict[str, Any] = {f":a{i}": to_value(v) for i, v in enumerate(sets.values())}
     values.update({":one": {"N": "1"}, ":ns": {"N": "0" if series_exists else "1"}, ":now": {"S": now},
