@@ -89,6 +89,37 @@ class Corpus:
         return buf.getvalue()
 
 
+def aws_requests(url: str) -> dict[str, dict[str, float]]:
+    """The service's own count of the requests it sent to AWS and their body bytes, per API and operation (its
+    ``/metrics``: ``radloop_aws_requests_total``, ``radloop_aws_request_bytes_total``; retries are requests)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, dict[str, float]] = {}
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            field = {"radloop_aws_requests_total": "requests",
+                     "radloop_aws_request_bytes_total": "bytes"}.get(sample.name)
+            if field:
+                op = f"{sample.labels.get('api')} {sample.labels.get('operation')}"
+                out.setdefault(op, {"requests": 0.0, "bytes": 0.0})[field] += sample.value
+    return out
+
+
+def per_instance(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]],
+                 n: int) -> dict[str, dict[str, float]]:
+    """Requests and KB per instance for each operation between two readings of :func:`aws_requests`."""
+    out: dict[str, dict[str, float]] = {}
+    for op, v in sorted(after.items()):
+        b = before.get(op, {"requests": 0.0, "bytes": 0.0})
+        reqs = v["requests"] - b["requests"]
+        if reqs > 0:
+            out[op] = {"requests": round(reqs / n, 3), "kb": round((v["bytes"] - b["bytes"]) / n / 1000, 2)}
+    out["all"] = {"requests": round(sum(x["requests"] for x in out.values()), 2),
+                  "kb": round(sum(x["kb"] for x in out.values()), 1)}
+    return out
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a process (Linux /proc), 0 when it is gone."""
     try:
@@ -303,11 +334,14 @@ def main() -> None:
                 pids = {"service": svc.process.pid, "embedded_aws": emb.process.pid}
                 pids.update({f"worker{i}": p for i, p in enumerate(_children(svc.process.pid))})
                 before = {k: cpu_seconds(p) for k, p in pids.items()}
+                calls0 = aws_requests(svc.url)
                 load0 = os.getloadavg()[0]
                 r = asyncio.run(stow_load(svc.url, "/dicomweb/studies", {"Authorization": f"Bearer {token}"}, items,
                                           c, args.budget_s))
                 n = max(1, r["instances"])
                 used = {k: cpu_seconds(p) - before[k] for k, p in pids.items()}
+                # What one instance asks of AWS (the same code sends the same requests there), per operation.
+                r["aws_per_instance"] = per_instance(calls0, aws_requests(svc.url), n)
                 workers = sum(v for k, v in used.items() if k.startswith("worker"))
                 # Where the CPU went, per instance: which part bounds the figure on this machine.
                 r["cpu_ms_per_instance"] = {"service": round(used["service"] * 1000 / n, 1),

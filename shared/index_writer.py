@@ -84,6 +84,20 @@ class _Known:
     described: str | None = None
 
 
+@dataclass
+class _Queued:
+    """An instance waiting for a shared transaction: its own items (instance put and the caller's extras)."""
+
+    rec: IndexRecord
+    items: list[dict[str, Any]]
+    key: str
+    done: asyncio.Future[bool]
+
+
+#: DynamoDB's limit of items per TransactWriteItems.
+MAX_TRANSACTION_ITEMS = 100
+
+
 class IndexWriter:
     """Writes instances with as few round trips as the index allows.
 
@@ -93,15 +107,29 @@ class IndexWriter:
     absent), so a wrong belief only cancels the transaction, after which the writer reads the items and retries.
     Counters use ``ADD`` and modalities grow with ``list_append`` guarded by ``NOT contains``, so concurrent writers
     of one study never lose an update and need no version numbers.
+
+    **Group commit.** Instances written concurrently share a transaction when everything about their study is known
+    (series, modality and description, as above): while one shared transaction is in flight, the next instances
+    queue, and the next transaction carries them all (at most ``batch_max_instances``, and DynamoDB's 100 items),
+    with one ``ADD`` per series and per study for all of them. A batch that is cancelled or fails for any reason
+    commits nothing, and each of its instances is then written alone by the path above (which reads first), so an
+    instance that cannot be written (a duplicate, a claim taken over) never holds back the others' outcome, and
+    each caller gets its own answer or error.
     """
 
-    def __init__(self, ddb_factory: Any, table: str, *, cache_size: int = 4096) -> None:
+    def __init__(self, ddb_factory: Any, table: str, *, cache_size: int = 4096, batch_max_instances: int = 16) -> None:
         self._ddb = ddb_factory
         self.table = table
         self._known: dict[str, _Known] = {}
         self._cache_size = cache_size
+        self._batch_max = batch_max_instances
+        self._queue: list[_Queued] = []
+        self._flusher: asyncio.Task[None] | None = None
         #: transactions retried after a cancellation (wrong belief or a concurrent writer), for metrics
         self.retries = 0
+        #: shared transactions committed, and the instances they carried (for metrics and tests)
+        self.batches = 0
+        self.batched_instances = 0
 
     async def write(self, rec: IndexRecord, *, overwrite: bool = False, max_attempts: int = 25,
                     extra_items: list[dict[str, Any]] | None = None) -> WriteOutcome:
@@ -118,6 +146,11 @@ class IndexWriter:
         known = self._known.get(rec.study_uid)
         guess = known is not None and rec.series_uid in known.series
         description = _study_description(rec)
+        if (self._batch_max > 1 and not overwrite and guess and known is not None
+                and rec.modality in known.modalities and known.described == description.key):
+            if await self._commit_together(rec, pk, i_sk, list(extra_items or [])):
+                return "created"
+            guess = False  # the shared transaction did not commit: read, then write this one alone
         for attempt in range(max_attempts):
             replacing = False
             old_sha = ""
@@ -170,6 +203,96 @@ class IndexWriter:
             self._known.pop(rec.study_uid, None)
             await asyncio.sleep(min(0.5, 0.005 * (2 ** min(attempt, 7))) * random.random())
         raise RuntimeError(f"index write for SOP instance {rec.sop_uid} kept conflicting after {max_attempts} attempts")
+
+    async def _commit_together(self, rec: IndexRecord, pk: str, i_sk: str, extra: list[dict[str, Any]]) -> bool:
+        """Queue the instance for the next shared transaction; True once that committed it (see the class
+        docstring), False when it did not (nothing of it was written)."""
+        inst = dict(rec.instance, pk=pk, sk=i_sk, stored_at=now_iso())
+        own = [{"Put": {"TableName": self.table, "Item": encode_item(inst),
+                        "ConditionExpression": "attribute_not_exists(pk)"}}, *extra]
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Queued(rec, own, f"{pk}|{i_sk}", done))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush(), name="index-group-commit")
+        # A caller cancelled while it waits leaves its instance in the batch; the outcome is then as for a
+        # transaction cancelled in flight (its claim and the outbox decide, as on the single path).
+        return await asyncio.shield(done)
+
+    def _take(self) -> list[_Queued]:
+        """The next batch from the queue: distinct instances, at most ``batch_max_instances``, within the item limit."""
+        batch: list[_Queued] = []
+        keys: set[str] = set()
+        series: set[tuple[str, str]] = set()
+        studies: set[str] = set()
+        n_items = 0
+        rest: list[_Queued] = []
+        for q in self._queue:
+            s_new = (q.rec.study_uid, q.rec.series_uid) not in series
+            st_new = q.rec.study_uid not in studies
+            need = len(q.items) + int(s_new) + int(st_new)
+            if len(batch) >= self._batch_max or q.key in keys or n_items + need > MAX_TRANSACTION_ITEMS:
+                rest.append(q)
+                continue
+            batch.append(q)
+            keys.add(q.key)
+            series.add((q.rec.study_uid, q.rec.series_uid))
+            studies.add(q.rec.study_uid)
+            n_items += need
+        self._queue = rest
+        return batch
+
+    def _shared_items(self, batch: list[_Queued]) -> list[dict[str, Any]]:
+        items = [i for q in batch for i in q.items]
+        per_series: dict[tuple[str, str], int] = {}
+        per_study: dict[str, tuple[int, set[str]]] = {}
+        for q in batch:
+            key = (q.rec.study_uid, q.rec.series_uid)
+            per_series[key] = per_series.get(key, 0) + 1
+            n, mods = per_study.get(q.rec.study_uid, (0, set()))
+            per_study[q.rec.study_uid] = (n + 1, mods | {q.rec.modality})
+        for (study, series_uid), n in per_series.items():
+            items.append({"Update": {
+                "TableName": self.table, "Key": {"pk": {"S": study_pk(study)}, "sk": {"S": series_sk(series_uid)}},
+                "UpdateExpression": "ADD num_instances :n", "ConditionExpression": "attribute_exists(pk)",
+                "ExpressionAttributeValues": {":n": {"N": str(n)}},
+            }})
+        now = now_iso()
+        for study, (n, mods) in per_study.items():
+            values: dict[str, Any] = {":n": {"N": str(n)}, ":zero": {"N": "0"}, ":now": {"S": now}}
+            conds = ["attribute_exists(pk)"]
+            for i, m in enumerate(sorted(mods)):
+                values[f":m{i}"] = {"S": m}
+                conds.append(f"contains(modalities, :m{i})")
+            items.append({"Update": {
+                "TableName": self.table, "Key": {"pk": {"S": study_pk(study)}, "sk": {"S": STUDY_SK}},
+                "UpdateExpression": "SET updated_at = :now ADD num_instances :n, num_series :zero",
+                "ConditionExpression": " AND ".join(conds), "ExpressionAttributeValues": values,
+            }})
+        return items
+
+    async def _flush(self) -> None:
+        batch: list[_Queued] = []
+        try:
+            ddb = await self._ddb()
+            while self._queue:
+                batch = self._take()
+                try:
+                    await ddb.transact_write_items(TransactItems=self._shared_items(batch))
+                    committed = True
+                    if len(batch) > 1:
+                        self.batches += 1
+                        self.batched_instances += len(batch)
+                except Exception:  # each instance is then written alone, and gets its own outcome or error
+                    committed = False
+                for q in batch:
+                    if not q.done.done():
+                        q.done.set_result(committed)
+                batch = []
+        finally:  # never leave a caller waiting (the task cancelled at shutdown, the client unavailable)
+            for q in [*batch, *self._queue]:
+                if not q.done.done():
+                    q.done.set_result(False)
+            self._queue = [q for q in self._queue if not q.done.done()]
 
     def _remember(self, study: str, series: str | None, modalities: set[str], described: str | None = None) -> None:
         k = self._known.get(study)
