@@ -174,6 +174,7 @@ class IngestPipeline:
         steps = {f"{b}_ms": round((marks[b] - marks[a]) * 1000, 1) for a, b in zip(names, names[1:], strict=False)}
         log.info("instance stored", extra={"sop_uid": prep.sop_uid, "source": source, "index": outcome,
                                            "frames": len(prep.frames), "index_retries_total": self.index.retries,
+                                           "index_shared_transactions_total": self.index.batches,
                                            **steps})
         _record_stored(source, len(data), prep)
         return self._result("stored", prep, t0)
