@@ -207,9 +207,7 @@ class IndexWriter:
     async def _commit_together(self, rec: IndexRecord, pk: str, i_sk: str, extra: list[dict[str, Any]]) -> bool:
         """Queue the instance for the next shared transaction; True once that committed it (see the class
         docstring), False when it did not (nothing of it was written)."""
-        inst = dict(rec.instance, pk=pk, sk=i_sk, stored_at=now_iso())
-        own = [{"Put": {"TableName": self.table, "Item": encode_item(inst),
-                        "ConditionExpression": "attribute_not_exists(pk)"}}, *extra]
+        own = [_instance_put(self.table, rec, pk, i_sk, now_iso()), *extra]
         done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._queue.append(_Queued(rec, own, f"{pk}|{i_sk}", done))
         if self._flusher is None or self._flusher.done():
@@ -251,11 +249,7 @@ class IndexWriter:
             n, mods = per_study.get(q.rec.study_uid, (0, set()))
             per_study[q.rec.study_uid] = (n + 1, mods | {q.rec.modality})
         for (study, series_uid), n in per_series.items():
-            items.append({"Update": {
-                "TableName": self.table, "Key": {"pk": {"S": study_pk(study)}, "sk": {"S": series_sk(series_uid)}},
-                "UpdateExpression": "ADD num_instances :n", "ConditionExpression": "attribute_exists(pk)",
-                "ExpressionAttributeValues": {":n": {"N": str(n)}},
-            }})
+            items.append(_series_count(self.table, study_pk(study), series_sk(series_uid), n))
         now = now_iso()
         for study, (n, mods) in per_study.items():
             values: dict[str, Any] = {":n": {"N": str(n)}, ":zero": {"N": "0"}, ":now": {"S": now}}
@@ -292,7 +286,7 @@ class IndexWriter:
             for q in [*batch, *self._queue]:
                 if not q.done.done():
                     q.done.set_result(False)
-            self._queue = [q for q in self._queue if not q.done.done()]
+            self._queue = []
 
     def _remember(self, study: str, series: str | None, modalities: set[str], described: str | None = None) -> None:
         k = self._known.get(study)
@@ -347,6 +341,21 @@ def _study_description(rec: IndexRecord) -> _Description:
     return _Description(sets, removes, json.dumps([sorted(sets.items()), removes], default=str))
 
 
+def _instance_put(table: str, rec: IndexRecord, pk: str, i_sk: str, now: str) -> dict[str, Any]:
+    """The instance item's put, only if the instance is absent."""
+    inst = dict(rec.instance, pk=pk, sk=i_sk, stored_at=now)
+    return {"Put": {"TableName": table, "Item": encode_item(inst), "ConditionExpression": "attribute_not_exists(pk)"}}
+
+
+def _series_count(table: str, pk: str, s_sk: str, n: int) -> dict[str, Any]:
+    """``n`` more instances in an existing series."""
+    return {"Update": {
+        "TableName": table, "Key": {"pk": {"S": pk}, "sk": {"S": s_sk}},
+        "UpdateExpression": "ADD num_instances :n", "ConditionExpression": "attribute_exists(pk)",
+        "ExpressionAttributeValues": {":n": {"N": str(n)}},
+    }}
+
+
 def _transaction(table: str, rec: IndexRecord, pk: str, s_sk: str, i_sk: str, study_exists: bool,
                  series_exists: bool, has_modality: bool, description: _Description | None) -> list[dict[str, Any]]:
     """The items of one instance's index transaction. ``description`` None: this writer last wrote the same
@@ -354,20 +363,14 @@ def _transaction(table: str, rec: IndexRecord, pk: str, s_sk: str, i_sk: str, st
     states the same study attributes, and re-setting a dozen of them per instance was most of the embedded
     endpoint's work for a transaction (its expression parser is Python)."""
     now = now_iso()
-    inst = dict(rec.instance, pk=pk, sk=i_sk, stored_at=now)
-    items: list[dict[str, Any]] = [{"Put": {"TableName": table, "Item": encode_item(inst),
-                                            "ConditionExpression": "attribute_not_exists(pk)"}}]
+    items: list[dict[str, Any]] = [_instance_put(table, rec, pk, i_sk, now)]
     if not series_exists:
         s_item = dict(rec.series, pk=pk, sk=s_sk, level=LEVEL_SERIES, level_sk=f"{rec.study_uid}#{rec.series_uid}",
                       num_instances=1, **series_index_keys(rec.study_uid, rec.series.get("modality") or rec.modality))
         items.append({"Put": {"TableName": table, "Item": encode_item(s_item),
                               "ConditionExpression": "attribute_not_exists(pk)"}})
     else:
-        items.append({"Update": {
-            "TableName": table, "Key": {"pk": {"S": pk}, "sk": {"S": s_sk}},
-            "UpdateExpression": "ADD num_instances :one", "ConditionExpression": "attribute_exists(pk)",
-            "ExpressionAttributeValues": {":one": {"N": "1"}},
-        }})
+        items.append(_series_count(table, pk, s_sk, 1))
     if not study_exists:
         st = dict(rec.study, pk=pk, sk=STUDY_SK, level=LEVEL_STUDY, modalities=[rec.modality], num_series=1,
                   num_instances=1, updated_at=now, **study_index_keys(rec.study_uid, rec.study.get("accession_number")))
