@@ -83,11 +83,12 @@ def test_backfill_makes_legacy_items_searchable(make_settings: Callable[..., Set
            "AWS_ENDPOINT_URL": aws_endpoint}
 
     def cli(*args: str) -> dict[str, Any]:
-        r = CliRunner().invoke(app, ["index", "backfill", "--json", *args], env=env, catch_exceptions=False)
+        r = CliRunner().invoke(app, ["index", "backfill", "--json", "--table", "instances", *args], env=env,
+                               catch_exceptions=False)
         assert r.exit_code == 0, r.stdout + r.stderr
         import json
 
-        return dict(json.loads(r.stdout))
+        return dict(json.loads(r.stdout)["instances"])
 
     dry = cli("--dry-run")
     assert (dry["scanned"], dry["up_to_date"], dry["updated"], dry["dry_run"]) == (6, 2, 4, True)
