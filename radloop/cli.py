@@ -6,6 +6,7 @@ Every command reads the same settings as the services (``RADLOOP_*`` variables; 
 from __future__ import annotations
 
 import json
+import math
 import signal
 import sys
 import time
@@ -269,10 +270,14 @@ def traces(
 @app.command()
 def demo(
     quick: Annotated[bool, typer.Option("--quick", help="A small cohort and small images: under about 3 minutes.")] = False,
-    seed: Annotated[int, typer.Option(help="Seed of the synthetic cohort (runs are reproducible).")] = 7,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic cohort (the cohort is reproducible; which cases a "
+                                           "round reads, and so the models, vary a little between runs).")] = 7,
     keep_running: Annotated[bool, typer.Option("--keep-running", help="Leave the platform up afterwards.")] = False,
     out: Annotated[Path, typer.Option(help="Where the report is written.")] = Path("demo-report"),
     radiographs: Annotated[int | None, typer.Option(min=40, help="Override the number of chest radiographs.")] = None,
+    waves: Annotated[int | None, typer.Option(
+        min=1, max=10, help="Waves the cohort is sent in, each followed by a round of reading and a training run "
+                            "(default 3; --radiographs 800 --waves 4 keeps 180 per wave).")] = None,
     double_read: Annotated[bool | None, typer.Option(
         "--double-read/--single-read",
         help="Two readers per case, the third adjudicating disagreements (the full demo's default), or one read per "
@@ -294,7 +299,16 @@ def demo(
         kw["double_read"] = double_read
     if radiographs is not None:
         kw["radiographs"] = radiographs
+    if waves is not None:
+        kw["waves"] = waves
     cfg = DemoConfig.quick(**kw) if quick else DemoConfig(**kw)
+    per_wave = int(cfg.radiographs * (1 - cfg.final_share)) // cfg.waves
+    if waves is not None and per_wave < cfg.trigger_min_new_labels:
+        err.print(f"[red]--waves {cfg.waves}[/] leaves {per_wave} radiographs per wave, fewer than the "
+                  f"{cfg.trigger_min_new_labels} new labels that start a training run after each round; "
+                  f"send at least {math.ceil(cfg.trigger_min_new_labels * cfg.waves / (1 - cfg.final_share))} "
+                  "radiographs (--radiographs) or fewer waves")
+        raise typer.Exit(2)
     try:
         rc = Demo(cfg, console).run()
     except (RuntimeError, TimeoutError) as exc:

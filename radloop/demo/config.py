@@ -18,6 +18,10 @@ class DemoConfig:
     image_size: int = 512
     ct_slices: int = 300
     ct_size: int = 512
+    #: three rounds. Four (``--radiographs 800 --waves 4``) all but remove cohorts with no approval
+    #: (bench/approval_odds.py: 12.8% -> 0.0%), but neither makes the quality target reliable (55% and 58% of
+    #: cohorts), and on this seed the final champion then missed the sensitivity target in a run that took 14-15
+    #: minutes instead of 8-9 (session 18, docs/demo.md "Why these defaults")
     waves: int = 3
     #: labels read per round (a round follows each wave; by default the whole wave is read)
     reads_per_round: int = 180

@@ -87,3 +87,15 @@ def test_every_variable_the_demo_sets_is_one_a_service_reads(tmp_path: Path, dou
     mode = VerificationSettings(**{k.removeprefix("RADLOOP_").lower(): v for k, v in env.items()
                                    if k == "RADLOOP_VERIFICATION_READ_MODE"})
     assert mode.verification_read_mode == ("double" if double else "single")
+
+
+def test_waves_too_small_to_train_after_each_round_are_refused_before_anything_starts() -> None:
+    """``--waves`` splits the cohort; a wave smaller than the labels that start a run would train mid-round (or never),
+    so the demo refuses it with the numbers instead of running a loop that does not do what it says."""
+    from typer.testing import CliRunner
+
+    from radloop.cli import app
+
+    r = CliRunner().invoke(app, ["demo", "--waves", "4"], env={"COLUMNS": "200"})
+    assert r.exit_code == 2
+    assert "135 radiographs per wave" in r.output and "at least 800 radiographs" in r.output
