@@ -3,6 +3,7 @@ rollback), through ``/registry`` of the entry point."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
@@ -21,15 +22,23 @@ def _metric(m: dict[str, Any] | None, key: str) -> str:
     return f"{v:.3f}" if isinstance(v, int | float) else "-"
 
 
+def _when(v: Any) -> str:
+    """A registry time for a person: the local registry gives epoch seconds, SageMaker's an ISO string."""
+    if isinstance(v, int | float) and not isinstance(v, bool):
+        return datetime.fromtimestamp(v, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    return str(v) if v else "-"
+
+
 def _render_list(d: dict[str, Any]) -> None:
     t = Table(title=f"models (champion: {d.get('champion') or 'none'})")
-    for c in ("version", "status", "decision", "AUC", "sensitivity", "run", "created"):
+    for c in ("version", "status", "decision", "AUC", "sensitivity", "specificity", "run", "created"):
         t.add_column(c)
     for m in d.get("models", []):
         champ = " ★" if m.get("version") == d.get("champion") else ""
+        metrics = m.get("metrics")
         t.add_row(f"{m.get('version')}{champ}", str(m.get("status")), str(m.get("decision") or "-"),
-                  _metric(m.get("metrics"), "auc"), _metric(m.get("metrics"), "sensitivity"),
-                  str(m.get("run_id") or "-"), str(m.get("created_at") or "-"))
+                  _metric(metrics, "auc"), _metric(metrics, "sensitivity"), _metric(metrics, "specificity"),
+                  str(m.get("run_id") or "-"), _when(m.get("created_at")))
     console.print(t)
 
 
@@ -38,7 +47,7 @@ def _render_model(m: dict[str, Any]) -> None:
     t.add_column("field")
     t.add_column("value")
     for k in ("status", "decision", "decision_reason", "run_id", "created_at", "model_package_arn"):
-        t.add_row(k, str(m.get(k) if m.get(k) is not None else "-"))
+        t.add_row(k, _when(m.get(k)) if k == "created_at" else str(m.get(k) if m.get(k) is not None else "-"))
     for k, v in sorted((m.get("metrics") or {}).items()):
         t.add_row(f"metrics.{k}", f"{v:.4f}" if isinstance(v, float) else str(v))
     console.print(t)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -187,7 +188,10 @@ def test_models_list_show_approve_rollback_reject(platform: Platform) -> None:
     assert "404" in r.stderr
     r = cli(platform, "models", "approve", "1", "-r", "x", code=2)  # checked before any request
     assert "3 characters" in r.stderr
-    assert "champion" in cli(platform, "models", "list").stdout
+    text = cli(platform, "models", "list", COLUMNS="200").stdout
+    assert "champion" in text and "specificity" in text
+    # the registry's epoch seconds, as a time a person reads (UTC)
+    assert re.search(r"\b20\d\d-\d\d-\d\d \d\d:\d\d:\d\dZ", text), text
 
 
 def test_runs_list_show_trigger_logs(platform: Platform) -> None:
