@@ -125,6 +125,45 @@ async def _scan(call: Callable[..., Any], report: BackfillReport, max_items: int
             return
 
 
+#: One item's planned write: returns True when it wrote, False when the item changed since the scan read it.
+Write = Callable[[], Awaitable[bool]]
+
+
+class _Run:
+    """One table's backfill: its report, its pace, and the step every scanned item goes through."""
+
+    def __init__(self, table: str, dry_run: bool, max_writes_per_s: float) -> None:
+        self.report = BackfillReport(table=table, dry_run=dry_run)
+        self.pacer = _Pacer(max_writes_per_s)
+
+    async def apply(self, write: Write | None) -> None:
+        """Count one scanned item and, unless it is up to date (``write`` None) or this is a dry run, write it."""
+        r = self.report
+        r.scanned += 1
+        if write is None:
+            r.up_to_date += 1
+        elif r.dry_run:
+            r.updated += 1
+        else:
+            await self.pacer.wait()
+            if await write():
+                r.updated += 1
+            else:
+                r.changed_meanwhile += 1
+
+
+def _update_if(ddb: Any, **kw: Any) -> Write:
+    """A conditional UpdateItem as a :data:`Write` (a false condition: the item changed meanwhile)."""
+    async def write() -> bool:
+        try:
+            await write_if(ddb.update_item, **kw)
+        except ConditionFailedError:
+            return False
+        return True
+
+    return write
+
+
 async def backfill(clients: AwsClients, *, dry_run: bool = False, page_size: int = 200,
                    max_writes_per_s: float = 50.0, max_items: int | None = None,
                    progress: Callable[[BackfillReport], None] | None = None) -> BackfillReport:
@@ -132,10 +171,9 @@ async def backfill(clients: AwsClients, *, dry_run: bool = False, page_size: int
     ``max_items`` stops after that many study and series items (a trial run on a large table)."""
     table = clients.settings.topology.table("instances")
     ddb = await clients.dynamodb()
-    report = BackfillReport(table="instances", dry_run=dry_run)
-    pacer = _Pacer(max_writes_per_s)
+    run = _Run("instances", dry_run, max_writes_per_s)
     names = {f"#p{i}": a for i, a in enumerate(_PROJECTED)}
-    async for raw in _scan(ddb.scan, report, max_items, progress, TableName=table, Limit=page_size,
+    async for raw in _scan(ddb.scan, run.report, max_items, progress, TableName=table, Limit=page_size,
                            FilterExpression="#p1 = :study OR begins_with(#p1, :series)",
                            ProjectionExpression=", ".join(names), ExpressionAttributeNames=names,
                            ExpressionAttributeValues={":study": {"S": STUDY_SK}, ":series": {"S": SERIES_PREFIX}}):
@@ -143,21 +181,10 @@ async def backfill(clients: AwsClients, *, dry_run: bool = False, page_size: int
         want = index_keys_of(item)
         if want is None:
             continue
-        report.scanned += 1
         args = _update(item, want)
-        if args is None:
-            report.up_to_date += 1
-            continue
-        if dry_run:
-            report.updated += 1
-            continue
-        await pacer.wait()
-        try:
-            await ddb.update_item(TableName=table, Key={"pk": raw["pk"], "sk": raw["sk"]}, **args)
-            report.updated += 1
-        except ddb.exceptions.ConditionalCheckFailedException:
-            report.changed_meanwhile += 1
-    return report
+        await run.apply(None if args is None else
+                        _update_if(ddb, TableName=table, Key={"pk": raw["pk"], "sk": raw["sk"]}, **args))
+    return run.report
 
 
 #: What the scores backfill reads of each record.
@@ -201,29 +228,17 @@ async def backfill_scores(clients: AwsClients, *, dry_run: bool = False, page_si
     topo = clients.settings.topology
     table, cases_table = topo.table("scores"), topo.table("cases")
     ddb = await clients.dynamodb()
-    report = BackfillReport(table="scores", dry_run=dry_run)
-    pacer = _Pacer(max_writes_per_s)
+    run = _Run("scores", dry_run, max_writes_per_s)
     names = {f"#p{i}": a for i, a in enumerate(_SCORE_ATTRS)}
-    async for raw in _scan(ddb.scan, report, max_items, progress, TableName=table, Limit=page_size,
+    async for raw in _scan(ddb.scan, run.report, max_items, progress, TableName=table, Limit=page_size,
                            ProjectionExpression=", ".join(names), ExpressionAttributeNames=names):
         rec = from_item(raw) or {}
-        report.scanned += 1
         args = _score_update(rec, None)
         if args is not None and "unread_pk" in args["UpdateExpression"]:
             args = _score_update(rec, await _case_is_final(ddb, cases_table, str(rec["sop_uid"])))
-        if args is None:
-            report.up_to_date += 1
-            continue
-        if dry_run:
-            report.updated += 1
-            continue
-        await pacer.wait()
-        try:
-            await write_if(ddb.update_item, TableName=table, Key={"sop_uid": raw["sop_uid"]}, **args)
-            report.updated += 1
-        except ConditionFailedError:
-            report.changed_meanwhile += 1
-    return report
+        await run.apply(None if args is None else
+                        _update_if(ddb, TableName=table, Key={"sop_uid": raw["sop_uid"]}, **args))
+    return run.report
 
 
 def _rekey(case: dict[str, Any] | None) -> tuple[dict[str, Any] | None, list[dict[str, Any]], bool]:
@@ -241,28 +256,21 @@ async def backfill_cases(clients: AwsClients, *, dry_run: bool = False, page_siz
     (outbox, outcome, reader pair) are missing or out of date; see the module doc."""
     store = CaseStore(clients)
     ddb = await clients.dynamodb()
-    report = BackfillReport(table="cases", dry_run=dry_run)
-    pacer = _Pacer(max_writes_per_s)
-    async for raw in _scan(ddb.scan, report, max_items, progress, TableName=store.cases, Limit=page_size):
+    run = _Run("cases", dry_run, max_writes_per_s)
+
+    def rewrite(case_id: str) -> Write:
+        async def write() -> bool:
+            try:  # re-read consistently and re-derived there: a case a read changed since the scan is up to date
+                return bool((await store.mutate(case_id, _rekey))[1])
+            except CaseConflict:
+                return False
+
+        return write
+
+    async for raw in _scan(ddb.scan, run.report, max_items, progress, TableName=store.cases, Limit=page_size):
         case = from_item(raw) or {}
-        report.scanned += 1
-        if not _rekey(case)[2]:
-            report.up_to_date += 1
-            continue
-        if dry_run:
-            report.updated += 1
-            continue
-        await pacer.wait()
-        try:  # re-read consistently and re-derived there: a case a read changed since the scan is up to date
-            _, wrote = await store.mutate(str(case["case_id"]), _rekey)
-        except CaseConflict:
-            report.changed_meanwhile += 1
-            continue
-        if wrote:
-            report.updated += 1
-        else:
-            report.changed_meanwhile += 1
-    return report
+        await run.apply(rewrite(str(case["case_id"])) if _rekey(case)[2] else None)
+    return run.report
 
 
 #: Each table's backfill (the CLI runs them in :data:`TABLES` order).
