@@ -52,17 +52,32 @@ of moto during ``radloop demo --quick`` (docs/architecture.md) put the first thr
    queued every request behind long polls). A request without a length (chunked), an HTTP/1.0 request or one that
    asks to close is served by werkzeug's own code, unchanged.
 
+10. **Index queries read their bucket.** A query of a secondary index walked every item of the table to keep those
+    with the queried index hash key (patch 6 only spared it the sort), then sorted every item of that index
+    partition before applying the sort-key condition. The worklist, triage's backlog and unread queries, the case
+    outcomes, the outbox sweeps and QIDO's ``by_patient`` and ``by_level_shard`` searches are such queries, so their
+    cost grew with the archive. :class:`_IndexBuckets` keeps, per table and index, the keys of the items under each
+    index hash key, as DynamoDB's index does; every write re-files the one key it touched (a table's first write, or
+    the first after ``UpdateTable`` changed its indexes, files every item once, as DynamoDB backfills a new index).
+    A query with a condition on the index's sort key reads only that range of its bucket, kept in order. The answers,
+    their order and the pages are moto's (``tests/shared/test_embedded_aws.py`` compares them after puts, updates
+    that move or drop an item's index key, deletes, cancelled transactions and a new index).
+
 Everything else is moto's server, unchanged (same flags as ``moto_server``).
 """
 
 from __future__ import annotations
 
+import bisect
 import copy
 import functools
+import itertools
 import logging
+import math
 import socket
 import threading
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 from moto.dynamodb.exceptions import (
@@ -280,6 +295,220 @@ def _unsorted_items(table: Any) -> list[Any]:
     return [item for part in table.items.values() for item in part.values()]
 
 
+_MIXED = object()  # a bucket whose sort-key values are not all of one orderable type: no order kept
+_ORDERABLE = (str, Decimal, bytes)
+_SEQ = itertools.count()
+
+
+class _Bucket:
+    """One index partition: its items' keys and, when the index has a sort key, ``order``: ``(sort-key value, seq,
+    item key)`` in sort-key order, so a sort-key condition reads only its range (``seq`` breaks ties; it is unique,
+    so the item key is never compared)."""
+
+    __slots__ = ("keys", "order", "kind")
+
+    def __init__(self) -> None:
+        self.keys: dict[tuple[Any, Any], tuple[Any, int, tuple[Any, Any]] | None] = {}
+        self.order: list[tuple[Any, int, tuple[Any, Any]]] = []
+        self.kind: Any = None
+
+    def add(self, key: tuple[Any, Any], sort_value: Any) -> None:
+        entry = None
+        if sort_value is not None and self.kind is not _MIXED:
+            cast = sort_value.cast_value
+            if type(cast) not in _ORDERABLE or (self.kind is not None and type(cast) is not self.kind):
+                self.kind, self.order = _MIXED, []
+            else:
+                self.kind = type(cast)
+                entry = (cast, next(_SEQ), key)
+                bisect.insort(self.order, entry)
+        self.keys[key] = entry
+
+    def remove(self, key: tuple[Any, Any]) -> None:
+        entry = self.keys.pop(key, None)
+        if entry is not None and self.kind is not _MIXED:
+            i = bisect.bisect_left(self.order, entry)
+            if i < len(self.order) and self.order[i][1] == entry[1]:
+                del self.order[i]
+
+    def in_range(self, comparison: str, operands: Any) -> Any:
+        """The keys whose sort-key value meets the condition, in order, and their two neighbours (None: no order
+        to read them from)."""
+        values = [o.cast_value for o in operands]
+        if self.kind in (None, _MIXED) or not values or any(type(v) is not self.kind for v in values):
+            return None
+        order, op, first = self.order, comparison.upper(), values[0]
+        below, through = (first,), (first, math.inf)  # sorts before every entry of ``first``; after every one
+        if op in ("EQ", "="):
+            lo, hi = bisect.bisect_left(order, below), bisect.bisect_right(order, through)
+        elif op in ("LT", "<"):
+            lo, hi = 0, bisect.bisect_left(order, below)
+        elif op in ("LE", "<="):
+            lo, hi = 0, bisect.bisect_right(order, through)
+        elif op in ("GT", ">"):
+            lo, hi = bisect.bisect_right(order, through), len(order)
+        elif op in ("GE", ">="):
+            lo, hi = bisect.bisect_left(order, below), len(order)
+        elif op == "BETWEEN" and len(values) == 2:
+            lo, hi = bisect.bisect_left(order, below), bisect.bisect_right(order, (values[1], math.inf))
+        elif op == "BEGINS_WITH" and self.kind in (str, bytes):
+            lo = hi = bisect.bisect_left(order, below)
+            while hi < len(order) and order[hi][0].startswith(first):
+                hi += 1
+        else:
+            return None
+        # and the neighbour on each side, which fails the condition: moto's loop gives a page that reaches its
+        # limit a LastEvaluatedKey only when another item follows, so the pages stay moto's
+        return (entry[2] for entry in order[max(lo - 1, 0):hi + 1])
+
+
+class _IndexBuckets:
+    """A table's items grouped, per secondary index, by the index's hash key (fix 10 in the module docstring).
+
+    ``buckets[index][hash values]`` is the index partition of the items whose index hash attributes have those
+    values: what DynamoDB reads for an index query. Built from the table's items at its first write or index query,
+    then kept up to date by every write (:func:`_resync` after ``Table.put_item``, ``Table.delete_item`` and the
+    backend's ``update_item``, which changes an item in place). Rebuilt when the table's indexes change
+    (``update_table``).
+    """
+
+    def __init__(self, table: Any) -> None:
+        self.schema = _index_schema(table)
+        self.buckets: dict[str, dict[tuple[Any, ...], _Bucket]] = {n: {} for n, _, _ in self.schema}
+        self.member: dict[tuple[Any, Any], list[tuple[str, tuple[Any, ...]]]] = {}
+        for item in _unsorted_items(table):
+            self.add(item)
+
+    def add(self, item: Any) -> None:
+        key = (item.hash_key, item.range_key)
+        places = []
+        for name, attrs, sort_attr in self.schema:
+            values = tuple(item.attrs.get(a) for a in attrs)
+            if all(v is not None for v in values):  # sparse: an item without the index's hash key is not in it
+                bucket = self.buckets[name].setdefault(values, _Bucket())
+                bucket.add(key, item.attrs.get(sort_attr) if sort_attr else None)
+                places.append((name, values))
+        if places:
+            self.member[key] = places
+
+    def remove(self, key: tuple[Any, Any]) -> None:
+        for name, values in self.member.pop(key, ()):
+            bucket = self.buckets[name].get(values)
+            if bucket is not None:
+                bucket.remove(key)
+                if not bucket.keys:
+                    del self.buckets[name][values]
+
+    def candidates(self, table: Any, index_name: str, conditions: Any, range_on: str | None,
+                   comparison: str | None, operands: Any) -> list[Any] | None:
+        """The items that can match ``index hash attributes = values``: those of its bucket, or only the range a
+        condition on the index's sort key selects; None when the conditions do not name every hash attribute of
+        the index (then moto walks the table, as before). moto applies every condition to them itself."""
+        spec = {name: (attrs, sort_attr) for name, attrs, sort_attr in self.schema}.get(index_name)
+        given = dict(conditions or ())
+        if spec is None or any(a not in given for a in spec[0]):
+            return None
+        bucket = self.buckets[index_name].get(tuple(given[a] for a in spec[0]))
+        if bucket is None:
+            return []
+        keys = None
+        if range_on is not None and range_on == spec[1]:
+            keys = bucket.in_range(comparison or "", operands or ())
+        found = (_stored(table, hash_key, range_key) for hash_key, range_key in (bucket.keys if keys is None else keys))
+        return [item for item in found if item is not None]
+
+
+def _index_range_attr(table: Any, index_name: str, conditions: Any) -> str | None:
+    """The attribute moto applies an index query's sort-key condition to (None: leave the check to moto)."""
+    if conditions:
+        return str(conditions[-1][0])
+    for index in table.all_indexes():
+        if index.name == index_name:
+            ranges = [k["AttributeName"] for k in index.schema if k["KeyType"] == "RANGE"]
+            return ranges[0] if ranges else None  # no range key: moto refuses the comparison itself
+    return None
+
+
+def _index_schema(table: Any) -> tuple[tuple[str, tuple[str, ...], str | None], ...]:
+    """Per index: its name, its hash attributes and its (first) sort-key attribute."""
+    out = []
+    for index in table.all_indexes():
+        ranges = [k["AttributeName"] for k in index.schema if k["KeyType"] == "RANGE"]
+        out.append((index.name, tuple(k["AttributeName"] for k in index.schema if k["KeyType"] == "HASH"),
+                    ranges[0] if ranges else None))
+    return tuple(out)
+
+
+def _stored(table: Any, hash_key: Any, range_key: Any) -> Any:
+    part = table.items.get(hash_key)  # .get: ``items`` is a defaultdict, and a lookup must not add a partition
+    if part is None or not table.range_key_attr:
+        return part
+    return part.get(range_key)
+
+
+def _buckets(table: Any) -> _IndexBuckets:
+    buckets = getattr(table, "_radloop_buckets", None)
+    if buckets is None or buckets.schema != _index_schema(table):
+        buckets = table._radloop_buckets = _IndexBuckets(table)
+    return buckets
+
+
+def _resync(table: Any, hash_key: Any, range_key: Any) -> None:
+    """After a write of one key: its index memberships are those of the item now stored under it (if any)."""
+    if not table.all_indexes():
+        return
+    buckets = _buckets(table)  # the table's first write (or the first after its indexes changed) files every item
+    buckets.remove((hash_key, range_key))
+    item = _stored(table, hash_key, range_key)
+    if item is not None:
+        buckets.add(item)
+
+
+def _patch_index_buckets() -> None:
+    from moto.dynamodb.models.dynamo_type import DynamoType
+    from moto.dynamodb.models.table import Table
+
+    put, delete, update = Table.put_item, Table.delete_item, DynamoDBBackend.update_item
+    if getattr(put, "__radloop_buckets__", False):
+        return
+
+    @functools.wraps(put)
+    def put_item(self: Any, item_attrs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return put(self, item_attrs, *args, **kwargs)
+        finally:
+            if self.hash_key_attr in item_attrs and (self.range_key_attr is None or self.range_key_attr in item_attrs):
+                _resync(self, DynamoType(item_attrs[self.hash_key_attr]),
+                        DynamoType(item_attrs[self.range_key_attr]) if self.range_key_attr else None)
+
+    @functools.wraps(delete)
+    def delete_item(self: Any, hash_key: Any, range_key: Any) -> Any:
+        try:
+            return delete(self, hash_key, range_key)
+        finally:
+            _resync(self, hash_key, range_key if self.range_key_attr else None)
+
+    @functools.wraps(update)
+    def update_item(self: DynamoDBBackend, table_name: str, key: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        try:  # moto changes the stored item in place (or puts a new one first, which put_item resyncs)
+            return update(self, table_name, key, *args, **kwargs)
+        finally:
+            table = self.tables.get(table_name)
+            if table is not None:
+                try:
+                    hash_key, range_key = self.get_keys_value(table, key)
+                except Exception:  # an invalid key: moto has already refused it, and nothing was written
+                    pass
+                else:
+                    _resync(table, hash_key, range_key if table.range_key_attr else None)
+
+    for fn in (put_item, delete_item, update_item):
+        fn.__radloop_buckets__ = True  # type: ignore[attr-defined]
+    Table.put_item = put_item  # type: ignore[method-assign]
+    Table.delete_item = delete_item  # type: ignore[method-assign]
+    DynamoDBBackend.update_item = update_item  # type: ignore[method-assign]
+
+
 def _patch_query() -> None:
     from moto.dynamodb.models.table import Table
 
@@ -295,7 +524,13 @@ def _patch_query() -> None:
         conditions = kwargs.get("range_key_conditions")
         on_table_key = not conditions or conditions[-1][0] == self.range_key_attr
         if index_name:
-            self.all_items = lambda: _unsorted_items(self)  # moto sorts the matches by the index's keys itself
+            # the items under the queried index hash key that meet the sort-key condition (fix 10), or every item;
+            # moto sorts the matches itself
+            found = _buckets(self).candidates(self, index_name, args[9] if len(args) > 9
+                                              else kwargs.get("hash_key_conditions"),
+                                              _index_range_attr(self, index_name, conditions) if comparison else None,
+                                              comparison, operands)
+            self.all_items = (lambda: found) if found is not None else (lambda: _unsorted_items(self))
         elif hash_key is not None and comparison and on_table_key and self.range_key_attr:
             # Only the partition's items that meet the sort-key condition: moto would sort all of them and size
             # each one (Item.size() walks every attribute) before skipping those that do not match.
@@ -416,6 +651,7 @@ def patch() -> None:
     """Apply the fixes (idempotent)."""
     _patch_keep_alive()
     _patch_query()
+    _patch_index_buckets()
     _patch_sqs_send()
     _patch_sqs_walks()
     _patch_routing()

@@ -155,14 +155,18 @@ def _query_battery(ddb: object) -> list[object]:
     """Every page of a set of queries: table and index, both orders, range conditions, filters, small pages."""
     ddb.create_table(  # type: ignore[attr-defined]
         TableName="t", BillingMode="PAY_PER_REQUEST",
-        AttributeDefinitions=[{"AttributeName": n, "AttributeType": "S"} for n in ("pk", "sk", "g", "gs")],
+        AttributeDefinitions=[{"AttributeName": n, "AttributeType": "S"} for n in ("pk", "sk", "g", "gs")]
+        + [{"AttributeName": "n", "AttributeType": "N"}],
         KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
         GlobalSecondaryIndexes=[
             {"IndexName": "g-gs", "KeySchema": [{"AttributeName": "g", "KeyType": "HASH"},
                                                 {"AttributeName": "gs", "KeyType": "RANGE"}],
              "Projection": {"ProjectionType": "ALL"}},
             {"IndexName": "g-only", "KeySchema": [{"AttributeName": "g", "KeyType": "HASH"}],
-             "Projection": {"ProjectionType": "KEYS_ONLY"}}])
+             "Projection": {"ProjectionType": "KEYS_ONLY"}},
+            {"IndexName": "g-n", "KeySchema": [{"AttributeName": "g", "KeyType": "HASH"},
+                                               {"AttributeName": "n", "KeyType": "RANGE"}],
+             "Projection": {"ProjectionType": "ALL"}}])
     ddb.create_table(  # type: ignore[attr-defined]
         TableName="h", BillingMode="PAY_PER_REQUEST",
         AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}, {"AttributeName": "g", "AttributeType": "S"}],
@@ -188,10 +192,67 @@ def _query_battery(ddb: object) -> list[object]:
          "ExpressionAttributeValues": {":g": {"S": "g2"}, ":x": {"S": "x040"}}},
         {"TableName": "t", "IndexName": "g-only", "KeyConditionExpression": "g = :g",
          "ExpressionAttributeValues": {":g": {"S": "g3"}}},
+        *({"TableName": "t", "IndexName": "g-gs", "KeyConditionExpression": f"g = :g AND {cond}",
+           "ExpressionAttributeValues": {":g": {"S": "g1"}, ":a": {"S": a}} | ({":b": {"S": b}} if b else {})}
+          for cond, a, b in (("begins_with(gs, :a)", "x0", None), ("gs BETWEEN :a AND :b", "x020", "x060"),
+                             ("gs <= :a", "x050", None), ("gs < :a", "x050", None), ("gs >= :a", "x050", None),
+                             ("gs = :a", "x013", None), ("begins_with(gs, :a)", "x5", None))),
+        *({"TableName": "t", "IndexName": "g-n", "KeyConditionExpression": f"g = :g AND {cond}",
+           "ScanIndexForward": forward,  # many items share each value: ties ordered by the table's keys
+           "ExpressionAttributeValues": {":g": {"S": "g2"}, ":a": {"N": a}} | ({":b": {"N": b}} if b else {})}
+          for cond, a, b, forward in (("n BETWEEN :a AND :b", "2", "5", True), ("n < :a", "3", None, False),
+                                      ("n = :a", "4", None, True), ("n > :a", "9.5", None, True))),
         {"TableName": "h", "KeyConditionExpression": "pk = :p", "ExpressionAttributeValues": {":p": {"S": "k17"}}},
         {"TableName": "h", "IndexName": "by-g", "KeyConditionExpression": "g = :g",
          "ExpressionAttributeValues": {":g": {"S": "g4"}}},
     ]
+    pages = _pages(ddb, queries)
+    _mutate(ddb)
+    pages += _pages(ddb, queries)
+    ddb.update_table(  # type: ignore[attr-defined]
+        TableName="t", AttributeDefinitions=[{"AttributeName": "gs", "AttributeType": "S"}],
+        GlobalSecondaryIndexUpdates=[{"Create": {"IndexName": "gs-new", "KeySchema": [{"AttributeName": "gs",
+                                                                                       "KeyType": "HASH"}],
+                                                 "Projection": {"ProjectionType": "ALL"}}}])
+    queries.append({"TableName": "t", "IndexName": "gs-new", "KeyConditionExpression": "gs = :x",
+                    "ExpressionAttributeValues": {":x": {"S": "x013"}}})
+    pages += _pages(ddb, queries)
+    ddb.update_item(TableName="t", Key={"pk": {"S": "p9"}, "sk": {"S": "tx"}},  # type: ignore[attr-defined]
+                    UpdateExpression="SET gs = :x", ExpressionAttributeValues={":x": {"S": "x013"}})
+    return pages + _pages(ddb, queries)
+
+
+def _mutate(ddb: object) -> None:
+    """Writes that move items into, out of and between index buckets, by every path that writes an item."""
+    t = {"TableName": "t"}
+    key = lambda i: {"pk": {"S": f"p{i % 7}"}, "sk": {"S": f"s{(i * 37) % 240:04d}"}}  # noqa: E731
+    upd = ddb.update_item  # type: ignore[attr-defined]
+    upd(**t, Key=key(3), UpdateExpression="SET g = :g, gs = :s",  # not indexed before (3 % 3 == 0): now in g1
+        ExpressionAttributeValues={":g": {"S": "g1"}, ":s": {"S": "x500"}})
+    upd(**t, Key=key(4), UpdateExpression="REMOVE g")  # leaves both indexes
+    upd(**t, Key=key(5), UpdateExpression="SET g = :g", ExpressionAttributeValues={":g": {"S": "g3"}})  # g1 -> g3
+    upd(**t, Key={"pk": {"S": "p9"}, "sk": {"S": "new"}}, UpdateExpression="SET g = :g, gs = :s",  # a new item
+        ExpressionAttributeValues={":g": {"S": "g2"}, ":s": {"S": "x041"}})
+    ddb.put_item(**t, Item=key(7) | {"g": {"S": "g3"}, "gs": {"S": "x001"}})  # type: ignore[attr-defined]
+    ddb.delete_item(**t, Key=key(8))  # type: ignore[attr-defined]
+    with pytest.raises(ClientError, match="TransactionCanceled"):  # rolled back: nothing moves
+        ddb.transact_write_items(TransactItems=[  # type: ignore[attr-defined]
+            {"Update": {**t, "Key": key(10), "UpdateExpression": "SET g = :g",
+                        "ExpressionAttributeValues": {":g": {"S": "g0"}}}},
+            {"Delete": {**t, "Key": key(11)}},
+            {"ConditionCheck": {**t, "Key": key(13), "ConditionExpression": "attribute_not_exists(pk)"}}])
+    ddb.transact_write_items(TransactItems=[  # type: ignore[attr-defined]
+        {"Update": {**t, "Key": key(10), "UpdateExpression": "SET g = :g",
+                    "ExpressionAttributeValues": {":g": {"S": "g0"}}}},
+        {"Delete": {**t, "Key": key(11)}},
+        {"Put": {**t, "Item": {"pk": {"S": "p9"}, "sk": {"S": "tx"}, "g": {"S": "g0"}, "gs": {"S": "x000"}}}}])
+    ddb.batch_write_item(RequestItems={  # type: ignore[attr-defined]
+        "t": [{"DeleteRequest": {"Key": key(14)}}, {"PutRequest": {"Item": key(15) | {"g": {"S": "g2"}}}}],
+        "h": [{"PutRequest": {"Item": {"pk": {"S": "k3"}, "g": {"S": "g0"}}}},
+              {"DeleteRequest": {"Key": {"pk": {"S": "k4"}}}}]})
+
+
+def _pages(ddb: object, queries: list[dict[str, object]]) -> list[object]:
     pages: list[object] = []
     for q in queries:
         for limit in (None, 7):
@@ -207,8 +268,9 @@ def _query_battery(ddb: object) -> list[object]:
 
 
 def test_a_query_reads_its_partition_and_gives_moto_s_answers(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Patch 6: a table query starts from its partition and an index query skips the sort of the whole table; every
-    page (items, counts, order, LastEvaluatedKey) equals moto's own, and a table query never lists the table."""
+    """Patches 6 and 10: a table query starts from its partition and an index query from its bucket; every page
+    (items, counts, order, LastEvaluatedKey), before and after writes that move items between buckets, equals moto's
+    own, and neither lists the table."""
     from moto import mock_aws
     from moto.dynamodb.models.table import Table
 
@@ -233,6 +295,21 @@ def test_a_query_reads_its_partition_and_gives_moto_s_answers(monkeypatch: pytes
         listed.clear()
         ddb.query(TableName="t", KeyConditionExpression="pk = :p", ExpressionAttributeValues={":p": {"S": "p3"}})
     assert listed == []  # the class's all_items (list and sort every item) was not called
+
+    walked: list[object] = []  # fix 10: an index query reads its bucket, not every item of the table
+    real_unsorted = moto_server._unsorted_items
+    monkeypatch.setattr(moto_server, "_unsorted_items", lambda table: walked.append(table) or real_unsorted(table))
+    with mock_aws():
+        ddb = boto3.client("dynamodb", region_name="us-east-1")
+        _query_battery(ddb)
+        assert walked  # the buckets were built from the items, once per table and set of indexes
+        walked.clear()
+        resp = ddb.query(TableName="t", IndexName="g-gs", KeyConditionExpression="g = :g",
+                         ExpressionAttributeValues={":g": {"S": "g0"}})
+        ddb.put_item(TableName="t", Item={"pk": {"S": "p1"}, "sk": {"S": "late"}, "g": {"S": "g0"}, "gs": {"S": "z"}})
+        again = ddb.query(TableName="t", IndexName="g-gs", KeyConditionExpression="g = :g",
+                          ExpressionAttributeValues={":g": {"S": "g0"}})
+    assert walked == [] and again["Count"] == resp["Count"] + 1 and again["Items"][-1]["sk"] == {"S": "late"}
 
     from moto.dynamodb.models.dynamo_type import Item
 
