@@ -374,6 +374,7 @@ class _IndexBuckets:
 
     def __init__(self, table: Any) -> None:
         self.schema = _index_schema(table)
+        self.spec = {name: (attrs, sort_attr) for name, attrs, sort_attr in self.schema}
         self.buckets: dict[str, dict[tuple[Any, ...], _Bucket]] = {n: {} for n, _, _ in self.schema}
         self.member: dict[tuple[Any, Any], list[tuple[str, tuple[Any, ...]]]] = {}
         for item in _unsorted_items(table):
@@ -399,34 +400,25 @@ class _IndexBuckets:
                 if not bucket.keys:
                     del self.buckets[name][values]
 
-    def candidates(self, table: Any, index_name: str, conditions: Any, range_on: str | None,
+    def candidates(self, table: Any, index_name: str, conditions: Any, range_conditions: Any,
                    comparison: str | None, operands: Any) -> list[Any] | None:
         """The items that can match ``index hash attributes = values``: those of its bucket, or only the range a
         condition on the index's sort key selects; None when the conditions do not name every hash attribute of
         the index (then moto walks the table, as before). moto applies every condition to them itself."""
-        spec = {name: (attrs, sort_attr) for name, attrs, sort_attr in self.schema}.get(index_name)
+        spec = self.spec.get(index_name)
         given = dict(conditions or ())
         if spec is None or any(a not in given for a in spec[0]):
             return None
         bucket = self.buckets[index_name].get(tuple(given[a] for a in spec[0]))
         if bucket is None:
             return []
+        # moto applies the condition to the last attribute of range_key_conditions, or to the index's sort key
+        range_on = range_conditions[-1][0] if range_conditions else spec[1]
         keys = None
-        if range_on is not None and range_on == spec[1]:
-            keys = bucket.in_range(comparison or "", operands or ())
+        if comparison and range_on is not None and range_on == spec[1]:
+            keys = bucket.in_range(comparison, operands or ())
         found = (_stored(table, hash_key, range_key) for hash_key, range_key in (bucket.keys if keys is None else keys))
         return [item for item in found if item is not None]
-
-
-def _index_range_attr(table: Any, index_name: str, conditions: Any) -> str | None:
-    """The attribute moto applies an index query's sort-key condition to (None: leave the check to moto)."""
-    if conditions:
-        return str(conditions[-1][0])
-    for index in table.all_indexes():
-        if index.name == index_name:
-            ranges = [k["AttributeName"] for k in index.schema if k["KeyType"] == "RANGE"]
-            return ranges[0] if ranges else None  # no range key: moto refuses the comparison itself
-    return None
 
 
 def _index_schema(table: Any) -> tuple[tuple[str, tuple[str, ...], str | None], ...]:
@@ -472,14 +464,18 @@ def _patch_index_buckets() -> None:
     if getattr(put, "__radloop_buckets__", False):
         return
 
+    def resync_key(table: Any, attrs: dict[str, Any]) -> None:
+        """Re-file the item under the key that ``attrs`` (an item or a key) names; a key moto refused names none."""
+        if table.hash_key_attr in attrs and (table.range_key_attr is None or table.range_key_attr in attrs):
+            _resync(table, DynamoType(attrs[table.hash_key_attr]),
+                    DynamoType(attrs[table.range_key_attr]) if table.range_key_attr else None)
+
     @functools.wraps(put)
     def put_item(self: Any, item_attrs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
         try:
             return put(self, item_attrs, *args, **kwargs)
         finally:
-            if self.hash_key_attr in item_attrs and (self.range_key_attr is None or self.range_key_attr in item_attrs):
-                _resync(self, DynamoType(item_attrs[self.hash_key_attr]),
-                        DynamoType(item_attrs[self.range_key_attr]) if self.range_key_attr else None)
+            resync_key(self, item_attrs)
 
     @functools.wraps(delete)
     def delete_item(self: Any, hash_key: Any, range_key: Any) -> Any:
@@ -495,12 +491,7 @@ def _patch_index_buckets() -> None:
         finally:
             table = self.tables.get(table_name)
             if table is not None:
-                try:
-                    hash_key, range_key = self.get_keys_value(table, key)
-                except Exception:  # an invalid key: moto has already refused it, and nothing was written
-                    pass
-                else:
-                    _resync(table, hash_key, range_key if table.range_key_attr else None)
+                resync_key(table, key)
 
     for fn in (put_item, delete_item, update_item):
         fn.__radloop_buckets__ = True  # type: ignore[attr-defined]
@@ -527,9 +518,7 @@ def _patch_query() -> None:
             # the items under the queried index hash key that meet the sort-key condition (fix 10), or every item;
             # moto sorts the matches itself
             found = _buckets(self).candidates(self, index_name, args[9] if len(args) > 9
-                                              else kwargs.get("hash_key_conditions"),
-                                              _index_range_attr(self, index_name, conditions) if comparison else None,
-                                              comparison, operands)
+                                              else kwargs.get("hash_key_conditions"), conditions, comparison, operands)
             self.all_items = (lambda: found) if found is not None else (lambda: _unsorted_items(self))
         elif hash_key is not None and comparison and on_table_key and self.range_key_attr:
             # Only the partition's items that meet the sort-key condition: moto would sort all of them and size
