@@ -59,9 +59,12 @@ of moto during ``radloop demo --quick`` (docs/architecture.md) put the first thr
     cost grew with the archive. :class:`_IndexBuckets` keeps, per table and index, the keys of the items under each
     index hash key, as DynamoDB's index does; every write re-files the one key it touched (a table's first write, or
     the first after ``UpdateTable`` changed its indexes, files every item once, as DynamoDB backfills a new index).
-    A query with a condition on the index's sort key reads only that range of its bucket, kept in order. The answers,
-    their order and the pages are moto's (``tests/shared/test_embedded_aws.py`` compares them after puts, updates
-    that move or drop an item's index key, deletes, cancelled transactions and a new index).
+    A query with a condition on the index's sort key reads only that range of its bucket, kept in moto's order of an
+    index query, and a query with a ``Limit`` only one page of it, from its ``ExclusiveStartKey`` on (session 20).
+    The answers, their order and the pages are moto's (``tests/shared/test_embedded_aws.py`` compares them, in pages
+    of 1 and 7, after puts, updates that move or drop an item's index key, deletes, cancelled transactions and a new
+    index). The same test found patch 6's range filter dropping the ``LastEvaluatedKey`` of a page that a range's
+    last item filled; it keeps the neighbours of the range now too.
 
 Everything else is moto's server, unchanged (same flags as ``moto_server``).
 """
@@ -71,9 +74,7 @@ from __future__ import annotations
 import bisect
 import copy
 import functools
-import itertools
 import logging
-import math
 import socket
 import threading
 from collections.abc import Callable
@@ -297,19 +298,39 @@ def _unsorted_items(table: Any) -> list[Any]:
 
 _MIXED = object()  # a bucket whose sort-key values are not all of one orderable type: no order kept
 _ORDERABLE = (str, Decimal, bytes)
-_SEQ = itertools.count()
+
+
+class _Top:
+    """Sorts after every value (the upper end of a run of equal sort-key values in :attr:`_Bucket.order`)."""
+
+    def __lt__(self, other: object) -> bool:
+        return False
+
+    def __gt__(self, other: object) -> bool:
+        return True
+
+
+_TOP = _Top()
+
+
+def _cast(value: Any) -> Any:
+    """A DynamoType's (or a wire attribute value's) Python value, as moto compares them."""
+    from moto.dynamodb.models.dynamo_type import DynamoType
+
+    return (value if isinstance(value, DynamoType) else DynamoType(value)).cast_value
 
 
 class _Bucket:
-    """One index partition: its items' keys and, when the index has a sort key, ``order``: ``(sort-key value, seq,
-    item key)`` in sort-key order, so a sort-key condition reads only its range (``seq`` breaks ties; it is unique,
-    so the item key is never compared)."""
+    """One index partition: its items' keys and, when the index has a sort key, ``order``: ``(sort-key value, table
+    key values, item key)`` in moto's order of an index query (the index's sort key, then the table's hash and range
+    keys, which make it total; the item key is never compared), so a query reads only the range its sort-key
+    condition selects, and with a ``Limit`` only one page of it."""
 
     __slots__ = ("keys", "order", "kind")
 
     def __init__(self) -> None:
-        self.keys: dict[tuple[Any, Any], tuple[Any, int, tuple[Any, Any]] | None] = {}
-        self.order: list[tuple[Any, int, tuple[Any, Any]]] = []
+        self.keys: dict[tuple[Any, Any], tuple[Any, tuple[Any, ...], tuple[Any, Any]] | None] = {}
+        self.order: list[tuple[Any, tuple[Any, ...], tuple[Any, Any]]] = []
         self.kind: Any = None
 
     def add(self, key: tuple[Any, Any], sort_value: Any) -> None:
@@ -320,7 +341,7 @@ class _Bucket:
                 self.kind, self.order = _MIXED, []
             else:
                 self.kind = type(cast)
-                entry = (cast, next(_SEQ), key)
+                entry = (cast, tuple(k.cast_value for k in key if k is not None), key)
                 bisect.insort(self.order, entry)
         self.keys[key] = entry
 
@@ -328,38 +349,78 @@ class _Bucket:
         entry = self.keys.pop(key, None)
         if entry is not None and self.kind is not _MIXED:
             i = bisect.bisect_left(self.order, entry)
-            if i < len(self.order) and self.order[i][1] == entry[1]:
+            if i < len(self.order) and self.order[i][2] == key:
                 del self.order[i]
 
-    def in_range(self, comparison: str, operands: Any) -> Any:
-        """The keys whose sort-key value meets the condition, in order, and their two neighbours (None: no order
-        to read them from)."""
+    def span(self, comparison: str | None, operands: Any) -> tuple[int, int] | None:
+        """The positions in :attr:`order` of the keys whose sort-key value meets the condition (all without one);
+        None when there is no order to read them from."""
+        if self.kind in (None, _MIXED):
+            return None
+        if not comparison:
+            return 0, len(self.order)
         values = [o.cast_value for o in operands]
-        if self.kind in (None, _MIXED) or not values or any(type(v) is not self.kind for v in values):
+        if not values or any(type(v) is not self.kind for v in values):
             return None
         order, op, first = self.order, comparison.upper(), values[0]
-        below, through = (first,), (first, math.inf)  # sorts before every entry of ``first``; after every one
+        below, through = (first,), (first, _TOP)  # sorts before every entry of ``first``; after every one
         if op in ("EQ", "="):
-            lo, hi = bisect.bisect_left(order, below), bisect.bisect_right(order, through)
-        elif op in ("LT", "<"):
-            lo, hi = 0, bisect.bisect_left(order, below)
-        elif op in ("LE", "<="):
-            lo, hi = 0, bisect.bisect_right(order, through)
-        elif op in ("GT", ">"):
-            lo, hi = bisect.bisect_right(order, through), len(order)
-        elif op in ("GE", ">="):
-            lo, hi = bisect.bisect_left(order, below), len(order)
-        elif op == "BETWEEN" and len(values) == 2:
-            lo, hi = bisect.bisect_left(order, below), bisect.bisect_right(order, (values[1], math.inf))
-        elif op == "BEGINS_WITH" and self.kind in (str, bytes):
+            return bisect.bisect_left(order, below), bisect.bisect_right(order, through)
+        if op in ("LT", "<"):
+            return 0, bisect.bisect_left(order, below)
+        if op in ("LE", "<="):
+            return 0, bisect.bisect_right(order, through)
+        if op in ("GT", ">"):
+            return bisect.bisect_right(order, through), len(order)
+        if op in ("GE", ">="):
+            return bisect.bisect_left(order, below), len(order)
+        if op == "BETWEEN" and len(values) == 2:
+            return bisect.bisect_left(order, below), bisect.bisect_right(order, (values[1], _TOP))
+        if op == "BEGINS_WITH" and self.kind in (str, bytes):
             lo = hi = bisect.bisect_left(order, below)
             while hi < len(order) and order[hi][0].startswith(first):
                 hi += 1
-        else:
+            return lo, hi
+        return None
+
+    def window(self, comparison: str | None, operands: Any, *, limit: int | None,
+               start: tuple[Any, tuple[Any, ...]] | None, forward: bool) -> list[tuple[Any, Any]] | None:
+        """The keys a query reads, in order: those meeting the sort-key condition, after the exclusive start key
+        ``start`` (its sort-key and table key values) in the query's direction, at most ``limit`` + 1 of them, and
+        the neighbour on each side. moto's loop gives a page that reaches its limit a LastEvaluatedKey only when
+        another item follows (the neighbour, or the next match), and skips what lies at or before ``start``, so the
+        pages stay moto's. None when there is no order to read them from."""
+        span = self.span(comparison, operands)
+        if span is None:
             return None
-        # and the neighbour on each side, which fails the condition: moto's loop gives a page that reaches its
-        # limit a LastEvaluatedKey only when another item follows, so the pages stay moto's
-        return (entry[2] for entry in order[max(lo - 1, 0):hi + 1])
+        lo, hi = span
+        order = self.order
+        if start is not None:
+            if forward:
+                lo = max(lo, bisect.bisect_right(order, (*start, _TOP)))
+            else:
+                hi = min(hi, bisect.bisect_left(order, start))
+        if limit is not None and lo < hi:
+            if forward:
+                hi = min(hi, lo + limit + 1)
+            else:
+                lo = max(lo, hi - limit - 1)
+        return [entry[2] for entry in order[max(lo - 1, 0):hi + 1]]
+
+    def start_of(self, key: dict[str, Any] | None, sort_attr: str, table_keys: tuple[str, ...]
+                 ) -> tuple[Any, tuple[Any, ...]] | None:
+        """An ExclusiveStartKey as a position in :attr:`order`; None when it names none (no key, an attribute
+        missing, or values of other types than the entries')."""
+        if not key or not self.order or any(a not in key for a in (sort_attr, *table_keys)):
+            return None
+        try:
+            pos = (_cast(key[sort_attr]), tuple(_cast(key[a]) for a in table_keys))
+        except Exception:  # noqa: BLE001 - a malformed key: moto answers it as before
+            return None
+        model = self.order[0]
+        if type(pos[0]) is not type(model[0]) or [type(v) for v in pos[1]] != [type(v) for v in model[1]]:
+            return None
+        return pos
 
 
 class _IndexBuckets:
@@ -401,10 +462,12 @@ class _IndexBuckets:
                     del self.buckets[name][values]
 
     def candidates(self, table: Any, index_name: str, conditions: Any, range_conditions: Any,
-                   comparison: str | None, operands: Any) -> list[Any] | None:
-        """The items that can match ``index hash attributes = values``: those of its bucket, or only the range a
-        condition on the index's sort key selects; None when the conditions do not name every hash attribute of
-        the index (then moto walks the table, as before). moto applies every condition to them itself."""
+                   comparison: str | None, operands: Any, *, limit: int | None = None,
+                   exclusive_start_key: dict[str, Any] | None = None, forward: bool = True) -> list[Any] | None:
+        """The items that can be on the query's page: those of its bucket, or (:meth:`_Bucket.window`) only the
+        range a condition on the index's sort key selects, from the exclusive start key on, one page of it; None
+        when the conditions do not name every hash attribute of the index (then moto walks the table, as before).
+        moto applies every condition, the start key and the limit to them itself."""
         spec = self.spec.get(index_name)
         given = dict(conditions or ())
         if spec is None or any(a not in given for a in spec[0]):
@@ -412,11 +475,16 @@ class _IndexBuckets:
         bucket = self.buckets[index_name].get(tuple(given[a] for a in spec[0]))
         if bucket is None:
             return []
+        sort_attr = spec[1]
         # moto applies the condition to the last attribute of range_key_conditions, or to the index's sort key
-        range_on = range_conditions[-1][0] if range_conditions else spec[1]
+        range_on = range_conditions[-1][0] if range_conditions else sort_attr
         keys = None
-        if comparison and range_on is not None and range_on == spec[1]:
-            keys = bucket.in_range(comparison, operands or ())
+        if sort_attr is not None and range_on == sort_attr and len(range_conditions or ()) <= 1:
+            table_keys = tuple(a for a in (table.hash_key_attr, table.range_key_attr) if a)
+            start = bucket.start_of(exclusive_start_key, sort_attr, table_keys)
+            if exclusive_start_key and start is None:
+                limit = None  # a start key that names no position: the whole range, moto finds its place
+            keys = bucket.window(comparison, operands or (), limit=limit, start=start, forward=forward)
         found = (_stored(table, hash_key, range_key) for hash_key, range_key in (bucket.keys if keys is None else keys))
         return [item for item in found if item is not None]
 
@@ -500,6 +568,18 @@ def _patch_index_buckets() -> None:
     DynamoDBBackend.update_item = update_item  # type: ignore[method-assign]
 
 
+def _in_range(items: list[Any], comparison: str, operands: Any) -> list[Any]:
+    """The items whose range key meets the condition, with the nearest other item below and above them."""
+    inside = [i for i in items if i.range_key is not None and i.range_key.compare(comparison, operands)]
+    if not inside:
+        return []
+    first, last = min(i.range_key for i in inside), max(i.range_key for i in inside)
+    below = [i for i in items if i.range_key is not None and i.range_key < first]
+    above = [i for i in items if i.range_key is not None and last < i.range_key]
+    return ([max(below, key=lambda i: i.range_key)] if below else []) + inside + (
+        [min(above, key=lambda i: i.range_key)] if above else [])
+
+
 def _patch_query() -> None:
     from moto.dynamodb.models.table import Table
 
@@ -507,24 +587,31 @@ def _patch_query() -> None:
     if getattr(original, "__radloop_partitioned__", False):
         return
 
+    named = ("range_comparison", "range_objs", "limit", "exclusive_start_key", "scan_index_forward",
+             "projection_expressions", "index_name", "consistent_read", "filter_expression", "hash_key_conditions",
+             "range_key_conditions")
+
     @functools.wraps(original)
     def query(self: Any, hash_key: Any, *args: Any, **kwargs: Any) -> Any:
-        index_name = args[6] if len(args) > 6 else kwargs.get("index_name")
-        comparison = args[0] if args else kwargs.get("range_comparison")
-        operands = args[1] if len(args) > 1 else kwargs.get("range_objs")
-        conditions = kwargs.get("range_key_conditions")
+        a = dict(zip(named, args, strict=False)) | kwargs
+        index_name, comparison, operands = a.get("index_name"), a.get("range_comparison"), a.get("range_objs")
+        conditions = a.get("range_key_conditions")
         on_table_key = not conditions or conditions[-1][0] == self.range_key_attr
         if index_name:
-            # the items under the queried index hash key that meet the sort-key condition (fix 10), or every item;
-            # moto sorts the matches itself
-            found = _buckets(self).candidates(self, index_name, args[9] if len(args) > 9
-                                              else kwargs.get("hash_key_conditions"), conditions, comparison, operands)
+            # the items under the queried index hash key that meet the sort-key condition, from the start key on,
+            # one page of them (fix 10), or every item; moto sorts them and takes its page itself. A legacy
+            # QueryFilter (keyword arguments outside ``named``) counts items differently: no page is cut for it.
+            paged = not set(a) - set(named)
+            found = _buckets(self).candidates(
+                self, index_name, a.get("hash_key_conditions"), conditions, comparison, operands,
+                limit=a.get("limit") if paged else None, exclusive_start_key=a.get("exclusive_start_key"),
+                forward=a.get("scan_index_forward") is not False)
             self.all_items = (lambda: found) if found is not None else (lambda: _unsorted_items(self))
         elif hash_key is not None and comparison and on_table_key and self.range_key_attr:
-            # Only the partition's items that meet the sort-key condition: moto would sort all of them and size
-            # each one (Item.size() walks every attribute) before skipping those that do not match.
-            self.all_items = lambda: [i for i in _partition_items(self, hash_key)
-                                      if i.range_key is not None and i.range_key.compare(comparison, operands)]
+            # Only the partition's items that meet the sort-key condition, and the nearest item on each side of
+            # them: moto would sort all of them and size each one (Item.size() walks every attribute) before
+            # skipping those that do not match; the neighbours keep its LastEvaluatedKey (see _Bucket.window).
+            self.all_items = lambda: _in_range(_partition_items(self, hash_key), comparison, operands)
         elif hash_key is not None:
             self.all_items = lambda: _partition_items(self, hash_key)  # then sorted by range key, as before
         else:

@@ -255,9 +255,9 @@ def _mutate(ddb: object) -> None:
 def _pages(ddb: object, queries: list[dict[str, object]]) -> list[object]:
     pages: list[object] = []
     for q in queries:
-        for limit in (None, 7):
+        for limit in (None, 1, 7):
             start = None
-            for _ in range(200):  # bounded: at most 240 items in pages of 7
+            for _ in range(300):  # bounded: at most 250 items in pages of 1
                 kw = dict(q) | ({"Limit": limit} if limit else {}) | ({"ExclusiveStartKey": start} if start else {})
                 resp = ddb.query(**kw)  # type: ignore[attr-defined]
                 pages.append((resp["Items"], resp["Count"], resp["ScannedCount"], resp.get("LastEvaluatedKey")))
@@ -324,9 +324,30 @@ def test_a_query_reads_its_partition_and_gives_moto_s_answers(monkeypatch: pytes
                          ExpressionAttributeValues={":p": {"S": "p2"}, ":s": {"S": "s01"}})
     in_partition = 240 // 7
     assert 0 < resp["Count"] < in_partition // 2
-    # only the items that meet the sort-key condition were sized (twice each: the page limit, the page's size);
-    # moto sized every item of the partition before skipping the others
-    assert len(sized) == 2 * resp["Count"], (len(sized), resp["Count"])
+    # only the items that meet the sort-key condition were sized (twice each: the page limit, the page's size),
+    # and the neighbour on each side once (it decides the LastEvaluatedKey); moto sized every item of the partition
+    # before skipping the others
+    assert len(sized) == 2 * resp["Count"] + 2, (len(sized), resp["Count"])
+
+    # an index query with a Limit hands moto one page of its bucket (and the items around it), from
+    # its ExclusiveStartKey on, in either direction: moto sorted the whole bucket for each page
+    handed: list[int] = []
+    real_sorted = Table.sorted_items
+    monkeypatch.setattr(Table, "sorted_items", lambda self, h, r, items: handed.append(len(items))
+                        or real_sorted(self, h, r, items))
+    with mock_aws():
+        ddb = boto3.client("dynamodb", region_name="us-east-1")
+        _query_battery(ddb)
+        for forward in (True, False):
+            handed.clear()
+            q = {"TableName": "t", "IndexName": "g-n", "KeyConditionExpression": "g = :g", "Limit": 5,
+                 "ExpressionAttributeValues": {":g": {"S": "g2"}}, "ScanIndexForward": forward}
+            first = ddb.query(**q)
+            second = ddb.query(**q, ExclusiveStartKey=first["LastEvaluatedKey"])
+            whole = ddb.query(**{k: v for k, v in q.items() if k != "Limit"})
+            assert first["Items"] + second["Items"] == whole["Items"][:10] and whole["Count"] > 30
+            # each page: its 5, the next (it decides the LastEvaluatedKey), and a neighbour on each side
+            assert len(handed) == 3 and max(handed[:2]) <= 5 + 3 and handed[2] == whole["Count"], handed
 
 
 def test_sending_a_message_does_not_count_the_queue_and_gives_moto_s_answers(monkeypatch: pytest.MonkeyPatch) -> None:
