@@ -350,6 +350,53 @@ def test_a_query_reads_its_partition_and_gives_moto_s_answers(monkeypatch: pytes
             assert len(handed) == 3 and max(handed[:2]) <= 5 + 3 and handed[2] == whole["Count"], handed
 
 
+def test_pages_of_indexes_moto_orders_otherwise_are_moto_s(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review of patch 10's pages (session 20): an index sorted by two attributes is ordered by both, and a start key
+    of another index partition is placed by moto first by its hash value; for both, no page is cut and moto's
+    answers stand (the first page and the page after the start key differed before the fix)."""
+    from moto import mock_aws
+    from moto.dynamodb.models.table import Table
+
+    from radloop.local import moto_server
+
+    moto_server.patch()
+    patched = Table.query
+
+    def answers() -> list[object]:
+        ddb = boto3.client("dynamodb", region_name="us-east-1")
+        ddb.create_table(
+            TableName="m", BillingMode="PAY_PER_REQUEST",
+            AttributeDefinitions=[{"AttributeName": a, "AttributeType": "S"} for a in ("pk", "g", "r1", "r2")],
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+            GlobalSecondaryIndexes=[
+                {"IndexName": "two", "Projection": {"ProjectionType": "ALL"},
+                 "KeySchema": [{"AttributeName": "g", "KeyType": "HASH"}, {"AttributeName": "r1", "KeyType": "RANGE"},
+                               {"AttributeName": "r2", "KeyType": "RANGE"}]},
+                {"IndexName": "one", "Projection": {"ProjectionType": "ALL"},
+                 "KeySchema": [{"AttributeName": "g", "KeyType": "HASH"}, {"AttributeName": "r2", "KeyType": "RANGE"}]}])
+        for pk, g, r2 in (("a", "g", "z"), ("b", "g", "y"), ("c", "g", "x"), ("d", "g", "w"), ("e", "a", "v")):
+            ddb.put_item(TableName="m", Item={"pk": {"S": pk}, "g": {"S": g}, "r1": {"S": "same"}, "r2": {"S": r2}})
+        out = []
+        for forward in (True, False):
+            two = {"TableName": "m", "IndexName": "two", "KeyConditionExpression": "g = :g", "Limit": 1,
+                   "ExpressionAttributeValues": {":g": {"S": "g"}}, "ScanIndexForward": forward}
+            out.append(ddb.query(**two))
+            out.append(ddb.query(**two | {"Limit": 2}, ExclusiveStartKey={"pk": {"S": "c"}, "g": {"S": "g"},
+                                                                       "r1": {"S": "same"}, "r2": {"S": "x"}}))
+            one = {"TableName": "m", "IndexName": "one", "KeyConditionExpression": "g = :g", "Limit": 2,
+                   "ExpressionAttributeValues": {":g": {"S": "g"}}, "ScanIndexForward": forward}
+            out.append(ddb.query(**one, ExclusiveStartKey={"pk": {"S": "e"}, "g": {"S": "a"}, "r2": {"S": "x"}}))
+        return [(r["Items"], r["Count"], r["ScannedCount"], r.get("LastEvaluatedKey")) for r in out]
+
+    got = []
+    for query in (patched.__wrapped__, patched):  # type: ignore[attr-defined]
+        monkeypatch.setattr(Table, "query", query)
+        with mock_aws():
+            got.append(answers())
+    assert got[0] == got[1]
+    assert [item["pk"]["S"] for item in got[0][0][0]] == ["d"]  # ordered by r2 among the ties of r1
+
+
 def test_attribute_values_are_written_as_moto_writes_them(monkeypatch: pytest.MonkeyPatch) -> None:
     """Patch 11: DynamoDB answers copy attribute values that are already in wire form instead of walking the
     AttributeValue shape's ten members for each; every kind of value (nested maps and lists, sets, numbers, binary,
