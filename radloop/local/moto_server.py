@@ -82,9 +82,11 @@ Everything else is moto's server, unchanged (same flags as ``moto_server``).
 from __future__ import annotations
 
 import bisect
+import contextlib
 import copy
 import functools
 import logging
+import operator
 import socket
 import threading
 from collections.abc import Callable
@@ -417,13 +419,16 @@ class _Bucket:
                 lo = max(lo, hi - limit - 1)
         return [entry[2] for entry in order[max(lo - 1, 0):hi + 1]]
 
-    def start_of(self, key: dict[str, Any] | None, sort_attr: str, table_keys: tuple[str, ...]
-                 ) -> tuple[Any, tuple[Any, ...]] | None:
-        """An ExclusiveStartKey as a position in :attr:`order`; None when it names none (no key, an attribute
-        missing, or values of other types than the entries')."""
-        if not key or not self.order or any(a not in key for a in (sort_attr, *table_keys)):
+    def start_of(self, key: dict[str, Any] | None, partition: dict[str, Any], sort_attr: str,
+                 table_keys: tuple[str, ...]) -> tuple[Any, tuple[Any, ...]] | None:
+        """An ExclusiveStartKey as a position in :attr:`order`; None when it names none: no key, an attribute
+        missing, values of other types than the entries', or another index partition than ``partition`` (the
+        queried index hash values; moto compares a start key's hash values first)."""
+        if not key or not self.order or any(a not in key for a in (*partition, sort_attr, *table_keys)):
             return None
         try:
+            if any(_cast(key[a]) != v or type(_cast(key[a])) is not type(v) for a, v in partition.items()):
+                return None
             pos = (_cast(key[sort_attr]), tuple(_cast(key[a]) for a in table_keys))
         except Exception:  # noqa: BLE001 - a malformed key: moto answers it as before
             return None
@@ -491,11 +496,8 @@ class _IndexBuckets:
         keys = None
         if sort_attr is not None and range_on == sort_attr and len(range_conditions or ()) <= 1:
             table_keys = tuple(a for a in (table.hash_key_attr, table.range_key_attr) if a)
-            # moto compares a start key's index hash values first: one of another partition is no position here
-            same_partition = exclusive_start_key and all(
-                a in exclusive_start_key and _cast(exclusive_start_key[a]) == given[a].cast_value
-                and type(_cast(exclusive_start_key[a])) is type(given[a].cast_value) for a in spec[0])
-            start = bucket.start_of(exclusive_start_key, sort_attr, table_keys) if same_partition else None
+            start = bucket.start_of(exclusive_start_key, {a: given[a].cast_value for a in spec[0]}, sort_attr,
+                                    table_keys)
             if exclusive_start_key and start is None:
                 limit = None  # a start key that names no position: the whole range, moto finds its place
             keys = bucket.window(comparison, operands or (), limit=limit, start=start, forward=forward)
@@ -589,10 +591,10 @@ def _in_range(items: list[Any], comparison: str, operands: Any) -> list[Any]:
     if not inside:
         return []
     first, last = min(i.range_key for i in inside), max(i.range_key for i in inside)
-    below = [i for i in items if i.range_key is not None and i.range_key < first]
-    above = [i for i in items if i.range_key is not None and last < i.range_key]
-    return ([max(below, key=lambda i: i.range_key)] if below else []) + inside + (
-        [min(above, key=lambda i: i.range_key)] if above else [])
+    by_key = operator.attrgetter("range_key")
+    below = max((i for i in items if i.range_key is not None and i.range_key < first), key=by_key, default=None)
+    above = min((i for i in items if i.range_key is not None and last < i.range_key), key=by_key, default=None)
+    return [i for i in (below, *inside, above) if i is not None]
 
 
 def _patch_query() -> None:
@@ -677,11 +679,12 @@ def _patch_attribute_values() -> None:
     @functools.wraps(original)
     def serialize_structure(self: Any, serialized: Any, value: Any, shape: Any, key: str) -> None:
         if key and shape.name == "AttributeValue" and self.operation_model.service_model.service_name == "dynamodb":
-            try:
-                serialized[self.get_serialized_name(shape, key)] = _wire_value(value)
+            wire = None
+            with contextlib.suppress(_Slow):  # binary or unexpected: moto's own serializer, below, writes it
+                wire = _wire_value(value)
+            if wire is not None:
+                serialized[self.get_serialized_name(shape, key)] = wire
                 return
-            except _Slow:
-                pass
         original(self, serialized, value, shape, key)
 
     serialize_structure.__radloop_wire__ = True  # type: ignore[attr-defined]

@@ -7,6 +7,7 @@ import json
 import os
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import boto3
@@ -267,6 +268,20 @@ def _pages(ddb: object, queries: list[dict[str, object]]) -> list[object]:
     return pages
 
 
+def _unpatched_and_patched(monkeypatch: pytest.MonkeyPatch, owner: type, name: str,
+                           run: Callable[[], list[object]]) -> tuple[list[object], list[object]]:
+    """``run()``'s answers on a fresh mock AWS with moto's own ``owner.name`` (``__wrapped__``), then with the patch."""
+    from moto import mock_aws
+
+    patched = getattr(owner, name)
+    got = []
+    for fn in (patched.__wrapped__, patched):
+        monkeypatch.setattr(owner, name, fn)
+        with mock_aws():
+            got.append(run())
+    return got[0], got[1]
+
+
 def test_a_query_reads_its_partition_and_gives_moto_s_answers(monkeypatch: pytest.MonkeyPatch) -> None:
     """Patches 6 and 10: a table query starts from its partition and an index query from its bucket; every page
     (items, counts, order, LastEvaluatedKey), before and after writes that move items between buckets, equals moto's
@@ -279,11 +294,8 @@ def test_a_query_reads_its_partition_and_gives_moto_s_answers(monkeypatch: pytes
     moto_server.patch()
     patched = Table.query
     assert patched.__radloop_partitioned__  # type: ignore[attr-defined]
-    answers = []
-    for query in (patched.__wrapped__, patched):  # type: ignore[attr-defined]
-        monkeypatch.setattr(Table, "query", query)
-        with mock_aws():
-            answers.append(_query_battery(boto3.client("dynamodb", region_name="us-east-1")))
+    answers = _unpatched_and_patched(monkeypatch, Table, "query",
+                                     lambda: _query_battery(boto3.client("dynamodb", region_name="us-east-1")))
     assert len(answers[0]) > 20 and answers[0] == answers[1]
 
     listed = []
@@ -354,13 +366,11 @@ def test_pages_of_indexes_moto_orders_otherwise_are_moto_s(monkeypatch: pytest.M
     """Review of patch 10's pages (session 20): an index sorted by two attributes is ordered by both, and a start key
     of another index partition is placed by moto first by its hash value; for both, no page is cut and moto's
     answers stand (the first page and the page after the start key differed before the fix)."""
-    from moto import mock_aws
     from moto.dynamodb.models.table import Table
 
     from radloop.local import moto_server
 
     moto_server.patch()
-    patched = Table.query
 
     def answers() -> list[object]:
         ddb = boto3.client("dynamodb", region_name="us-east-1")
@@ -388,11 +398,7 @@ def test_pages_of_indexes_moto_orders_otherwise_are_moto_s(monkeypatch: pytest.M
             out.append(ddb.query(**one, ExclusiveStartKey={"pk": {"S": "e"}, "g": {"S": "a"}, "r2": {"S": "x"}}))
         return [(r["Items"], r["Count"], r["ScannedCount"], r.get("LastEvaluatedKey")) for r in out]
 
-    got = []
-    for query in (patched.__wrapped__, patched):  # type: ignore[attr-defined]
-        monkeypatch.setattr(Table, "query", query)
-        with mock_aws():
-            got.append(answers())
+    got = _unpatched_and_patched(monkeypatch, Table, "query", answers)
     assert got[0] == got[1]
     assert [item["pk"]["S"] for item in got[0][0][0]] == ["d"]  # ordered by r2 among the ties of r1
 
@@ -402,7 +408,6 @@ def test_attribute_values_are_written_as_moto_writes_them(monkeypatch: pytest.Mo
     AttributeValue shape's ten members for each; every kind of value (nested maps and lists, sets, numbers, binary,
     which still takes moto's path) reads back the same as through moto's own serializer, in GetItem, Query, Scan and
     BatchGetItem."""
-    from moto import mock_aws
     from moto.core.serialize import BaseJSONSerializer
 
     from radloop.local import moto_server
@@ -437,11 +442,7 @@ def test_attribute_values_are_written_as_moto_writes_them(monkeypatch: pytest.Mo
                 ddb.update_item(TableName="v", Key=key, UpdateExpression="SET n = :n", ReturnValues="ALL_NEW",
                                 ExpressionAttributeValues={":n": {"N": "7"}})["Attributes"]]
 
-    got = []
-    for serialize in (patched.__wrapped__, patched):  # type: ignore[attr-defined]
-        monkeypatch.setattr(BaseJSONSerializer, "_serialize_type_structure", serialize)
-        with mock_aws():
-            got.append(answers())
+    got = _unpatched_and_patched(monkeypatch, BaseJSONSerializer, "_serialize_type_structure", answers)
     assert got[0] == got[1]
     assert got[1][0] == item | {"sk": {"S": "1"}}  # and what was put is what is read
     assert moto_server._wire_value({"M": {"a": {"S": "x"}}}) == {"M": {"a": {"S": "x"}}}
