@@ -245,6 +245,13 @@ if service == "cli":  # `pip install radloop`: the operator's CLI alone
     assert r.exit_code == 0, r.output
     print(json.dumps({"ok": True, "spec": "cli", "paths": len(r.output.splitlines()), "refused": sorted(set(refused))}))
     raise SystemExit(0)
+if service == "cli-token":  # the same install, asked to mint a local token: a sentence to act on, not a traceback
+    from typer.testing import CliRunner
+    from radloop.cli import app
+    r = CliRunner().invoke(app, ["worklist", "--url", "http://127.0.0.1:9"])
+    print(json.dumps({"ok": True, "spec": "cli-token", "paths": 1, "exit": r.exit_code, "output": r.output,
+                      "exception": repr(r.exception)}))
+    raise SystemExit(0)
 mod = importlib.import_module(f"services.{service}.bootstrap")
 spec = mod.SPEC
 from shared.service import build_app
@@ -270,6 +277,15 @@ def test_the_cli_alone_runs_with_the_core_dependencies() -> None:
     core = importable_top_levels(image_distributions(None))
     assert not {"fastapi", "moto", "torch", "pydicom", "opentelemetry"} & core
     _run_isolated("cli", core)
+
+
+@pytest.mark.integration  # a fresh interpreter
+def test_the_cli_alone_asks_for_a_token_it_cannot_mint() -> None:
+    """Without the service extra (PyJWT, FastAPI) the CLI cannot mint a local development token: it says to pass
+    --token (it raised ModuleNotFoundError)."""
+    out = _run_isolated("cli-token", importable_top_levels(image_distributions(None)))
+    assert out["exit"] == 2, out
+    assert "--token" in out["output"] and "RADLOOP_TOKEN" in out["output"], out
 
 
 @pytest.mark.integration  # a fresh interpreter per service

@@ -40,6 +40,7 @@ import signal
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -77,7 +78,10 @@ class Executor:
         self.keep = keep
         self.on_update = on_update
         self._s3, self._sm = s3, sagemaker
-        self.work = work_dir or Path(tempfile.mkdtemp(prefix=f"radloop-pipeline-{safe_name(execution_id)}-"))
+        #: the job trees' directory: ``work_dir``, or a private temporary one that :meth:`run` makes and removes
+        unique = f"radloop-pipeline-{safe_name(execution_id)}-{uuid.uuid4().hex[:12]}"
+        self.work = work_dir or Path(tempfile.gettempdir()) / unique
+        self._own_work = work_dir is None
         self.records: dict[str, StepRecord] = {}
         self.order: list[str] = []
         self.status = "Executing"
@@ -150,6 +154,8 @@ class Executor:
         """Run every step in order; 0 when the execution succeeded, 1 when it failed (the reason is in the status)."""
         self.write_status()
         try:
+            if self._own_work:
+                self.work.mkdir(mode=0o700)  # new and private, as mkdtemp makes it
             self._run_steps([s for s in self.definition.get("Steps", [])], set())
             if self.status == "Executing":
                 self.status = "Succeeded"

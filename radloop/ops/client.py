@@ -74,8 +74,11 @@ def resolve_token(token: str | None, role: str = "admin") -> str:
     if s is None or s.environment != "local":
         raise OpsError("no token: pass --token or set RADLOOP_TOKEN (tokens are minted automatically only when "
                        "RADLOOP_ENVIRONMENT=local)", 2)
-    from shared.auth import mint_token
-
+    try:
+        from shared.auth import mint_token
+    except ImportError as exc:  # `pip install radloop` alone: the CLI talks to deployments with their tokens
+        raise OpsError(f"cannot mint a local token on this install ({exc}): pass --token or set RADLOOP_TOKEN, or "
+                       "install radloop with its service extra (`pip install radloop[service]`)", 2) from None
     return mint_token(s, role, subject="radloop-cli", ttl_s=600)
 
 

@@ -6,6 +6,7 @@ import copy
 import json
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -160,3 +161,30 @@ def test_cli_reports_a_bad_definition_in_the_status_file(tmp_path: Path) -> None
     assert r.returncode == 1
     st = json.loads(status.read_text())
     assert st["status"] == "Failed" and "Lambda" in st["failure_reason"] and st["steps"] == []
+
+
+def test_no_job_directory_is_left_behind(definition: dict[str, Any], tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The job trees' temporary directory exists only while a run runs: an executor refused at construction (a bad
+    definition or parameter), or built and never run, leaves nothing in the temporary folder (they did: CI's machine
+    kept a `radloop-pipeline-*` directory for each)."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    d = copy.deepcopy(definition)
+    d["Steps"].append({"Name": "Batch", "Type": "Transform", "Arguments": {}})
+    with pytest.raises(UnsupportedConstruct):
+        Executor(d, {}, "refused", tmp_path / "s.json")
+    with pytest.raises(ValueError):
+        Executor(definition, {"Epochs": "many"}, "bad-param", tmp_path / "s.json")
+    ex = Executor(definition, {"Epochs": 3}, "never-run", tmp_path / "s.json")
+    assert ex.resolve({"Get": "Parameters.Epochs"}) == 3
+    assert list(scratch.iterdir()) == []
+    # A run makes its private directory and removes it when it ends (here it fails at once: no S3 behind it).
+    seen: list[Path] = []
+    ex = Executor({"Version": "2020-12-01", "Steps": [{"Name": "C", "Type": "Condition", "Arguments": {
+        "Conditions": [], "IfSteps": [], "ElseSteps": []}}]}, {}, "one-step", tmp_path / "s2.json",
+        on_update=lambda snap: seen.extend(p for p in scratch.iterdir() if p.stat().st_mode & 0o777 == 0o700))
+    assert ex.run() == 0, ex.failure_reason
+    assert seen and all(p.name.startswith("radloop-pipeline-one-step-") for p in seen)
+    assert list(scratch.iterdir()) == []
