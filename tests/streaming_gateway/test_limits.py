@@ -19,7 +19,7 @@ import pytest
 from radloop.local.proxy import create_proxy
 from tests.streaming_gateway.conftest import Corpus, auth
 from tests.streaming_gateway.store import GatewayProcess, run_gateway
-from tests.streaming_gateway.test_wado import frame_url, parts
+from tests.streaming_gateway.test_wado import frame_url, located_parts, parts
 
 OCTET = "multipart/related; type=application/octet-stream; transfer-syntax=*"
 JPHC = 'multipart/related; type="image/jphc"'
@@ -194,12 +194,30 @@ def test_series_pixel_data_is_capped_like_frames(corpus: Corpus, limited: Gatewa
         mr = f"{five.url}/dicomweb/studies/{corpus.mr_study}/series/{corpus.mr_series}/pixeldata"
         r = httpx.get(mr, params={"resolution": "0"}, headers={**auth(corpus), "Accept": OCTET})
         assert r.status_code == 413 and "has 10 frames" in r.json()["detail"], r.text
-        assert "RADLOOP_WADO_MAX_FRAMES" in r.json()["detail"]
+        assert "RADLOOP_WADO_MAX_FRAMES" in r.json()["detail"] and "?offset=" in r.json()["detail"]
+        # The answer says what fits, so a client can ask again in parts (the viewer does).
+        assert r.headers["X-Max-Frames"] == "5" and r.headers["X-Series-Frames"] == "10"
+        chunks = [httpx.get(mr, params={"resolution": "0", **q}, headers={**auth(corpus), "Accept": JPHC})
+                  for q in ({"offset": "0", "limit": "5"}, {"offset": "5", "limit": "5"}, {"offset": "8"})]
+        assert [c.status_code for c in chunks] == [200, 200, 200], [c.text[:200] for c in chunks]
+        assert all(c.headers["X-Series-Frames"] == "10" for c in chunks)
+        got = [located_parts(c) for c in chunks]
+        assert [len(g) for g in got] == [5, 5, 2]
+        assert httpx.get(mr, params={"offset": "0", "limit": "6"}, headers={**auth(corpus), "Accept": JPHC}
+                         ).status_code == 413
+        for q, status in (({"offset": "10"}, 404), ({"limit": "0"}, 400), ({"offset": "-1"}, 400),
+                          ({"limit": "x"}, 400), ({"offset": "1e3"}, 400), ({"limit": "9" * 20}, 400)):
+            r = httpx.get(mr, params=q, headers={**auth(corpus), "Accept": JPHC})
+            assert r.status_code == status and r.json()["detail"], (q, r.status_code, r.text)
     url = f"{limited.url}/dicomweb/studies/{corpus.mr_study}/series/{corpus.mr_series}/pixeldata"
     r = httpx.get(url, headers={**auth(corpus), "Accept": OCTET})
     assert r.status_code == 413, r.text
     assert "RADLOOP_WADO_MAX_RESPONSE_BYTES" in r.json()["detail"]
     r = httpx.get(url, params={"resolution": "0"}, headers={**auth(corpus), "Accept": OCTET})
     assert r.status_code == 200 and len(parts(r)) == 10
+    # The parts asked for in pieces are the whole series' parts, in its order, byte for byte.
+    whole = located_parts(httpx.get(url, params={"resolution": "0"}, headers={**auth(corpus), "Accept": JPHC}))
+    assert got[0] + got[1] == whole and got[2] == whole[8:]
+    assert len({loc for _, loc, _ in whole}) == 10
     ct = f"{limited.url}/dicomweb/studies/{corpus.ct_study}/series/{corpus.ct_series}/pixeldata"
     assert httpx.get(ct, params={"resolution": "0"}, headers={**auth(corpus), "Accept": JPHC}).status_code == 200

@@ -16,7 +16,7 @@ from shared.aws import AwsClients
 from shared.htj2k import decode, decode_prefix
 from tests.streaming_gateway.conftest import Corpus, auth
 from tests.streaming_gateway.store import GatewayProcess, load_testdata, make_dicom, run_gateway, store_instance
-from tests.streaming_gateway.test_wado import frame_url, parts
+from tests.streaming_gateway.test_wado import frame_url, located_parts, parts
 
 
 def test_range_prefix_decodes_lower_resolution(corpus: Corpus, gateway: GatewayProcess) -> None:
@@ -136,16 +136,6 @@ def test_cache_stays_within_budget(corpus: Corpus, small_cache_gateway: GatewayP
     assert s["evictions"] > 0 and s["frames"] <= 2
 
 
-def _located_parts(resp: httpx.Response) -> list[tuple[str, str, bytes]]:
-    """(Content-Type, Content-Location, body) of each part of a multipart/related response."""
-    from email.parser import BytesParser
-    from email.policy import HTTP
-
-    msg = BytesParser(policy=HTTP).parsebytes(
-        b"Content-Type: " + resp.headers["content-type"].encode() + b"\r\n\r\n" + resp.content)
-    return [(p["Content-Type"], p["Content-Location"], p.get_payload(decode=True)) for p in msg.iter_parts()]
-
-
 def test_series_pixel_data_sends_every_frame_prefix_in_one_response(corpus: Corpus, gateway: GatewayProcess) -> None:
     """The Series Pixel Data resource (PS3.18 §10.4.1.1.6): every frame of the series, in instance order, each part
     named by its frame URL; with ?resolution=k, each frame's level-k prefix, byte for byte what the frame URL sends
@@ -154,7 +144,7 @@ def test_series_pixel_data_sends_every_frame_prefix_in_one_response(corpus: Corp
     h = {**auth(corpus), "Accept": 'multipart/related; type="image/jphc"'}
     r = httpx.get(f"{base}/pixeldata", params={"resolution": 0}, headers=h)
     assert r.status_code == 200, r.text
-    got = _located_parts(r)
+    got = located_parts(r)
     path = base.removeprefix(gateway.url)
     assert [loc for _, loc, _ in got] == [f"{path}/instances/{sop}/frames/1" for sop in corpus.ct_sops]
     for (ctype, _, body), sop in zip(got, corpus.ct_sops, strict=True):
@@ -164,10 +154,10 @@ def test_series_pixel_data_sends_every_frame_prefix_in_one_response(corpus: Corp
         assert len(body) == corpus.offsets[sop][0][0] + 2  # the level-0 prefix and an EOC marker
     assert len(r.headers["x-resolution-offsets"].split(";")) == len(corpus.ct_sops)
     # Without ?resolution: the whole codestreams, which decode to the stored pixels.
-    full = _located_parts(httpx.get(f"{base}/pixeldata", headers=h))
+    full = located_parts(httpx.get(f"{base}/pixeldata", headers=h))
     assert [np.array_equal(decode(b), px) for (_, _, b), px in zip(full, corpus.ct_pixels, strict=True)] == [True] * 6
     # A multi-frame instance: one part per frame, in frame order.
-    mr = _located_parts(httpx.get(
+    mr = located_parts(httpx.get(
         f"{gateway.url}/dicomweb/studies/{corpus.mr_study}/series/{corpus.mr_series}/pixeldata",
         headers={**auth(corpus), "Accept": "multipart/related; type=application/octet-stream; transfer-syntax=*"}))
     assert [loc.rsplit("/", 1)[1] for _, loc, _ in mr] == [str(k) for k in range(1, 11)]

@@ -34,6 +34,13 @@ def parts(resp: httpx.Response) -> list[tuple[str, bytes]]:
     return [(p["Content-Type"], p.get_payload(decode=True)) for p in msg.iter_parts()]
 
 
+def located_parts(resp: httpx.Response) -> list[tuple[str, str, bytes]]:
+    """(Content-Type, Content-Location, body) of each part of a multipart/related response."""
+    msg = BytesParser(policy=HTTP).parsebytes(
+        b"Content-Type: " + resp.headers["content-type"].encode() + b"\r\n\r\n" + resp.content)
+    return [(p["Content-Type"], p["Content-Location"], p.get_payload(decode=True)) for p in msg.iter_parts()]
+
+
 def frame_url(gw: GatewayProcess, study: str, series: str, sop: str, frames: str) -> str:
     return f"{gw.url}/dicomweb/studies/{study}/series/{series}/instances/{sop}/frames/{frames}"
 

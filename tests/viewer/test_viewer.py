@@ -107,9 +107,11 @@ def test_frames_stream_as_htj2k_low_resolution_first(desktop: Any, ct_series: Ct
     assert {sop_of(u) for u, _ in full} == set(ct_series.sops)
     # One batched request brought every slice's level-0 prefix: a few percent of the series' bytes, and no slice
     # needed a low-resolution request of its own (the prefetch window goes straight to full resolution).
-    assert [u.split("/series/")[1] for u, _ in batch] == [f"{ct_series.series}/pixeldata?resolution=0"], batch
+    assert [u.split("/series/")[1] for u, _ in batch] == [
+        f"{ct_series.series}/pixeldata?resolution=0&offset=0&limit=1000"], batch
     stats = desktop.evaluate("window.radloopViewer.stats()")
     assert stats["batch"]["frames"] == N_SLICES and stats["batch"]["bytes"] == batch[0][1], stats["batch"]
+    assert stats["batch"]["requests"] == 1
     assert batch[0][1] < 0.05 * sum(n for _, n in full)
     assert stats["allLowFromOpen"] is not None and len(low) <= 2, low
     # The slices the batch brought were completed by Range requests for the bytes after their prefix: 206, from
@@ -123,29 +125,59 @@ def test_frames_stream_as_htj2k_low_resolution_first(desktop: Any, ct_series: Ct
     assert np.median([n for _, n in low]) < 0.2 * np.median([n for _, n in full])
 
 
-def test_series_over_the_batch_limit_falls_back_to_one_request_per_slice(
-        browser: Any, gateway_settings: Any, ct_series: CtSeries, viewer_dist: Path, viewer_token: str,
-        tmp_path: Path) -> None:
-    """A gateway that refuses the whole-series request (here its frame limit, 100, is below the 300 slices: 413) still
-    serves the viewer: it falls back to one low-resolution request per slice, and every slice loads."""
-    gw = start_gateway(gateway_settings, tmp_path / "gateway.log", viewer_dist=viewer_dist,
-                       env_extra={"RADLOOP_WADO_MAX_FRAMES": "100"})
+def _open_with_limit(browser: Any, gateway_settings: Any, ct_series: CtSeries, viewer_dist: Path, viewer_token: str,
+                     log: Path, max_frames: int) -> tuple[Any, Any, list[tuple[str, int]], list[str]]:
+    """The viewer on a gateway whose frame limit is ``max_frames``, every slice loaded: (the page's stats, the
+    gateway, each pixeldata request's URL and status, each low-resolution frame request's URL)."""
+    gw = start_gateway(gateway_settings, log, viewer_dist=viewer_dist,
+                       env_extra={"RADLOOP_WADO_MAX_FRAMES": str(max_frames)})
     context = browser.new_context(**DESKTOP)
     try:
         page = context.new_page()
-        statuses: list[int] = []
-        page.on("response", lambda r: statuses.append(r.status) if "/pixeldata" in r.url else None)
+        answers: list[tuple[str, int]] = []
+        page.on("response", lambda r: answers.append((r.url, r.status)) if "/pixeldata" in r.url else None)
         low: list[str] = []
         page.on("request", lambda r: low.append(r.url) if "/frames/" in r.url and "resolution=" in r.url else None)
         page.goto(viewer_url(gw.base_url, ct_series.study, ct_series.series, viewer_token))
         wait_state(page)
         assert page.evaluate("window.radloopViewer.waitAllLoaded(90000)"), "not every slice loaded"
-        stats = page.evaluate("window.radloopViewer.stats()")
-        assert statuses == [413], statuses
+        return page.evaluate("window.radloopViewer.stats()"), gw, answers, low
+    finally:
+        context.close()
+
+
+def test_series_over_the_frame_limit_comes_in_batched_pieces(
+        browser: Any, gateway_settings: Any, ct_series: CtSeries, viewer_dist: Path, viewer_token: str,
+        tmp_path: Path) -> None:
+    """A gateway whose frame limit (100) is below the 300 slices refuses the whole series (413) and says its limit:
+    the viewer asks for the series in pieces of 100 frames and every slice comes from them, with no low-resolution
+    request per slice (it fell back to 300 of them before)."""
+    stats, gw, answers, low = _open_with_limit(browser, gateway_settings, ct_series, viewer_dist, viewer_token,
+                                               tmp_path / "gateway.log", 100)
+    try:
+        assert [(u.split("/pixeldata")[1], st) for u, st in answers] == [
+            ("?resolution=0&offset=0&limit=1000", 413), ("?resolution=0&offset=0&limit=100", 200),
+            ("?resolution=0&offset=100&limit=100", 200), ("?resolution=0&offset=200&limit=100", 200)], answers
+        assert "error" not in stats["batch"], stats["batch"]
+        assert stats["batch"]["frames"] == N_SLICES and stats["batch"]["requests"] == 4, stats["batch"]
+        assert stats["allLowFromOpen"] is not None and len(low) <= 2, low
+        assert stats["remainders"] > N_SLICES * 0.8  # the full frames are the rest after each piece's prefixes
+    finally:
+        gw.stop()
+
+
+def test_series_the_gateway_will_not_batch_falls_back_to_one_request_per_slice(
+        browser: Any, gateway_settings: Any, ct_series: CtSeries, viewer_dist: Path, viewer_token: str,
+        tmp_path: Path) -> None:
+    """A gateway that allows fewer frames per request (4) than a batch is worth (8) still serves the viewer: it falls
+    back to one low-resolution request per slice, and every slice loads."""
+    stats, gw, answers, low = _open_with_limit(browser, gateway_settings, ct_series, viewer_dist, viewer_token,
+                                               tmp_path / "gateway.log", 4)
+    try:
+        assert [st for _, st in answers] == [413], answers
         assert "413" in stats["batch"]["error"] and stats["remainders"] == 0
         assert stats["allLowFromOpen"] is not None and len(low) > N_SLICES * 0.8, len(low)
     finally:
-        context.close()
         gw.stop()
 
 

@@ -10,8 +10,9 @@
 //      request, the Series Pixel Data resource (`…/series/{se}/pixeldata?resolution=0`, PS3.18 §10.4.1.1.6): every
 //      slice is viewable at low resolution after one round trip and about 1.5 MB for a 300-slice CT, instead of 300
 //      requests queued six at a time behind the browser's per-host connection limit. While it runs only the shown
-//      slice is fetched beside it, so it has the link; if the gateway refuses it (an older server, a series over the
-//      response limits) the loader falls back to one low-resolution request per slice;
+//      slice is fetched beside it, so it has the link. A series over the gateway's frame limit comes in pieces
+//      (`&offset=&limit=`, as many frames each as the gateway allows); if the gateway refuses even pieces of 8
+//      frames (its byte limit), or fails, the loader falls back to one low-resolution request per slice;
 //   3. loads the rest of the series interleaved, as Cornerstone3D's interleaved retrieve stages do: middle and both
 //      ends, then every fourth slice at rotating offsets, at full resolution (first as low-resolution prefixes for the
 //      whole series, when the batched request was not possible).
@@ -55,6 +56,10 @@ export function lowResolutionFor(rows, columns, minSide = 128) {
 const HTJ2K_RPCL = '1.2.840.10008.1.2.4.202';
 /** Accept header of the batched low-resolution request: the stored codestreams' prefixes, not decoded pixels. */
 export const BATCH_ACCEPT = 'multipart/related; type="image/jphc"';
+/** Frames per batched request: the gateway's default limit (RADLOOP_WADO_MAX_FRAMES); a lower limit shrinks it. */
+export const BATCH_FRAMES = 1000;
+/** Below this many frames per request, one request per slice is as good: the batched pass gives up. */
+const MIN_BATCH_FRAMES = 8;
 
 function indexOfBytes(buf, needle, from) {
   const first = needle[0];
@@ -204,7 +209,7 @@ export class StreamingSeriesLoader {
    *          onUpdate?:(loader)=>void}} options
    */
   constructor(imageIds, { rows, columns, concurrency = 16, prefetchRadius = 12, lowRes = true, batchUrl = null,
-    headers = () => ({}), onUpdate } = {}) {
+    batchFrames = BATCH_FRAMES, headers = () => ({}), onUpdate } = {}) {
     this.imageIds = imageIds;
     this.n = imageIds.length;
     this.indexOf = new Map(imageIds.map((id, i) => [id, i]));
@@ -227,6 +232,7 @@ export class StreamingSeriesLoader {
     // The batched pass over the whole series (`batchUrl`: the series' …/pixeldata URL): idle, running, done, failed.
     this.batchUrl = this.lowRes && this.n > 1 ? batchUrl : null;
     this.batch = this.batchUrl ? 'idle' : 'failed';
+    this.batchFrames = batchFrames;
     this.headers = headers;
     this.prefixes = new Map(); // index -> the level-0 prefix the batched pass brought (its remainder is fetched later)
     this.onUpdate = onUpdate;
@@ -394,7 +400,8 @@ export class StreamingSeriesLoader {
     }
   }
 
-  /** The batched low-resolution pass: one Series Pixel Data request, its parts decoded a few at a time. */
+  /** The batched low-resolution pass: Series Pixel Data requests (one unless the series is over the gateway's frame
+   * limit), their parts decoded a few at a time. */
   launchBatch() {
     this.batch = 'running';
     this.inflight.set('batch', true);
@@ -418,10 +425,36 @@ export class StreamingSeriesLoader {
       });
   }
 
+  /**
+   * The series' level-0 prefixes in as few requests as the gateway allows: `?offset=&limit=` pieces of
+   * `batchFrames` frames (radloop's parameters on the Series Pixel Data resource). A 413 names the gateway's frame
+   * limit (`X-Max-Frames`): the pieces shrink to it (or by half, for its byte limit) and the same piece is asked
+   * again. Every answer says how many frames the series has (`X-Series-Frames`); a server without these parameters
+   * sends the whole series in the first answer.
+   */
   async fetchBatch(decodeLevel, t0) {
-    const res = await fetch(`${this.batchUrl}?resolution=0`, { headers: { ...this.headers(), Accept: BATCH_ACCEPT } });
-    if (!res.ok) throw new Error(`the server answered ${res.status}`);
-    const headersMs = Math.round(performance.now() - t0);
+    let headersMs = null;
+    let requests = 0;
+    let offset = 0;
+    let total = null;
+    let size = this.batchFrames;
+    const nextAnswer = async () => {
+      // Bounded: each turn either moves `offset` on (by at least one frame, checked below) or halves `size`.
+      for (;;) {
+        const res = await fetch(`${this.batchUrl}?resolution=0&offset=${offset}&limit=${size}`,
+          { headers: { ...this.headers(), Accept: BATCH_ACCEPT } });
+        requests += 1;
+        if (res.status !== 413) {
+          if (!res.ok) throw new Error(`the server answered ${res.status}`);
+          return res;
+        }
+        const most = Number.parseInt(res.headers.get('X-Max-Frames') || '', 10);
+        const smaller = most > 0 && most < size ? most : Math.floor(size / 2);
+        res.body?.cancel();
+        if (smaller < MIN_BATCH_FRAMES) throw new Error(`the server answered 413 for ${size} frames`);
+        size = smaller;
+      }
+    };
     // Parts are decoded as they arrive (in Cornerstone's worker pool, a few at a time, so that the shown slice's own
     // requests are not starved), while the rest of the body is still on the wire.
     const timing = { decode: 0, upsample: 0, accept: 0 };
@@ -468,14 +501,24 @@ export class StreamingSeriesLoader {
     const workers = Array.from({ length: 4 }, worker);
     let bytes = 0;
     try {
-      bytes = await readMultipart(res, (part) => {
-        frames += 1;
-        const index = this.indexOfFrame.get(frameKey(part.headers['content-location']));
-        if (index !== undefined && this.quality[index] === NONE) {
-          jobs.push([index, part]);
-          signal();
-        }
-      });
+      while (total === null || offset < total) {
+        const res = await nextAnswer();
+        if (headersMs === null) headersMs = Math.round(performance.now() - t0);
+        const count = Number.parseInt(res.headers.get('X-Series-Frames') || '', 10);
+        let got = 0;
+        bytes += await readMultipart(res, (part) => {
+          frames += 1;
+          got += 1;
+          const index = this.indexOfFrame.get(frameKey(part.headers['content-location']));
+          if (index !== undefined && this.quality[index] === NONE) {
+            jobs.push([index, part]);
+            signal();
+          }
+        });
+        if (!(count > 0) || got === 0) break; // a server without pieces sent everything (or nothing more came)
+        total = count;
+        offset += got;
+      }
     } finally {
       finished = true;
       signal();
@@ -483,8 +526,8 @@ export class StreamingSeriesLoader {
     const bodyMs = Math.round(performance.now() - t0);
     await Promise.all(workers);
     const ms = (v) => Math.round(v);
-    return { bytes, frames, headersMs, bodyMs, decodeMs: ms(timing.decode), upsampleMs: ms(timing.upsample),
-      acceptMs: ms(timing.accept) };
+    return { bytes, frames, requests, piece: size, headersMs, bodyMs, decodeMs: ms(timing.decode),
+      upsampleMs: ms(timing.upsample), acceptMs: ms(timing.accept) };
   }
 
   retrieveOptions(level) {

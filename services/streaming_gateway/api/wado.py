@@ -28,7 +28,8 @@ from shared.htj2k import decode
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/dicomweb/studies", tags=["WADO-RS"])
 _EXPOSE = (
-    "ETag, Content-Range, Accept-Ranges, X-Resolution-Offsets, X-Resolution-Levels, X-Cache, Server-Timing, Warning"
+    "ETag, Content-Range, Accept-Ranges, X-Resolution-Offsets, X-Resolution-Levels, X-Cache, Server-Timing, Warning, "
+    "X-Series-Frames, X-Max-Frames"
 )
 
 
@@ -336,16 +337,21 @@ async def retrieve_frames(
 
 @router.get("/{study}/series/{series}/pixeldata", summary="Retrieve the pixel data of every frame of a series.")
 async def series_pixel_data(
-    study: str, series: str, request: Request, gw: GatewayDep, principal: ReadUser, resolution: str | None = None
+    study: str, series: str, request: Request, gw: GatewayDep, principal: ReadUser, resolution: str | None = None,
+    offset: str | None = None, limit: str | None = None,
 ) -> Response:
     """The Series Pixel Data resource (PS3.18 §10.4.1.1.6): every frame of every instance in one multipart response,
     in instance order, each part with its frame's URL as ``Content-Location``. ``?resolution=k`` (radloop's, as on
     frames) sends each frame's level-k prefix: a viewer gets a whole series at low resolution in one request.
+    ``?offset=i&limit=n`` (radloop's, named as QIDO's) sends frames i to i+n-1 of that order only, so a series over
+    the limits comes in several requests; every answer says how many frames the series has (``X-Series-Frames``).
     Bounded as a frames request is: at most ``wado_max_frames`` frames and ``wado_max_response_bytes`` bytes (413 with
-    the reason otherwise)."""
+    the reason and, in ``X-Max-Frames``, the frame limit otherwise)."""
     t0 = time.perf_counter()
     s, se = _ids(study, series)
     res = fr.parse_resolution(resolution)
+    first = _count_param(offset, "offset", 0)
+    wanted = _count_param(limit, "limit", 1)
     rep = media.negotiate_frames(request.headers.get("accept"), 2)  # a pixel data resource is always multipart
     # The series' instance list as the metadata request (which a viewer makes first) left it in the series cache.
     entry = await gw.index.series_entry(s, se)
@@ -353,14 +359,30 @@ async def series_pixel_data(
         raise NotFound(f"series {se} of study {s} has no stored instances")
     keys = [((s, se, it["sop_uid"]), n) for it in entry.instances
             for n in range(1, int(it.get("number_of_frames") or 1) + 1)]
-    limit = gw.settings.wado_max_frames
-    if len(keys) > limit:
-        raise TooLarge(f"series {se} has {len(keys)} frames, more than {limit} (RADLOOP_WADO_MAX_FRAMES); "
-                       "ask for them instance by instance")
+    total = len(keys)
+    if first is not None and first >= total:
+        raise NotFound(f"series {se} has {total} frames; offset {first} is past the last one")
+    keys = keys[first or 0:][:wanted] if wanted is not None else keys[first or 0:]
+    most = gw.settings.wado_max_frames
+    if len(keys) > most:
+        raise TooLarge(f"series {se} has {total} frames; {len(keys)} asked for, more than {most} "
+                       "(RADLOOP_WADO_MAX_FRAMES): ask for them in parts with ?offset= and ?limit=",
+                       headers={"X-Max-Frames": str(most), "X-Series-Frames": str(total)})
     plan = await _plan_frames(gw, keys, res, rep.encoded)
     base = request.url.path.removesuffix("/pixeldata")
-    return await _frames_response(request, gw, principal, plan, rep, res, t0,
-                                  locations=[f"{base}/instances/{p.ids[2]}/frames/{p.number}" for p in plan])
+    response = await _frames_response(request, gw, principal, plan, rep, res, t0,
+                                      locations=[f"{base}/instances/{p.ids[2]}/frames/{p.number}" for p in plan])
+    response.headers["X-Series-Frames"] = str(total)
+    return response
+
+
+def _count_param(value: str | None, name: str, least: int) -> int | None:
+    """A non-negative whole-number query parameter (``offset`` >= 0, ``limit`` >= 1), or None when absent."""
+    if value is None:
+        return None
+    if not value.isascii() or not value.isdigit() or len(value) > 9 or int(value) < least:
+        raise BadRequest(f"{name} must be a whole number from {least} to 999999999, not {value[:40]!r}")
+    return int(value)
 
 
 async def _frames_response(
