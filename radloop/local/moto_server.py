@@ -76,6 +76,17 @@ of moto during ``radloop demo --quick`` (docs/architecture.md) put the first thr
     which are base64 on the wire, and anything unexpected still take moto's path
     (``tests/shared/test_embedded_aws.py`` reads every kind back through both).
 
+12. **Expressions parsed once.** A conditional write's ``ConditionExpression`` is parsed three times per transaction
+    item (moto's request validation, this module's condition check, and the write itself), and an
+    ``UpdateExpression`` twice, although the index writer and the claims send the same few expression strings
+    every time. Under STOW load the condition parser's tokenizer (a dozen regular expressions tried at each
+    position) and the update-expression parser were about a fifth of the endpoint's time. The tokens of a condition
+    (which depend on its text only: names and values are looked up after) and the syntax tree of an update expression
+    are remembered per expression text (at most 1,024 of each). moto's validator deep-copies an update's tree before
+    it resolves names and values into it, and nothing else changes either, so every answer and every error is
+    moto's (``tests/shared/test_embedded_aws.py`` runs a battery of writes through both); a transaction like the
+    index writer's takes about 22% less of the endpoint's CPU (11.3 to 8.8 ms).
+
 Everything else is moto's server, unchanged (same flags as ``moto_server``).
 """
 
@@ -89,6 +100,7 @@ import logging
 import operator
 import socket
 import threading
+from collections import deque
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
@@ -783,6 +795,46 @@ class KeepAliveHandler(MotoRequestHandler):
         super().log_error(format, *args)
 
 
+#: Expression texts whose parse is remembered (patch 12), per kind.
+PARSED_EXPRESSIONS = 1024
+
+
+def _patch_expression_parsing() -> None:
+    from moto.dynamodb.comparisons import ConditionExpressionParser
+    from moto.dynamodb.parsing.expressions import UpdateExpressionParser
+
+    lex = ConditionExpressionParser._lex_condition_expression
+    if getattr(lex, "__radloop_cached__", False):
+        return
+
+    @functools.lru_cache(maxsize=PARSED_EXPRESSIONS)
+    def tokens(expression: str) -> tuple[Any, ...]:
+        # Nodes are named tuples, and no later stage changes a token's (empty) children: they can be shared.
+        return tuple(lex(ConditionExpressionParser(expression, None, None)))
+
+    @functools.wraps(lex)
+    def _lex_condition_expression(self: Any) -> deque[Any]:
+        return deque(tokens(self.condition_expression))
+
+    _lex_condition_expression.__radloop_cached__ = True  # type: ignore[attr-defined]
+    _lex_condition_expression.cache_info = tokens.cache_info  # type: ignore[attr-defined]
+    ConditionExpressionParser._lex_condition_expression = _lex_condition_expression  # type: ignore[method-assign]
+
+    make = UpdateExpressionParser.make.__func__  # type: ignore[attr-defined]
+
+    @functools.lru_cache(maxsize=PARSED_EXPRESSIONS)
+    def tree(expression: str) -> Any:
+        return make(UpdateExpressionParser, expression)
+
+    @functools.wraps(make)
+    def make_once(cls: type, expression_str: str) -> Any:
+        # Shared trees are read (find_clauses) or deep-copied (the validator) by moto, never changed.
+        return tree(expression_str) if cls is UpdateExpressionParser else make(cls, expression_str)
+
+    make_once.cache_info = tree.cache_info  # type: ignore[attr-defined]
+    UpdateExpressionParser.make = classmethod(make_once)  # type: ignore[method-assign,assignment]
+
+
 def _patch_keep_alive() -> None:
     import moto.server
 
@@ -800,6 +852,7 @@ def patch() -> None:
     _patch_jsonpath()
     _patch_sqs_retention()
     _patch_attribute_values()
+    _patch_expression_parsing()
     DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
     for name in _LOCKED:
         fn = getattr(DynamoDBBackend, name, None)

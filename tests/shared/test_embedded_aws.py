@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import boto3
 import pytest
@@ -448,6 +449,88 @@ def test_attribute_values_are_written_as_moto_writes_them(monkeypatch: pytest.Mo
     assert moto_server._wire_value({"M": {"a": {"S": "x"}}}) == {"M": {"a": {"S": "x"}}}
     with pytest.raises(moto_server._Slow):  # binary anywhere inside: moto's own path
         moto_server._wire_value({"L": [{"S": "x"}, {"B": "AAE="}]})
+
+
+def _write_battery(ddb: Any) -> list[object]:
+    """Conditional puts, updates, deletes and transactions, each twice, that succeed, fail their condition or are
+    refused as invalid; every answer (or error code and message) and the table afterwards."""
+
+    ddb.create_table(TableName="w", BillingMode="PAY_PER_REQUEST",
+                     AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"},
+                                           {"AttributeName": "sk", "AttributeType": "S"}],
+                     KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}])
+    out: list[object] = []
+
+    def call(op: str, **kw: Any) -> None:
+        try:
+            r = getattr(ddb, op)(**({"TableName": "w"} | kw if op != "transact_write_items" else kw))
+            r.pop("ResponseMetadata", None)
+            out.append((op, r))
+        except ClientError as exc:
+            err = exc.response.get("Error", {})
+            out.append((op, err.get("Code"), err.get("Message"), exc.response.get("CancellationReasons")))
+
+    def key(i: int) -> dict[str, Any]:
+        return {"pk": {"S": "p"}, "sk": {"S": str(i)}}
+
+    for _ in range(2):
+        for i in range(3):
+            call("put_item", Item=key(i) | {"n": {"N": str(i)}, "tags": {"L": [{"S": "a"}]}, "state": {"S": "new"}},
+                 ConditionExpression="attribute_not_exists(pk)")
+        call("put_item", Item=key(0), ConditionExpression="attribute_not_exists(pk) OR #s = :old",
+             ExpressionAttributeNames={"#s": "state"}, ExpressionAttributeValues={":old": {"S": "new"}})
+        call("update_item", Key=key(1), ReturnValues="ALL_NEW",
+             UpdateExpression="SET #s = :s, tags = list_append(tags, :t), seen = if_not_exists(seen, :z) ADD n :one",
+             ConditionExpression="attribute_exists(pk) AND (n < :ten OR contains(tags, :a)) AND NOT #s IN (:x, :y)",
+             ExpressionAttributeNames={"#s": "state"},
+             ExpressionAttributeValues={":s": {"S": "read"}, ":t": {"L": [{"S": "b"}]}, ":z": {"N": "0"},
+                                        ":one": {"N": "1"}, ":ten": {"N": "10"}, ":a": {"S": "a"},
+                                        ":x": {"S": "gone"}, ":y": {"S": "held"}})
+        call("update_item", Key=key(2), UpdateExpression="REMOVE tags SET n = n + :one",
+             ConditionExpression="size(tags) > :big", ExpressionAttributeValues={":one": {"N": "1"}, ":big": {"N": "5"}})
+        call("update_item", Key=key(9), UpdateExpression="SET n = :one", ConditionExpression="n BETWEEN :one AND :one",
+             ExpressionAttributeValues={":one": {"N": "1"}})
+        call("update_item", Key=key(1), UpdateExpression="SET n = ", ExpressionAttributeValues={":one": {"N": "1"}})
+        call("update_item", Key=key(1), UpdateExpression="SET n = :nope")
+        call("put_item", Item=key(5), ConditionExpression="attribute_not_exists(name)")
+        call("delete_item", Key=key(2), ConditionExpression="begins_with(#s, :n)",
+             ExpressionAttributeNames={"#s": "state"}, ExpressionAttributeValues={":n": {"S": "ne"}})
+        call("transact_write_items", TransactItems=[
+            {"Put": {"TableName": "w", "Item": key(3), "ConditionExpression": "attribute_not_exists(pk)"}},
+            {"Update": {"TableName": "w", "Key": key(1), "UpdateExpression": "ADD n :one",
+                        "ConditionExpression": "attribute_exists(pk)", "ExpressionAttributeValues": {":one": {"N": "1"}}}},
+            {"ConditionCheck": {"TableName": "w", "Key": key(0), "ConditionExpression": "#s = :s",
+                                "ExpressionAttributeNames": {"#s": "state"},
+                                "ExpressionAttributeValues": {":s": {"S": "new"}}}},
+        ])
+        out.append(sorted(ddb.scan(TableName="w")["Items"], key=lambda it: it["sk"]["S"]))
+    return out
+
+
+def test_expressions_parsed_once_give_moto_s_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Patch 12: a condition's tokens and an update expression's syntax tree are remembered per expression text; a
+    battery of writes that succeed, fail their conditions or are invalid gives moto's own answers, errors and table,
+    with the second round of the same expressions parsed from memory."""
+    from moto import mock_aws
+    from moto.dynamodb.comparisons import ConditionExpressionParser
+    from moto.dynamodb.parsing.expressions import UpdateExpressionParser
+
+    from radloop.local import moto_server
+
+    moto_server.patch()
+    lex, make = ConditionExpressionParser._lex_condition_expression, UpdateExpressionParser.make.__func__
+    assert lex.__radloop_cached__  # type: ignore[attr-defined]
+    got = []
+    for lex_fn, make_fn in ((lex.__wrapped__, make.__wrapped__), (lex, make)):  # type: ignore[attr-defined]
+        monkeypatch.setattr(ConditionExpressionParser, "_lex_condition_expression", lex_fn)
+        monkeypatch.setattr(UpdateExpressionParser, "make", classmethod(make_fn))
+        with mock_aws():
+            got.append(_write_battery(boto3.client("dynamodb", region_name="us-east-1")))
+    assert got[0] == got[1]
+    codes = [a[1] for a in got[1] if isinstance(a, tuple) and len(a) == 4]
+    assert {"ConditionalCheckFailedException", "ValidationException", "TransactionCanceledException"} <= set(codes)
+    assert sum(a[0] == "update_item" and len(a) == 2 for a in got[1] if isinstance(a, tuple)) >= 1  # one succeeded
+    assert lex.cache_info().hits > 10 and make.cache_info().hits > 5  # type: ignore[attr-defined]
 
 
 def test_sending_a_message_does_not_count_the_queue_and_gives_moto_s_answers(monkeypatch: pytest.MonkeyPatch) -> None:
