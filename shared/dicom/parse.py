@@ -30,6 +30,7 @@ from pydicom import config
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileDataset
+from pydicom.encaps import generate_fragmented_frames
 from pydicom.tag import BaseTag
 from pydicom.uid import (
     UID,
@@ -38,6 +39,7 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
 )
 
+from shared.dicom import codestream
 from shared.dicom.errors import (
     CANNOT_UNDERSTAND,
     DATASET_MISMATCH,
@@ -318,8 +320,37 @@ def _validate(ds: FileDataset, ts: UID, limits: ParseLimits) -> ParsedInstance:
         if have < expected:
             raise _reject(DATASET_MISMATCH, f"Pixel Data holds {have} bytes but Rows x Columns x SamplesPerPixel x "
                           f"BitsAllocated x NumberOfFrames declares {expected} bytes.", "short-pixel-data", **ref)
+    else:
+        _check_frame_headers(ds, str(ts), rows, cols, spp, frames, ref)
     return ParsedInstance(
         dataset=ds, transfer_syntax=ts, study_uid=uids["StudyInstanceUID"], series_uid=uids["SeriesInstanceUID"],
         sop_uid=uids["SOPInstanceUID"], sop_class_uid=uids["SOPClassUID"], modality=modality, rows=rows,
         columns=cols, number_of_frames=frames, expected_pixel_bytes=expected,
     )
+
+
+def _check_frame_headers(ds: Dataset, ts: str, rows: int, cols: int, spp: int, frames: int,
+                         ref: dict[str, str]) -> None:
+    """Refuse an encapsulated frame whose own header declares another size than the image pixel module (a decoder
+    allocates what the codestream declares: :mod:`shared.dicom.codestream`), before anything decodes it."""
+    if ts not in codestream.J2K_SYNTAXES | codestream.JPEG_SYNTAXES:
+        return
+    try:
+        for k, fragments in enumerate(generate_fragmented_frames(ds.PixelData, number_of_frames=frames), 1):
+            head = fragments[0] if len(fragments[0]) >= codestream.SEARCH_BYTES else b"".join(fragments)
+            try:
+                h = codestream.frame_header(head, ts)
+            except codestream.HeaderError as exc:
+                raise _reject(CANNOT_UNDERSTAND, f"Frame {k} cannot be read: {exc}.", "bad-frame-header",
+                              **ref) from None
+            if h is not None and (h.columns, h.rows, h.components) != (cols, rows, spp):
+                raise _reject(CANNOT_UNDERSTAND, f"Frame {k}'s codestream declares {h.columns} x {h.rows} pixels and "
+                              f"{h.components} component(s), but Columns x Rows is {cols} x {rows} with "
+                              f"SamplesPerPixel {spp}; it is not decoded.", "frame-header-mismatch", **ref)
+            if k >= frames:
+                return
+    except DicomRejection:
+        raise
+    except Exception as exc:  # pydicom could not split the encapsulated pixel data into items and frames
+        raise _reject(CANNOT_UNDERSTAND, f"The encapsulated pixel data cannot be split into frames: {_short(exc)}.",
+                      "bad-encapsulation", **ref) from None

@@ -115,6 +115,35 @@ def deflate_bomb(inflated_bytes: int) -> bytes:
     return meta.getvalue() + b"".join(parts)
 
 
+def pixel_bomb(kind: str, side: int = 12_000, declared: int = 16) -> bytes:
+    """A ``declared`` x ``declared`` image whose one encapsulated frame's own header declares ``side`` x ``side``
+    pixels (a decoder allocates what the codestream says): ``htj2k`` (a real codestream of zeros, a few hundred KB)
+    or ``jpeg`` (a real 16 x 16 baseline JPEG whose SOF is rewritten)."""
+    import numpy as np
+    from pydicom.encaps import encapsulate
+
+    ds = _image(rows=declared, cols=declared)
+    if kind == "htj2k":
+        import imagecodecs
+
+        frame = imagecodecs.htj2k_encode(np.zeros((side, side), np.uint8), resolutions=5)
+        ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.201"
+    else:
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.fromarray(np.zeros((16, 16), np.uint8)).save(buf, format="JPEG", quality=90)
+        b = bytearray(buf.getvalue())
+        sof = b.find(b"\xff\xc0")
+        struct.pack_into(">HH", b, sof + 5, side, side)
+        frame = bytes(b)
+        ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.50"
+    ds.PixelData = encapsulate([frame])
+    ds["PixelData"].VR = "OB"
+    ds.NumberOfFrames = 1
+    return _save(ds)
+
+
 def cases(*, bomb_bytes: int = 64 << 20) -> list[tuple[str, bytes]]:
     """Every malformed case the issue lists (the two HTTP-level cases, empty and non-multipart bodies, are built by
     the test itself). Each must be refused with a reason and leave nothing stored."""
@@ -135,6 +164,8 @@ def cases(*, bomb_bytes: int = 64 << 20) -> list[tuple[str, bytes]]:
     out.append(("mz-preamble", b"MZ\x90\x00" + src[4:]))
     out.append(("elf-preamble", b"\x7fELF" + src[4:]))
     out.append(("deflate-bomb", deflate_bomb(bomb_bytes)))
+    out.append(("htj2k-frame-declares-12000x12000", pixel_bomb("htj2k")))
+    out.append(("jpeg-frame-declares-30000x30000", pixel_bomb("jpeg", side=30_000)))
     out.append(("rows-columns-overflow", _save(_image(Rows=65535, Columns=65535, NumberOfFrames="100000"))))
     bad = _image()
     bad.SOPInstanceUID = "1.2.3/../../../etc/passwd"

@@ -109,3 +109,26 @@ def test_body_over_cap_is_413(service, pacs_token) -> None:
                             "Content-Type": 'multipart/related; type="application/dicom"; boundary=b'})
     assert r.status_code == 413 and "exceeds" in r.json()["detail"]
     assert service.alive()
+
+
+@pytest.mark.parametrize("kind", ["htj2k", "jpeg"])
+def test_a_frame_whose_codestream_declares_another_size_is_refused_before_decoding(kind: str) -> None:
+    """A decompression bomb (found by a review): a 16 x 16 image whose encapsulated frame declares 12,000 x 12,000
+    pixels in its own header (HTJ2K SIZ, JPEG SOF). The decoder allocates what the codestream declares (2 GB for a
+    473 KB frame of 20,000 x 20,000), so the safe parse refuses it from the header, before any decoding; a frame
+    whose header agrees is parsed as before."""
+    from shared.dicom import codestream
+    from shared.dicom.errors import CANNOT_UNDERSTAND, DicomRejection
+    from shared.dicom.parse import parse_safely
+    from tests.ingestion.corpus import pixel_bomb
+
+    with pytest.raises(DicomRejection) as err:
+        parse_safely(pixel_bomb(kind))
+    assert err.value.failure_reason == CANNOT_UNDERSTAND and err.value.kind == "frame-header-mismatch", err.value
+    assert "12000 x 12000" in err.value.reason and "16 x 16" in err.value.reason
+    agreeing = parse_safely(pixel_bomb(kind, side=16))
+    assert (agreeing.rows, agreeing.columns) == (16, 16)
+    with pytest.raises(codestream.HeaderError, match="SOC"):
+        codestream.frame_header(b"\xff\xd8" + bytes(60), "1.2.840.10008.1.2.4.90")
+    with pytest.raises(codestream.HeaderError, match="SOF"):
+        codestream.frame_header(b"\xff\xd8\xff\xe0\x00\x04ab", "1.2.840.10008.1.2.4.50")
