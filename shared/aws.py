@@ -18,6 +18,7 @@ from typing import Any
 
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession, get_session
+from botocore.exceptions import ClientError
 
 from shared.settings import Settings
 
@@ -106,6 +107,21 @@ class AwsClients:
 
     async def sagemaker(self) -> Any:
         return await self.get("sagemaker")
+
+
+#: Error codes with which AWS says "not now" (throttling, overload), as opposed to "not this request".
+UNAVAILABLE_CODES = frozenset({
+    "ThrottlingException", "Throttling", "ProvisionedThroughputExceededException", "RequestLimitExceeded",
+    "SlowDown", "ServiceUnavailable", "InternalServerError", "InternalError", "RequestThrottled",
+})
+
+
+def is_unavailable(exc: ClientError) -> bool:
+    """Whether an AWS error (after the SDK's retries) means the service is unavailable for now: a 5xx or a
+    throttling code, for which the caller should be told to retry (503), not that the request is wrong."""
+    err = exc.response.get("Error", {}) if isinstance(exc.response, dict) else {}
+    status = (exc.response.get("ResponseMetadata", {}) if isinstance(exc.response, dict) else {}).get("HTTPStatusCode")
+    return err.get("Code") in UNAVAILABLE_CODES or (isinstance(status, int) and status >= 500)
 
 
 def count_requests(client: Any) -> None:

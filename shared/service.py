@@ -38,12 +38,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Mutable
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar, cast
 
+from botocore.exceptions import ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as BotoConnectionError
 from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
 from shared.audit import AuditLog
 from shared.auth import jwks_problem
-from shared.aws import AwsClients
+from shared.aws import AwsClients, is_unavailable
 from shared.bootstrap import is_missing_resource, rebootstrap
 from shared.consumer import Handler, MessageContext, SqsConsumer
 from shared.exceptions import DomainError
@@ -216,6 +219,26 @@ def build_app(spec: ServiceSpec[S, D], settings: Settings | None = None) -> Fast
     @app.exception_handler(DomainError)
     async def domain_error(request: Request, exc: DomainError) -> JSONResponse:
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers or None)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own answer echoes each invalid input, and a NaN or Infinity in a JSON body made that answer
+        # unserialisable (500; found by a review): say where and what, not the value.
+        return JSONResponse({"detail": [{k: e[k] for k in ("type", "loc", "msg") if k in e} for e in exc.errors()]},
+                            status_code=422)
+
+    async def dependency_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        # The AWS endpoint (S3, DynamoDB...) did not answer, or answered that it is overloaded, after the SDK's
+        # retries: the service is fine and a dependency is not, so 503 with when to retry (it was 500 "internal
+        # error", found by a review; readiness already said 503).
+        if isinstance(exc, ClientError) and not is_unavailable(exc):
+            return await unexpected(request, exc)
+        log.warning("a dependency is unavailable", extra={"path": request.url.path, "error": type(exc).__name__})
+        return JSONResponse({"detail": "a storage or index dependency is unavailable; retry later"},
+                            status_code=503, headers={"Retry-After": "5"})
+
+    for unavailable in (BotoConnectionError, HTTPClientError, ClientError):
+        app.add_exception_handler(unavailable, dependency_unavailable)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -31,6 +31,16 @@ class QueryTooLarge(QueryError):
     status = 413
 
 
+class QueryUnavailable(QueryError):
+    """The index did not answer in time (503, with when to retry): the dependency is down, not the query too broad."""
+
+    status = 503
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Retry-After": "5"})
+
+
 #: DICOM statuses for a C-FIND response: A900 "Identifier does not match SOP Class", A700 "Out of resources".
 #: (A query fixed to a study or series that does not exist matches nothing; it is not an error.)
-C_FIND_STATUS: dict[type[QueryError], int] = {InvalidQuery: 0xA900, QueryTooLarge: 0xA700}
+C_FIND_STATUS: dict[type[QueryError], int] = {InvalidQuery: 0xA900, QueryTooLarge: 0xA700,
+                                                 QueryUnavailable: 0xA700}

@@ -323,7 +323,16 @@ async def _merged(sources: list[AsyncIterator[dict[str, Any]]], *, key: Callable
             heapq.heappush(heap, (_Desc(k) if reverse else k, i, it))
 
     try:
-        await asyncio.gather(*(push(i) for i in range(len(sources))))
+        firsts = [asyncio.ensure_future(push(i)) for i in range(len(sources))]
+        try:
+            await asyncio.gather(*firsts)
+        except BaseException:
+            # One source failed (the index unreachable): stop its siblings before the sources are closed below (a
+            # generator still running cannot be closed, and that error used to hide this one).
+            for t in firsts:
+                t.cancel()
+            await asyncio.gather(*firsts, return_exceptions=True)
+            raise
         while heap:
             _, i, it = heapq.heappop(heap)
             yield it

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn, Protocol
 
 from shared.query import matching as qido
-from shared.query.errors import QueryNotFound, QueryTooLarge
+from shared.query.errors import QueryNotFound, QueryTooLarge, QueryUnavailable
 
 _SK_HIGH = "\uffff"
 
@@ -71,7 +71,10 @@ class Budget:
             self.timed_out()
 
     def timed_out(self) -> NoReturn:
-        """Raise the deadline's :class:`QueryTooLarge`."""
+        """Raise the deadline's :class:`QueryTooLarge`, or :class:`QueryUnavailable` when the index gave nothing at all
+        in that time (it is unreachable or overloaded: the search is not too broad, and narrowing it would not help)."""
+        if self.examined == 0:
+            raise QueryUnavailable(f"the index did not answer within {self.deadline_s:g} s; retry later")
         raise QueryTooLarge(
             f"the search did not complete within {self.deadline_s:g} s (RADLOOP_QIDO_DEADLINE_S); narrow it with "
             "PatientID, StudyInstanceUID, a StudyDate range or a smaller offset"
