@@ -20,6 +20,7 @@ from services.streaming_gateway.domain.search import Budget, Searcher
 from services.streaming_gateway.domain.wildcard import Wildcard
 from shared.forwarded import external_origin, parse_networks
 from shared.htj2k import decode, encode
+from shared.query.errors import QueryUnavailable
 
 HOSTILE = "*A*A*A*A*A*A*A*A!"
 
@@ -179,11 +180,17 @@ def test_search_budget() -> None:
     with pytest.raises(TooLarge, match="RADLOOP_QIDO_DEADLINE_S") as e:
         late.spend()
     assert e.value.status == 413
-    # A search stuck awaiting slow index pages ends at the deadline too.
+    # A search stuck awaiting slow index pages ends at the deadline too: too broad (413) once it has examined
+    # items, the index unavailable (503, retry later) when nothing came at all (narrowing it would not help).
     searcher = Searcher(None, max_results=10, max_examined=10, deadline_s=0.05)  # type: ignore[arg-type]
     t0 = time.perf_counter()
+    busy = searcher.budget()
+    busy.spend(1)
     with pytest.raises(TooLarge, match="did not complete within"):
+        asyncio.run(searcher._bounded(asyncio.sleep(5), busy))
+    with pytest.raises(QueryUnavailable, match="did not answer within") as down:
         asyncio.run(searcher._bounded(asyncio.sleep(5), searcher.budget()))
+    assert down.value.status == 503 and down.value.headers["Retry-After"] == "5"
     assert time.perf_counter() - t0 < 1
     with pytest.raises(BadRequest, match="maximum 10"):
         qido.parse_query("STUDY", [("offset", "11")], max_offset=10)

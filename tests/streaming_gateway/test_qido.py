@@ -110,6 +110,16 @@ def test_paging_includefield_and_warning(corpus: Corpus, gateway: GatewayProcess
         assert word in r.json()["detail"], r.json()
     r = httpx.get(f"{gateway.url}/dicomweb/studies", headers={**auth(corpus), "Accept": "application/dicom+xml"})
     assert r.status_code == 406
+    # q=0 refuses what it names (RFC 9110 §12.4.2): nothing else named, nothing acceptable (it was served as */*).
+    r = httpx.get(f"{gateway.url}/dicomweb/studies", headers={**auth(corpus), "Accept": "application/dicom+json;q=0"})
+    assert r.status_code == 406
+    # An ignored key is named in the Warning percent-encoded: any character a client sends (a non-Latin-1 key was
+    # a 500, a newline a dropped connection; found by a review).
+    for raw, shown in (("%E2%82%AC", "%E2%82%AC"), ("a%0Ab", "a%0Ab"), ("%ff%fe", "%EF%BF%BD%EF%BF%BD"),
+                       ('k%22%5C', "k%22%5C")):
+        r = httpx.get(f"{gateway.url}/dicomweb/studies?{raw}=1&PatientID=PID-A", headers=auth(corpus))
+        assert r.status_code == 200 and len(r.json()) == 1, (raw, r.status_code, r.text[:200])
+        assert shown in r.headers["warning"] and r.headers["warning"].isascii(), (raw, r.headers["warning"])
 
 
 def test_listing_a_study_series_warms_its_metadata_once(corpus: Corpus, gateway: GatewayProcess) -> None:

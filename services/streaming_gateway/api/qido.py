@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
+from urllib.parse import quote
 
 from fastapi import APIRouter, Request, Response
 
@@ -17,6 +18,9 @@ from services.streaming_gateway.service import Gateway
 from shared.auth import ReadUser
 
 router = APIRouter(prefix="/dicomweb", tags=["QIDO-RS"])
+#: Characters of an ignored query key written as they are in the Warning header (the rest percent-encoded; the
+#: header's quoted string may not hold a quote or a backslash).
+_HEADER_SAFE = "!#$&'()*+,-./:;<=>?@[]^_`{|}~"
 
 
 def _check_accept(request: Request) -> None:
@@ -34,7 +38,9 @@ def _respond(result: SearchResult, q: qido.Query) -> Response:
     if result.truncated:
         warnings.append('299 radloop "There are additional results that can be requested with offset and limit."')
     if q.ignored:
-        names = ", ".join(sorted(set(q.ignored)))[:200]
+        # Percent-encoded as in a URL: a key the client sent may hold any character, and a header may not (a
+        # non-Latin-1 key was a 500, a newline a dropped connection; found by a review).
+        names = ", ".join(sorted({quote(k, safe=_HEADER_SAFE) for k in q.ignored}))[:200]
         warnings.append(f'299 radloop "The following query keys are not supported and were ignored: {names}."')
     if warnings:
         headers["Warning"] = ", ".join(warnings)

@@ -61,6 +61,7 @@ def parse_accept(header: str | None) -> list[MediaRange]:
     if not header or not header.strip():
         return [MediaRange("*/*", {}, 1.0)]
     ranges: list[MediaRange] = []
+    refused = 0
     for part in _split_outside_quotes(header, ","):
         if not part.strip():
             continue
@@ -80,8 +81,12 @@ def parse_accept(header: str | None) -> list[MediaRange]:
                 params[k] = v.lower() if k == "type" else v
         if q > 0:
             ranges.append(MediaRange(mtype, params, q))
+        else:
+            refused += 1
     ranges.sort(key=lambda r: -r.q)
-    return ranges or [MediaRange("*/*", {}, 1.0)]
+    # q=0 is "not acceptable" (RFC 9110 §12.4.2): a header that refuses everything it names accepts nothing (it was
+    # served as */*); only a header naming nothing at all accepts anything.
+    return ranges or ([] if refused else [MediaRange("*/*", {}, 1.0)])
 
 
 # --- frames ------------------------------------------------------------------------------------------------------
