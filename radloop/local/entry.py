@@ -75,10 +75,22 @@ def _var(prefix: str) -> str:
     return prefix.strip("/").replace("/", "_").replace("-", "_").replace(".", "_") + "_upstream"
 
 
+#: Where the entry writes its failed requests (the same stream as its error log).
+_FAILED_LOG = "/dev/stderr"
+
+
 def _http_common(lines: list[str]) -> None:
     lines += [
-        "    # No access log: request lines hold study UIDs and QIDO matching keys (PHI).",
-        "    access_log off;",
+        "    # No request lines in any log: they hold QIDO matching keys (PHI). nginx's error log quotes the request line",
+        "    # in every error-level message (an upstream that refuses or times out), so it keeps only crit and above;",
+        "    # requests that fail (5xx) are logged here instead: method, path and status, no query string.",
+        "    log_format phi_free '$time_iso8601 $request_method $uri $status upstream=$upstream_status '",
+        "                        '$request_time s';",
+        "    map $status $failed {",
+        "        ~^5 1;",
+        "        default 0;",
+        "    }",
+        f"    access_log {_FAILED_LOG} phi_free if=$failed;",
         "    # ingestion enforces its own body limit (a DICOM status with a reason); the proxy neither limits nor buffers.",
         "    client_max_body_size 0;",
         "    proxy_request_buffering off;",
@@ -162,7 +174,7 @@ def render_compose(routes: Sequence[Route] = ROUTES, ports: dict[str, int] | Non
         "# bodies stream both ways, never buffered whole.",
         "worker_processes 1;",
         "pid /tmp/nginx.pid;",
-        "error_log /dev/stderr warn;",
+        "error_log /dev/stderr crit;  # error-level lines quote the request line (PHI): see access_log below",
         "",
         "events {",
         "    worker_connections 1024;",
@@ -199,7 +211,7 @@ def render_local(run_dir: Path, ports: dict[str, int], routes: Sequence[Route] =
         f"worker_processes {workers};",
         "daemon off;",
         f"pid {d / 'nginx.pid'};",
-        "error_log stderr warn;",
+        "error_log stderr crit;  # error-level lines quote the request line (PHI): see access_log below",
         "",
         "events {",
         "    worker_connections 1024;",

@@ -183,7 +183,9 @@ def test_entry_proxy_routes_are_the_topology_routes() -> None:
         host, port = upstream.split(":")
         assert _env(COMPOSE["services"][host])["RADLOOP_PORT"] == port
     assert "127.0.0.1:8080:8080" in entry["ports"] and f"listen {DEFAULT_PORTS['entry']};" in conf
-    assert "access_log off;" in conf, "request lines hold UIDs and matching keys: no access log"
+    # Request lines hold QIDO matching keys: no access log of them, and no error-level lines (they quote them).
+    assert "$request " not in conf and "$request_uri" not in conf and "$args" not in conf and "$query_string" not in conf
+    assert "access_log /dev/stderr phi_free if=$failed;" in conf and "error_log /dev/stderr crit;" in conf
     assert "proxy_request_buffering off;" in conf and "client_max_body_size 0;" in conf
 
 

@@ -258,3 +258,21 @@ def test_nginx_spreads_a_service_over_its_replicas_and_passes_over_a_dead_one(tm
             _stop(proc)
         for u in (ingestion, first, second):
             u.close()
+
+
+def test_a_failed_upstream_leaves_no_query_string_in_the_entry_log(tmp_path: Path) -> None:
+    """nginx's error-level lines quote the request line: an upstream that was down put a QIDO's patient name and
+    birth date in the entry's log on every restart (found by a review). The entry logs crit and above, and each
+    failed request (5xx) by method, path and status only."""
+    if shutil.which("nginx", path=os.environ.get("PATH", "") + ":/usr/sbin") is None:
+        pytest.skip("nginx is not installed (make setup installs Debian's nginx)")
+    ports = {"ingestion": free_port(), "streaming_gateway": free_port(), "verification": free_port()}  # all down
+    proc, port = _entry("nginx", tmp_path, ports)
+    try:
+        status, _h, _b = _request(port, "GET", "/dicomweb/studies?PatientName=CANARY%5ENAME&PatientBirthDate=19230517")
+        assert status == 502
+    finally:
+        _stop(proc)
+    log = (tmp_path / "entry.log").read_text(errors="replace")
+    assert "CANARY" not in log and "19230517" not in log and "PatientName" not in log, log
+    assert "GET /dicomweb/studies 502" in log, log
