@@ -105,7 +105,9 @@ class InstanceRejected(Event):
     failure_reason: int
     reason: str = Field(max_length=500)
     sop_uid: str | None = None
-    object_key: str | None = None
+    #: SHA-256 (hex) of the S3-drop object's key, to find the object: never the key itself, which a hospital may
+    #: have named after the patient (a review found one in an event).
+    object_key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     content_sha256: str | None = None
 
 

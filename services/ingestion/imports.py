@@ -89,7 +89,7 @@ class Imports:
         await p.rt.publisher.publish(InstanceRejected(
             event_id=event_id,
             source=attributes.get("source") or "stow", failure_reason=CANNOT_UNDERSTAND, reason=reason[:500],
-            sop_uid=sop, object_key=None, content_sha256=attributes.get("content_sha256")))
+            sop_uid=sop, content_sha256=attributes.get("content_sha256")))
         token = attributes.get("claim_token")
         if token:
             await p.claims.release_token(sop, str(token))

@@ -278,7 +278,8 @@ class IngestPipeline:
         try:
             await self.rt.publisher.publish(InstanceRejected(
                 source=source, failure_reason=rej.failure_reason, reason=rej.kind[:500],
-                sop_uid=rej.sop_uid, object_key=object_key,
+                sop_uid=rej.sop_uid,
+                object_key_sha256=hashlib.sha256(object_key.encode()).hexdigest() if object_key else None,
                 content_sha256=hashlib.sha256(data).hexdigest() if data else None))
         except Exception:  # the sender still gets its answer; the event is best effort
             log.exception("could not publish InstanceRejected")

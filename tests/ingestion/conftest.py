@@ -106,3 +106,16 @@ class Aws:
 @pytest.fixture(scope="session")
 def aws(ing_settings: Settings) -> Aws:
     return Aws(ing_settings)
+
+
+@pytest.fixture(scope="module")
+def rejected_queue(aws):
+    """Route InstanceRejected on the deployment's bus to a test queue (no service subscribes to it)."""
+    name = f"{aws.s.prefix}-rejected-{uuid.uuid4().hex[:6]}"  # one per module: each reads only its own events
+    url = aws.sqs.create_queue(QueueName=name)["QueueUrl"]
+    arn = aws.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    events = boto3.client("events", endpoint_url=aws.s.aws_endpoint_url, region_name="us-east-1")
+    bus = aws.s.topology.bus_name
+    events.put_rule(Name=f"{name}-rule", EventBusName=bus, EventPattern=json.dumps({"detail-type": ["InstanceRejected"]}))
+    events.put_targets(Rule=f"{name}-rule", EventBusName=bus, Targets=[{"Id": "q", "Arn": arn}])
+    return url

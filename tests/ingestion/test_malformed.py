@@ -3,7 +3,6 @@ up, its memory stays bounded, and an InstanceRejected event without PHI is publi
 
 from __future__ import annotations
 
-import json
 import socket
 import time
 from urllib.parse import urlparse
@@ -15,21 +14,6 @@ from tests.ingestion.corpus import cases
 from tests.ingestion.stow_helpers import failed_items, multipart, stow
 
 KNOWN_REASONS = {0xA700, 0xA900, 0xC000, 0x0122}
-
-
-@pytest.fixture(scope="module")
-def rejected_queue(aws):
-    """Route InstanceRejected on the deployment's bus to a test queue (no service subscribes to it)."""
-    name = f"{aws.s.prefix}-test-rejected"
-    url = aws.sqs.create_queue(QueueName=name)["QueueUrl"]
-    arn = aws.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    import boto3
-
-    events = boto3.client("events", endpoint_url=aws.s.aws_endpoint_url, region_name="us-east-1")
-    bus = aws.s.topology.bus_name
-    events.put_rule(Name=f"{name}-rule", EventBusName=bus, EventPattern=json.dumps({"detail-type": ["InstanceRejected"]}))
-    events.put_targets(Rule=f"{name}-rule", EventBusName=bus, Targets=[{"Id": "q", "Arn": arn}])
-    return url
 
 
 def test_corpus_every_case_refused_nothing_stored(service, pacs_token, aws, rejected_queue) -> None:
