@@ -165,3 +165,25 @@ def test_c_store_over_tls(tmp_path) -> None:
             c_store(b.to_bytes(sr), ae_title="TLSPACS", host="127.0.0.1", port=port, calling_ae_title="RADLOOP")
     finally:
         server.shutdown()
+
+
+async def test_a_destination_s_reply_text_is_not_the_reason() -> None:
+    """A PACS may refuse with a sentence quoting the patient (a patient-ID clash names both patients): the reason
+    that is logged and dead-lettered keeps the HTTP status and the DICOM failure reasons, not the text (found by a
+    review)."""
+    from services.interop.adapters.senders import stow
+
+    reply = {"00081198": {"vr": "SQ", "Value": [{"00081197": {"vr": "US", "Value": [0xA700]}}]},
+             "00000902": {"vr": "LO", "Value": ["Patient ID PIDLEAK4711 is registered to DOE^JANE"]}}
+
+    def pacs(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(409, json=reply)
+
+    dest = Destination(name="cloud-pacs", kind="stow", url="http://127.0.0.1:9/dicomweb")
+    async with httpx.AsyncClient(transport=httpx.MockTransport(pacs)) as http:
+        with pytest.raises(SendError) as err:
+            await stow(b"DICM", dest, http)
+    assert str(err.value) == "STOW-RS to cloud-pacs answered HTTP 409 (failure reason 0xA700)."
+    async with httpx.AsyncClient(transport=httpx.MockTransport(lambda r: httpx.Response(500, text="DOE^JANE"))) as h:
+        with pytest.raises(SendError, match=r"answered HTTP 500\.$"):
+            await stow(b"DICM", dest, h)

@@ -43,8 +43,9 @@ def c_store(data: bytes, *, ae_title: str, host: str, port: int, calling_ae_titl
     if code == -1:
         raise SendError(f"{label} sent no C-STORE response (connection lost or timed out).")
     if code not in (0x0000, 0xB000, 0xB006, 0xB007):  # success, or warnings (coercion/elements discarded)
-        comment = str(getattr(status, "ErrorComment", "") or "")
-        raise SendError(f"{label} answered C-STORE status 0x{code:04X}{': ' + comment if comment else ''}.")
+        # The status code only: the peer's ErrorComment is free text that may quote the patient (it is logged and
+        # kept as the dead-letter reason).
+        raise SendError(f"{label} answered C-STORE status 0x{code:04X}.")
 
 
 async def stow(data: bytes, dest: Destination, client: httpx.AsyncClient) -> None:
@@ -61,7 +62,20 @@ async def stow(data: bytes, dest: Destination, client: httpx.AsyncClient) -> Non
     except httpx.HTTPError as exc:
         raise SendError(f"STOW-RS to {dest.name} failed: {type(exc).__name__}.") from None
     if resp.status_code not in (200, 202):
-        raise SendError(f"STOW-RS to {dest.name} answered HTTP {resp.status_code}: {resp.text[:200]}")
+        # The status and the DICOM failure reasons only: the reply's text may quote the patient (a PACS refusing a
+        # patient-ID clash names both patients; found by a review), and this sentence is logged and dead-lettered.
+        raise SendError(f"STOW-RS to {dest.name} answered HTTP {resp.status_code}{_failure_codes(resp)}.")
+
+
+def _failure_codes(resp: httpx.Response) -> str:
+    """``" (failure reasons 0xA700, ...)"`` from a PS3.18 store response's Failed SOP Sequence, or ``""``."""
+    try:
+        items = ((resp.json() or {}).get("00081198") or {}).get("Value") or []
+        values = [((it.get("00081197") or {}).get("Value") or [None])[0] for it in items[:100] if isinstance(it, dict)]
+    except (ValueError, TypeError, AttributeError, IndexError):
+        return ""
+    codes = sorted({v for v in values if isinstance(v, int) and 0 <= v <= 0xFFFF})
+    return f" (failure reason {', '.join(f'0x{c:04X}' for c in codes)})" if codes else ""
 
 
 async def send(data: bytes, dest: Destination, client: httpx.AsyncClient) -> None:
