@@ -55,7 +55,8 @@ class GatewaySettings(ForwardingSettings, ImageStoreSettings):
     wado_buffer_bytes: int = Field(8 * 1024 * 1024, ge=0)
     #: Frames are immutable: clients and caches may keep them this long.
     frame_max_age_s: int = 31_536_000
-    #: Frame reads are audited per (user, series) once per window, with a count.
+    #: Image reads (frames, rendered, thumbnails) are audited per (user, series) and window: the first read's record
+    #: is written before it is served, the later reads' count when the window closes.
     audit_coalesce_s: float = 60.0
     #: Threads for decoding, rendering and transcoding (never on the event loop).
     decode_threads: int = 2

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import signal
 import time
+from typing import Any
 
 import httpx
 
 from tests.streaming_gateway.conftest import Corpus, audit_records, auth
-from tests.streaming_gateway.store import GatewayProcess
+from tests.streaming_gateway.store import GatewayProcess, run_gateway
 from tests.streaming_gateway.test_wado import frame_url
 
 UNKNOWN = "1.2.3.4.5.6.7.8.9"
@@ -81,14 +83,35 @@ def test_audit_records_without_phi(corpus: Corpus, gateway: GatewayProcess) -> N
     actions = {r["action"] for r in recs}
     assert {"qido.search", "wado.metadata", "wado.rendered", "wado.frames"} <= actions
     assert sum(r["count"] for r in frames) == 12
-    # One record per (user, series) per window (1 s here), never one per frame.
-    assert 1 <= len(frames) <= int(elapsed) + 2 and len(frames) < 12
+    # At most two records per (user, series) per window (1 s here: the first read's, written before it is served,
+    # and the window's count of the rest), never one per frame.
+    assert 1 <= len(frames) <= 2 * (int(elapsed) + 2) and len(frames) < 12
     assert all(r["resource"] == {"study_uid": corpus.ct_study, "series_uid": corpus.ct_series} for r in frames)
     meta = next(r for r in recs if r["action"] == "wado.metadata")
     assert meta["count"] == 6 and meta["role"] == "radiologist"
     text = json.dumps(recs)
     for phi in ("DOE", "JANE", "SMITH", "PID-A", "DOE*"):
         assert phi not in text
+
+
+def test_an_image_read_is_audited_before_it_is_served(corpus: Corpus, tmp_path_factory: Any) -> None:
+    """The first frame, rendered and thumbnail read of a series in a window has its audit record before it is served;
+    only the later reads' counts wait for the window. A gateway killed within its window (a crash, an OOM kill) left
+    no record of the reads at all before (found by a review)."""
+    with run_gateway(corpus.settings, tmp_path_factory.mktemp("gw-audit"), RADLOOP_AUDIT_COALESCE_S="600") as gp:
+        user = f"crash-{time.time_ns()}"
+        h = auth(corpus, "radiologist", subject=user)
+        ct = f"{gp.url}/dicomweb/studies/{corpus.ct_study}/series/{corpus.ct_series}"
+        for sop in corpus.ct_sops:
+            assert httpx.get(f"{ct}/instances/{sop}/frames/1", headers={**h, "Accept": "image/jphc"}).status_code == 200
+        assert httpx.get(f"{ct}/instances/{corpus.ct_sops[0]}/rendered", headers=h).status_code == 200
+        assert httpx.get(f"{ct}/instances/{corpus.ct_sops[0]}/thumbnail", headers=h).status_code == 200
+        gp.proc.send_signal(signal.SIGKILL)  # within the 600-s window: nothing flushed
+        gp.proc.wait(10)
+    recs = [r for r in audit_records(corpus.settings) if r["subject"] == user]
+    assert sorted((r["action"], r["count"]) for r in recs) == [
+        ("wado.frames", 1), ("wado.rendered", 1), ("wado.thumbnail", 1)], recs
+    assert all(r["resource"] == {"study_uid": corpus.ct_study, "series_uid": corpus.ct_series} for r in recs)
 
 
 def test_viewer_is_served(gateway: GatewayProcess) -> None:

@@ -1,9 +1,13 @@
-"""Coalesced audit of frame reads: one record per (user, series) per window, with the number of frames read.
+"""Coalesced audit of frame reads: a record when a user first reads a series in a window, then one record per
+(user, series) per window with the number of frames read since.
 
 Viewers fetch hundreds of frames a second; one audit record per frame would be costly and drown the useful
-records. Counts gather in memory and are written when their window closes (every ``window_s``) and when the
-service stops. A failed write keeps the counts for the next flush, so nothing is lost while the audit table is
-briefly unavailable.
+records. The first read of a (user, action, series) in a window is written before it is served, like every other
+read of PHI, so a crash loses at most the counts of the reads after it, never the fact that the user read the series
+(before session 21 every count waited in memory for the window, and a gateway killed within it left no record: found
+by a review). The later counts gather in memory and are written when their window closes (every ``window_s``) and
+when the service stops. A failed write keeps the counts for the next flush, so nothing is lost while the audit table
+is briefly unavailable.
 """
 
 from __future__ import annotations
@@ -30,10 +34,33 @@ class FrameAuditCoalescer:
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self.flushed_records = 0
+        #: (user, action, series) with a record written in this window, and first writes under way
+        self._written: set[tuple[Principal, str, str, str]] = set()
+        self._first: dict[tuple[Principal, str, str, str], asyncio.Future[None]] = {}
 
-    def add(self, principal: Principal, study: str, series: str, frames: int, action: str = "wado.frames") -> None:
-        """Count ``frames`` reads of ``action`` by ``principal`` in a series."""
-        self._counts[(principal, action, study, series)] += frames
+    async def note(self, principal: Principal, study: str, series: str, frames: int,
+                   action: str = "wado.frames") -> None:
+        """Record ``frames`` reads of ``action`` by ``principal`` in a series: the first in this window is written
+        now (raises if the audit log cannot be written, and then nothing may be served), the rest are counted."""
+        key = (principal, action, study, series)
+        if key in self._written:
+            self._counts[key] += frames
+            return
+        first = self._first.get(key)
+        if first is None:  # concurrent first reads (a viewer asks for many frames at once) share one write
+            first = asyncio.ensure_future(self.audit.record(principal, action, {"study_uid": study,
+                                                                                "series_uid": series}, count=frames))
+            self._first[key] = first
+            try:
+                await asyncio.shield(first)
+            finally:
+                if self._first.get(key) is first:
+                    del self._first[key]
+            self._written.add(key)
+            self.flushed_records += 1
+            return
+        await asyncio.shield(first)
+        self._counts[key] += frames
 
     def start(self) -> None:
         """Start the periodic flush."""
@@ -51,6 +78,7 @@ class FrameAuditCoalescer:
         """Write one record per (user, action, series) with its count; returns the number of records written."""
         async with self._lock:
             pending, self._counts = self._counts, defaultdict(int)
+            self._written = set()  # a new window: the next read of each series is written before it is served
             written = 0
             for (principal, action, study, series), n in list(pending.items()):
                 try:

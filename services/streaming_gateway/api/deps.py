@@ -50,9 +50,23 @@ def base_url(request: Request, gw: Gateway) -> str:
     return f"{request_origin(request, gw.settings)}/dicomweb"
 
 
+#: The answer to a read of PHI whose audit record cannot be written (503).
+AUDIT_UNAVAILABLE = "the audit log is unavailable, so no patient data can be returned; retry later"
+
+
 async def audit(request: Request, principal: Principal, action: str, resource: dict[str, object], count: int = 1) -> None:
     """Write the audit record before PHI leaves; if the audit log cannot be written, nothing is sent (503)."""
     try:
         await get_deps(request).rt.audit.record(principal, action, resource, count=count)
     except Exception:
-        raise Unavailable("the audit log is unavailable, so no patient data can be returned; retry later") from None
+        raise Unavailable(AUDIT_UNAVAILABLE) from None
+
+
+async def audit_image_read(gw: Gateway, principal: Principal, study: str, series: str, frames: int,
+                           action: str) -> None:
+    """Audit an image read (frames, rendered, thumbnail) before it is served, coalesced per series and window
+    (:class:`~services.streaming_gateway.adapters.audit.FrameAuditCoalescer`); 503 as :func:`audit`."""
+    try:
+        await gw.frame_audit.note(principal, study, series, frames, action)
+    except Exception:
+        raise Unavailable(AUDIT_UNAVAILABLE) from None

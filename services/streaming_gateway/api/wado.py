@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
 from services.streaming_gateway.adapters.index import SeriesEntry
-from services.streaming_gateway.api.deps import DICOM_JSON, GatewayDep, audit, uid
+from services.streaming_gateway.api.deps import DICOM_JSON, GatewayDep, audit, audit_image_read, uid
 from services.streaming_gateway.domain import frame_response as fr
 from services.streaming_gateway.domain import media, render
 from services.streaming_gateway.domain.errors import BadRequest, NotAcceptable, NotFound, TooLarge
@@ -414,7 +414,7 @@ async def _frames_response(
         "Access-Control-Expose-Headers": _EXPOSE,
     }
     timing = f"read;dur={(t_read - t0) * 1000:.1f}"
-    gw.frame_audit.add(principal, s, se, len(plan))
+    await audit_image_read(gw, principal, s, se, len(plan), "wado.frames")
     if _etag_matches(request, etag):
         return Response(status_code=304, headers=headers)
 
@@ -478,7 +478,7 @@ async def _render(
     else:
         skip = render.skip_for_viewport(int(it.get("rows") or 0), int(it.get("columns") or 0), levels, params.viewport)
     # Audited like frames: one record per (user, series) per window with a count (a study browser reads dozens).
-    gw.frame_audit.add(principal, study, series, 1, "wado.thumbnail" if thumbnail else "wado.rendered")
+    await audit_image_read(gw, principal, study, series, 1, "wado.thumbnail" if thumbnail else "wado.rendered")
     # The render depends on the pixels, the request and the header (rescale, VOI window, photometric): all in the key,
     # so a corrected header or another instance with the same pixels never gets this one's image.
     header = hashlib.blake2b(f"{it.get('dicom_json')}|{it.get('photometric')}".encode(), digest_size=8).hexdigest()
