@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -39,5 +40,22 @@ def to_dicom_json(ds: Dataset) -> dict[str, Any]:
 
 
 def dumps(obj: dict[str, Any]) -> str:
-    """Compact JSON text of a DICOM JSON object."""
-    return json.dumps(obj, separators=(",", ":"))
+    """Compact JSON text of a DICOM JSON object, always valid JSON: a value JSON has no number for (an FD of NaN, a
+    DS of 1e999, read as infinity) is written as ``null``, an empty value (PS3.18 F.2.5). ``json.dumps`` wrote
+    ``NaN`` and ``Infinity``, which no JSON parser reads, so a viewer could not load the series' metadata at all
+    (found by a review)."""
+    try:
+        return json.dumps(obj, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(obj), separators=(",", ":"), allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value

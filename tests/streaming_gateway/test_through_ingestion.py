@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
+import httpx
 import numpy as np
 import pydicom
 import pytest
 from dicomweb_client.api import DICOMwebClient
 from PIL import Image
 from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
 
 from radloop.local.embedded_aws import EmbeddedAws
 from shared.auth import mint_token
@@ -39,7 +43,7 @@ def stored(moto: EmbeddedAws, tmp_path_factory: pytest.TempPathFactory) -> Itera
             await bootstrap_topology(c)
 
     asyncio.run(boot())
-    datasets = [pydicom.dcmread(get_testdata_file(n)) for n in FILES]
+    datasets = [pydicom.dcmread(get_testdata_file(n)) for n in FILES] + [_non_finite()]
     # Both services start at once (each waits for its own readiness); the gateway reads whatever is stored later.
     ing_cm = ingestion_service(settings, tmp_path_factory.mktemp("gwi-ing"))
     gw_cm = run_gateway(settings, tmp_path_factory.mktemp("gwi-gw"))
@@ -56,6 +60,42 @@ def stored(moto: EmbeddedAws, tmp_path_factory: pytest.TempPathFactory) -> Itera
         resp = stow.store_instances(datasets=datasets)
         assert "FailedSOPSequence" not in resp
         yield settings, gw.url
+
+
+def _non_finite() -> pydicom.Dataset:
+    """An MR whose FD holds NaN and whose DS holds 1e999 (infinity when read): valid DICOM, no JSON number."""
+    ds = pydicom.dcmread(get_testdata_file("emri_small.dcm"))
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = NON_FINITE_SOP
+    ds.DiffusionBValue = float("nan")
+    ds.SliceThickness = "1e999"
+    return ds
+
+
+NON_FINITE_SOP = generate_uid()
+
+
+def test_metadata_is_json_even_with_non_finite_numbers(stored: tuple[Settings, str]) -> None:
+    """An FD of NaN and a DS of 1e999 were written as NaN and Infinity, which no JSON parser reads (a browser's
+    JSON.parse failed, so the viewer could not load the series' metadata; found by a review): they are null, an empty
+    value, in the instance's metadata, its series' and its study's, and in QIDO's includefield=all."""
+    settings, url = stored
+    h = {"Authorization": f"Bearer {mint_token(settings, 'viewer')}"}
+
+    def strict(text: str) -> Any:
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+
+    found = strict(httpx.get(f"{url}/dicomweb/instances", params={"SOPInstanceUID": NON_FINITE_SOP,
+                                                                  "includefield": "all"}, headers=h).text)
+    assert len(found) == 1
+    study, series = found[0]["0020000D"]["Value"][0], found[0]["0020000E"]["Value"][0]
+    for path in (f"{study}/metadata", f"{study}/series/{series}/metadata",
+                 f"{study}/series/{series}/instances/{NON_FINITE_SOP}/metadata"):
+        r = httpx.get(f"{url}/dicomweb/studies/{path}", headers=h)
+        assert r.status_code == 200, r.text
+        (meta,) = strict(r.text)
+        assert meta["00189087"] == {"vr": "FD", "Value": [None]} and meta["00180050"] == {"vr": "DS", "Value": [None]}
+    assert found[0]["00189087"]["Value"] == [None]
 
 
 def test_read_back_what_ingestion_stored(stored: tuple[Settings, str]) -> None:
