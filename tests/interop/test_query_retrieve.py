@@ -155,6 +155,7 @@ def test_unknown_calling_ae_is_refused_and_operations_are_audited(platform: Plat
 def test_retrieval_without_a_unique_key_is_refused(platform: Platform, scored: ScoredStudy) -> None:
     ae = AE(ae_title="PYNETDICOM")
     ae.add_requested_context(sc.StudyRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(sc.StudyRootQueryRetrieveInformationModelFind)
     assoc = ae.associate("127.0.0.1", platform.interop.qr_port, ae_title=CALLED)
     assert assoc.is_established
     try:
@@ -162,8 +163,14 @@ def test_retrieval_without_a_unique_key_is_refused(platform: Platform, scored: S
         g.QueryRetrieveLevel = "STUDY"
         g.StudyDescription = "*"  # no unique key: a retrieval of everything is refused
         g.StudyInstanceUID = ""
-        statuses = [status.Status for status, _ in assoc.send_c_get(g, sc.StudyRootQueryRetrieveInformationModelGet)
-                    if status]
+        answers = [status for status, _ in assoc.send_c_get(g, sc.StudyRootQueryRetrieveInformationModelGet)
+                   if status]
+        f = Dataset()
+        f.QueryRetrieveLevel = "BOGUS"
+        found = [status for status, _ in assoc.send_c_find(f, sc.StudyRootQueryRetrieveInformationModelFind)
+                 if status] if assoc.is_established else []
     finally:
         assoc.release()
-    assert statuses == [0xA900]
+    # Each refusal says why (Error Comment in the status), as a failure must; it arrived empty before.
+    assert [a.Status for a in answers] == [0xA900] and "needs a value" in str(answers[0].get("ErrorComment", ""))
+    assert [a.Status for a in found] == [0xA900] and str(found[0].get("ErrorComment", "")), found

@@ -207,12 +207,12 @@ class QueryRetrieveSCP:
             found = self._run(self._find(level, params))
         except QueryRetrieveError as exc:
             self._audit(event, "dicom.find", "?", 0, outcome="refused")
-            yield exc.status, _error(str(exc))
+            yield _failure(exc.status, str(exc)), None
             return
         except Exception:
             log.exception("C-FIND failed")
             self._audit(event, "dicom.find", "?", 0, outcome="error")
-            yield 0xC001, _error("The index could not be searched.")
+            yield _failure(0xC001, "The index could not be searched."), None
             return
         self._audit(event, "dicom.find", level, len(found))
         for ds in found:
@@ -291,7 +291,7 @@ class QueryRetrieveSCP:
         except QueryRetrieveError as exc:
             self._audit(event, "dicom.get", "?", 0, outcome="refused")
             yield 1  # pynetdicom answers success at once for 0 sub-operations; a failure needs one to replace
-            yield exc.status, _error(str(exc))
+            yield _failure(exc.status, str(exc)), None
             return
         level = str(event.identifier.QueryRetrieveLevel)
         self._audit(event, "dicom.get", level, len(items))
@@ -313,7 +313,7 @@ class QueryRetrieveSCP:
             self._audit(event, "dicom.move", "?", 0, outcome="refused")
             yield dest.host, dest.port, {"contexts": [build_context(sc.Verification)]}
             yield 1
-            yield exc.status, _error(str(exc))
+            yield _failure(exc.status, str(exc)), None
             return
         classes = sorted({str(it.get("sop_class_uid", "")) for it in items if it.get("sop_class_uid")})
         syntaxes = sorted({str(it.get("transfer_syntax_uid") or ExplicitVRLittleEndian) for it in items}
@@ -329,7 +329,11 @@ class QueryRetrieveSCP:
         yield from self._sub_operations(event, items)
 
 
-def _error(comment: str) -> Dataset:
+def _failure(status: int, comment: str) -> Dataset:
+    """A failure status with its reason (Error Comment, PS3.7 C.4): pynetdicom sends a status given as a dataset as
+    it is; a comment put in the identifier was dropped on a failure (C-FIND) or sent as an empty Failed SOP Instance
+    UID List (C-GET, C-MOVE), so the SCU never saw the reason (found by a review)."""
     ds = Dataset()
+    ds.Status = status
     ds.ErrorComment = comment[:64]
     return ds
