@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
@@ -169,6 +171,29 @@ def _redact_url_attributes(span: Any, scope: dict[str, Any] | None = None) -> No
                 span.set_attribute(name, strip_query(str(attrs[name])))
 
 
+#: What a route parameter may show in a span: a UID or a number (what radloop's routes take in paths).
+_UID_OR_NUMBER = re.compile(r"[0-9]+(?:\.[0-9]+)*")
+#: What a segment of a path no route matched may show besides: a lowercase word (a literal, such as ``dicomweb``).
+_WORD = re.compile(r"[a-z][a-z0-9_-]*")
+
+
+def scrub_path(path: str, template: str | None = None) -> str:
+    """``path`` with every segment that could hold PHI replaced by ``{redacted}``: a client may put a patient ID or
+    name where a UID belongs (a review found both in spans). With the route's ``template``, its literal segments stay
+    and its parameters only as UIDs or numbers; without one (no route matched), UIDs, numbers and lowercase words."""
+    parts = strip_query(path).split("/")
+    literal = template.split("/") if template and template.count("/") == len(parts) - 1 else None
+    out = []
+    for i, seg in enumerate(parts):
+        if literal is not None:
+            param = literal[i].startswith("{")
+            shown = not seg or (seg == literal[i] if not param else _UID_OR_NUMBER.fullmatch(seg) is not None)
+        else:
+            shown = not seg or _UID_OR_NUMBER.fullmatch(seg) is not None or _WORD.fullmatch(seg) is not None
+        out.append(seg if shown else "{redacted}")
+    return "/".join(out)
+
+
 def redacted_attributes(attributes: Mapping[str, Any]) -> dict[str, Any]:
     """A span's attributes with query strings removed from anything URL-like (second line of defence at export)."""
     out: dict[str, Any] = {}
@@ -233,12 +258,20 @@ class _NameSpanAfterRouting:
         span = trace.get_current_span()
 
         async def naming_send(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
+            if message["type"] == "http.response.start" and span.is_recording():
                 route = getattr(scope.get("route"), "path", None)
-                if route and span.is_recording():
+                if route:
                     method = scope.get("method")
                     span.update_name(f"{method} {route}" if method else route)
                     span.set_attribute("http.route", route)
+                attrs = getattr(span, "attributes", None) or {}
+                for name in ("http.target", "url.path"):
+                    if name in attrs:
+                        span.set_attribute(name, scrub_path(str(attrs[name]), route))
+                for name in ("http.url", "url.full"):
+                    if name in attrs:
+                        u = urlsplit(str(attrs[name]))
+                        span.set_attribute(name, f"{u.scheme}://{u.netloc}{scrub_path(u.path, route)}")
             await send(message)
 
         await self.app(scope, receive, naming_send)

@@ -23,6 +23,10 @@ def _app(settings: Settings) -> FastAPI:
     async def studies(_user: ReadUser) -> list[str]:
         return []
 
+    @app.get("/dicomweb/studies/{study}/metadata")
+    async def metadata(study: str, _user: ReadUser) -> list[str]:
+        return []
+
     instrument_fastapi(app)
     return app
 
@@ -41,6 +45,25 @@ async def test_query_strings_never_reach_span_attributes(spans: object, tmp_path
     for canary in CANARIES:
         assert canary not in exported, f"{canary} leaked into a span"
     assert "/dicomweb/studies" in exported  # the path itself is kept
+
+
+async def test_path_segments_that_are_not_uids_never_reach_span_attributes(spans: object, tmp_path: Path) -> None:
+    """A client may put a patient ID or name where a UID belongs (a review found both in spans, as http.target): a
+    route's parameters show only UIDs and numbers, a path no route matched only UIDs, numbers and lowercase words."""
+    settings = Settings(var_dir=tmp_path)
+    h = {"Authorization": f"Bearer {mint_token(settings, 'viewer')}"}
+    transport = httpx.ASGITransport(app=_app(settings))
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        assert (await client.get("/dicomweb/studies/CANARY-PID-77/metadata", headers=h)).status_code == 200
+        assert (await client.get("/dicomweb/DOE^JANE", headers=h)).status_code == 404
+        assert (await client.get("/dicomweb/studies/1.2.840.99/metadata", headers=h)).status_code == 200
+    finished = spans.get_finished_spans()  # type: ignore[attr-defined]
+    exported = json.dumps([span_to_dict(s) for s in finished] + [dict(s.attributes or {}) for s in finished])
+    for canary in CANARIES:
+        assert canary not in exported, f"{canary} leaked into a span"
+    targets = sorted(str((s.attributes or {}).get("http.target")) for s in finished)
+    assert targets == ["/dicomweb/studies/1.2.840.99/metadata", "/dicomweb/studies/{redacted}/metadata",
+                       "/dicomweb/{redacted}"], targets
 
 
 async def test_a_token_in_the_query_string_is_refused_with_a_reason(tmp_path: Path) -> None:
