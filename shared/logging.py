@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import warnings
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,6 +29,13 @@ class PhiFilter(logging.Filter):
             if key in PHI_FIELDS:
                 record.__dict__[key] = "[redacted]"
         return True
+
+
+class QuotedValueFilter(logging.Filter):
+    """Drops pydicom's records below ERROR: its warnings quote values from the data they read."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name.split(".", 1)[0] == "pydicom" and record.levelno < logging.ERROR)
 
 
 class JsonFormatter(logging.Formatter):
@@ -63,8 +71,14 @@ def setup_logging(service: str, level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter(service))
     handler.addFilter(PhiFilter())
+    handler.addFilter(QuotedValueFilter())
     handler._radloop = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level)
     for noisy in ("botocore", "aiobotocore", "urllib3", "pynetdicom", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # pydicom's warnings quote the value they find invalid ("Invalid value for VR UI: '<what the sender put>'"), and a
+    # sender may put a patient ID or name anywhere (a review found one from a C-FIND identifier, in the log and on
+    # stderr): its errors only (pydicom sets its own logger's level when imported, so the handler filters), and no
+    # warnings module output from it.
+    warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
