@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 _SNIPPET = """
@@ -19,6 +21,7 @@ logging.getLogger("pydicom").error("an error is still logged")
 """
 
 
+@pytest.mark.integration  # a fresh interpreter
 def test_pydicom_warnings_quoting_values_are_not_logged() -> None:
     """pydicom's "Invalid value for VR UI: '<value>'" quoted a patient ID a C-FIND identifier carried where a UID
     belongs, in the JSON log and on stderr (found by a review); its errors are still logged."""
