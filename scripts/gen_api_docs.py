@@ -103,7 +103,10 @@ def render() -> str:
             "schema; `tests/test_api_docs.py` fails when this file is stale. Every service also serves its live "
             "schema at `/openapi.json` and interactive docs at `/docs` on its own port. Roles: "
             + "; ".join(f"`{r}` may {', '.join(sorted(p))}" for r, p in PERMISSIONS.items()) + ".\n\n"
-            "Every route may also answer 500 with only a trace id (never an internal message).\n\n")
+            "Every route may also answer 503 with `Retry-After` when a dependency (S3, DynamoDB, the audit log) is "
+            "unavailable, and 500 with only a trace id (never an internal message). 422 is FastAPI's validation of "
+            "typed parameters and JSON bodies (each invalid field named); a value the service checks itself (a UID, "
+            "a frame list, a QIDO key) is refused with 400 and a sentence.\n\n")
     return head + "\n".join(service_section(s) for s in SERVICES)
 
 
