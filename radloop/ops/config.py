@@ -20,12 +20,13 @@ from pydantic import AliasChoices
 from pydantic.fields import FieldInfo
 from rich.table import Table
 
-from radloop.ops.client import JsonOpt, OpsError, UrlOpt, console, print_json, run
+from radloop.ops.client import JsonOpt, OpsError, console, print_json, run
 from shared.settings import Settings
 from shared.topology import SERVICES
 
 #: A field whose name has one of these words holds a secret: its value is never printed.
-SECRET_WORDS = frozenset({"key", "keys", "token", "tokens", "password", "passwd", "secret", "secrets", "credentials"})
+SECRET_WORDS = frozenset({"key", "keys", "token", "tokens", "password", "passwd", "secret", "secrets", "credentials",
+                          "authorization"})
 REDACTED = "***redacted***"
 
 
@@ -152,22 +153,40 @@ def effective(service: str | None, endpoint: str | None = None) -> dict[str, dic
             s = cls(**overrides)
         except ValueError as exc:
             raise OpsError(f"the settings of {name} do not load: {exc}", 2) from None
-        values = s.model_dump(mode="json")
-        out[name] = {k: (REDACTED if is_secret(k) and v not in ("", None) else v) for k, v in sorted(values.items())}
+        out[name] = {k: _redacted(k, v) for k, v in sorted(s.model_dump(mode="json").items())}
     return out
+
+
+def _redacted(name: str, value: Any) -> Any:
+    """``value`` with every secret in it redacted, nested ones too: an interop destination's ``authorization`` is a
+    field of a list of objects (it was printed in clear; found by a review)."""
+    if is_secret(name) and value not in ("", None):
+        return REDACTED
+    if isinstance(value, dict):
+        return {k: _redacted(str(k), v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redacted(name, v) if isinstance(v, (dict, list)) else v for v in value]
+    return value
+
+
+#: ``config``'s own option: the AWS endpoint the settings point at (not a deployment's entry point, ``--url``).
+EndpointOpt = Annotated[str | None, typer.Option(
+    "--aws-endpoint", envvar="AWS_ENDPOINT_URL", show_default=False,
+    help="The AWS endpoint the settings point at (default: AWS_ENDPOINT_URL, or AWS itself).")]
 
 
 def config(
     service: Annotated[str | None, typer.Argument(help=f"One service ({', '.join(SERVICES)}); default all.")] = None,
-    url: UrlOpt = None, as_json: JsonOpt = False,
+    endpoint: EndpointOpt = None, as_json: JsonOpt = False,
 ) -> None:
-    """The effective settings (from RADLOOP_* variables and defaults) of a service or of all; secrets redacted.
+    """The effective settings (from RADLOOP_* variables and defaults) of a service or of all; secrets redacted,
+    nested ones too (an interop destination's authorization).
 
-    --url here is the AWS endpoint the settings point at (AWS_ENDPOINT_URL), since settings are per process, not
-    served over HTTP. docs/config.md describes every setting.
+    Settings are per process, not served over HTTP: this reads this shell's environment, as a service started here
+    would. docs/config.md describes every setting.
     """
     def go() -> None:
-        eff = effective(service, url)
+        eff = effective(service, endpoint)
         if as_json:
             print_json(eff)
             return

@@ -143,9 +143,11 @@ def send_s3(endpoint: str | None, files: list[Path], step: Callable[[dict[str, A
     s3 = boto3_client(s.model_copy(update={"aws_endpoint_url": endpoint or ""}), "s3")
     bucket = s.topology.bucket("ingestion")
     batch = uuid.uuid4().hex[:12]
-    for f in files:
+    for k, f in enumerate(files):
+        # One key per file: files of the same name in different folders (a/img0.dcm, b/img0.dcm) overwrote each
+        # other under imports/{batch}/{name}, and the first was lost (found by a review).
         try:
-            s3.put_object(Bucket=bucket, Key=f"imports/{batch}/{f.name}", Body=f.read_bytes())
+            s3.put_object(Bucket=bucket, Key=f"imports/{batch}/{k:06d}-{f.name}", Body=f.read_bytes())
         except Exception as exc:  # botocore's errors: the endpoint or bucket is wrong, so every file would fail
             raise OpsError(f"upload of {f.name} to s3://{bucket}/imports/ failed: {type(exc).__name__}: {exc}") from None
         step({"path": str(f), "outcome": "uploaded", "reason": None})

@@ -133,27 +133,31 @@ def test_send_via_stow_dimse_and_s3_then_worklist(platform: Platform, tmp_path: 
 
     out = cli(platform, "send", "--via", "dimse", str(files[2]), "--json")
     assert out["stored"] == 1 and out["rejected"] == 0
-    out = cli(platform, "send", "--via", "s3", str(files[3]), "--json")
-    assert out["uploaded"] == 1
+    # Two files of one name in two folders are two objects (the second overwrote the first before: a review).
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "same.dcm").write_bytes(files[3].read_bytes())
+    (tmp_path / "b" / "same.dcm").write_bytes(generate_instance(32)[0])
     s3 = boto3_client(platform.settings, "s3")
-    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=platform.settings.topology.bucket("ingestion"),
-                                                 Prefix="imports/").get("Contents", [])]
-    assert any(k.endswith("/cr3.dcm") for k in keys)
+    bucket = platform.settings.topology.bucket("ingestion")
+    out = cli(platform, "send", "--via", "s3", str(tmp_path / "a"), str(tmp_path / "b"), "--json")
+    assert out["uploaded"] == 2
 
     # A table for people: the summary names the outcome.
     r = cli(platform, "send", str(files[1]))
     assert "stored" in r.stdout
 
-    # Each stored instance becomes a verification case (InstanceStored): the worklist counts all four.
-    def four() -> Any:
+    # Each stored instance becomes a verification case (InstanceStored): the worklist counts all five.
+    def five() -> Any:
         w = cli(platform, "worklist", "--json")
-        return w if w["total"] >= 4 else None
+        return w if w["total"] >= 5 else None
 
-    w = wait_until(four, 60, "four cases on the worklist")
-    assert w["total"] == 4 and w["complete"] is True
-    assert sum(r["count"] for r in w["by_priority"].values()) == 4
+    w = wait_until(five, 60, "five cases on the worklist")
+    assert w["total"] == 5 and w["complete"] is True
+    assert sum(r["count"] for r in w["by_priority"].values()) == 5
     assert all(r["oldest_waiting_s"] is not None and r["oldest_waiting_s"] >= 0 for r in w["by_priority"].values())
-    assert w["by_status"] == {"unread": 4}
+    assert w["by_status"] == {"unread": 5}
+    assert s3.list_objects_v2(Bucket=bucket, Prefix="imports/").get("KeyCount", 0) == 0  # both ingested
     r = cli(platform, "worklist")
     assert "oldest waiting" in r.stdout
     cli(platform, "worklist", "--status", "bogus", code=2)
@@ -254,6 +258,17 @@ def test_config_redacts_secrets(platform: Platform) -> None:
     assert "s3cret" not in r.stdout and "dimse_ae_title" in r.stdout
     assert list(cli(platform, "config", "registry", "--json")) == ["registry"]
     assert "unknown service" in cli(platform, "config", "nope", code=2).stderr
+    # A secret inside a structured setting: an interop destination's authorization (printed in clear before: a
+    # review), in the table and in --json.
+    dests = json.dumps([{"name": "pacs", "kind": "stow", "url": "https://pacs.example/dicomweb",
+                         "authorization": "Bearer SUPERSECRET123"}])
+    eff = cli(platform, "config", "interop", "--json", RADLOOP_INTEROP_DESTINATIONS=dests)
+    assert eff["interop"]["interop_destinations"][0]["authorization"] == REDACTED
+    assert eff["interop"]["interop_destinations"][0]["url"] == "https://pacs.example/dicomweb"
+    assert "SUPERSECRET" not in cli(platform, "config", "interop", RADLOOP_INTEROP_DESTINATIONS=dests).stdout
+    # --aws-endpoint (not --url, which names a deployment's entry point everywhere else)
+    eff = cli(platform, "config", "registry", "--json", "--aws-endpoint", "http://127.0.0.1:4599")
+    assert eff["registry"]["aws_endpoint_url"] == "http://127.0.0.1:4599"
 
 
 def test_status_url_and_clear_errors(platform: Platform) -> None:
