@@ -62,13 +62,17 @@ def collect_status(s: Settings) -> dict[str, Any]:
     return out
 
 
-#: What ``radloop status --url`` asks a deployment's entry point: one cheap authenticated read per routed service.
-REMOTE_PROBES: tuple[tuple[str, str], ...] = (
-    ("entry", "/healthz"),
-    ("streaming_gateway", "/dicomweb/studies?limit=1"),
-    ("verification", "/verification/worklist?limit=1"),
-    ("registry", "/registry/models"),
-    ("pipeline_orchestrator", "/orchestrator/trainings"),
+#: What ``radloop status --url`` asks a deployment's entry point: one cheap authenticated request per routed service,
+#: as (service, method, path, the statuses that mean it answered). Ingestion's route is STOW (a POST): a body that is
+#: not multipart is refused by ingestion itself (415; 403 for a token that may not store) and stores nothing, while
+#: a proxy whose upstream is down answers 502. (It was not probed, so a dead ingestion looked healthy: a review.)
+REMOTE_PROBES: tuple[tuple[str, str, str, frozenset[int]], ...] = (
+    ("entry", "GET", "/healthz", frozenset({200})),
+    ("ingestion", "POST", "/dicomweb/studies", frozenset({403, 415})),
+    ("streaming_gateway", "GET", "/dicomweb/studies?limit=1", frozenset({200})),
+    ("verification", "GET", "/verification/worklist?limit=1", frozenset({200})),
+    ("registry", "GET", "/registry/models", frozenset({200})),
+    ("pipeline_orchestrator", "GET", "/orchestrator/trainings", frozenset({200})),
 )
 
 
@@ -80,13 +84,15 @@ def collect_remote_status(url: str, token: str, timeout_s: float = 10.0) -> dict
     out: dict[str, Any] = {"url": url, "services": {}}
     with httpx.Client(timeout=timeout_s, headers={"Authorization": f"Bearer {token}",
                                                     "Accept": "application/json, application/dicom+json"}) as http:
-        for name, path in REMOTE_PROBES:
+        for name, method, path, answered in REMOTE_PROBES:
             try:
-                r = http.get(url + path)
-                code, detail = r.status_code, None if r.status_code < 400 else r.text[:200]
+                r = http.request(method, url + path, content=b"{}" if method == "POST" else None,
+                                 headers={"Content-Type": "application/json"} if method == "POST" else None)
+                code = r.status_code
+                detail = None if code in answered else r.text[:200]
             except httpx.HTTPError as exc:
                 code, detail = 0, f"{type(exc).__name__}: {exc}"
-            out["services"][name] = {"url": url + path.split("?")[0], "healthy": 200 <= code < 300, "status": code,
+            out["services"][name] = {"url": url + path.split("?")[0], "healthy": code in answered, "status": code,
                                      "detail": detail}
     out["healthy"] = all(v["healthy"] for v in out["services"].values())
     return out

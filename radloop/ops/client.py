@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 from urllib.parse import urlsplit
@@ -26,7 +27,8 @@ LOCAL_URL = f"http://127.0.0.1:{DEFAULT_PORTS['entry']}"
 
 UrlOpt = Annotated[str | None, typer.Option(
     "--url", envvar="RADLOOP_URL", show_default=False,
-    help=f"Entry point of a deployment (default {LOCAL_URL}, the local platform).")]
+    help=f"Entry point of a deployment (default: the local platform's, as `radloop up` recorded it, else "
+         f"RADLOOP_PORT_ENTRY, else {LOCAL_URL}).")]
 TokenOpt = Annotated[str | None, typer.Option(
     "--token", envvar="RADLOOP_TOKEN", show_default=False,
     help="Bearer token (default: RADLOOP_TOKEN, else a token minted locally when environment=local).")]
@@ -56,9 +58,28 @@ def local_settings() -> Settings | None:
         return None
 
 
+def local_url() -> str:
+    """The local platform's entry point: the port the running ``radloop up`` recorded (``var/run/state.json``), else
+    ``RADLOOP_PORT_ENTRY`` (what ``radloop up`` would take), else 8080. The commands used 8080 whatever the platform
+    was started on, and so could act on another deployment that held it (found by a review)."""
+    s = local_settings()
+    if s is not None:
+        try:
+            from radloop.local.platform import read_state
+        except ImportError:  # the CLI alone (no `local` extra): no local platform to find
+            read_state = None  # type: ignore[assignment]
+        port = ((read_state(s.var_dir) or {}).get("ports") or {}).get("entry") if read_state else None
+        if isinstance(port, int) and 0 < port < 65536:
+            return f"http://127.0.0.1:{port}"
+    raw = os.environ.get("RADLOOP_PORT_ENTRY", "")
+    if raw.isascii() and raw.isdigit() and 0 < int(raw) < 65536:
+        return f"http://127.0.0.1:{int(raw)}"
+    return LOCAL_URL
+
+
 def resolve_url(url: str | None) -> str:
     """The base URL to talk to, checked: scheme http(s) and a host, no trailing slash."""
-    base = (url or LOCAL_URL).rstrip("/")
+    base = (url or local_url()).rstrip("/")
     parts = urlsplit(base)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise OpsError(f"--url {base!r} is not an http:// or https:// URL with a host "
@@ -82,7 +103,7 @@ def resolve_token(token: str | None, role: str = "admin") -> str:
     return mint_token(s, role, subject="radloop-cli", ttl_s=600)
 
 
-def _detail(r: httpx.Response) -> str:
+def response_detail(r: httpx.Response) -> str:
     try:
         body = r.json()
     except ValueError:
@@ -122,7 +143,7 @@ class Api:
                            "(`radloop up`), and is --url right?") from None
         if r.status_code < 400:
             return r
-        detail = _detail(r)
+        detail = response_detail(r)
         if r.status_code == 401:
             raise OpsError(f"{self.base} refused the token (401: {detail}); check --token/RADLOOP_TOKEN and that "
                            "the deployment's issuer, audience and JWKS match your identity provider "

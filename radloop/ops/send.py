@@ -20,7 +20,18 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from radloop.ops.client import Api, JsonOpt, OpsError, TokenOpt, UrlOpt, console, print_json, resolve_url, run
+from radloop.ops.client import (
+    Api,
+    JsonOpt,
+    OpsError,
+    TokenOpt,
+    UrlOpt,
+    console,
+    print_json,
+    resolve_url,
+    response_detail,
+    run,
+)
 from shared.settings import DEFAULT_PORTS
 
 Via = Literal["stow", "dimse", "s3"]
@@ -68,9 +79,15 @@ def send_stow(api: Api, files: list[Path], step: Callable[[dict[str, Any]], None
         body, ctype = _multipart(f.read_bytes())
         r = api.http.post(api.base + "/dicomweb/studies", content=body,
                           headers={"Content-Type": ctype, "Accept": "application/dicom+json"})
-        if r.status_code in (401, 403) or r.status_code >= 500:
-            api.request("GET", "/dicomweb/studies?limit=1")  # raises the sentence for auth/server errors
-            raise OpsError(f"STOW-RS of {f} failed ({r.status_code}): {r.text[:200]}")
+        # Said from STOW's own answer (a read with the pacs token to find the sentence blamed the token's roles for
+        # a 502; found by a review).
+        if r.status_code == 401:
+            raise OpsError(f"{api.base} refused the token (401: {response_detail(r)}); check --token/RADLOOP_TOKEN")
+        if r.status_code == 403:
+            raise OpsError(f"the token may not store instances (403: {response_detail(r)}); it needs the pacs role")
+        if r.status_code >= 500:
+            raise OpsError(f"STOW-RS of {f} failed: {api.base} answered {r.status_code} ({response_detail(r)}); nothing more "
+                           "was sent, retry later")
         try:
             doc = r.json()
         except ValueError:

@@ -148,7 +148,9 @@ class Registry:
                 parent_auc = champion.auc
         # The fixed test split: the challenger's evaluation may carry the champion re-scored on the same patients.
         champion_auc = metric_or_none(evaluation, "champion_auc") or parent_auc
-        decision, reason = decide(self.policy, evaluation, has_champion=champion is not None)
+        decision, reason = decide(self.policy, evaluation, has_champion=champion is not None,
+                                  champion_version=champion.version if champion else None,
+                                  compared_with=event.champion_version)
         promotion = evaluation.get("promotion") if isinstance(evaluation.get("promotion"), dict) else {}
         threshold = metrics.get("threshold", inner_card.get("threshold", 0.5))
         lineage = {

@@ -276,6 +276,9 @@ def test_status_url_and_clear_errors(platform: Platform) -> None:
     st = cli(platform, "status", "--url", platform.entry, "--json", code=1)
     assert st["services"]["registry"]["healthy"] and st["services"]["entry"]["healthy"]
     assert not st["services"]["streaming_gateway"]["healthy"]
+    # Ingestion (routed by POST /dicomweb) is probed too: it refuses a body that is not multipart itself (it was not
+    # probed, and a dead ingestion looked healthy: a review).
+    assert st["services"]["ingestion"]["healthy"] and st["services"]["ingestion"]["status"] in (403, 415), st
 
     r = cli(platform, "models", "list", "--url", "ftp://127.0.0.1", code=2)
     assert "is not an http:// or https:// URL" in r.stderr
@@ -285,6 +288,34 @@ def test_status_url_and_clear_errors(platform: Platform) -> None:
     assert "401" in r.stderr and "refused the token" in r.stderr
     r = cli(platform, "worklist", code=2, RADLOOP_ENVIRONMENT="")  # no token and no local settings to mint one
     assert "RADLOOP_TOKEN" in r.stderr
+    # A deployment whose ingestion is down answers STOW with 502: send says so (it blamed the token's roles, from a
+    # read it made with the pacs token to find a sentence: a review).
+    import http.server
+    import threading
+
+    class Down(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = b'{"detail": "service unavailable"}'
+            self.send_response(502)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            return
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Down)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        f = Path(platform.settings.var_dir) / "one.dcm"
+        f.write_bytes(generate_instance(32)[0])
+        r = cli(platform, "send", str(f), "--url", f"http://127.0.0.1:{server.server_address[1]}", code=1)
+        assert "answered 502" in r.stderr and "service unavailable" in r.stderr and "role" not in r.stderr, r.stderr
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.mark.parametrize("args", [[], ["models"], ["models", "approve"], ["runs"], ["runs", "logs"], ["dlq"],
@@ -293,4 +324,5 @@ def test_every_command_has_help_json_and_url(args: list[str]) -> None:
     r = CliRunner().invoke(app, [*args, "--help"], env={"RADLOOP_ENVIRONMENT": "local"})
     assert r.exit_code == 0, r.stdout
     if args and args[-1] not in ("models", "runs", "dlq"):
-        assert "--json" in r.stdout and "--url" in r.stdout, r.stdout
+        # config reads this shell's settings: it names an AWS endpoint, not a deployment's entry point
+        assert "--json" in r.stdout and ("--aws-endpoint" if args == ["config"] else "--url") in r.stdout, r.stdout

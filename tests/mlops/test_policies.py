@@ -102,8 +102,13 @@ def test_approval_policy_decision_from_the_one_document():
               "paired": {"diff": 0.03, "low": 0.005, "high": 0.055}}
     decision, reason = decide(p, {"promotion": paired}, has_champion=True)
     assert decision == "pending" and "lower bound is not above +0.0100" in reason
-    assert decide(p, {"promotion": {**paired, "paired": {"diff": 0.05, "low": 0.02, "high": 0.08}}},
-                  has_champion=True)[0] == "approved"
+    better = {**paired, "paired": {"diff": 0.05, "low": 0.02, "high": 0.08}}
+    assert decide(p, {"promotion": better}, has_champion=True)[0] == "approved"
+    assert decide(p, {"promotion": better}, has_champion=True, champion_version=2, compared_with=2)[0] == "approved"
+    # Evidence against an older champion: v2 became champion while the run trained against v1 (a review had a
+    # challenger worse than v2 approved on its comparison with v1).
+    decision, reason = decide(p, {"promotion": better}, has_champion=True, champion_version=2, compared_with=1)
+    assert decision == "pending" and "compares this model with v1, but v2 became champion" in reason
     low_sens = {**evidence, "operating_point": {**evidence["operating_point"], "sensitivity": 0.7}}
     decision, reason = decide(p, {"promotion": low_sens}, has_champion=False)
     assert decision == "pending" and "sensitivity 0.7000 at threshold 0.4000 < floor 0.8000" in reason

@@ -279,3 +279,20 @@ def test_errors(registry: ServiceProcess, mdeployment: Settings):
     champion = get(registry, mdeployment, "/registry/models/champion").json()["version"]
     assert post(registry, mdeployment, f"/registry/models/{champion}/reject", {"reason": "not now"}).status_code == 409
     assert post(registry, mdeployment, f"/registry/models/{champion}/approve", {"reason": "again"}).status_code == 409
+
+
+def test_evidence_against_an_earlier_champion_stays_pending(registry: ServiceProcess, mdeployment: Settings,
+                                                          tap: EventTap):
+    """A run evaluated against one champion while another was approved (follow-ups start before the registry
+    decides): its paired comparison says nothing about the champion it would replace, so it stays pending with that
+    reason, however good the evidence (a review had a challenger worse than the champion approved this way)."""
+    champion = get(registry, mdeployment, "/registry/models/champion").json()["version"]
+    earlier = next(m["version"] for m in get(registry, mdeployment, "/registry/models").json()["models"]
+                   if m["version"] != champion)
+    done = produce_run(mdeployment, auc=0.97, sensitivity=0.95, paired=(0.90, 0.07, 0.04))
+    publish(mdeployment, [done.model_copy(update={"champion_version": earlier})], "radloop.pipeline_orchestrator")
+    reg = tap.wait_for("ModelRegistered", run_id=done.run_id, timeout_s=30)[0]
+    assert reg["decision"] == "pending", reg
+    assert f"compares this model with v{earlier}, but v{champion} became champion" in reg["reason"], reg["reason"]
+    assert get(registry, mdeployment, "/registry/models/champion").json()["version"] == champion
+    assert tap.of("ModelApproved", version=reg["version"]) == []
