@@ -243,7 +243,9 @@ def judge(policy: ApprovalPolicy, evidence: dict[str, Any] | None) -> Verdict:
         if auc < policy.auc_floor:
             failed.append(f"AUC {auc:.4f} < floor {policy.auc_floor:.4f}")
         d_low, diff, d_high = _num(paired, "low"), _num(paired, "diff"), _num(paired, "high")
-        mode = str(evidence.get("comparison") or "superiority")
+        # Only a declared non-inferiority refresh lowers the bar: anything else, a misspelling included, is held to
+        # superiority (any value but exactly "superiority" counted as non-inferiority: a review).
+        mode = COMPARISONS[1] if evidence.get("comparison") == COMPARISONS[1] else COMPARISONS[0]
         bar = policy.auc_margin if mode == "superiority" else -policy.auc_margin
         if d_low is None or diff is None or d_high is None:
             failed.append("the champion could not be re-scored on the locked set, so there is no paired comparison")

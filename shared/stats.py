@@ -25,7 +25,10 @@ Z95 = float(norm.ppf(0.975))
 
 
 def _midrank(x: np.ndarray) -> np.ndarray:
-    """Ranks 1..n with ties given their mean rank."""
+    """Ranks 1..n with ties given their mean rank (a NaN is refused: it equals nothing, not even itself, and the
+    tie walk below never ended on one; found by a review)."""
+    if np.isnan(x).any():
+        raise ValueError("scores contain NaN")
     order = np.argsort(x, kind="mergesort")
     xs = x[order]
     n = len(x)
@@ -114,7 +117,8 @@ def delong_paired(y_true: Any, score_a: Any, score_b: Any) -> PairedAuc:
     var = float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
     se = math.sqrt(max(var, 0.0))
     diff = float(aucs[0] - aucs[1])
-    p = 1.0 if se == 0 else float(2 * norm.sf(abs(diff) / se))
+    # With no variance the difference is certain: p is 0 when there is one (it read 1.0), 1 when there is none.
+    p = (1.0 if diff == 0 else 0.0) if se == 0 else float(2 * norm.sf(abs(diff) / se))
     y = np.asarray(y_true).astype(int)
     return PairedAuc(float(aucs[0]), float(aucs[1]), diff, diff - Z95 * se, diff + Z95 * se, se, p,
                      int((y == 1).sum()), int((y == 0).sum()))

@@ -109,6 +109,12 @@ def test_approval_policy_decision_from_the_one_document():
     # challenger worse than v2 approved on its comparison with v1).
     decision, reason = decide(p, {"promotion": better}, has_champion=True, champion_version=2, compared_with=1)
     assert decision == "pending" and "compares this model with v1, but v2 became champion" in reason
+    # Only a declared non-inferiority refresh lowers the bar; a misspelt comparison is held to superiority (any value
+    # but exactly "superiority" lowered it: a review).
+    close = {**paired, "paired": {"diff": 0.001, "low": -0.009, "high": 0.011}}
+    assert decide(p, {"promotion": {**close, "comparison": "non-inferiority"}}, has_champion=True)[0] == "approved"
+    for spelt in ("Superiority", "superiority ", "superior", "noninferiority", None):
+        assert decide(p, {"promotion": {**close, "comparison": spelt}}, has_champion=True)[0] == "pending", spelt
     low_sens = {**evidence, "operating_point": {**evidence["operating_point"], "sensitivity": 0.7}}
     decision, reason = decide(p, {"promotion": low_sens}, has_champion=False)
     assert decision == "pending" and "sensitivity 0.7000 at threshold 0.4000 < floor 0.8000" in reason

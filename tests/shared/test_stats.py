@@ -67,11 +67,26 @@ def test_pairing_narrows_the_interval_of_correlated_models() -> None:
     assert paired.se < 0.8 * independent_se
 
 
+@pytest.mark.timeout(20)  # a NaN score made the rank walk loop forever (found by a review)
 def test_errors_name_the_problem() -> None:
     with pytest.raises(ValueError, match="positives and negatives"):
         delong_paired([1, 1, 1], [0.1, 0.2, 0.3], [0.1, 0.2, 0.3])
     with pytest.raises(ValueError, match="scores for"):
         auc_ci([0, 1, 1], [0.1, 0.2])
+    with pytest.raises(ValueError, match="NaN"):
+        auc_ci([1, 1, 0, 0], [float("nan"), 0.8, 0.3, 0.2])
+    with pytest.raises(ValueError, match="NaN"):
+        delong_paired([1, 1, 0, 0], [0.9, 0.8, 0.3, 0.2], [0.9, float("nan"), 0.3, 0.2])
+
+
+def test_a_certain_difference_has_p_zero() -> None:
+    """A challenger that separates perfectly against a champion with one score for all: no variance, a difference
+    of 0.5, so p = 0 (it read 1.0, contradicting the interval; found by a review); no difference, p = 1."""
+    y = [1] * 20 + [0] * 20
+    perfect, constant = [0.9] * 20 + [0.1] * 20, [0.5] * 40
+    d = delong_paired(y, perfect, constant)
+    assert (d.diff, d.low, d.high, d.se, d.p_value) == (0.5, 0.5, 0.5, 0.0, 0.0)
+    assert delong_paired(y, constant, constant).p_value == 1.0
 
 
 def test_calibration_and_proportion_intervals() -> None:
