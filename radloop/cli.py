@@ -29,6 +29,7 @@ from radloop.ops import worklist as ops_worklist
 from radloop.ops.client import OpsError, TokenOpt, UrlOpt, fail, resolve_token, resolve_url
 from radloop.status import collect_status
 from radloop.traces import build_trace_trees, render_trace
+from shared.log_filters import setup_cli_logging
 from shared.settings import DEFAULT_PORTS, Settings
 
 app = typer.Typer(
@@ -43,6 +44,13 @@ app = typer.Typer(
 )
 console = Console()
 err = Console(stderr=True)
+
+
+@app.callback()
+def _logging() -> None:
+    # Library warnings that quote the values they read (a patient ID where a UID belongs) never reach the terminal.
+    setup_cli_logging()
+
 
 # The operator's commands live in radloop/ops/ (one module per group); this file only registers them.
 app.add_typer(ops_models.app, name="models")
@@ -232,7 +240,7 @@ def _remote_status(url: str, token_: str | None, as_json: bool) -> None:
 def token(
     role: Annotated[str, typer.Option(help="pacs | viewer | radiologist | ml | admin")] = "viewer",
     subject: Annotated[str | None, typer.Option(help="The user id in the token (default local-ROLE).")] = None,
-    ttl: Annotated[int, typer.Option(help="Lifetime in seconds.")] = 12 * 3600,
+    ttl: Annotated[int, typer.Option(min=60, max=7 * 24 * 3600, help="Lifetime in seconds (60 to 604,800).")] = 12 * 3600,
 ) -> None:
     """Mint a local development token (signed with the development key; refused outside environment=local)."""
     from shared.auth import mint_token
@@ -251,7 +259,7 @@ def token(
 @app.command()
 def traces(
     trace_id: Annotated[str | None, typer.Argument(help="Show only this trace (32 hex digits).")] = None,
-    last: Annotated[int, typer.Option(help="How many recent traces to show.")] = 5,
+    last: Annotated[int, typer.Option(min=1, max=1000, help="How many recent traces to show (1 to 1,000).")] = 5,
 ) -> None:
     """Print recent traces from the local sink (var/traces) as trees."""
     from shared.telemetry import read_local_spans

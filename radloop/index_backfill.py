@@ -2,7 +2,7 @@
 
 A deployment upgraded in place keeps the items its older code wrote, and an item without an index's key attributes
 is not in that index: whatever reads the index never sees it. Three tables have such keys (docs/reliability.md,
-"Constant cost per request"; docs/operations.md, "Upgrading an existing deployment"):
+"Constant cost per request"; docs/troubleshooting.md, "Old studies missing from searches after an upgrade"):
 
 - ``instances`` (:func:`backfill`): the QIDO-RS access paths read ``level_pk`` (studies and series, sharded),
   ``accession_key`` (studies) and ``modality_key`` (series). Without them a study is invisible to searches by

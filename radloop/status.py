@@ -48,7 +48,14 @@ def collect_status(s: Settings) -> dict[str, Any]:
             out["queues"][service] = depths
     except Exception as exc:
         out["queues_error"] = f"{type(exc).__name__}: {exc}"
-    if endpoint:
+    recorded_prefix = state.get("prefix")
+    if recorded_prefix and recorded_prefix != s.prefix:
+        # Another deployment's tables are not this one's: not "the data is gone" (what it said; found by a review).
+        out["aws_state"] = {"data_lost": None, "message": (
+            f"RADLOOP_PREFIX is {s.prefix!r} but the platform running here (var/run/state.json) uses "
+            f"{recorded_prefix!r}: set RADLOOP_PREFIX={recorded_prefix} to see it")}
+        out["prefix_mismatch"] = True
+    elif endpoint:
         # moto keeps everything in memory: a restart loses every stored image, case and message (shared.bootstrap).
         from shared.bootstrap import endpoint_state
 
@@ -58,7 +65,7 @@ def collect_status(s: Settings) -> dict[str, Any]:
             out["aws_state"]["data_lost"] = True
     lost = bool(out.get("aws_state", {}).get("data_lost"))
     out["healthy"] = (all(v["healthy"] for v in out["services"].values()) and "queues_error" not in out
-                      and not lost)
+                      and not lost and not out.get("prefix_mismatch"))
     return out
 
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import warnings
 from datetime import UTC, datetime
 from typing import Any
 
+from shared.log_filters import QuotedValueFilter, silence_quoting_warnings
 from shared.telemetry import current_ids
 
 #: Attribute names that must never reach a log record as structured fields.
@@ -29,13 +29,6 @@ class PhiFilter(logging.Filter):
             if key in PHI_FIELDS:
                 record.__dict__[key] = "[redacted]"
         return True
-
-
-class QuotedValueFilter(logging.Filter):
-    """Drops pydicom's records below ERROR: its warnings quote values from the data they read."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.name.split(".", 1)[0] == "pydicom" and record.levelno < logging.ERROR)
 
 
 class JsonFormatter(logging.Formatter):
@@ -66,7 +59,7 @@ def setup_logging(service: str, level: str = "INFO") -> None:
     """Route the root logger to stdout as JSON lines (idempotent)."""
     root = logging.getLogger()
     for h in list(root.handlers):
-        if getattr(h, "_radloop", False):
+        if getattr(h, "_radloop", False) or getattr(h, "_radloop_cli", False):  # a service's, or the CLI's
             root.removeHandler(h)
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter(service))
@@ -77,8 +70,6 @@ def setup_logging(service: str, level: str = "INFO") -> None:
     root.setLevel(level)
     for noisy in ("botocore", "aiobotocore", "urllib3", "pynetdicom", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    # pydicom's warnings quote the value they find invalid ("Invalid value for VR UI: '<what the sender put>'"), and a
-    # sender may put a patient ID or name anywhere (a review found one from a C-FIND identifier, in the log and on
-    # stderr): its errors only (pydicom sets its own logger's level when imported, so the handler filters), and no
-    # warnings module output from it.
-    warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
+    # Libraries whose warnings quote the values they read: their errors only (pydicom sets its own logger's level
+    # when imported, so the handler filters), and no warnings module output from them (shared/log_filters.py).
+    silence_quoting_warnings()

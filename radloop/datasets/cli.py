@@ -71,8 +71,11 @@ def import_dataset(
         if not listing.items:
             raise OpsError(f"no labelled image found in {path} (left out: {dict(listing.excluded) or 'none'})", 2)
         summary = Summary(fmt=fmt, candidates=len(listing.items), excluded=listing.excluded)
-        imp = Importer(resolve_url(url), resolve_token(token, role="admin"), fmt,
-                       Journal(journal or default_journal(fmt, path)), concurrency=concurrency,
+        try:
+            journal_file = Journal(journal or default_journal(fmt, path))
+        except OSError as exc:  # a directory, an unwritable place (a traceback before: a review)
+            raise OpsError(f"--journal {journal or default_journal(fmt, path)}: {exc.strerror or exc}", 2) from None
+        imp = Importer(resolve_url(url), resolve_token(token, role="admin"), fmt, journal_file, concurrency=concurrency,
                        label_wait_s=label_wait)
         try:
             with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

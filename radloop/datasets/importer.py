@@ -60,6 +60,7 @@ class Journal:
                 if isinstance(rec, dict) and isinstance(rec.get("k"), str):
                     self.done[rec["k"]] = rec
         path.parent.mkdir(parents=True, exist_ok=True)
+        path.open("a").close()  # a directory or an unwritable place fails now (OSError), not after the first image
 
     def record(self, key: str, sop: str, label: str | None) -> None:
         k = item_hash(key)

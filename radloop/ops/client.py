@@ -58,6 +58,19 @@ def local_settings() -> Settings | None:
         return None
 
 
+def settings_problem() -> str:
+    """Why the settings do not load, in a sentence per setting ("" when they do)."""
+    try:
+        Settings()  # type: ignore[call-arg]
+    except ValueError as exc:
+        errors = getattr(exc, "errors", None)
+        if callable(errors):
+            return "; ".join(f"{'.'.join(str(x) for x in e.get('loc', ())) or 'settings'}: {e.get('msg')}"
+                             for e in errors())[:600]
+        return str(exc)[:600]
+    return ""
+
+
 def local_url() -> str:
     """The local platform's entry point: the port the running ``radloop up`` recorded (``var/run/state.json``), else
     ``RADLOOP_PORT_ENTRY`` (what ``radloop up`` would take), else 8080. The commands used 8080 whatever the platform
@@ -155,11 +168,21 @@ class Api:
         raise OpsError(f"{method} {path}: {detail} ({r.status_code})", 2)
 
     def get(self, path: str, **kw: Any) -> Any:
-        return self.request("GET", path, **kw).json()
+        return self._json(self.request("GET", path, **kw), "GET", path)
 
     def post(self, path: str, body: Any = None, **kw: Any) -> Any:
         r = self.request("POST", path, json=body, **kw)
-        return r.json() if r.content else None
+        return self._json(r, "POST", path) if r.content else None
+
+    def _json(self, r: httpx.Response, method: str, path: str) -> Any:
+        """The answer's JSON; a sentence, not a traceback, when a 2xx is not JSON (a --url that is not radloop's
+        entry point; found by a review)."""
+        try:
+            return r.json()
+        except ValueError:
+            raise OpsError(f"{method} {self.base}{path} answered {r.status_code} with no JSON "
+                           f"({r.headers.get('content-type') or 'no content type'}); is --url radloop's entry point?"
+                           ) from None
 
 
 def print_json(data: Any) -> None:
@@ -203,7 +226,8 @@ def with_clients(endpoint: str | None, what: str, fn: Callable[[Any], Awaitable[
 
     s = local_settings()
     if s is None:
-        raise OpsError("the settings do not load: set RADLOOP_ENVIRONMENT (and RADLOOP_PREFIX for a deployment)", 2)
+        raise OpsError(f"the settings do not load ({settings_problem()}): set RADLOOP_ENVIRONMENT (and "
+                       "RADLOOP_PREFIX for a deployment, and in AWS the auth settings: docs/config.md)", 2)
     if not endpoint:
         try:
             from radloop.local.platform import read_state

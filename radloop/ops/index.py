@@ -43,8 +43,8 @@ def backfill(
       store (which also notes each outcome's model version).
 
     Safe on live tables and safe to repeat: each write is conditional on the item being unchanged since it was read,
-    and items already up to date are not written (a second run reports 0 updated). docs/operations.md, "Upgrading
-    an existing deployment".
+    and items already up to date are not written (a second run reports 0 updated). docs/troubleshooting.md, "Old
+    studies missing from searches after an upgrade".
     """
     tables = [t.value for t in table] if table else list(index_backfill.TABLES)
     def go() -> None:

@@ -50,6 +50,20 @@ def _render_model(m: dict[str, Any]) -> None:
         t.add_row(k, _when(m.get(k)) if k == "created_at" else str(m.get(k) if m.get(k) is not None else "-"))
     for k, v in sorted((m.get("metrics") or {}).items()):
         t.add_row(f"metrics.{k}", f"{v:.4f}" if isinstance(v, float) else str(v))
+    # The lineage `show --help` promises (it was in --json only: a review)
+    lineage = m.get("lineage") or {}
+    for k in ("parent_version", "parent_auc", "manifest_sha256", "label_counts", "split_counts", "code_version",
+              "pipeline_execution", "evaluation_uri"):
+        if lineage.get(k) is not None:
+            v = lineage[k]
+            t.add_row(f"lineage.{k}", f"{v:.4f}" if isinstance(v, float) else str(v))
+    locked = lineage.get("locked_set") or {}
+    if locked:
+        t.add_row("lineage.locked_set", f"v{locked.get('version')}: {locked.get('positives')} positives, "
+                                        f"{locked.get('negatives')} negatives")
+    for h in (m.get("history") or [])[-5:]:
+        if isinstance(h, dict):
+            t.add_row("history", " ".join(str(h.get(k)) for k in ("at", "action", "by", "reason") if h.get(k)))
     console.print(t)
 
 
@@ -61,7 +75,8 @@ def list_(url: UrlOpt = None, token: TokenOpt = None, as_json: JsonOpt = False) 
 
 @app.command()
 def show(version: VersionArg, url: UrlOpt = None, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
-    """One version: metrics, lineage, decision, and its SageMaker model package."""
+    """One version: metrics, lineage (parent, data, locked set), decision and its history, and its SageMaker model
+    package ARN."""
     show_get(url, token, f"/registry/models/{version}", as_json, _render_model)
 
 

@@ -13,7 +13,16 @@ from radloop.ops.client import Api, JsonOpt, OpsError, TokenOpt, UrlOpt, console
 
 app = typer.Typer(help="Training pipeline runs: list, show, trigger, logs.", no_args_is_help=True)
 
-RunArg = Annotated[str, typer.Argument(help="The run id (run-YYYYMMDD-HHMMSS-xxxxxx, see `radloop runs list`).")]
+def _run_id(value: str) -> str:
+    """A run id as the orchestrator names runs: letters, digits, ``-`` and ``_`` (a path in it reached another route:
+    `runs show ../../registry/models/1` printed a model; found by a review)."""
+    if not value or len(value) > 128 or not all(c.isascii() and (c.isalnum() or c in "-_") for c in value):
+        raise typer.BadParameter(f"{value[:40]!r} is not a run id (letters, digits, - and _; see `radloop runs list`)")
+    return value
+
+
+RunArg = Annotated[str, typer.Argument(help="The run id (run-YYYYMMDD-HHMMSS-xxxxxx, see `radloop runs list`).",
+                                       callback=_run_id)]
 #: A run is over in these states; `logs --follow` stops there.
 TERMINAL = frozenset({"Succeeded", "Failed", "Stopped"})  # the orchestrator's terminal states
 
@@ -99,7 +108,8 @@ def logs(
     run_id: RunArg,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines until the run ends.")] = False,
     timeout: Annotated[float, typer.Option(help="With --follow: give up after this many seconds (exit 1).")] = 600.0,
-    interval: Annotated[float, typer.Option(help="With --follow: seconds between polls.")] = 2.0,
+    interval: Annotated[float, typer.Option(min=0.5, max=300.0,
+                                            help="With --follow: seconds between polls (0.5 to 300).")] = 2.0,
     url: UrlOpt = None, token: TokenOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """Each step's log tail (the orchestrator keeps the last lines of each step); --follow polls until the run ends."""

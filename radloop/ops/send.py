@@ -147,12 +147,13 @@ def send_dimse(host: str, port: int, called_ae: str, calling_ae: str, files: lis
 
 def send_s3(endpoint: str | None, files: list[Path], step: Callable[[dict[str, Any]], None]) -> None:
     """PUT every file under ``imports/`` of the ingestion bucket (the drop folder ingestion watches)."""
-    from radloop.ops.client import local_settings
+    from radloop.ops.client import local_settings, settings_problem
     from shared.aws import boto3_client
 
     s = local_settings()
     if s is None:
-        raise OpsError("--via s3 needs the deployment's settings: set RADLOOP_ENVIRONMENT and RADLOOP_PREFIX", 2)
+        raise OpsError(f"--via s3 needs the deployment's settings ({settings_problem()}): set RADLOOP_ENVIRONMENT and "
+                       "RADLOOP_PREFIX", 2)
     endpoint = endpoint or s.aws_endpoint_url or _local_endpoint(s)
     if not endpoint and not (os.environ.get("AWS_ACCESS_KEY_ID") or os.environ.get("AWS_PROFILE")):
         raise OpsError("--via s3: no embedded endpoint found (is `radloop up` running?) and no AWS credentials "
@@ -188,7 +189,8 @@ def _dimse_port(port: int | None) -> int:
 def send(
     paths: Annotated[list[Path], typer.Argument(help="DICOM files, or directories to walk.", show_default=False)],
     via: Annotated[str, typer.Option(help="stow (DICOMweb STOW-RS), dimse (C-STORE) or s3 (the drop folder).")] = "stow",
-    dimse_port: Annotated[int | None, typer.Option(help="DIMSE port (default RADLOOP_PORT_DIMSE or 11112).")] = None,
+    dimse_port: Annotated[int | None, typer.Option(min=1, max=65535,
+                                                   help="DIMSE port (default RADLOOP_PORT_DIMSE or 11112).")] = None,
     called_ae: Annotated[str, typer.Option(help="The SCP's AE title (RADLOOP_DIMSE_AE_TITLE).")] = "RADLOOP",
     calling_ae: Annotated[str, typer.Option(help="This sender's AE title.")] = "RADLOOP-CLI",
     aws_endpoint: Annotated[str | None, typer.Option(help="With --via s3: the AWS endpoint (default: the embedded one).")] = None,
