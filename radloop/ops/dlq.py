@@ -38,7 +38,11 @@ def list_(queue: QueueOpt = None, url: EndpointOpt = None, as_json: JsonOpt = Fa
 @app.command()
 def show(queue: QueueOpt = None, limit: Annotated[int, typer.Option(min=1, max=ops_dlq.MAX_MESSAGES)] = 50,
          url: EndpointOpt = None, as_json: JsonOpt = False) -> None:
-    """The messages in the DLQ(s) with their event type and dead-letter reason; nothing is removed."""
+    """The messages in the DLQ(s) with their event type and dead-letter reason; nothing is removed.
+
+    SQS has no way to look without receiving: each `show` receives the messages and makes them visible again at
+    once, so a message's "receives" count grows by one per `show` (the first receives, before it was dead-lettered,
+    are the ones that failed)."""
     def go() -> None:
         msgs = with_clients(url, "SQS", lambda c: ops_dlq.show(c, queue, limit))
         rows = [m.summary() for m in msgs]
