@@ -76,7 +76,10 @@ def test_local_config_binds_loopback_writes_only_under_its_run_dir_and_streams(t
     paths = re.findall(r"^\s*(?:pid|\w+_temp_path) (\S+);", conf, re.M)
     assert len(paths) == 6 and all(Path(p).is_relative_to((tmp_path / "run").resolve()) for p in paths), paths
     assert "daemon off;" in conf  # the process the platform started is nginx's master: stopped by its PID
-    assert "error_log stderr" in conf and "access_log off;" in conf  # no log file outside var/, no request lines
+    # No log file outside var/, and no request line in any log: error-level lines quote it (so crit and above only),
+    # and failed requests are logged by method, path and status (docs/security.md).
+    assert "error_log stderr crit;" in conf and "access_log /dev/stderr phi_free if=$failed;" in conf
+    assert not re.search(r"\$(request|request_uri|args|query_string)\b", conf)
     for directive in ("proxy_request_buffering off;", "proxy_buffering off;", "client_max_body_size 0;",
                       "proxy_http_version 1.1;", 'proxy_set_header Connection "";'):
         assert directive in conf and directive in render_compose(), directive
