@@ -11,7 +11,7 @@ import logging
 import time
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from botocore.exceptions import ClientError
@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 #: How long a backlog claim keeps other tasks off an image: far longer than scoring one takes, short enough that an
 #: image whose task died is picked up by the next backlog run.
 BACKLOG_CLAIM_S = 300.0
+#: Seconds before another backlog or re-scoring pass after one that failed (an image it could not score or publish).
+BACKLOG_RETRY_S = 60.0
 #: At most this many re-scoring passes follow one another (a champion approved while a pass ran asks for another).
 RESCORE_ROUNDS = 5
 
@@ -74,6 +76,8 @@ class Triage:
                                     max_batch=settings.triage_max_batch)
         self.scored = 0
         self._backlog_task: asyncio.Task[int] | None = None
+        #: the later passes scheduled after failures or foreign claims (one timer of each kind at most)
+        self._retries: dict[str, asyncio.TimerHandle] = {}
         self._rescore_task: asyncio.Task[int] | None = None
         #: set when a pass should follow the running one (the champion changed while it ran)
         self._rescore_again = False
@@ -160,7 +164,8 @@ class Triage:
 
     # -- scoring -----------------------------------------------------------------------------------------------------
     async def _score(self, model: LoadedModel, base: dict[str, Any], arrived: str,
-                     modality: str | None = None, replaces: str | None = None) -> dict[str, Any]:
+                     modality: str | None = None, replaces: str | None = None,
+                     pending: Literal["backlog", "rescore"] | None = None) -> dict[str, Any]:
         """Score an applicable instance with ``model`` (the batcher may use a newer champion); record it. With the
         ``modality`` of a new arrival (not a backlog or re-scoring pass, which would count an image twice), the image
         and its score join the drift windows. ``replaces``: a re-score's earlier score (its event id)."""
@@ -170,7 +175,7 @@ class Triage:
             pre = await asyncio.to_thread(model_input, frame, model.input_size)
         except ValueError as exc:  # undecodable: it can never succeed, so say so instead of retrying forever
             return await self._record(InstanceScored(status="unscored", reason=str(exc)[:500], **base), arrived,
-                                      replaces)
+                                      replaces, pending)
         started = time.perf_counter()
         result = await self.batcher.submit(frame, pre, model.input_size)
         prob, used, x = result.probability, result.model, result.input
@@ -189,7 +194,7 @@ class Triage:
                                                                          "error": str(exc)[:300]})
         out = await self._record(InstanceScored(
             status="scored", probability=round(prob, 6), threshold=used.threshold, priority=priority,
-            model_version=used.version, heatmap_key=heatmap, **base), arrived, replaces)
+            model_version=used.version, heatmap_key=heatmap, **base), arrived, replaces, pending)
         champion = self.holder.current
         if champion is not None and champion.version != used.version:
             self.schedule_rescore()  # a swap overtook this score: the new champion's pass must not miss it
@@ -243,16 +248,21 @@ class Triage:
                                                  "psi": f.psi, "model_version": model.version})
         return check
 
-    async def _record(self, scored: InstanceScored, arrived: str | None = None,
-                      replaces: str | None = None) -> dict[str, Any]:
+    async def _record(self, scored: InstanceScored, arrived: str | None = None, replaces: str | None = None,
+                      pending: Literal["backlog", "rescore"] | None = None) -> dict[str, Any]:
         """Write the score durably, then publish it (a crash between the two re-runs the handler: same result).
 
         The event id is derived from what was decided, so a re-run after a crash that followed the publish (the
         consumer had not completed its idempotency record) republishes the *same* event, which consumers skip, instead
-        of a second ``InstanceScored`` (found by the chaos run, docs/reliability.md)."""
+        of a second ``InstanceScored`` (found by the chaos run, docs/reliability.md).
+
+        ``pending``: a backlog or re-scoring pass, which no queue message re-runs: the record stays where the pass
+        finds it until the event is out (:meth:`Scores.put`), so a kill, a stop or a failed publish between the two
+        is redone by the next pass instead of losing the event (found by a review)."""
         scored = scored.model_copy(update={"event_id": scored_event_id(scored, replaces)})
         arrived_at = arrived or datetime.now(UTC).isoformat(timespec="milliseconds")
-        unread = await self.scores.put(scored, awaiting_model=scored.reason == AWAITING_MODEL, arrived_at=arrived_at)
+        unread = await self.scores.put(scored, awaiting_model=scored.reason == AWAITING_MODEL, arrived_at=arrived_at,
+                                       pending=pending)
         if replaces and not unread:
             # A re-score that finished after the image was read: kept in the record, not published. The read's score
             # stays the one the radiologist saw, and live performance keeps counting the read under that model.
@@ -260,6 +270,8 @@ class Triage:
             return {"status": scored.status, "model_version": scored.model_version, "probability": scored.probability,
                     "published": False}
         await self.publisher.publish(scored)
+        if pending:
+            await self.scores.published(scored.sop_uid, scored.event_id)
         self.scored += 1
         log.info("instance triaged", extra={"status": scored.status, "model_version": scored.model_version,
                                             "priority": scored.priority, "sop_uid": scored.sop_uid})
@@ -310,6 +322,9 @@ class Triage:
     async def cancel_backlog(self) -> None:
         """Stop the backlog and re-scoring runs in progress (shutdown); what they did not reach waits for the next
         run (a restart starts both)."""
+        for handle in self._retries.values():
+            handle.cancel()
+        self._retries.clear()
         for task in (self._backlog_task, self._rescore_task):
             if task is not None and not task.done():
                 task.cancel()
@@ -342,7 +357,8 @@ class Triage:
                     if not await self.scores.claim(base["sop_uid"], self.claim_owner, BACKLOG_CLAIM_S):
                         return None  # scored already, or another task is scoring it
                     try:
-                        await self._score(model, base, str(item.get("arrived_at") or item.get("scored_at") or ""))
+                        await self._score(model, base, str(item.get("arrived_at") or item.get("scored_at") or ""),
+                                          pending="backlog")
                         return True
                     except Exception:
                         log.exception("backlog scoring failed; the image stays in the backlog",
@@ -354,10 +370,25 @@ class Triage:
             done = sum(1 for r in results if r)
             total += done
             if any(r is False for r in results) or done == 0 or total >= max_items:
-                break  # failures stay for the next champion or restart (no hot retry loop); claimed elsewhere: theirs
+                # Failures, and images another task holds (it may have died), wait for a later pass: one is
+                # scheduled, after a pause or the claim's lease (nothing else started one: images stayed unscored
+                # until a new arrival or restart; found by a review). Bounded: one timer, replaced, never stacked.
+                if any(r is False for r in results):
+                    self._retry_later("backlog", BACKLOG_RETRY_S)
+                elif any(r is None for r in results):
+                    self._retry_later("backlog", BACKLOG_CLAIM_S + 5)
+                break
         if total:
             log.info("backlog scored", extra={"count": total})
         return total
+
+    def _retry_later(self, what: Literal["backlog", "rescore"], delay_s: float) -> None:
+        """One more backlog or re-scoring pass after ``delay_s`` (a pending timer of the same kind is replaced)."""
+        old = self._retries.pop(what, None)
+        if old is not None:
+            old.cancel()
+        self._retries[what] = asyncio.get_running_loop().call_later(
+            delay_s, self.schedule_backlog if what == "backlog" else self.schedule_rescore)
 
     # -- re-scoring on a new champion --------------------------------------------------------------------------------
     def schedule_rescore(self) -> None:
@@ -418,16 +449,17 @@ class Triage:
             return False
         try:
             if probability is None:
-                await self._score(model, base, arrived, replaces=replaces)
+                await self._score(model, base, arrived, replaces=replaces, pending="rescore")
             else:
                 await self._record(InstanceScored(
                     status="scored", probability=round(probability, 6), threshold=model.threshold,
                     priority=priority_for(probability, model.threshold), model_version=model.version, **base),
-                    arrived, replaces)
+                    arrived, replaces, pending="rescore")
         except Exception:
             log.exception("re-scoring failed; the image keeps its earlier score", extra={"sop_uid": sop})
             with contextlib.suppress(Exception):  # else the lease passes by itself
                 await self.scores.unclaim_rescore(sop, self.claim_owner)
+            self._retry_later("rescore", BACKLOG_RETRY_S)
             return False
         self.rescored += 1
         instrument("radloop.triage.rescored").add(1, {"model_version": str(model.version)})

@@ -15,9 +15,10 @@ new champion, so each unread image is re-scored once per champion whichever task
 
 from __future__ import annotations
 
+import contextlib
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from shared.aws import AwsClients
 from shared.ddb import collect, from_item, to_item, to_value, write_if
@@ -29,7 +30,8 @@ BACKLOG = "awaiting_model"
 #: The ``by_unread`` partition key of a scored record that nobody has read.
 UNREAD = "unread"
 #: Re-scoring's claim: the record is still unread and the claiming champion has not scored it.
-_RESCORE_CLAIMABLE = "unread_pk = :unread AND model_version <> :v"
+#: An unread record the champion has not scored, or has scored without its InstanceScored published yet.
+_RESCORE_CLAIMABLE = "unread_pk = :unread AND (model_version <> :v OR attribute_exists(publish_pending))"
 
 
 class Scores:
@@ -39,13 +41,20 @@ class Scores:
         self.clients = clients
         self.table = clients.settings.topology.table("scores")
 
-    async def put(self, scored: InstanceScored, *, awaiting_model: bool, arrived_at: str | None = None) -> bool:
+    async def put(self, scored: InstanceScored, *, awaiting_model: bool, arrived_at: str | None = None,
+                  pending: Literal["backlog", "rescore"] | None = None) -> bool:
         """Replace the instance's record; ``awaiting_model`` puts it in the backlog (a scored record leaves it), and a
         scored record of an image nobody has read joins the unread index (``arrived_at``, now when not given, is its
         order there).
 
         An image read already keeps its ``verified`` mark and stays out of both indexes (the conditional write tells,
-        consistently, without a read first). Returns False for such an image, True otherwise."""
+        consistently, without a read first). Returns False for such an image, True otherwise.
+
+        ``pending``: written by a backlog or re-scoring pass, which no queue message drives again. The record is
+        marked ``publish_pending`` and stays where its pass finds it (in the backlog, or claimable for re-scoring)
+        until :meth:`published` says its InstanceScored went out: a pass killed, stopped or failing between the two
+        wrote the score and lost the event for good (found by a review); the next pass publishes it again, under the
+        same event id."""
         record: dict[str, Any] = {
             "sop_uid": scored.sop_uid, "study_uid": scored.study_uid, "series_uid": scored.series_uid,
             "status": scored.status, "priority": scored.priority,
@@ -57,9 +66,11 @@ class Scores:
             # the id of the InstanceScored this record published: a re-score names it as the score it replaces
             "event_id": scored.event_id,
         }
-        if awaiting_model:
+        if awaiting_model or pending == "backlog":
             record["awaiting_model"] = True
             record["backlog_pk"] = BACKLOG
+        if pending:
+            record["publish_pending"] = True
         if scored.status == "scored":
             record["unread_pk"] = UNREAD
         ddb = await self.clients.dynamodb()
@@ -67,12 +78,22 @@ class Scores:
             await write_if(ddb.put_item, TableName=self.table, Item=to_item(record),
                            ConditionExpression="attribute_not_exists(verified)")
         except ConditionFailedError:  # read already: the score is kept, but it orders nothing and waits for nothing
-            for key in ("unread_pk", "awaiting_model", "backlog_pk"):
+            for key in ("unread_pk", "awaiting_model", "backlog_pk", "publish_pending"):
                 record.pop(key, None)
             record["verified"] = True
             await ddb.put_item(TableName=self.table, Item=to_item(record))
             return False
         return True
+
+    async def published(self, sop_uid: str, event_id: str) -> None:
+        """The InstanceScored of the record written with ``pending`` went out: it leaves the backlog and its pass's
+        claims (a record replaced since, with another event id, is left alone)."""
+        ddb = await self.clients.dynamodb()
+        with contextlib.suppress(ConditionFailedError):
+            await write_if(ddb.update_item, TableName=self.table, Key={"sop_uid": to_value(sop_uid)},
+                           UpdateExpression="REMOVE publish_pending, awaiting_model, backlog_pk, claim_owner, "
+                                            "claim_until, rescore_owner, rescore_until",
+                           ConditionExpression="event_id = :e", ExpressionAttributeValues={":e": to_value(event_id)})
 
     async def recorded(self, sop_uid: str) -> dict[str, Any] | None:
         """The instance's score record (strongly consistent), or None."""
@@ -99,7 +120,8 @@ class Scores:
                                KeyConditionExpression="unread_pk = :u",
                                ExpressionAttributeValues={":u": to_value(UNREAD)},
                                ScanIndexForward=False, Limit=min(max(limit, 1), 1000))
-        return [it for it in newest if it.get("model_version") is None or int(it["model_version"]) != not_version]
+        return [it for it in newest if it.get("model_version") is None or int(it["model_version"]) != not_version
+                or it.get("publish_pending")]
 
     async def backlog(self, limit: int) -> list[dict[str, Any]]:
         """Up to ``limit`` records still awaiting a model, oldest first (plain dicts), from the ``by_backlog`` index.
