@@ -119,6 +119,10 @@ class Registry:
                 await self.records.update(version, {"registered_published": False})
                 raise
         elif not (model["decision"] == "approved" and model["status"] == "pending"):
+            if model["status"] == "approved" and model.get("approved_published") is False:
+                # Approved, but the process died before ModelApproved went out (a review: triage never heard of its
+                # champion until an image arrived): the redelivery publishes it, under the same event id.
+                await self._publish_approved(model)
             log.info("model package already registered", extra={"version": version, "run_id": event.run_id})
             return version
         model = await self.get(version)
@@ -254,11 +258,25 @@ class Registry:
         action = "rolled back to" if rollback else "approved"
         history = [*model.get("history", []), {"action": action, "by": by, "reason": reason, "at": _iso(),
                                                 "previous_version": prev_version}]
-        await self.records.update(version, {"status": "approved", "history": history, "approved_at": time.time()})
-        await self.publisher.publish(ModelApproved(
-            version=version, model_package_arn=model["model_package_arn"],
-            model_artifact_uri=model.get("model_artifact_uri") or "", threshold=float(model.get("threshold", 0.5)),
-            approved_by=by, reason=reason[:1000], previous_version=prev_version, rollback=rollback,
-        ))
+        # The approval and "its event is not out yet" in one write; the event after it (a redelivery re-publishes
+        # one that a crash cut off: _publish_approved).
+        await self.records.update(version, {"status": "approved", "history": history, "approved_at": time.time(),
+                                            "approved_published": False})
+        await self._publish_approved(await self.get(version))
         log.info("champion changed", extra={"version": version, "previous": prev_version, "rollback": rollback})
         return await self.get(version)
+
+    async def _publish_approved(self, model: dict[str, Any]) -> None:
+        """Publish ``ModelApproved`` for the latest approval of ``model`` (its history's last entry), then record that
+        it went out. The event id names the approval, so a re-publication is the same event to its consumers."""
+        version = int(model["version"])
+        last = next((h for h in reversed(model.get("history") or []) if h.get("action") in ("approved",
+                                                                                              "rolled back to")), {})
+        await self.publisher.publish(ModelApproved(
+            event_id=f"approved-{version}-{model.get('approved_at')}"[:128],
+            version=version, model_package_arn=model["model_package_arn"],
+            model_artifact_uri=model.get("model_artifact_uri") or "", threshold=float(model.get("threshold", 0.5)),
+            approved_by=str(last.get("by") or "registry"), reason=str(last.get("reason") or "")[:1000],
+            previous_version=last.get("previous_version"), rollback=last.get("action") == "rolled back to",
+        ))
+        await self.records.update(version, {"approved_published": True})
