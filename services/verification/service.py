@@ -361,15 +361,15 @@ class Verification:
         for metric in ("auc", "sensitivity"):
             if metric in breached:
                 d = breached[metric]
-                if not await self.alarms.raise_once(model_version, metric, float(d["value"])):
-                    continue  # already raised for this episode
-                try:
-                    await self.publisher.publish(ModelPerformanceDegraded(
-                        model_version=model_version, metric=metric, value=float(d["value"]), floor=float(d["floor"]),
-                        sample_size=int(v["sample_size"])))
-                except Exception:
-                    await self.alarms.clear(model_version, metric)  # not raised after all: let the next check retry
-                    raise
+                episode = await self.alarms.raise_once(model_version, metric, float(d["value"]))
+                if episode is None:
+                    continue  # raised and published already in this episode (or being published elsewhere)
+                # The event id names the episode: a re-publication after a crash is the same event to its consumers.
+                await self.publisher.publish(ModelPerformanceDegraded(
+                    event_id=f"degraded-{model_version}-{metric}-{episode}"[:128],
+                    model_version=model_version, metric=metric, value=float(d["value"]), floor=float(d["floor"]),
+                    sample_size=int(v["sample_size"])))
+                await self.alarms.published(model_version, metric)
                 log.warning("model performance degraded", extra={"model_version": model_version, "metric": metric,
                                                                  "value": d["value"], "floor": d["floor"]})
                 published.append(metric)
