@@ -144,3 +144,21 @@ def test_the_same_read_again_on_a_final_case_records_and_publishes_nothing() -> 
     assert again.response["label_version"] == 1 and again.response["final_label"] == "pneumonia"
     changed = apply_read(first.case, "r1", "pneumonia", 0.6, None, now=5)  # another confidence: a new read
     assert [e.label_version for e in changed.events] == [2]
+
+
+def test_the_same_read_again_in_double_reading_records_and_publishes_nothing() -> None:
+    """Double reading: reader 1's retry of a recorded read (its Idempotency-Key record not completed: the process was
+    killed) became an amendment, and once reader 2's agreement had made the case final, a second label version and
+    a second ImageVerified (found by a review). Before and after reader 2 reads, it changes nothing now."""
+    c = case("1.8.21", mode="double")
+    first = apply_read(c, "r1", "pneumonia", 0.9, None, now=0)
+    assert first.response["status"] == "open"
+    again = apply_read(first.case, "r1", "pneumonia", 0.9, None, now=5)  # still open: reader 2 has not read
+    assert again.events == [] and again.appends == [] and again.case == first.case
+    assert again.response["read_kind"] == "repeat" and again.response["status"] == "open"
+    agreed = apply_read(first.case, "r2", "pneumonia", 0.8, None, now=10)
+    assert [e.label_version for e in agreed.events] == [1]
+    retry = apply_read(agreed.case, "r1", "pneumonia", 0.9, None, now=15)  # made final meanwhile
+    assert retry.events == [] and retry.appends == [] and retry.response["label_version"] == 1
+    changed = apply_read(agreed.case, "r1", "normal", 0.9, None, now=15)  # a real amendment still is one
+    assert changed.response["read_kind"] == "amendment" and changed.appends

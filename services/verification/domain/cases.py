@@ -188,16 +188,23 @@ def apply_read(case: dict[str, Any], reader: str, label: str, confidence: float 
                                     "may amend it")
         final = c.get("final") or {}
         if (previous is not None and previous.get("label") == label == final.get("label")
-                and previous.get("confidence") == confidence and final.get("decided_by") == reader):
+                and previous.get("confidence") == confidence):
             # The same read again (a retry whose first attempt was recorded, but whose process died before its
             # Idempotency-Key record was completed): it changes nothing, so it records nothing and publishes no
-            # second ImageVerified (found by the 2,000-image chaos run, docs/reliability.md).
+            # second ImageVerified (found by the 2,000-image chaos run, docs/reliability.md). Also when the other
+            # reader's agreement made the case final meanwhile (double reading; it became an amendment and a
+            # second label version: found by a review).
             out.response = {"case_id": c["case_id"], "read_no": previous.get("read_no"), "read_kind": "repeat",
                             "status": FINAL, "label_version": final.get("version"), "final_label": final.get("label")}
             return out
         kind = "amendment"
     elif status == ADJUDICATION:
         kind = "amendment" if reader in readers else "adjudication"
+    elif previous is not None and previous.get("label") == label and previous.get("confidence") == confidence:
+        # The same read again on a case still open (the second reader has not read): a retry, not an amendment.
+        out.response = {"case_id": c["case_id"], "read_no": previous.get("read_no"), "read_kind": "repeat",
+                        "status": status, "label_version": None, "final_label": None}
+        return out
     elif previous is not None:
         kind = "amendment"
     else:
