@@ -262,9 +262,10 @@ class Registry:
         # one that a crash cut off: _publish_approved).
         await self.records.update(version, {"status": "approved", "history": history, "approved_at": time.time(),
                                             "approved_published": False})
-        await self._publish_approved(await self.get(version))
+        approved = await self.get(version)
+        await self._publish_approved(approved)
         log.info("champion changed", extra={"version": version, "previous": prev_version, "rollback": rollback})
-        return await self.get(version)
+        return {**approved, "approved_published": True}  # what _publish_approved wrote: no second read
 
     async def _publish_approved(self, model: dict[str, Any]) -> None:
         """Publish ``ModelApproved`` for the latest approval of ``model`` (its history's last entry), then record that

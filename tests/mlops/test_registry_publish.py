@@ -7,8 +7,6 @@ for ModelApproved the first time (as EventBridge answering 500, or a kill betwee
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from services.registry.service import Registry
@@ -18,25 +16,16 @@ from shared.aws import AwsClients
 from shared.bootstrap import bootstrap_topology
 from shared.publisher import EventPublisher
 from tests.mlops.test_registry import produce_run
+from tests.support.aws import FailingPublisher
 from tests.support.triage_verification_procs import capture_queue, captured
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
-class Outage:
-    def __init__(self, real: EventPublisher) -> None:
-        self.real, self.down = real, True
-
-    async def publish(self, event: Any) -> Any:
-        if self.down and event.name == ev.MODEL_APPROVED:
-            raise RuntimeError("EventBridge answered 500")
-        return await self.real.publish(event)
-
-
 async def test_a_lost_model_approved_is_published_by_the_redelivery(clients: AwsClients) -> None:
     await bootstrap_topology(clients)
     qname = await capture_queue(clients, [ev.MODEL_APPROVED], name="approved")
-    outage = Outage(EventPublisher(clients, "registry"))
+    outage = FailingPublisher(EventPublisher(clients, "registry"), ev.MODEL_APPROVED)
     registry = Registry(clients, outage, ApprovalPolicy.load(), resamples=100)  # type: ignore[arg-type]
     done = produce_run(clients.settings, auc=0.93, sensitivity=0.9)
     with pytest.raises(RuntimeError):

@@ -84,3 +84,16 @@ async def wait_for(predicate: Any, timeout_s: float = 20.0, interval_s: float = 
             return value
         await asyncio.sleep(interval_s)
     return value
+
+
+class FailingPublisher:
+    """An :class:`~shared.publisher.EventPublisher` that fails ``event_name`` while ``down`` (as EventBridge answering
+    500, or a process killed before the event went out); every other event, and all once ``down`` is False, go out."""
+
+    def __init__(self, real: Any, event_name: str) -> None:
+        self.real, self.event_name, self.down = real, event_name, True
+
+    async def publish(self, event: Any) -> Any:
+        if self.down and event.name == self.event_name:
+            raise RuntimeError("EventBridge answered 500")
+        return await self.real.publish(event)

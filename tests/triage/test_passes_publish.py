@@ -8,8 +8,6 @@ publisher fails on purpose for the first pass (as EventBridge answering 500)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from services.triage.service import BACKLOG_RETRY_S, Triage
@@ -18,22 +16,11 @@ from shared import event_names as ev
 from shared.aws import AwsClients
 from shared.bootstrap import bootstrap_topology
 from shared.publisher import EventPublisher
+from tests.support.aws import FailingPublisher
 from tests.support.triage_data import make_case, trained_model_tar
 from tests.support.triage_verification_procs import capture_queue, captured, install_champion, store_instance
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
-
-
-class Outage:
-    """The publisher, failing InstanceScored while ``down``."""
-
-    def __init__(self, real: EventPublisher) -> None:
-        self.real, self.down = real, True
-
-    async def publish(self, event: Any) -> Any:
-        if self.down and event.name == ev.INSTANCE_SCORED:
-            raise RuntimeError("EventBridge answered 500")
-        return await self.real.publish(event)
 
 
 async def test_a_pass_whose_publish_fails_publishes_on_the_next_pass(clients: AwsClients) -> None:
@@ -56,7 +43,7 @@ async def test_a_pass_whose_publish_fails_publishes_on_the_next_pass(clients: Aw
         await captured(clients, qname, wait_s=2.0)  # the three "awaiting model" events
         await install_champion(clients, model, 1, 0.5)
         await triage.holder.ensure_loaded()
-        outage = Outage(real)
+        outage = FailingPublisher(real, ev.INSTANCE_SCORED)
         triage.publisher = outage  # type: ignore[assignment]
         assert await triage.rescore_backlog() == 0
         for sop in sops:  # scored, but still in the backlog with its event pending
