@@ -7,11 +7,14 @@ The decision itself is :func:`services.registry.domain.policy.decide` with the o
 
 No duplicate registrations: the version number is the package's ``ModelPackageVersion`` in the group (the system of
 record numbers them), the ``models`` item is written only if absent, and ``ModelRegistered`` is published by whoever
-flips ``registered_published`` from false to true, so a duplicated or re-published ``TrainingCompleted`` (even two
+claims the publishing while ``registered_published`` is false, so a duplicated or re-published ``TrainingCompleted`` (even two
 deliveries at once) registers and announces a version once::
 
-    delivery 1: describe(arn) -> N -> PUT models[N] IF absent ──ok──> SET published IF false ──ok──> publish
-    delivery 2: describe(arn) -> N -> models[N] exists ────────────> SET published IF false ──condition false
+    delivery 1: describe(arn) -> N -> PUT models[N] IF absent ──ok──> claim IF unpublished ──ok──> publish -> SET published
+    delivery 2: describe(arn) -> N -> models[N] exists ────────────> claim IF unpublished ──condition false
+
+A claim is a lease (:data:`PUBLISH_LEASE_S`): a delivery killed between its claim and ``SET published`` is followed
+by one that publishes the same event id once the lease has passed.
 """
 
 from __future__ import annotations
@@ -42,6 +45,10 @@ from shared.metrics import instrument
 from shared.publisher import EventPublisher
 
 log = logging.getLogger(__name__)
+
+#: Seconds a delivery has to publish ``ModelRegistered`` after claiming it before another delivery may (one that was
+#: killed meanwhile comes back after the registry queue's visibility timeout, which is longer: tested).
+PUBLISH_LEASE_S = 30.0
 
 
 def _iso() -> str:
@@ -107,7 +114,8 @@ class Registry:
             model = await self.get(version)
         except UnknownVersionError:
             model = await self._record(version, event, package)
-        if await self.records.claim_flag(version, "registered_published"):
+        if await self.records.claim_publish(version, "registered_published", now=time.time(),
+                                            lease_s=PUBLISH_LEASE_S):
             try:
                 await self.publisher.publish(ModelRegistered(
                     event_id=f"registered-{version}-{event.run_id}"[:128], version=version,
@@ -116,8 +124,9 @@ class Registry:
                     reason=model["decision_reason"],
                 ))
             except BaseException:
-                await self.records.update(version, {"registered_published": False})
+                await self.records.release_publish(version, "registered_published")
                 raise
+            await self.records.update(version, {"registered_published": True})
         elif not (model["decision"] == "approved" and model["status"] == "pending"):
             if model["status"] == "approved" and model.get("approved_published") is False:
                 # Approved, but the process died before ModelApproved went out (a review: triage never heard of its

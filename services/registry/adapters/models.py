@@ -62,18 +62,32 @@ class ModelRecords:
             return False
         return True
 
-    async def claim_flag(self, version: int, flag: str) -> bool:
-        """Flip ``flag`` from false to true; True for exactly one caller (concurrent duplicates publish once)."""
+    async def claim_publish(self, version: int, flag: str, *, now: float, lease_s: float) -> bool:
+        """Claim the publishing of the event that ``flag`` records; True for one caller at a time.
+
+        A claim holds for ``lease_s`` (``<flag>_attempt_at``). The holder sets ``flag`` once the event went out
+        (:meth:`update`) or drops its claim when publishing failed (:meth:`release_publish`). A holder killed between
+        the two leaves ``flag`` false: a later delivery claims it again once the lease has passed and publishes under
+        the same event id (found by a review: ``ModelRegistered`` was flagged as published and never sent)."""
         ddb = await self.clients.dynamodb()
         try:
             await write_if(
                 ddb.update_item, TableName=self.models_table, Key={"version": {"N": str(version)}},
-                UpdateExpression="SET #f = :t", ConditionExpression="#f = :f", ExpressionAttributeNames={"#f": flag},
-                ExpressionAttributeValues={":t": {"BOOL": True}, ":f": {"BOOL": False}},
+                UpdateExpression="SET #a = :now",
+                ConditionExpression="#f = :f AND (attribute_not_exists(#a) OR #a < :stale)",
+                ExpressionAttributeNames={"#f": flag, "#a": f"{flag}_attempt_at"},
+                ExpressionAttributeValues={":f": {"BOOL": False}, ":now": to_value(now),
+                                           ":stale": to_value(now - lease_s)},
             )
         except ConditionFailedError:
             return False
         return True
+
+    async def release_publish(self, version: int, flag: str) -> None:
+        """Drop a claim of :meth:`claim_publish` whose event did not go out, so the next delivery may publish."""
+        ddb = await self.clients.dynamodb()
+        await ddb.update_item(TableName=self.models_table, Key={"version": {"N": str(version)}},
+                              UpdateExpression="REMOVE #a", ExpressionAttributeNames={"#a": f"{flag}_attempt_at"})
 
     async def update(self, version: int, fields: dict[str, Any]) -> None:
         """Set ``fields`` on a version's record."""
