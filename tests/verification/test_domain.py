@@ -162,3 +162,19 @@ def test_the_same_read_again_in_double_reading_records_and_publishes_nothing() -
     assert retry.events == [] and retry.appends == [] and retry.response["label_version"] == 1
     changed = apply_read(agreed.case, "r1", "normal", 0.9, None, now=15)  # a real amendment still is one
     assert changed.response["read_kind"] == "amendment" and changed.appends
+
+
+def test_the_same_read_again_while_the_case_waits_for_its_adjudicator_changes_nothing() -> None:
+    """Double reading: the readers disagreed, and reader 1's retry of their recorded read (a kill left its
+    Idempotency-Key record incomplete) was recorded as an amendment row in the case's history (session 22)."""
+    c = case("1.8.22", mode="double")
+    first = apply_read(c, "r1", "pneumonia", 0.9, None, now=0)
+    disagreed = apply_read(first.case, "r2", "normal", 0.8, None, now=10)
+    assert disagreed.case["status"] == "adjudication"
+    retry = apply_read(disagreed.case, "r1", "pneumonia", 0.9, None, now=15)
+    assert retry.events == [] and retry.appends == [] and retry.case == disagreed.case
+    assert retry.response["read_kind"] == "repeat" and retry.response["status"] == "adjudication"
+    changed = apply_read(disagreed.case, "r1", "normal", 0.9, None, now=15)  # a real change of mind still counts
+    assert changed.response["read_kind"] == "amendment" and changed.appends
+    decided = apply_read(disagreed.case, "r3", "pneumonia", 0.7, None, now=20)
+    assert decided.response["read_kind"] == "adjudication" and [e.label_version for e in decided.events] == [1]

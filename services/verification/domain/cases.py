@@ -198,13 +198,14 @@ def apply_read(case: dict[str, Any], reader: str, label: str, confidence: float 
                             "status": FINAL, "label_version": final.get("version"), "final_label": final.get("label")}
             return out
         kind = "amendment"
-    elif status == ADJUDICATION:
-        kind = "amendment" if reader in readers else "adjudication"
     elif previous is not None and previous.get("label") == label and previous.get("confidence") == confidence:
-        # The same read again on a case still open (the second reader has not read): a retry, not an amendment.
+        # The same read again on a case still open (the second reader has not read) or waiting for its adjudicator
+        # (the readers disagreed meanwhile): a retry, not an amendment (the latter found by a review, session 22).
         out.response = {"case_id": c["case_id"], "read_no": previous.get("read_no"), "read_kind": "repeat",
                         "status": status, "label_version": None, "final_label": None}
         return out
+    elif status == ADJUDICATION:
+        kind = "amendment" if reader in readers else "adjudication"
     elif previous is not None:
         kind = "amendment"
     else:
