@@ -9,7 +9,8 @@ until when an INPROGRESS record is live) and, when the record is not kept for ev
 
 Invariants:
 - :meth:`LeaseTable.acquire` succeeds only if the record is absent, or expired (``expiration`` passed), or
-  INPROGRESS with its lease passed (stale), and, where ``match`` is given, only if those attributes are equal too;
+  INPROGRESS with its lease passed (stale), and, where ``match_any`` is given, only if one of those attributes is
+  equal too;
 - :meth:`renew`, :meth:`complete_item` and :meth:`release` act only while ``owner`` is still the caller's token, so a
   holder whose lease was taken over can never overwrite or delete the new holder's record.
 """
@@ -41,7 +42,7 @@ def _n(t: float) -> dict[str, str]:
 
 
 class LeaseTaken(Exception):  # noqa: N818 (a control-flow signal, not a failure of the caller)
-    """Someone else holds a live lease on the record (or it is completed and not expired, or ``match`` differs)."""
+    """Someone else holds a live lease on the record (or it is completed and not expired, or ``match_any`` differs)."""
 
 
 class LeaseTable:
@@ -52,11 +53,11 @@ class LeaseTable:
         self.table = table
 
     async def acquire(self, rid: str, token: str, *, now: float, lease_until: float, expires_at: float | None = None,
-                      attrs: Mapping[str, Any] | None = None, match: Mapping[str, Any] | None = None) -> None:
+                      attrs: Mapping[str, Any] | None = None, match_any: Mapping[str, Any] | None = None) -> None:
         """Write an INPROGRESS record owned by ``token`` (see the module invariants); raise :class:`LeaseTaken`.
 
-        ``attrs`` are stored with the record (plain values); ``match`` are attributes a stale INPROGRESS record must
-        hold for the takeover (e.g. the same content hash).
+        ``attrs`` are stored with the record (plain values); ``match_any`` are attributes of which a stale INPROGRESS
+        record must hold at least one for the takeover (e.g. the same content hash, or the same dataset).
         """
         item: dict[str, Any] = {"id": {"S": rid}, "status": {"S": INPROGRESS}, "owner": {"S": token},
                                 "in_progress_expiry": _n(lease_until)}
@@ -66,10 +67,13 @@ class LeaseTable:
         names = {"#s": "status"}
         values: dict[str, Any] = {":now": _n(now), ":inprogress": {"S": INPROGRESS}}
         stale = "#s = :inprogress AND in_progress_expiry < :now"
-        for i, (k, v) in enumerate((match or {}).items()):
+        same: list[str] = []
+        for i, (k, v) in enumerate((match_any or {}).items()):
             names[f"#m{i}"] = k
             values[f":m{i}"] = to_value(v)
-            stale += f" AND #m{i} = :m{i}"
+            same.append(f"#m{i} = :m{i}")
+        if same:
+            stale += " AND (" + " OR ".join(same) + ")"
         try:
             await write_if((await self._ddb()).put_item, TableName=self.table, Item=item,
                            # A record without ``expiration`` (kept for ever) never matches "expiration < :now".

@@ -181,7 +181,8 @@ class IngestPipeline:
 
     async def _acquire(self, prep: Prepared) -> Claim:
         try:
-            return await self.claims.acquire(prep.sop_uid, prep.content_sha256, overwrite=self.settings.allow_overwrite)
+            return await self.claims.acquire(prep.sop_uid, prep.content_sha256, ident=prep.dataset_sha256,
+                                             overwrite=self.settings.allow_overwrite)
         except DicomRejection:
             raise
         except Exception as exc:

@@ -92,6 +92,8 @@ class ParsedInstance:
     columns: int
     number_of_frames: int
     expected_pixel_bytes: int
+    #: Where the data set starts in the received bytes (after the preamble and file meta).
+    dataset_offset: int = 0
 
 
 _strict_lock = threading.Lock()
@@ -218,7 +220,9 @@ def parse_safely(data: bytes, limits: ParseLimits | None = None) -> ParsedInstan
     if end != len(source):
         raise _reject(CANNOT_UNDERSTAND, f"The dataset ends at byte {end} but the object has {len(source)} bytes: "
                       "trailing bytes or a truncated element header.", "truncated")
-    return _validate(ds, ts, limits)
+    parsed = _validate(ds, ts, limits)
+    parsed.dataset_offset = meta_end
+    return parsed
 
 
 def _walk(ds: Dataset, depth: int) -> None:

@@ -130,3 +130,33 @@ def test_deidentifying_calling_ae(service, aws) -> None:
     assert any(k.endswith(".reason.json") for k in q)
     assert not [i for i in aws.items() if i.get("sop_uid") in (str(burned.SOPInstanceUID),
                                                                  remap_uid(str(burned.SOPInstanceUID), key))]
+
+
+def test_the_same_instance_over_dimse_and_then_as_a_file_over_stow_is_one_instance(service, aws, pacs_token,
+                                                                                   tmp_path) -> None:
+    """A modality sends an image over DIMSE (the receiver writes the file meta), and the same image is sent again
+    as the original file over STOW-RS, and once more as a file whose meta another tool rewrote: each is acknowledged
+    and one instance is stored (before: the STOW-RS resends were refused 0x0111, "already stored with different
+    content", because the received bytes differ in the file meta). Other pixels under the UID are still a conflict."""
+    from pydicom.uid import generate_uid
+
+    from tests.ingestion.stow_helpers import failed_items, stow
+
+    ct, ct_bytes = fresh("693_UNCR.dcm")
+    r = _run(["storescu", "-aet", "STORESCU", "-aec", "RADLOOP", "127.0.0.1", str(service.dimse_port),
+              str(_write(tmp_path, "ct.dcm", ct_bytes))])
+    assert r.returncode == 0, r.stdout + r.stderr
+    resp = stow(service.url, pacs_token, [ct_bytes])
+    assert resp.status_code == 200 and failed_items(resp) == [], resp.text
+    rewritten = pydicom.dcmread(io.BytesIO(ct_bytes))
+    rewritten.file_meta.ImplementationClassUID = generate_uid()
+    rewritten.file_meta.ImplementationVersionName = "OTHER_TOOL_1"
+    assert _bytes(rewritten) != ct_bytes
+    resp = stow(service.url, pacs_token, [_bytes(rewritten)])
+    assert resp.status_code == 200 and failed_items(resp) == [], resp.text
+    items = [i for i in aws.items() if i.get("sop_uid") == str(ct.SOPInstanceUID)]
+    assert len(items) == 1 and items[0]["source"] == "dimse"
+    other = pydicom.dcmread(io.BytesIO(ct_bytes))
+    other.PixelData = bytes(len(other.PixelData))
+    resp = stow(service.url, pacs_token, [_bytes(other)])
+    assert resp.status_code == 409 and [f["00081197"]["Value"][0] for f in failed_items(resp)] == [0x0111]

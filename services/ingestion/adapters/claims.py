@@ -1,7 +1,11 @@
 """Per-instance claims: the idempotency of ingestion, keyed by SOP Instance UID plus content hash.
 
 A claim is a lease record ``ingest#sop#{sop}`` (:mod:`shared.lease`, the protocol the idempotency store uses, on the
-same table) with no expiry, holding the content hash ``sha``::
+same table) with no expiry, holding the content hash ``sha`` of the received bytes and ``ident``, the hash of the
+data set as encoded (transfer syntax and the bytes after the file meta). The same data set arriving with another
+file meta (over DIMSE, where the receiver writes the meta, and then as the sender's file over STOW-RS; or a file
+whose meta another tool rewrote) is the same content: "same sha" below means the same ``sha`` or the same ``ident``
+(claims written before ``ident`` existed compare by ``sha`` alone)::
 
     sender A: acquire INPROGRESS(sop, sha) ──ok──> store, index, publish ──> COMPLETED
     sender B (same sop, same sha): claim taken -> COMPLETED: acknowledged as a duplicate (no copy, no event)
@@ -47,26 +51,30 @@ class ClaimStore:
     def _id(sop: str) -> str:
         return f"ingest#sop#{sop}"
 
-    async def acquire(self, sop: str, sha: str, *, overwrite: bool = False) -> Claim:
-        """Own the claim for (sop, sha), or learn it is a completed duplicate; raise 0x0111 on a conflict."""
+    async def acquire(self, sop: str, sha: str, *, ident: str | None = None, overwrite: bool = False) -> Claim:
+        """Own the claim for (sop, sha), or learn it is a completed duplicate; raise 0x0111 on a conflict.
+
+        ``ident`` is the data set's own hash (see the module docstring); a claim holding it is the same content
+        whatever its ``sha``."""
         rid = self._id(sop)
         token = new_token()
         deadline = time.monotonic() + self.wait_s
         delay = 0.02
+        attrs = {"sha": sha, **({"ident": ident} if ident else {})}
         while True:
             now = time.time()
             try:
                 # A stale claim is taken over only for the same content: other content is a conflict, not a retry.
-                await self.leases.acquire(rid, token, now=now, lease_until=now + self.lease_s, attrs={"sha": sha},
-                                          match={"sha": sha})
+                await self.leases.acquire(rid, token, now=now, lease_until=now + self.lease_s, attrs=attrs,
+                                          match_any=attrs)
                 return Claim("owner", token)
             except LeaseTaken:
                 pass
             item = await self.leases.get(rid)
             if item is not None:
                 status, other = item.get("status"), str(item.get("sha", ""))
-                if other != sha:
-                    if overwrite and status == COMPLETED and await self._take_over(rid, sha, other, token):
+                if other != sha and not (ident and item.get("ident") == ident):
+                    if overwrite and status == COMPLETED and await self._take_over(rid, attrs, other, token):
                         return Claim("owner", token, replacing=True)
                     if not overwrite or status == COMPLETED:
                         raise DicomRejection(
@@ -83,11 +91,11 @@ class ClaimStore:
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, 0.5)
 
-    async def _take_over(self, rid: str, sha: str, old_sha: str, token: str) -> bool:
+    async def _take_over(self, rid: str, attrs: dict[str, str], old_sha: str, token: str) -> bool:
         # Overwrite (configured): replace a completed claim of other content, only if it is still that one.
         return await self.leases.take_over(rid, token, lease_until=time.time() + self.lease_s,
                                            condition="#s = :done AND sha = :old", names={"#s": "status"},
-                                           values={":done": COMPLETED, ":old": old_sha}, attrs={"sha": sha})
+                                           values={":done": COMPLETED, ":old": old_sha}, attrs=attrs)
 
     def complete_item(self, sop: str, claim: Claim) -> dict[str, Any]:
         """The claim completion as an ``Update`` for a transaction (only if the claim is still ours)."""

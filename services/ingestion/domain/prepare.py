@@ -46,6 +46,9 @@ class Prepared:
     sop_class_uid: str
     modality: str
     content_sha256: str
+    #: The data set's own identity: SHA-256 of its transfer syntax and the bytes after the file meta, equal for the
+    #: same data set received with another file meta (over DIMSE, then as a file over STOW-RS).
+    dataset_sha256: str
     #: The bytes to store when they differ from the received ones (de-identified); empty means "as received", so
     #: the received object does not travel back from the worker process.
     stored_bytes: bytes
@@ -91,11 +94,19 @@ def _bytes_of(ds: Dataset) -> bytes:
     return buf.getvalue()
 
 
+def dataset_identity(data: bytes, transfer_syntax: str, offset: int) -> str:
+    """SHA-256 of the transfer syntax UID and the data set's bytes as received (everything after the file meta)."""
+    h = hashlib.sha256(str(transfer_syntax).encode() + b"\0")
+    h.update(memoryview(data)[offset:])
+    return h.hexdigest()
+
+
 def prepare(data: bytes, opts: PrepareOptions) -> Prepared:
     """Run the CPU-bound steps on one received object (see the module docstring)."""
     sha = hashlib.sha256(data).hexdigest()
     parsed = parse_safely(data, opts.limits)
     ds = parsed.dataset
+    ident = dataset_identity(data, parsed.transfer_syntax, parsed.dataset_offset)
     ref = {"sop_uid": parsed.sop_uid, "sop_class_uid": parsed.sop_class_uid, "study_uid": parsed.study_uid}
     if opts.expected_study and parsed.study_uid != opts.expected_study:
         raise DicomRejection(DATASET_MISMATCH, f"The instance belongs to study {parsed.study_uid}, not to study "
@@ -121,7 +132,7 @@ def prepare(data: bytes, opts: PrepareOptions) -> Prepared:
     if quarantine is not None:
         return Prepared(study_uid=parsed.study_uid, series_uid=parsed.series_uid, sop_uid=parsed.sop_uid,
                         sop_class_uid=parsed.sop_class_uid, modality=parsed.modality, content_sha256=sha,
-                        stored_bytes=b"", frames=[], dicom_json="{}", record=IndexRecord(
+                        dataset_sha256=ident, stored_bytes=b"", frames=[], dicom_json="{}", record=IndexRecord(
                             parsed.study_uid, parsed.series_uid, parsed.sop_uid, parsed.modality, ""),
                         quarantine_reason=quarantine)
     if parsed.number_of_frames == 0:  # a structured report (shared.dicom.sop_classes): nothing to transcode
@@ -134,7 +145,7 @@ def prepare(data: bytes, opts: PrepareOptions) -> Prepared:
     study_date = _s(ds, "StudyDate")
     prep = Prepared(
         study_uid=parsed.study_uid, series_uid=parsed.series_uid, sop_uid=parsed.sop_uid,
-        sop_class_uid=parsed.sop_class_uid, modality=parsed.modality, content_sha256=sha,
+        sop_class_uid=parsed.sop_class_uid, modality=parsed.modality, content_sha256=sha, dataset_sha256=ident,
         stored_bytes=stored if deidentified else b"",
         frames=encoded.codestreams, dicom_json=meta_text, record=IndexRecord(
             parsed.study_uid, parsed.series_uid, parsed.sop_uid, parsed.modality, patient_id),
