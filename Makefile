@@ -58,7 +58,7 @@ demo: setup ## run the whole triage-and-learning loop on generated data and writ
 
 # The tiers (unit, integration, e2e) are markers set by tests/conftest.py; docs/testing.md says which test gets which.
 test: setup lint-imports ## the architecture contracts, then every test tier (unit, integration, e2e)
-	$(BIN)/pytest -q -p no:cacheprovider
+	$(BIN)/pytest -q -p no:cacheprovider --durations=25
 
 test-cost: setup ## issue 16 §5's bar at 1,000 vs 10,000 stored items (make test runs 1,000 vs 3,000)
 	RADLOOP_COST_SIZES=1000,10000 $(BIN)/pytest -q -p no:cacheprovider -s tests/reliability/test_constant_cost.py
