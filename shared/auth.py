@@ -60,11 +60,12 @@ class Principal:
 
     @property
     def role(self) -> str:
-        """The most privileged role, for audit records."""
+        """The most privileged role, for audit records (a role of no token, such as ``dimse`` for a DICOM peer, is
+        written as it is; it was written as "none": found by a review)."""
         for r in reversed(ROLES):
             if r in self.roles:
                 return r
-        return "none"
+        return self.roles[0] if self.roles else "none"
 
     def can(self, permission: str) -> bool:
         return permission in self.permissions

@@ -13,7 +13,10 @@ looked up in ``qr_move_destinations`` (C-MOVE; an unknown AE title is refused wi
 Security, as the ingestion SCP: calling AE titles from ``qr_allowed_calling_aes``; our called AE title is required;
 at most ``qr_max_associations`` at once; optional TLS (with client certificates when a CA file is set). Every query
 and every retrieval writes one audit record (action ``dicom.find``/``dicom.get``/``dicom.move``, the calling AE as
-subject, the level and the number of matches or sub-operations; identifiers only, never the query's values).
+subject with role ``dimse``, its address, the level and the number of matches or sub-operations; for a retrieval the
+studies (UIDs) and the number of series, and for C-MOVE the destination; identifiers only, never the query's values).
+The record is durable before any match or instance is sent, or the operation fails (0xA700 / 0xA702, "audit log
+unavailable") and sends nothing.
 
 pynetdicom serves each association on its own thread; index and S3 calls run on the service's event loop.
 """
@@ -58,6 +61,10 @@ GET_STORAGE_CLASSES = (
 #: DICOM Q/R level -> shared.query level.
 LEVELS = {"STUDY": "STUDY", "SERIES": "SERIES", "IMAGE": "INSTANCE"}
 PATIENT_KEYS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex")
+#: The Error Comment (at most 64 characters) when the audit record of a query or retrieval cannot be written.
+AUDIT_UNAVAILABLE = "Audit log unavailable; no patient data returned. Retry later."
+#: Study UIDs a retrieval's audit record names at most (it always says how many studies and series there were).
+AUDIT_MAX_STUDIES = 20
 #: The unique keys of each level and above, which is all a C-GET/C-MOVE identifier needs.
 UNIQUE = {"PATIENT": ("PatientID",), "STUDY": ("PatientID", "StudyInstanceUID"),
           "SERIES": ("PatientID", "StudyInstanceUID", "SeriesInstanceUID"),
@@ -187,14 +194,21 @@ class QueryRetrieveSCP:
     def _run(self, coro: Any, timeout: float = 60.0) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=timeout)
 
-    def _audit(self, event: Any, action: str, level: str, count: int, outcome: str = "success") -> None:
+    def _audit(self, event: Any, action: str, level: str, count: int, outcome: str = "success",
+               extra: dict[str, Any] | None = None) -> bool:
+        """Write the operation's audit record; False (logged) when it could not be written. A success record must
+        be durable before any match or instance is sent: the caller then refuses (found by a review: C-FIND and
+        C-GET answered with patients' names and images while the audit table was unavailable)."""
         calling = str(event.assoc.requestor.ae_title).strip()
+        peer = f"{event.assoc.requestor.address}:{event.assoc.requestor.port}"
+        resource = {"level": level, "called_ae": self.settings.qr_ae_title, "peer": peer, **(extra or {})}
         try:
-            self._run(self.rt.audit.record(Principal(subject=f"ae:{calling}", roles=("dimse",)), action,
-                                           {"level": level, "called_ae": self.settings.qr_ae_title},
+            self._run(self.rt.audit.record(Principal(subject=f"ae:{calling}", roles=("dimse",)), action, resource,
                                            outcome=outcome, count=count))
-        except Exception:  # the answer was given; a lost audit record is logged loudly
+        except Exception:
             log.exception("audit record for a DIMSE operation failed", extra={"action": action})
+            return False
+        return True
 
     def _on_rejected(self, event: Any) -> None:
         self.stats["refused"] += 1
@@ -214,7 +228,9 @@ class QueryRetrieveSCP:
             self._audit(event, "dicom.find", "?", 0, outcome="error")
             yield _failure(0xC001, "The index could not be searched."), None
             return
-        self._audit(event, "dicom.find", level, len(found))
+        if not self._audit(event, "dicom.find", level, len(found)):
+            yield _failure(0xA700, AUDIT_UNAVAILABLE), None
+            return
         for ds in found:
             if event.is_cancelled:
                 yield 0xFE00, None
@@ -294,7 +310,10 @@ class QueryRetrieveSCP:
             yield _failure(exc.status, str(exc)), None
             return
         level = str(event.identifier.QueryRetrieveLevel)
-        self._audit(event, "dicom.get", level, len(items))
+        if not self._audit(event, "dicom.get", level, len(items), extra=_retrieved(items)):
+            yield 1
+            yield _failure(0xA702, AUDIT_UNAVAILABLE), None
+            return
         yield len(items)
         yield from self._sub_operations(event, items)
 
@@ -323,10 +342,23 @@ class QueryRetrieveSCP:
         if dest.tls:
             kwargs["tls_args"] = (dicom_tls.client_context(), dest.host)
         level = str(event.identifier.QueryRetrieveLevel)
-        self._audit(event, "dicom.move", level, len(items))
+        where = {"destination_ae": dest_ae, "destination": f"{dest.host}:{dest.port}"}
+        if not self._audit(event, "dicom.move", level, len(items), extra={**_retrieved(items), **where}):
+            yield dest.host, dest.port, {"contexts": [build_context(sc.Verification)]}
+            yield 1
+            yield _failure(0xA702, AUDIT_UNAVAILABLE), None
+            return
         yield dest.host, dest.port, kwargs
         yield len(items)
         yield from self._sub_operations(event, items)
+
+
+def _retrieved(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """What a retrieval's audit record names: its studies (at most :data:`AUDIT_MAX_STUDIES` UIDs) and how many
+    series; identifiers only."""
+    studies = sorted({str(it.get("study_uid", "")) for it in items})
+    series = {(str(it.get("study_uid", "")), str(it.get("series_uid", ""))) for it in items}
+    return {"study_uids": " ".join(studies[:AUDIT_MAX_STUDIES]), "studies": len(studies), "series": len(series)}
 
 
 def _failure(status: int, comment: str) -> Dataset:
