@@ -183,7 +183,11 @@ class IngestPipeline:
         try:
             return await self.claims.acquire(prep.sop_uid, prep.content_sha256, ident=prep.dataset_sha256,
                                              overwrite=self.settings.allow_overwrite)
-        except DicomRejection:
+        except DicomRejection as rej:
+            # The claim knows only the SOP Instance UID; the STOW-RS failure item also names the class (PS3.18
+            # Table 10.5.3-2; it was missing on a conflict: found by a review, session 22).
+            rej.sop_class_uid = rej.sop_class_uid or prep.sop_class_uid
+            rej.study_uid = rej.study_uid or prep.study_uid
             raise
         except Exception as exc:
             raise TransientFailure(OUT_OF_RESOURCES, f"The instance could not be stored durably ({type(exc).__name__}); "
@@ -215,7 +219,8 @@ class IngestPipeline:
             except IndexConflictError as exc:
                 raise DicomRejection(DUPLICATE_SOP_INSTANCE, f"SOP Instance UID {prep.sop_uid} is already stored with "
                                      f"different content (sha256 {exc.existing_sha256[:16]}...).",
-                                     kind="conflicting-payload", sop_uid=prep.sop_uid) from None
+                                     kind="conflicting-payload", sop_uid=prep.sop_uid,
+                                     sop_class_uid=prep.sop_class_uid, study_uid=prep.study_uid) from None
             except Exception as exc:
                 # The claim's completion is a condition of the transaction: false when the claim was taken over.
                 if not last and is_conditional_failure(exc) and not await self.claims.holds(prep.sop_uid, claim):

@@ -78,7 +78,9 @@ MATCHABLE = {
     "INSTANCE": {"SOPClassUID", "SOPInstanceUID", "InstanceNumber", "Rows", "Columns", "NumberOfFrames",
                  "PhotometricInterpretation", "SamplesPerPixel", "BitsAllocated"},
 }
-CONTROL_KEYS = {"limit", "offset", "includefield", "fuzzymatching", "token", "access_token", "orderby"}
+#: Query parameters that control the search, not match attributes (``accept`` and ``charset``: PS3.18 §8.3.3).
+CONTROL_KEYS = {"limit", "offset", "includefield", "fuzzymatching", "token", "access_token", "orderby", "accept",
+                "charset"}
 # ASCII digits only: int() also takes "٣", "+3", " 3 " and "1_000"; at most 18 digits keeps int() cheap.
 _UINT = re.compile(r"[0-9]{1,18}")
 _INT = re.compile(r"-?[0-9]{1,18}")
@@ -173,6 +175,10 @@ class Query:
     offset: int = 0
     fuzzy: bool = False
     ignored: list[str] = field(default_factory=list)
+    #: Whether the study's UID came from the resource path (``/studies/{study}/...``). A search of all series or all
+    #: instances returns every study attribute (PS3.18 §10.6.3.3.2 and .3.3; they came only when matched or asked
+    #: for: found by a review, session 22).
+    study_in_path: bool = False
 
     def at(self, level: str) -> list[Matcher]:
         """The matchers of one level."""
@@ -309,6 +315,7 @@ def parse_query(
         q.matchers[kw] = _matcher(kw, v, q.fuzzy)
     for kw, v in (fixed or {}).items():
         q.matchers[kw] = Matcher(kw, "uids", (v,))
+    q.study_in_path = "StudyInstanceUID" in (fixed or {})
     return q
 
 
@@ -374,9 +381,11 @@ def series_result(st: Mapping[str, Any] | None, se: Mapping[str, Any], base_url:
 
 
 def _study_fields_for(out: dict[str, Any], st: Mapping[str, Any], q: Query) -> None:
-    # Lower-level results carry the study attributes that were matched on or asked for (all with includefield=all).
+    # A search of all series or all instances carries every study attribute; one under /studies/{study} only those
+    # matched on or asked for (all with includefield=all).
+    every = q.include_all or not q.study_in_path
     for a in _DEFAULT["STUDY"]:
-        if q.include_all or a.keyword in q.include or a.keyword in q.matchers:
+        if every or a.keyword in q.include or a.keyword in q.matchers:
             out[a.tag] = _element(a, st.get(a.field))
 
 

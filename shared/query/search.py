@@ -332,7 +332,8 @@ class Searcher:
         matching = [it for it in entry.instances if qido.instance_matches(q, it)]
         offset, limit = _window(q, self.max_results)
         page = matching[offset : offset + limit]
-        signature = ("qido", base_url, frozenset(q.include), frozenset(m.keyword for m in q.at("STUDY")))
+        signature = ("qido", base_url, frozenset(q.include), frozenset(m.keyword for m in q.at("STUDY")),
+                     q.study_in_path)
         memo: dict[str, str] | None = entry.extra.get(signature)
         if memo is None:
             if len(entry.extra) >= 8:  # a few query shapes per series; drop the oldest

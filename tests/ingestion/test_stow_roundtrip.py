@@ -109,3 +109,30 @@ def test_roles(service, ing_settings) -> None:
                             "Authorization": f"Bearer {mint_token(ing_settings, 'viewer')}"})
     assert r.status_code == 403
     _ = Path
+
+
+def test_stow_responses_name_the_class_of_a_conflict_and_no_study_where_nothing_was_stored(service, pacs_token) -> None:
+    """PS3.18 Table 10.5.3-2 (found by a review, session 22): a failure item for a conflicting payload names the SOP
+    Class (it named only the instance), and a response whose instances were all refused has no Retrieve URL (it named
+    the URL's study, where nothing was stored)."""
+    import io
+
+    import pydicom
+
+    from tests.ingestion.stow_helpers import failed_items, fresh, stow
+
+    ds, data = fresh("SC_rgb.dcm")
+    assert stow(service.url, pacs_token, [data]).status_code == 200
+    other = pydicom.dcmread(io.BytesIO(data))
+    other.PixelData = bytes(len(other.PixelData))
+    buf = io.BytesIO()
+    other.save_as(buf, enforce_file_format=True)
+    resp = stow(service.url, pacs_token, [buf.getvalue()])
+    assert resp.status_code == 409
+    (item,) = failed_items(resp)
+    assert item["00081197"]["Value"] == [0x0111] and item["00081150"]["Value"] == [str(ds.SOPClassUID)]
+    assert "00081190" not in resp.json()
+    wrong = stow(service.url, pacs_token, [fresh("SC_rgb.dcm")[1]], study="1.2.3.4")
+    assert wrong.status_code == 409 and "00081190" not in wrong.json()
+    right = stow(service.url, pacs_token, [fresh("SC_rgb.dcm", StudyInstanceUID="1.2.3.5")[1]], study="1.2.3.5")
+    assert right.status_code == 200 and right.json()["00081190"]["Value"][0].endswith("/studies/1.2.3.5")

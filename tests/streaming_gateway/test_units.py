@@ -29,10 +29,25 @@ def test_frame_negotiation() -> None:
         media.negotiate_frames('multipart/related; type="image/jls"', 1)
 
 
+def test_accept_review_findings() -> None:
+    """Found by a review (session 22): an invalid q-value failed the whole request with 400, where PS3.18 §8.7.7
+    ignores the invalid value; and frames asked for as HTJ2K .201 or .203 were labelled .202 or refused."""
+    assert [r.type for r in media.parse_accept("application/dicom+json, text/html;q=bogus")] == ["application/dicom+json"]
+    assert [r.type for r in media.parse_accept("text/html;q=1.5")] == ["*/*"]  # nothing valid named: anything
+    for ts in ("1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203"):
+        rep = media.negotiate_frames(f'multipart/related; type="image/jphc"; transfer-syntax={ts}', 1)
+        assert rep.encoded and rep.part_type == f"image/jphc; transfer-syntax={ts}"
+        assert media.negotiate_frames(f"image/jphc; transfer-syntax={ts}", 1).part_type.endswith(ts)
+    assert media.negotiate_frames('multipart/related; type="image/jphc"', 1).part_type.endswith(".202")
+
+
 def test_instance_negotiation() -> None:
     assert media.negotiate_instances('multipart/related; type="application/dicom"; transfer-syntax=*') == "*"
     assert media.negotiate_instances('multipart/related; type="application/dicom"') == media.EXPLICIT_VR_LE
-    assert media.negotiate_instances("*/*") == "*"
+    # */*, multipart/* or no Accept: the default media type, so the default syntax, not the stored one (a JPEG-LS
+    # original went out as JPEG-LS to a client that may have no such codec; found by a review, session 22).
+    for header in ("*/*", "multipart/*", None, 'multipart/related; type="*/*"'):
+        assert media.negotiate_instances(header) == media.EXPLICIT_VR_LE, header
     with pytest.raises(NotAcceptable):
         media.negotiate_instances('multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.50')
 

@@ -61,7 +61,9 @@ def store_response(results: list[IngestResult | DicomRejection], base: str, stud
     failed = [r for r in results if isinstance(r, DicomRejection)]
     body: dict[str, Any] = {}
     studies = {r.study_uid for r in ok}
-    the_study = study or (next(iter(studies)) if len(studies) == 1 else None)
+    # The study's URL only when something was stored in it (a request to the wrong study's URL, all refused, named
+    # that study, where nothing was stored: found by a review, session 22).
+    the_study = (study or (next(iter(studies)) if len(studies) == 1 else None)) if ok else None
     if the_study:
         body["00081190"] = {"vr": "UR", "Value": [f"{base}/studies/{the_study}"]}
     if failed:

@@ -70,3 +70,11 @@ async def audit_image_read(gw: Gateway, principal: Principal, study: str, series
         await gw.frame_audit.note(principal, study, series, frames, action)
     except Exception:
         raise Unavailable(AUDIT_UNAVAILABLE) from None
+
+
+def accept_of(request: Request) -> str | None:
+    """The media types the client accepts: the ``accept`` query parameter when present (PS3.18 §8.3.3.1, for
+    clients that cannot set headers, such as a link in a browser; several are joined), else the Accept header. It was
+    ignored (found by a review, session 22)."""
+    values = request.query_params.getlist("accept")
+    return ", ".join(values) if values else request.headers.get("accept")

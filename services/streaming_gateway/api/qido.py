@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Request, Response
 
-from services.streaming_gateway.api.deps import DICOM_JSON, GatewayDep, audit, base_url, uid
+from services.streaming_gateway.api.deps import DICOM_JSON, GatewayDep, accept_of, audit, base_url, uid
 from services.streaming_gateway.domain import qido
 from services.streaming_gateway.domain.errors import NotAcceptable
 from services.streaming_gateway.domain.media import parse_accept
@@ -24,11 +24,11 @@ _HEADER_SAFE = "!#$&'()*+,-./:;<=>?@[]^_`{|}~"
 
 
 def _check_accept(request: Request) -> None:
-    for r in parse_accept(request.headers.get("accept")):
+    for r in parse_accept(accept_of(request)):
         if r.type in (DICOM_JSON, "application/json", "*/*", "application/*"):
             return
     raise NotAcceptable(
-        f"search results are served as {DICOM_JSON}; the Accept header {request.headers.get('accept')!r} excludes it"
+        f"search results are served as {DICOM_JSON}; the accepted media types {accept_of(request)!r} exclude it"
     )
 
 

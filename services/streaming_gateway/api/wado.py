@@ -15,7 +15,14 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
 from services.streaming_gateway.adapters.index import SeriesEntry
-from services.streaming_gateway.api.deps import DICOM_JSON, GatewayDep, audit, audit_image_read, uid
+from services.streaming_gateway.api.deps import (
+    DICOM_JSON,
+    GatewayDep,
+    accept_of,
+    audit,
+    audit_image_read,
+    uid,
+)
 from services.streaming_gateway.domain import frame_response as fr
 from services.streaming_gateway.domain import media, render
 from services.streaming_gateway.domain.errors import BadRequest, NotAcceptable, NotFound, TooLarge
@@ -84,7 +91,7 @@ async def _instance_part(gw: Gateway, it: dict[str, Any], ts: str) -> tuple[str,
 async def _retrieve(
     request: Request, gw: Gateway, principal: Principal, study: str, series: str | None = None, sop: str | None = None
 ) -> Response:
-    ts = media.negotiate_instances(request.headers.get("accept"))
+    ts = media.negotiate_instances(accept_of(request))
     items = await _instance_items(gw, study, series, sop)
     await audit(request, principal, "wado.retrieve",
                 {"study_uid": study, "series_uid": series, "sop_uid": sop, "transfer_syntax": ts}, count=len(items))
@@ -168,7 +175,7 @@ async def _metadata_response(
 
 
 def _check_json_accept(request: Request) -> None:
-    for r in media.parse_accept(request.headers.get("accept")):
+    for r in media.parse_accept(accept_of(request)):
         if r.type in (DICOM_JSON, "application/json", "*/*", "application/*"):
             return
     raise NotAcceptable(f"metadata is served as {DICOM_JSON}, which the Accept header does not allow")
@@ -330,7 +337,7 @@ async def retrieve_frames(
     ids = (s, se, i)
     nums = fr.parse_frame_list(frame_list, max_frames=gw.settings.wado_max_frames)
     res = fr.parse_resolution(resolution)
-    rep = media.negotiate_frames(request.headers.get("accept"), len(nums))
+    rep = media.negotiate_frames(accept_of(request), len(nums))
     plan = await _plan_frames(gw, [(ids, n) for n in nums], res, rep.encoded)
     return await _frames_response(request, gw, principal, plan, rep, res, t0)
 
@@ -352,7 +359,7 @@ async def series_pixel_data(
     res = fr.parse_resolution(resolution)
     first = _count_param(offset, "offset", 0)
     wanted = _count_param(limit, "limit", 1)
-    rep = media.negotiate_frames(request.headers.get("accept"), 2)  # a pixel data resource is always multipart
+    rep = media.negotiate_frames(accept_of(request), 2)  # a pixel data resource is always multipart
     # The series' instance list as the metadata request (which a viewer makes first) left it in the series cache.
     entry = await gw.index.series_entry(s, se)
     if not entry.instances:
@@ -463,10 +470,10 @@ async def _render(
 ) -> Response:
     qp = request.query_params
     params = render.parse_render_params(
-        request.headers.get("accept"), qp.get("window"), qp.get("viewport"), qp.get("quality")
+        accept_of(request), qp.get("window"), qp.get("viewport"), qp.get("quality")
     )
     if thumbnail and params.viewport is None:
-        params = render.RenderParams(params.media_type, params.window, None, params.quality)
+        params = render.RenderParams(params.media_type, params.window, None, params.quality, params.region)
     it = await gw.index.instance(study, series, sop)
     n = int(it.get("number_of_frames") or 1)
     if frame_no > n:
@@ -476,14 +483,17 @@ async def _render(
     if thumbnail:
         skip = levels  # the lowest resolution: a few hundred bytes of the codestream decode to <= 64 px
     else:
-        skip = render.skip_for_viewport(int(it.get("rows") or 0), int(it.get("columns") or 0), levels, params.viewport)
+        skip = render.skip_for_viewport(int(it.get("rows") or 0), int(it.get("columns") or 0), levels, params.viewport,
+                                        params.region)
     # Audited like frames: one record per (user, series) per window with a count (a study browser reads dozens).
     await audit_image_read(gw, principal, study, series, 1, "wado.thumbnail" if thumbnail else "wado.rendered")
     # The render depends on the pixels, the request and the header (rescale, VOI window, photometric): all in the key,
     # so a corrected header or another instance with the same pixels never gets this one's image.
     header = hashlib.blake2b(f"{it.get('dicom_json')}|{it.get('photometric')}".encode(), digest_size=8).hexdigest()
     etag = '"r-' + hashlib.blake2b(f"{f.digest}|{header}|{params}|{skip}".encode(), digest_size=12).hexdigest() + '"'
-    headers = {"ETag": etag, "Cache-Control": f"private, max-age={gw.settings.frame_max_age_s}"}
+    # The media type follows Accept (JPEG or PNG): caches must key on it (a browser handed a cached JPEG to a later
+    # PNG request; found by a review, session 22).
+    headers = {"ETag": etag, "Cache-Control": f"private, max-age={gw.settings.frame_max_age_s}", "Vary": "Accept"}
     if _etag_matches(request, etag):  # the client has these bytes: nothing to render
         return Response(status_code=304, headers=headers)
     hit = gw.rendered.get(etag)

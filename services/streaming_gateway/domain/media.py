@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from services.streaming_gateway.domain.errors import BadRequest, NotAcceptable, RangeNotSatisfiable
 from services.streaming_gateway.domain.numbers import MAX_DIGITS, is_uint
-from shared.htj2k import HTJ2K_LOSSLESS, HTJ2K_LOSSLESS_RPCL
+from shared.htj2k import HTJ2K, HTJ2K_LOSSLESS, HTJ2K_LOSSLESS_RPCL
 
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
 IMPLICIT_VR_LE = "1.2.840.10008.1.2"
@@ -68,17 +68,19 @@ def parse_accept(header: str | None) -> list[MediaRange]:
         bits = _split_outside_quotes(part, ";")
         mtype = bits[0].strip().lower()
         params: dict[str, str] = {}
-        q = 1.0
+        q: float | None = 1.0
         for b in bits[1:]:
             k, _, v = b.partition("=")
             k, v = k.strip().lower(), v.strip().strip('"').strip()
             if k == "q":
                 # RFC 9110 §12.4.2 qvalue, ASCII digits only: float() would also take "nan", "inf", "1e9" and "١".
-                if _QVALUE.fullmatch(v) is None:
-                    raise BadRequest(f"Accept q-value {v[:20]!r} is not a number between 0 and 1 (at most 3 decimals)")
-                q = float(v)
+                # PS3.18 §8.7.7: an invalid Accept value is ignored, so this media range is left out (it failed the
+                # whole request with 400: found by a review, session 22).
+                q = float(v) if _QVALUE.fullmatch(v) is not None else None
             elif k:
                 params[k] = v.lower() if k == "type" else v
+        if q is None:
+            continue
         if q > 0:
             ranges.append(MediaRange(mtype, params, q))
         else:
@@ -105,7 +107,9 @@ class FrameRepresentation:
         return self.part_type.split(";")[0]
 
 
-_HTJ2K_TS = {HTJ2K_LOSSLESS_RPCL, HTJ2K_LOSSLESS, "*"}
+#: Transfer syntaxes whose label the stored codestream (lossless HTJ2K, RPCL) may carry: each describes it (.203, the
+#: general HTJ2K syntax, includes lossless streams); ``*`` or none gets the exact one, .202.
+_HTJ2K_TS = {HTJ2K_LOSSLESS_RPCL, HTJ2K_LOSSLESS, HTJ2K, "*"}
 _HTJ2K_TYPES = {"image/jphc", "image/jhc"}
 SUPPORTED_FRAME_TYPES = (
     'multipart/related; type="image/jphc"; transfer-syntax=1.2.840.10008.1.2.4.202 (also .201, * and image/jhc), '
@@ -114,8 +118,10 @@ SUPPORTED_FRAME_TYPES = (
 )
 
 
-def _jphc(mtype: str, multipart: bool) -> FrameRepresentation:
-    return FrameRepresentation(True, multipart, f"{mtype}; transfer-syntax={HTJ2K_LOSSLESS_RPCL}", f"{mtype}|{multipart}")
+def _jphc(mtype: str, multipart: bool, ts: str | None = None) -> FrameRepresentation:
+    # Labelled with the syntax the client named (it was always .202, a syntax a client asking for .201 did not list).
+    label = ts if ts in (HTJ2K_LOSSLESS, HTJ2K) else HTJ2K_LOSSLESS_RPCL
+    return FrameRepresentation(True, multipart, f"{mtype}; transfer-syntax={label}", f"{mtype}|{multipart}|{label}")
 
 
 def _octet(multipart: bool) -> FrameRepresentation:
@@ -131,7 +137,7 @@ def negotiate_frames(header: str | None, n_frames: int) -> FrameRepresentation:
         if r.type == "multipart/related":
             inner = r.multipart_type or "application/octet-stream"
             if inner in _HTJ2K_TYPES and (ts is None or ts in _HTJ2K_TS):
-                return _jphc(inner, True)
+                return _jphc(inner, True, ts)
             if inner == "application/octet-stream" and (ts is None or ts in (EXPLICIT_VR_LE, "*")):
                 # Cornerstone3D always asks this way (unquoted, transfer-syntax=*); it gets decoded pixels, labelled
                 # Explicit VR Little Endian on each part. Viewers that want the codestream ask for image/jphc.
@@ -141,7 +147,7 @@ def negotiate_frames(header: str | None, n_frames: int) -> FrameRepresentation:
             continue
         if r.type in _HTJ2K_TYPES and (ts is None or ts in _HTJ2K_TS):
             if n_frames == 1:
-                return _jphc(r.type, False)
+                return _jphc(r.type, False, ts)
             continue
         if r.type == "application/octet-stream" and (ts is None or ts in (EXPLICIT_VR_LE, "*")):
             if n_frames == 1:
@@ -170,9 +176,11 @@ def negotiate_instances(header: str | None) -> str:
             continue
         ts = r.transfer_syntax
         if ts is None:
-            # PS3.18 §8.7.3.5.2: without a transfer-syntax parameter the default is Explicit VR Little Endian;
-            # */* lets the server choose, so the original bytes go out unchanged.
-            return "*" if r.type in ("*/*", "multipart/*") or r.multipart_type == "*/*" else EXPLICIT_VR_LE
+            # PS3.18 §8.7.3.5.2: without a transfer-syntax parameter the default is Explicit VR Little Endian, and
+            # §8.7.7: */* (or no Accept) is the default media type, so the default syntax too. It was the stored
+            # syntax (JPEG-LS, JPEG 2000 ...), which a client without that codec cannot read (found by a review,
+            # session 22). Only transfer-syntax=* asks for the bytes as stored.
+            return EXPLICIT_VR_LE
         if ts == "*" or ts in TRANSCODE_TARGETS:
             return ts
     raise NotAcceptable(

@@ -28,6 +28,9 @@ class RenderParams:
     window: tuple[float, float, str] | None = None
     viewport: tuple[int, int] | None = None
     quality: int = 90
+    #: The viewport's source region (PS3.18 §8.3.5.1.3: sx, sy, sw, sh in the image's pixels; a negative width or
+    #: height flips that axis). It was ignored, so a crop came back as the whole image (found by a review).
+    region: tuple[int, int, int, int] | None = None
 
 
 def negotiate_rendered(accept: str | None) -> str:
@@ -61,14 +64,26 @@ def parse_render_params(accept: str | None, window: str | None, viewport: str | 
             raise BadRequest(f"window width in {window!r} must be positive (at least 1 for linear)")
         win = (c, w, fn)
     vp = None
+    region = None
     if viewport is not None:
         bits = [b.strip() for b in viewport.split(",")]
-        if len(bits) < 2 or not (is_uint(bits[0]) and is_uint(bits[1])):
-            raise BadRequest(f"viewport value {viewport[:60]!r} must be width,height in pixels (digits 0-9)")
+        if len(bits) not in (2, 6) or not (is_uint(bits[0]) and is_uint(bits[1])):
+            raise BadRequest(f"viewport value {viewport[:60]!r} must be vw,vh or vw,vh,sx,sy,sw,sh in pixels "
+                             "(digits 0-9; sw and sh may be negative to flip)")
         vw, vh = int(bits[0]), int(bits[1])
         if not (0 < vw <= 4096 and 0 < vh <= 4096):
             raise BadRequest(f"viewport {viewport!r} must be between 1 and 4096 pixels on each side")
         vp = (vw, vh)
+        if len(bits) == 6:
+            sx, sy, sw, sh = bits[2:]
+            signed = [w.removeprefix("-") for w in (sw, sh)]
+            if not (is_uint(sx) and is_uint(sy) and all(is_uint(w) for w in signed)):
+                raise BadRequest(f"viewport source region in {viewport[:60]!r} must be sx,sy,sw,sh in pixels "
+                                 "(sx, sy at least 0; sw, sh non-zero, negative to flip)")
+            region = (int(sx), int(sy), int(sw), int(sh))
+            if 0 in region[2:] or max(abs(v) for v in region) > 65536:
+                raise BadRequest(f"viewport source region in {viewport!r} must have a non-zero width and height "
+                                 "within 65536 pixels")
     q = 90
     if quality is not None:
         if not is_uint(quality.strip(" ")):
@@ -76,7 +91,7 @@ def parse_render_params(accept: str | None, window: str | None, viewport: str | 
         q = int(quality)
         if not 1 <= q <= 100:
             raise BadRequest(f"quality value {quality!r} must be an integer from 1 to 100")
-    return RenderParams(mt, win, vp, q)
+    return RenderParams(mt, win, vp, q, region)
 
 
 def _first_number(meta: dict[str, Any], tag: str) -> float | None:
@@ -96,10 +111,14 @@ def _string(meta: dict[str, Any], tag: str) -> str | None:
     return str(el["Value"][0])
 
 
-def skip_for_viewport(rows: int, cols: int, levels: int, viewport: tuple[int, int] | None) -> int:
-    """How many resolution levels can be dropped so that the image still covers the viewport."""
+def skip_for_viewport(rows: int, cols: int, levels: int, viewport: tuple[int, int] | None,
+                      region: tuple[int, int, int, int] | None = None) -> int:
+    """How many resolution levels can be dropped so that the image (or its source ``region``) still covers the
+    viewport."""
     if viewport is None:
         return 0
+    if region is not None:
+        cols, rows = min(abs(region[2]), cols) or cols, min(abs(region[3]), rows) or rows
     skip = 0
     while skip < levels and math.ceil(rows / 2 ** (skip + 1)) >= viewport[1] and math.ceil(cols / 2 ** (skip + 1)) >= viewport[0]:
         skip += 1
@@ -127,6 +146,8 @@ def render(codestream: bytes, dicom_json: str | None, photometric: str | None, p
             img8 = _gray_8bit(px.astype(np.float64), meta, params, photometric)
         mode = "L"
     img = Image.fromarray(img8, mode=mode)
+    if params.region is not None:
+        img = _source_region(img, params.region, 2 ** skip_levels)
     if params.viewport is not None:
         vw, vh = params.viewport
         scale = min(vw / img.width, vh / img.height)
@@ -139,6 +160,24 @@ def render(codestream: bytes, dicom_json: str | None, photometric: str | None, p
     else:
         img.save(buf, format="JPEG", quality=params.quality)
     return buf.getvalue()
+
+
+def _source_region(img: Image.Image, region: tuple[int, int, int, int], scale: int) -> Image.Image:
+    """Crop to the viewport's source region (given in full-resolution pixels; the image may be ``scale`` times
+    smaller), flipping an axis whose extent is negative; 400 when the region misses the image."""
+    sx, sy, sw, sh = region
+    x0, y0 = (sx if sw > 0 else sx + sw) / scale, (sy if sh > 0 else sy + sh) / scale
+    x1, y1 = x0 + abs(sw) / scale, y0 + abs(sh) / scale
+    box = (max(0, round(x0)), max(0, round(y0)), min(img.width, round(x1)), min(img.height, round(y1)))
+    if box[2] <= box[0] or box[3] <= box[1]:
+        raise BadRequest(f"viewport source region {sx},{sy},{sw},{sh} lies outside the image "
+                         f"({img.width * scale} x {img.height * scale} pixels)")
+    img = img.crop(box)
+    if sw < 0:
+        img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    if sh < 0:
+        img = img.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
+    return img
 
 
 #: Integer pixels whose value range is narrower than this are windowed through a lookup table (16-bit and below).
