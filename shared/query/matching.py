@@ -309,7 +309,9 @@ def parse_query(
         if kw is None or kw not in allowed:
             q.ignored.append(k)
             continue
-        if v == "":  # universal matching: return the attribute
+        # Universal matching: return the attribute. A value of only "*" is the same (PS3.4 C.2.2.2.4), so it also
+        # matches an empty value, which a pattern never did (found by a review, session 22).
+        if v == "" or v.strip("*") == "":
             q.include.add(kw)
             continue
         q.matchers[kw] = _matcher(kw, v, q.fuzzy)

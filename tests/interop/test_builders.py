@@ -133,6 +133,28 @@ def test_verified_read_sr_has_a_pseudonymous_observer(source, tmp_path) -> None:
     _dsrdump(tmp_path, data)
 
 
+@pytest.mark.integration  # runs DCMTK's dsrdump
+def test_an_amended_read_names_the_report_it_replaces_and_results_carry_their_time_zone(source, tmp_path) -> None:
+    """Found by a review (session 22): an amended read was a second final, verified report with no link to the first,
+    so a PACS showed two that disagree; and result times are UTC with no Timezone Offset From UTC, so a DICOM reader
+    took them as local time."""
+    first = pydicom.dcmread(io.BytesIO(b.to_bytes(b.build_verified_sr(
+        source, b.VerifiedRead("pneumonia", 1, "single", "3f2a9c0d11e4b7aa", AT)))))
+    data = b.to_bytes(b.build_verified_sr(source, b.VerifiedRead("normal", 2, "amended", "3f2a9c0d11e4b7aa", AT)))
+    amended = pydicom.dcmread(io.BytesIO(data))
+    assert "PredecessorDocumentsSequence" not in first
+    (item,) = amended.PredecessorDocumentsSequence
+    assert item.StudyInstanceUID == first.StudyInstanceUID
+    (series,) = item.ReferencedSeriesSequence
+    assert series.SeriesInstanceUID == first.SeriesInstanceUID
+    assert [(r.ReferencedSOPClassUID, r.ReferencedSOPInstanceUID) for r in series.ReferencedSOPSequence] == [
+        (first.SOPClassUID, first.SOPInstanceUID)]
+    _dsrdump(tmp_path, data)
+    ai = pydicom.dcmread(io.BytesIO(b.to_bytes(b.build_ai_sr(source, b.Score(0.8, 0.5, AT),
+                                                             b.Algorithm("r", "1", 1)))))
+    assert first.TimezoneOffsetFromUTC == amended.TimezoneOffsetFromUTC == ai.TimezoneOffsetFromUTC == "+0000"
+
+
 def test_bad_inputs_are_refused_with_a_sentence(source) -> None:
     with pytest.raises(b.ResultBuildError, match="between 0 and 1"):
         b.build_ai_sr(source, b.Score(1.5, 0.5, AT), ALGO)

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import httpx
+import pydicom
 import pytest
 
 from radloop.local.embedded_aws import free_port
@@ -187,3 +188,30 @@ async def test_a_destination_s_reply_text_is_not_the_reason() -> None:
     async with httpx.AsyncClient(transport=httpx.MockTransport(lambda r: httpx.Response(500, text="DOE^JANE"))) as h:
         with pytest.raises(SendError, match=r"answered HTTP 500\.$"):
             await stow(b"DICM", dest, h)
+
+
+@pytest.mark.integration
+def test_c_store_reaches_a_pacs_that_accepts_only_the_default_transfer_syntax(tmp_path) -> None:
+    """A real DCMTK storescp accepting Implicit VR Little Endian only (``+xi``), the default every AE supports: the
+    result arrives (before: only the file's own syntax, Explicit VR LE, was offered; the association failed and every
+    result was dead-lettered; found by a review, session 22)."""
+    import subprocess
+
+    from services.interop.adapters.senders import c_store
+    from tests.interop.conftest import _port_open, stop, wait_until
+
+    port = free_port()
+    proc = subprocess.Popen(["storescp", "-aet", "LEGACY", "-od", str(tmp_path), "-uf", "+xi", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: proc.poll() is not None or _port_open(port), 15, "storescp to listen")
+        src, _, _ = generate_case(6, 12, size=64, prevalence=0.5, difficulty=0.0)
+        sr = b.build_ai_sr(src, b.Score(0.9, 0.5, datetime(2026, 1, 4, tzinfo=UTC)), b.Algorithm("radloop", "1", 1))
+        assert sr.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+        c_store(b.to_bytes(sr), ae_title="LEGACY", host="127.0.0.1", port=port, calling_ae_title="RADLOOP")
+        wait_until(lambda: any(p.is_file() for p in tmp_path.iterdir()), 10, "the object to arrive")
+        (received,) = [pydicom.dcmread(p) for p in tmp_path.iterdir() if p.is_file()]
+        assert received.SOPInstanceUID == sr.SOPInstanceUID
+        assert received.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2"
+    finally:
+        stop(proc)

@@ -62,26 +62,15 @@ from services.ingestion.settings import IngestionSettings
 from shared.auth import Principal
 from shared.dicom import tls as dicom_tls
 from shared.dicom.errors import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, DicomRejection, TransientFailure
+from shared.dicom.sop_classes import STORAGE_SOP_CLASSES as ARCHIVE_STORAGE_CLASSES
 
 if TYPE_CHECKING:  # the SCP is an entry point that calls the service, as the routes do
     from services.ingestion.service import IngestPipeline
 
 log = logging.getLogger(__name__)
 
-#: The storage SOP classes accepted (the issue's list, plus their enhanced and multi-frame variants).
-STORAGE_SOP_CLASSES: tuple[UID, ...] = (
-    sc.CTImageStorage, sc.EnhancedCTImageStorage,
-    sc.MRImageStorage, sc.EnhancedMRImageStorage,
-    sc.ComputedRadiographyImageStorage,
-    sc.DigitalXRayImageStorageForPresentation, sc.DigitalXRayImageStorageForProcessing,
-    sc.UltrasoundImageStorage, sc.UltrasoundMultiFrameImageStorage,
-    sc.SecondaryCaptureImageStorage, sc.MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
-    sc.MultiFrameGrayscaleWordSecondaryCaptureImageStorage, sc.MultiFrameTrueColorSecondaryCaptureImageStorage,
-    sc.NuclearMedicineImageStorage, sc.PositronEmissionTomographyImageStorage,
-    # AI results and reports (docs/interop.md): segmentations and the SR classes stored without pixel data.
-    sc.SegmentationStorage, sc.BasicTextSRStorage, sc.EnhancedSRStorage, sc.ComprehensiveSRStorage,
-    sc.Comprehensive3DSRStorage, sc.ExtensibleSRStorage, sc.KeyObjectSelectionDocumentStorage,
-)
+#: The storage SOP classes accepted: the archive's one list (shared.dicom.sop_classes), which the Q/R SCP serves too.
+STORAGE_SOP_CLASSES: tuple[UID, ...] = tuple(UID(u) for u in ARCHIVE_STORAGE_CLASSES)
 
 #: Seconds without data (between PDUs, inside a PDU, or during the TLS handshake) before a connection is dropped.
 NETWORK_TIMEOUT_S = 60.0

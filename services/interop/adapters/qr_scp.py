@@ -33,6 +33,7 @@ from typing import Any
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.valuerep import PersonName
 from pynetdicom import AE, build_context, evt
 from pynetdicom import sop_class as sc
 
@@ -40,6 +41,7 @@ from services.interop.adapters.archive import Archive
 from services.interop.settings import InteropSettings
 from shared.auth import Principal
 from shared.dicom import tls as dicom_tls
+from shared.dicom.sop_classes import STORAGE_SOP_CLASSES
 from shared.query import C_FIND_STATUS, MATCHABLE, QueryError, Searcher, parse_query
 from shared.query.reader import IndexReader
 from shared.service import Runtime
@@ -49,15 +51,10 @@ log = logging.getLogger(__name__)
 FIND_MODELS = (sc.PatientRootQueryRetrieveInformationModelFind, sc.StudyRootQueryRetrieveInformationModelFind)
 MOVE_MODELS = (sc.PatientRootQueryRetrieveInformationModelMove, sc.StudyRootQueryRetrieveInformationModelMove)
 GET_MODELS = (sc.PatientRootQueryRetrieveInformationModelGet, sc.StudyRootQueryRetrieveInformationModelGet)
-#: Storage SOP classes offered for C-GET sub-operations (what the archive holds: images, SR, SEG).
-GET_STORAGE_CLASSES = (
-    sc.CTImageStorage, sc.EnhancedCTImageStorage, sc.MRImageStorage, sc.EnhancedMRImageStorage,
-    sc.ComputedRadiographyImageStorage, sc.DigitalXRayImageStorageForPresentation,
-    sc.DigitalXRayImageStorageForProcessing, sc.UltrasoundImageStorage, sc.UltrasoundMultiFrameImageStorage,
-    sc.SecondaryCaptureImageStorage, sc.NuclearMedicineImageStorage, sc.PositronEmissionTomographyImageStorage,
-    sc.Comprehensive3DSRStorage, sc.ComprehensiveSRStorage, sc.EnhancedSRStorage, sc.BasicTextSRStorage,
-    sc.SegmentationStorage, sc.KeyObjectSelectionDocumentStorage,
-)
+#: Storage SOP classes offered for C-GET sub-operations: every class the archive stores (one list with ingestion).
+GET_STORAGE_CLASSES = STORAGE_SOP_CLASSES
+STUDY_ROOT_MODELS = {str(sc.StudyRootQueryRetrieveInformationModelFind), str(sc.StudyRootQueryRetrieveInformationModelGet),
+                     str(sc.StudyRootQueryRetrieveInformationModelMove)}
 #: DICOM Q/R level -> shared.query level.
 LEVELS = {"STUDY": "STUDY", "SERIES": "SERIES", "IMAGE": "INSTANCE"}
 PATIENT_KEYS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex")
@@ -69,6 +66,8 @@ AUDIT_MAX_STUDIES = 20
 UNIQUE = {"PATIENT": ("PatientID",), "STUDY": ("PatientID", "StudyInstanceUID"),
           "SERIES": ("PatientID", "StudyInstanceUID", "SeriesInstanceUID"),
           "IMAGE": ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")}
+#: What a sub-operation that could not be attempted yields in place of its dataset (see ``_sub_operations``).
+_FAILED_SUB_OPERATION = "failed"
 #: At most this many instances per retrieval (0xA702 above it: narrow the request).
 MAX_RETRIEVE = 5000
 _SKIP = {"QueryRetrieveLevel", "SpecificCharacterSet", "RetrieveAETitle"}
@@ -127,7 +126,19 @@ def _response(asked: list[str], level: str, found: Dataset, ae_title: str) -> Da
         else:
             setattr(out, kw, None)
     out.RetrieveAETitle = ae_title
+    # PS3.4 C.4.1.1.3.2: values outside the default repertoire need Specific Character Set; the index holds text as
+    # Unicode, so such an answer is sent as UTF-8 (names were sent as Latin-1 bytes, or as "?", with none).
+    if any(isinstance(e.value, str | PersonName) and not str(e.value).isascii() for e in out):
+        out.SpecificCharacterSet = "ISO_IR 192"
     return out
+
+
+def _check_model_level(event: Any, level: str) -> None:
+    """The Study Root information model has no PATIENT level (PS3.4 C.6.2)."""
+    model = str(getattr(event.request, "AffectedSOPClassUID", "") or "")
+    if level == "PATIENT" and model in STUDY_ROOT_MODELS:
+        raise QueryRetrieveError(0xA900, "the Study Root information model has no PATIENT level; use the Patient Root "
+                                 "model or query at STUDY level")
 
 
 def _from_json(obj: dict[str, Any]) -> Dataset:
@@ -218,7 +229,8 @@ class QueryRetrieveSCP:
         self.stats["find"] += 1
         try:
             level, params, asked = identifier_params(event.identifier)
-            found = self._run(self._find(level, params))
+            _check_model_level(event, level)
+            found, truncated = self._run(self._find(level, params))
         except QueryRetrieveError as exc:
             self._audit(event, "dicom.find", "?", 0, outcome="refused")
             yield _failure(exc.status, str(exc)), None
@@ -236,33 +248,45 @@ class QueryRetrieveSCP:
                 yield 0xFE00, None
                 return
             yield 0xFF00, _response(asked, level, ds, self.settings.qr_ae_title)
+        if truncated:
+            # Never a cut answer as if it were complete (it ended in Success: found by a review, session 22).
+            yield _failure(0xA700, f"More than {self.settings.qr_max_results} matches; narrow the query."), None
 
-    async def _search(self, level: str, params: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    async def _search(self, level: str, params: list[tuple[str, str]]) -> tuple[list[dict[str, Any]], bool]:
         try:
             res = await self.searcher.search(_query(level, params))
         except QueryError as exc:
             raise QueryRetrieveError(C_FIND_STATUS.get(type(exc), 0xC001), str(exc)) from None
         if res.truncated:
             log.warning("C-FIND results cut at the limit", extra={"limit": self.settings.qr_max_results})
-        return res.datasets()
+        return res.datasets(), res.truncated
 
-    async def _find(self, level: str, params: list[tuple[str, str]]) -> list[Dataset]:
+    async def _find(self, level: str, params: list[tuple[str, str]]) -> tuple[list[Dataset], bool]:
+        """The matches, and whether there were more than ``qr_max_results``."""
         if level == "PATIENT":
             # Patients are the distinct patients of the matching studies (the index has no patient items).
             study_params = [(k, v) for k, v in params if k in MATCHABLE["STUDY"]] + [(k, "") for k in PATIENT_KEYS]
             seen: dict[str, Dataset] = {}
-            for obj in await self._search("STUDY", study_params):
+            found, truncated = await self._search("STUDY", study_params)
+            for obj in found:
                 ds = _from_json(obj)
                 seen.setdefault(str(ds.get("PatientID", "")), ds)
-            return list(seen.values())
-        return [_from_json(o) for o in await self._search(level, params)]
+            return list(seen.values()), truncated
+        found, truncated = await self._search(level, params)
+        return [_from_json(o) for o in found], truncated
 
     # -- C-GET / C-MOVE ----------------------------------------------------------------------------------------------
     def _matches(self, identifier: Dataset) -> list[dict[str, Any]]:
         level, params, _ = identifier_params(identifier)
         keys = [(k, v) for k, v in params if k in UNIQUE[level] and v]
-        if not keys:
-            raise QueryRetrieveError(0xA900, f"a {level} level retrieval needs a value for one of {UNIQUE[level]}")
+        # PS3.4 C.4.2.2.1 / C.4.3.2.1: the retrieve level's own unique key, matched by single value or UID list. A
+        # wildcard, or a study-level retrieval by PatientID alone, pulled the whole archive (found by a review).
+        own = UNIQUE[level][-1]
+        if own not in {k for k, _ in keys}:
+            raise QueryRetrieveError(0xA900, f"a {level} level retrieval needs a value for {own}")
+        wild = [k for k, v in keys if "*" in v or "?" in v]
+        if wild:
+            raise QueryRetrieveError(0xA900, f"{wild[0]} has a wildcard; retrieve by exact values or UID lists")
         return self._run(self._instances(keys))  # type: ignore[no-any-return]
 
     async def _instances(self, keys: list[tuple[str, str]]) -> list[dict[str, Any]]:
@@ -295,7 +319,10 @@ class QueryRetrieveSCP:
                 ds = self._load(it)
             except Exception:
                 log.exception("a stored original could not be read for a retrieval")
-                yield 0xA702, None  # counted as a failed sub-operation
+                # Pending with something that is not a dataset: pynetdicom counts one failed sub-operation and goes on
+                # (a failure status here ended the whole retrieval, every remaining instance counted as failed:
+                # found by a review, session 22). The final status is then 0xB000 with the failure counted.
+                yield 0xFF00, _FAILED_SUB_OPERATION
                 continue
             self.stats["sent"] += 1
             yield 0xFF00, ds
@@ -303,6 +330,7 @@ class QueryRetrieveSCP:
     def _on_get(self, event: Any) -> Iterator[Any]:
         self.stats["get"] += 1
         try:
+            _check_model_level(event, str(event.identifier.get("QueryRetrieveLevel", "") or "").strip().upper())
             items = self._matches(event.identifier)
         except QueryRetrieveError as exc:
             self._audit(event, "dicom.get", "?", 0, outcome="refused")
@@ -327,6 +355,7 @@ class QueryRetrieveSCP:
             yield None, None  # pynetdicom answers 0xA801: move destination unknown
             return
         try:
+            _check_model_level(event, str(event.identifier.get("QueryRetrieveLevel", "") or "").strip().upper())
             items = self._matches(event.identifier)
         except QueryRetrieveError as exc:
             self._audit(event, "dicom.move", "?", 0, outcome="refused")

@@ -12,6 +12,7 @@ import uuid
 
 import httpx
 import pydicom
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 
 from services.interop.settings import Destination
@@ -28,13 +29,22 @@ def c_store(data: bytes, *, ae_title: str, host: str, port: int, calling_ae_titl
     ds = pydicom.dcmread(io.BytesIO(data))
     ae = AE(ae_title=calling_ae_title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
-    ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    ts = ds.file_meta.TransferSyntaxUID
+    # An uncompressed object is offered in its own syntax and in Explicit and Implicit VR Little Endian: Implicit VR
+    # LE is the default every AE supports (PS3.5 §10.1), and pynetdicom re-encodes between uncompressed syntaxes.
+    # Only the file's syntax was offered, so a PACS accepting the default alone got nothing (found by a review).
+    syntaxes = list(dict.fromkeys([ts, ExplicitVRLittleEndian, ImplicitVRLittleEndian])) if not ts.is_compressed else [ts]
+    ae.add_requested_context(ds.SOPClassUID, syntaxes)
     tls_args = (dicom_tls.client_context(ca_file, cert_file, key_file), host) if tls else None
     label = what or f"{ae_title}@{host}:{port}"
     assoc = ae.associate(host, port, ae_title=ae_title, tls_args=tls_args)
     if not assoc.is_established:
         reason = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "not established"
         raise SendError(f"The association with {label} was {reason}.")
+    if not any(c.abstract_syntax == ds.SOPClassUID for c in assoc.accepted_contexts):
+        assoc.abort()
+        raise SendError(f"{label} accepted none of the offered transfer syntaxes ({', '.join(syntaxes)}) for SOP "
+                        f"class {ds.SOPClassUID}.")
     try:
         status = assoc.send_c_store(ds)
     finally:

@@ -227,6 +227,21 @@ def build_verified_sr(source: Dataset, read: VerifiedRead) -> hd.sr.Comprehensiv
     # VerificationDateTime is the wall clock too; the read's own time is the truth (and keeps the bytes stable).
     for item in sr.get("VerifyingObserverSequence") or []:
         item.VerificationDateTime = read.verified_at.strftime("%Y%m%d%H%M%S")
+    if read.label_version > 1:
+        # An amended read replaces the previous version's report: name it (Predecessor Documents Sequence, PS3.3
+        # C.17.2), so a PACS shows one current report and its history, not two final ones that disagree (found by
+        # a review, session 22). Its UIDs are derived, so no lookup is needed.
+        prev = read.label_version - 1
+        ref = Dataset()
+        ref.ReferencedSOPClassUID = sr.SOPClassUID
+        ref.ReferencedSOPInstanceUID = sop_uid(str(source.SOPInstanceUID), "read-sr", prev)
+        series = Dataset()
+        series.SeriesInstanceUID = series_uid(str(source.StudyInstanceUID), "read-sr", prev)
+        series.ReferencedSOPSequence = [ref]
+        item = Dataset()
+        item.StudyInstanceUID = source.StudyInstanceUID
+        item.ReferencedSeriesSequence = [series]
+        sr.PredecessorDocumentsSequence = [item]
     _pin_times(sr, read.verified_at)
     return sr
 
@@ -269,7 +284,10 @@ def build_heatmap_seg(source: Dataset, heatmap: np.ndarray, algo: Algorithm, at:
 
 
 def _pin_times(ds: Dataset, at: datetime) -> None:
-    """highdicom stamps the wall clock into a few attributes; the event's time replaces it (determinism)."""
+    """highdicom stamps the wall clock into a few attributes; the event's time replaces it (determinism). Dates and
+    times are the event's UTC time, so the object says so (Timezone Offset From UTC, SOP Common module): DA/TM are
+    local time otherwise (PS3.5 §6.2), and an evening exam's result read as the next day (found by a review)."""
+    ds.TimezoneOffsetFromUTC = (at.strftime("%z") or "+0000") if at.tzinfo is not None else "+0000"
     ds.InstanceCreationDate = at.strftime("%Y%m%d")
     ds.InstanceCreationTime = at.strftime("%H%M%S")
     for item in ds.get("ContributingEquipmentSequence") or []:
