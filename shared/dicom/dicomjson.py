@@ -1,4 +1,10 @@
-"""DICOM JSON (PS3.18 F.2) of an instance without bulk data."""
+"""DICOM JSON (PS3.18 F.2) of an instance: every attribute but the pixel data (served as frames).
+
+Binary values (overlay data, LUT data, ICC profiles, private blobs) up to :data:`INLINE_MAX` bytes are written as
+``InlineBinary`` (base64). They were left out above 1 KB until session 22, so a viewer got a LUT descriptor with no
+LUT and no overlays (found by a review; PS3.18 §10.4.3.3.2 wants every attribute). Larger ones are still left out:
+radloop serves no bulkdata resource to point a ``BulkDataURI`` at (docs/streaming.md, "Not done").
+"""
 
 from __future__ import annotations
 
@@ -10,8 +16,9 @@ from pydicom.dataset import Dataset
 
 #: Pixel data elements are never part of the metadata; frames are served separately.
 _PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
-#: Binary values above this many bytes are bulk data and are left out (PS3.18 F.2.7 allows a BulkDataURI instead).
-BULK_THRESHOLD = 1024
+#: Binary values up to this many bytes are written inline (base64); larger ones are left out.
+INLINE_MAX = 64 << 10
+BULK_THRESHOLD = INLINE_MAX
 _BINARY_VRS = {"OB", "OW", "OD", "OF", "OL", "OV", "UN"}
 
 
@@ -31,7 +38,7 @@ def _strip_bulk(ds: Dataset) -> Dataset:
 
 
 def to_dicom_json(ds: Dataset) -> dict[str, Any]:
-    """The dataset as a DICOM JSON object, with pixel data and other bulk binary values omitted."""
+    """The dataset as a DICOM JSON object: pixel data omitted, binary values up to :data:`INLINE_MAX` inline."""
     stripped = _strip_bulk(ds)
     try:
         return stripped.to_json_dict(bulk_data_threshold=BULK_THRESHOLD)

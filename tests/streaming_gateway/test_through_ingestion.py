@@ -43,7 +43,7 @@ def stored(moto: EmbeddedAws, tmp_path_factory: pytest.TempPathFactory) -> Itera
             await bootstrap_topology(c)
 
     asyncio.run(boot())
-    datasets = [pydicom.dcmread(get_testdata_file(n)) for n in FILES] + [_non_finite()]
+    datasets = [pydicom.dcmread(get_testdata_file(n)) for n in FILES] + [_non_finite(), _with_bulk()]
     # Both services start at once (each waits for its own readiness); the gateway reads whatever is stored later.
     ing_cm = ingestion_service(settings, tmp_path_factory.mktemp("gwi-ing"))
     gw_cm = run_gateway(settings, tmp_path_factory.mktemp("gwi-gw"))
@@ -73,6 +73,20 @@ def _non_finite() -> pydicom.Dataset:
 
 
 NON_FINITE_SOP = generate_uid()
+BULK_SOP = generate_uid()
+
+
+def _with_bulk() -> pydicom.Dataset:
+    """An MR with overlay data (29 KB), a VOI LUT sequence whose LUT Data is 8 KB, and an ICC profile."""
+    ds = pydicom.dcmread(get_testdata_file("MR-SIEMENS-DICOM-WithOverlays.dcm"))
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = BULK_SOP
+    lut = pydicom.Dataset()
+    lut.LUTDescriptor = [4096, 0, 16]
+    lut.add_new(0x00283006, "OW", bytes(range(256)) * 32)  # LUT Data, 8 KB
+    ds.VOILUTSequence = [lut]
+    ds.ICCProfile = bytes(range(256)) * 12
+    return ds
 
 
 def test_metadata_is_json_even_with_non_finite_numbers(stored: tuple[Settings, str]) -> None:
@@ -153,3 +167,25 @@ def test_read_back_what_ingestion_stored(stored: tuple[Settings, str]) -> None:
                                    media_types=(("application/dicom", "1.2.840.10008.1.2.1"),))
     assert out.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
     assert np.array_equal(out.pixel_array, rle.pixel_array)
+
+
+def test_metadata_carries_overlays_luts_and_icc_profiles(stored: tuple[Settings, str]) -> None:
+    """PS3.18 §10.4.3.3.2, found by a review (session 22): binary values over 1 KB were dropped from the metadata
+    with nothing in their place, so a viewer got a LUT descriptor without its LUT and no overlays. They are
+    InlineBinary now (up to 64 KiB each), and dicomweb-client reads them back equal to what was stored."""
+    import base64
+
+    settings, url = stored
+    h = {"Authorization": f"Bearer {mint_token(settings, 'viewer')}"}
+    (found,) = httpx.get(f"{url}/dicomweb/instances", params={"SOPInstanceUID": BULK_SOP}, headers=h).json()
+    study, series = found["0020000D"]["Value"][0], found["0020000E"]["Value"][0]
+    source = _with_bulk()
+    (meta,) = httpx.get(f"{url}/dicomweb/studies/{study}/series/{series}/instances/{BULK_SOP}/metadata",
+                        headers=h).json()
+    assert base64.b64decode(meta["60003000"]["InlineBinary"]) == source[0x60003000].value
+    assert base64.b64decode(meta["00282000"]["InlineBinary"]) == source.ICCProfile
+    assert "7FE00010" not in meta  # pixel data stays out: frames serve it
+    client = DICOMwebClient(url=f"{url}/dicomweb", headers=h)
+    ds = pydicom.Dataset.from_json(client.retrieve_instance_metadata(study, series, BULK_SOP))
+    assert ds[0x60003000].value == source[0x60003000].value and ds.ICCProfile == source.ICCProfile
+    assert ds.VOILUTSequence[0].LUTData == source.VOILUTSequence[0].LUTData
