@@ -256,6 +256,7 @@ def build_app(spec: ServiceSpec[S, D], settings: Settings | None = None) -> Fast
         app.include_router(r)
     if spec.configure:
         spec.configure(app, s)
+    app.add_middleware(HeadAsGetMiddleware)
     app.add_middleware(RouteMetricsMiddleware)
     instrument_fastapi(app)
     _document_domain_errors(app)
@@ -283,6 +284,29 @@ def _document_domain_errors(app: FastAPI) -> None:
         return app.openapi_schema or original()
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+class HeadAsGetMiddleware:
+    """``HEAD`` is answered as ``GET`` without the body (RFC 9110 §9.3.2: a general-purpose server supports both).
+
+    FastAPI registers ``GET`` routes only, so ``HEAD`` was 405 everywhere (found by a review, session 22: proxies and
+    clients that check a size or an ``ETag`` with ``HEAD`` failed). The application sees a ``GET`` (its own copy of
+    the scope); the server, whose scope still says ``HEAD``, sends the status and headers and drops the body.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope.get("method") != "HEAD":
+            await self.app(scope, receive, send)
+            return
+        inner = {**scope, "method": "GET"}
+        try:
+            await self.app(inner, receive, send)
+        finally:
+            if "route" in inner:  # the route template, for the metrics around this middleware
+                scope["route"] = inner["route"]
 
 
 class RouteMetricsMiddleware:

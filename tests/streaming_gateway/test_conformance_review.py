@@ -1,7 +1,7 @@
 """PS3.18 conformance defects found by a review (session 22), each through the real gateway process on the moto
 server: all-series and all-instances searches carry the study's attributes (§10.6.3.3.2, .3.3); the ``accept``
 query parameter is honoured (§8.3.3.1); a rendered viewport's source region crops and flips (§8.3.5.1.3); rendered
-answers vary by Accept; an invalid q-value is ignored, not a 400 (§8.7.7)."""
+answers vary by Accept; an invalid q-value is ignored, not a 400 (§8.7.7); HEAD is answered (RFC 9110 §9.1)."""
 
 from __future__ import annotations
 
@@ -79,3 +79,18 @@ def test_an_invalid_q_value_is_ignored_not_a_bad_request(corpus: Corpus, gateway
     r = _get(gateway, corpus, f"/studies?StudyInstanceUID={corpus.ct_study}",
              Accept="application/dicom+json, text/html;q=bogus")
     assert r.status_code == 200 and len(r.json()) == 1
+
+
+def test_head_is_get_without_the_body(corpus: Corpus, gateway: GatewayProcess) -> None:
+    """RFC 9110 §9.1 (found by a review, session 22): HEAD was 405 on every DICOMweb resource."""
+    base = f"/studies/{corpus.ct_study}/series/{corpus.ct_series}/instances/{corpus.ct_sops[0]}"
+    for path, accept in ((f"/studies?StudyInstanceUID={corpus.ct_study}", "application/dicom+json"),
+                         (f"{base}/metadata", "application/dicom+json"),
+                         (f"{base}/frames/1", 'multipart/related; type="image/jphc"')):
+        got = _get(gateway, corpus, path, Accept=accept)
+        head = httpx.head(f"{gateway.url}/dicomweb{path}", headers={**auth(corpus), "Accept": accept}, timeout=30)
+        assert (head.status_code, head.content) == (200, b""), path
+        assert head.headers["content-type"] == got.headers["content-type"]
+        assert head.headers.get("etag") == got.headers.get("etag")
+        assert int(head.headers["content-length"]) == len(got.content)
+    assert httpx.head(f"{gateway.url}/dicomweb{base}/frames/999", headers=auth(corpus)).status_code == 404
