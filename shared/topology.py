@@ -176,6 +176,12 @@ class Topology:
         return f"radloop.{service}"
 
 
+#: Receives of the interop queue: 8 doubling delays (2 to 256 s) and then 300 s each ride out FORWARDING_OUTAGE_S.
+INTEROP_MAX_RECEIVES = 33
+#: How long a destination PACS may refuse or be unreachable before its results are dead-lettered (about 2 hours).
+FORWARDING_OUTAGE_S = 7200
+
+
 def _queue(prefix: str, service: str, **kw: Any) -> QueueSpec:
     base = f"{prefix}-{service.replace('_', '-')}"
     return QueueSpec(name=base, dlq_name=f"{base}-dlq", **kw)
@@ -195,7 +201,9 @@ def build_topology(prefix: str = "radloop") -> Topology:
         "pipeline_orchestrator": _queue(prefix, "pipeline-orchestrator", visibility_timeout_s=60),
         "registry": _queue(prefix, "registry", visibility_timeout_s=60),
         # Results and forwarding: a C-STORE to a slow PACS (30 s timeouts) must not outlive the visibility timeout.
-        "interop": _queue(prefix, "interop", visibility_timeout_s=120),
+        # A destination PACS down for maintenance is retried for FORWARDING_OUTAGE_S before a result is dead-lettered
+        # (the default 9 receives gave up after 13.5 minutes: found by a review, session 22).
+        "interop": _queue(prefix, "interop", visibility_timeout_s=120, max_receive_count=INTEROP_MAX_RECEIVES),
     }
     buckets = {
         "ingestion": BucketSpec(f"{prefix}-ingest", eventbridge_notifications=True),

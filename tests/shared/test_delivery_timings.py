@@ -28,6 +28,16 @@ def test_every_queue_rides_out_a_ten_minute_outage() -> None:
         assert q.max_receive_count >= 3, q
 
 
+def test_forwarding_rides_out_a_two_hour_destination_outage() -> None:
+    """A PACS down for a maintenance window: its results are retried for two hours before the dead-letter queue
+    (9 receives dead-lettered them after 13.5 minutes; found by a review, session 22)."""
+    from shared.topology import FORWARDING_OUTAGE_S
+
+    q = build_topology("radloop").queue_for("interop")
+    assert FORWARDING_OUTAGE_S >= 7200 and q.outage_tolerance_s() >= FORWARDING_OUTAGE_S
+    assert q.outage_tolerance_s() < q.retention_s  # still on the queue when the last retry comes
+
+
 def test_the_backoff_doubles_up_to_its_cap() -> None:
     q = QueueSpec("q", "q-dlq", retry_backoff_s=2.0, retry_backoff_max_s=300, max_receive_count=9)
     assert [q.retry_delay_s(n) for n in range(1, 10)] == [2, 4, 8, 16, 32, 64, 128, 256, 300]
