@@ -41,3 +41,43 @@ async def test_my_reads_lists_the_final_labels_the_caller_may_amend(single) -> N
         assert [(i["case_id"], i["final_label"]["label"]) for i in out["items"]] == [(mine, "pneumonia")]
         assert (await client.get("/verification/my-reads", headers=dep.headers("viewer"))).status_code == 403
         assert (await client.get("/verification/my-reads")).status_code == 401
+
+
+async def test_the_worklist_says_what_the_caller_read_and_hides_who_holds_a_double_read(double) -> None:
+    """Found by a review (session 22): in double reading, the workstation offered the first reader their own
+    half-read case as the next one (the worklist did not say who had read it), and showed the second reader the
+    first one's user id on a claimed case."""
+    dep = double
+    r1, r2 = dep.headers("radiologist", "rad-w1"), dep.headers("radiologist", "rad-w2")
+    async with httpx.AsyncClient(base_url=dep.service.url, timeout=10) as client:
+        held, read = await new_cases(client, dep, [0.7, 0.6])
+        assert (await client.post(f"/verification/cases/{held}/claim", headers=r1)).status_code == 200
+        assert (await client.post(f"/verification/cases/{read}/reads", headers=r1,
+                                  json={"label": "normal"})).json()["status"] == "open"
+
+        async def rows(headers: dict[str, str]) -> dict[str, dict]:
+            items = (await client.get("/verification/worklist", headers=headers, params={"limit": 200})).json()
+            return {i["case_id"]: i for i in items["items"] if i["case_id"] in (held, read)}
+
+        mine, theirs = await rows(r1), await rows(r2)
+        assert mine[held]["lease_owner"] == "rad-w1" and theirs[held]["lease_owner"] == "another reader"
+        assert (mine[read]["read_by_me"], theirs[read]["read_by_me"]) == (True, False)
+        assert mine[held]["read_by_me"] is False and theirs[read]["reads_done"] == 1
+        view = (await client.get(f"/verification/cases/{held}", headers=r2)).json()
+        assert view["lease_owner"] == "another reader"
+
+
+async def test_the_worklist_filters_by_priority_on_the_server(single) -> None:
+    """Found by a review (session 22): the workstation filtered one page in the browser, so "Routine" showed an empty
+    page while routine cases waited on later pages."""
+    dep = single
+    h = dep.headers("radiologist", "rad-p")
+    async with httpx.AsyncClient(base_url=dep.service.url, timeout=10) as client:
+        urgent, routine = await new_cases(client, dep, [0.97, 0.05])
+        for prio, want, other in (("urgent", urgent, routine), ("routine", routine, urgent)):
+            r = await client.get("/verification/worklist", headers=h, params={"priority": prio, "limit": 200})
+            assert r.status_code == 200, r.text
+            ids = [i["case_id"] for i in r.json()["items"]]
+            assert want in ids and other not in ids
+            assert all(i["ai"]["priority"] == prio for i in r.json()["items"])
+        assert (await client.get("/verification/worklist", headers=h, params={"priority": "high"})).status_code == 422

@@ -41,15 +41,28 @@ def _ai(case: dict[str, Any]) -> dict[str, Any]:
             "model_version": s.get("model_version"), "reason": s.get("reason")}
 
 
-def worklist_entry(case: dict[str, Any], now: float) -> dict[str, Any]:
-    """A case as the worklist (and the workstation's *My reads*) lists it: identifiers, status, lease, AI."""
+#: What a double-reading case's lease holder is shown as to anyone else: the readers are blind to each other.
+ANOTHER_READER = "another reader"
+
+
+def worklist_entry(case: dict[str, Any], now: float, caller: str | None = None) -> dict[str, Any]:
+    """A case as the worklist (and the workstation's *My reads*) lists it: identifiers, status, lease, AI.
+
+    For ``caller``: ``read_by_me`` says whether they already read it (in double reading a case stays open after the
+    first read, and the workstation offered it to the same reader again as their next case), and a double-reading
+    case's lease holder is named only to themselves (the second reader saw the first one's user id; both found by a
+    review, session 22)."""
+    holder = lease_holder(case, now)
+    double = case.get("mode") == "double"
+    if double and holder is not None and holder != caller:
+        holder = ANOTHER_READER
     return {
         "case_id": case["case_id"], "study_uid": case["study_uid"], "series_uid": case["series_uid"],
         "sop_uid": case["sop_uid"], "modality": case.get("modality"), "body_part": case.get("body_part") or None,
         "arrived_at": case.get("arrived_at"), "status": display_status(case, now),
-        "lease_owner": lease_holder(case, now), "lease_expires_at": case.get("lease_expires_at")
-        if lease_holder(case, now) else None,
-        "reads_done": len(case.get("readers") or []), "reads_required": 2 if case.get("mode") == "double" else 1,
+        "lease_owner": holder, "lease_expires_at": case.get("lease_expires_at") if holder else None,
+        "reads_done": len(case.get("readers") or []), "reads_required": 2 if double else 1,
+        "read_by_me": caller is not None and caller in (case.get("readers") or []),
         "ai": _ai(case),
     }
 
@@ -62,6 +75,8 @@ async def worklist(
     modality: Annotated[str | None, Query(max_length=16)] = None,
     date_from: date | None = None,
     date_to: date | None = None,
+    priority: Annotated[Literal["urgent", "routine"] | None, Query(
+        description="only cases of this AI priority (filtered on the server, so every page is full)")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=2000)] = None,
 ) -> dict[str, Any]:
@@ -76,15 +91,18 @@ async def worklist(
             return False
         if mod and (c.get("modality") or "").upper() != mod:
             return False
+        if priority and (c.get("score") or {}).get("priority", "routine") != priority:
+            return False
         day = str(c.get("arrived_at", ""))[:10]
         return not (lo and day < lo or hi and day > hi)
 
     cases, next_cursor = await deps.verification.worklist(partition, keep, limit=limit, cursor=cursor)
     # The filter's value is the client's free text (a user may type a patient name into it): like QIDO's query
     # values it is never recorded, since audit records are logged too; only whether the list was filtered.
-    await deps.rt.audit.record(user, "worklist.list", {"status": status_ or "open", "modality_filter": mod is not None},
-                               count=len(cases))
-    return {"items": [worklist_entry(c, now) for c in cases], "next_cursor": next_cursor, "count": len(cases)}
+    await deps.rt.audit.record(user, "worklist.list", {"status": status_ or "open", "modality_filter": mod is not None,
+                                                       "priority": priority}, count=len(cases))
+    return {"items": [worklist_entry(c, now, user.subject) for c in cases], "next_cursor": next_cursor,
+            "count": len(cases)}
 
 
 @router.post("/cases/{case_id}/claim", summary="Claim a case: a time-limited lease that keeps others off it.")
@@ -146,7 +164,7 @@ async def case_view(case_id: str, deps: DepsDep, user: ReadUser) -> dict[str, An
     final = case.get("final")
     await deps.rt.audit.record(user, "case.view", {"case_id": cid, "study_uid": case["study_uid"]})
     return {
-        **worklist_entry(case, now),
+        **worklist_entry(case, now, user.subject),
         "workflow_status": case.get("status"),
         "read_mode": case.get("mode"),
         "ai": {**_ai(case), "heatmap_key": heatmap_key, "heatmap_url": heatmap_url},

@@ -27,7 +27,7 @@ async def my_reads(deps: DepsDep, user: VerifyUser,
     items = []
     for c in cases:
         final = c.get("final") or {}
-        items.append({**worklist_entry(c, now), "final_label": {k: final.get(k) for k in
+        items.append({**worklist_entry(c, now, user.subject), "final_label": {k: final.get(k) for k in
                                                        ("label", "version", "resolution", "excluded", "at")}})
     await deps.rt.audit.record(user, "worklist.my_reads", {}, count=len(items))
     return {"items": items, "count": len(items)}
