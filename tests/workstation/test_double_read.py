@@ -73,3 +73,74 @@ def test_two_readers_disagree_and_the_adjudicator_decides(plat: Platform, browse
     assert (final["label"], final["resolution"], final["version"]) == ("pneumonia", "adjudicated", 1)
     verified = [e["detail"] for e in plat.events(wait_s=3) if e["detail-type"] == "ImageVerified"]
     assert [(e["sop_uid"], e["resolution"]) for e in verified] == [(case.sop, "adjudicated")]
+
+
+def test_the_worklist_does_not_name_who_holds_a_case_in_double_reading(plat: Platform, browser: Any) -> None:
+    """Blinded double reading: another reader's claim (perhaps the first read's reader) is not named; one's own is."""
+    theirs, mine = plat.add_cases([0.97, 0.96])
+    assert plat.api("POST", f"/verification/cases/{theirs.sop}/claim", subject="dr-first").status_code == 200
+    assert plat.api("POST", f"/verification/cases/{mine.sop}/claim", subject="dr-second").status_code == 200
+    ctx = browser.new_context(**DESKTOP)
+    try:
+        page = ctx.new_page()
+        sign_in(page, plat, "dr-second")
+        page.wait_for_selector(f"#worklist-table tr[data-case='{theirs.sop}']")
+        assert page.inner_text(f"#worklist-table tr[data-case='{theirs.sop}'] td.claim") == "Claimed by another reader"
+        assert page.inner_text(f"#worklist-table tr[data-case='{mine.sop}'] td.claim") == "Claimed by you"
+        assert "dr-first" not in page.inner_text("#view-worklist")
+    finally:
+        ctx.close()
+        plat.api("DELETE", f"/verification/cases/{mine.sop}/claim", subject="dr-second")
+
+
+def test_a_case_the_reader_already_read_is_never_their_next_case(plat: Platform, browser: Any) -> None:
+    """Found by a review (session 22): after a first read made elsewhere (another tab, the phone), the workstation
+    offered the same reader that half-read case as their next one, and claimed it (blocking the second reader); its
+    row read "Unread". The worklist's read_by_me now decides both."""
+    done, other = plat.add_cases([0.999_970, 0.999_960])  # the two highest in the queue: done would come next
+    r = plat.api("POST", f"/verification/cases/{done.sop}/reads", subject="dr-twice", json={"label": "normal"})
+    assert r.status_code == 200 and r.json()["status"] == "open"
+    ctx = browser.new_context(**DESKTOP)
+    try:
+        page = ctx.new_page()
+        sign_in(page, plat, "dr-twice")
+        page.wait_for_selector(f"#worklist-table tr[data-case='{done.sop}']")
+        assert page.inner_text(f"#worklist-table tr[data-case='{done.sop}'] td.claim").startswith("Read by you")
+        page.click(f"button[data-open='{other.sop}']")
+        wait_reading(page, other.sop)
+        page.check("input[name=label][value=pneumonia]")
+        page.click("#submit-read")
+        page.wait_for_function("window.radloopWorkstation.submitted.length === 1")
+        page.wait_for_function("(s) => window.radloopWorkstation.caseId !== s", arg=other.sop, timeout=20_000)
+        assert page.evaluate("window.radloopWorkstation.caseId") != done.sop
+        assert plat.case_view(done.sop).get("lease_owner") in (None, "another reader")
+    finally:
+        ctx.close()
+
+
+def test_the_priority_filter_asks_the_server_and_ignores_stale_answers(plat: Platform, browser: Any) -> None:
+    """Found by a review (session 22): the priority filter was applied to one page in the browser ("No cases match."
+    while routine cases waited on later pages), and an older answer for another filter could overwrite the newer."""
+    (routine,) = plat.add_cases([0.02])
+    ctx = browser.new_context(**DESKTOP)
+    try:
+        page = ctx.new_page()
+        asked: list[str] = []
+        page.on("request", lambda r: asked.append(r.url) if "/verification/worklist" in r.url else None)
+        sign_in(page, plat, "dr-filter")
+        page.wait_for_selector("#worklist-table tbody tr")
+        # The unread list's answer comes late; the routine one, asked for after it, must win.
+        page.evaluate("""() => { const f = window.fetch; window.fetch = (u, o) =>
+            String(u).includes('status=unread') && !String(u).includes('priority=')
+              ? new Promise((r) => setTimeout(() => r(f(u, o)), 2500)) : f(u, o); }""")
+        page.select_option("#f-status", "unread")
+        page.wait_for_timeout(200)
+        page.select_option("#f-priority", "routine")
+        page.wait_for_selector(f"#worklist-table tr[data-case='{routine.sop}']")
+        assert any("priority=routine" in u for u in asked)
+        page.wait_for_timeout(3500)  # the late answer has arrived by now
+        rows = page.eval_on_selector_all("#worklist-table tbody tr .badge", "bs => bs.map(b => b.textContent)")
+        assert rows and set(rows) == {"Routine"}
+        assert page.is_visible(f"#worklist-table tr[data-case='{routine.sop}']")
+    finally:
+        ctx.close()

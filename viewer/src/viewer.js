@@ -343,9 +343,10 @@ export class StackViewer {
     if (this.keysBound) return;
     this.keysBound = true;
     this.onKey = (e) => {
-      // Typing in a form field (a read's comment) is not a viewer command; modified keys belong to the page.
+      // Keys in a form field (a read's comment, the confidence or opacity slider) are that field's, not viewer
+      // commands; only the viewer's own series slider scrolls the images. Modified keys belong to the page.
       const t = e.target;
-      if ((t instanceof HTMLInputElement && t.type !== 'range') || t instanceof HTMLTextAreaElement ||
+      if ((t instanceof HTMLInputElement && t !== this.slider) || t instanceof HTMLTextAreaElement ||
         t instanceof HTMLSelectElement || t?.isContentEditable || e.ctrlKey || e.metaKey || e.altKey) return;
       const n = this.imageIds.length;
       const actions = {

@@ -64,19 +64,22 @@ function clock(epochS) {
 const S = {
   user: null,
   view: null,
-  list: { items: [], cursors: [null], page: 0, next: null, selected: null, seenUrgent: new Set(), timer: null },
+  list: { items: [], cursors: [null], page: 0, next: null, selected: null, seenUrgent: new Set(), timer: null, seq: 0 },
   studyDates: new Map(), // study UID -> YYYY-MM-DD (QIDO), filled after the rows are drawn
   current: null, // the open case: {id, entry, claimed, submitted, viewer, renew, view}
   prefetch: null, // {id, promise}
   skipped: new Set(),
   readByMe: new Set(),
+  drafts: new Map(), // case id -> the read form as the reader left it ({label, confidence, comment, key, sent}): a read
+  // whose save failed is put back from here, with the same Idempotency-Key while it is unchanged
+  readError: null, // {caseId, text}: the read that could not be saved, shown until it is saved or dismissed
   context: '', // the worklist status filter a case was opened from: where "next" comes from
 };
 
 const hooks = {
   state: 'loading',
   timings: [], // {caseId, submitToFirstImageMs, prefetched}
-  submitted: [], // {caseId, response | error}
+  submitted: [], // {caseId, response | error, status}
   get view() {
     return S.view;
   },
@@ -91,6 +94,9 @@ const hooks = {
   },
   get prefetchedId() {
     return S.prefetch?.id ?? null;
+  },
+  get readError() {
+    return S.readError;
   },
   get overlay() {
     const img = $('heatmap');
@@ -228,8 +234,14 @@ function filters() {
 
 function statusText(it) {
   if (it.status === 'adjudication') return 'Adjudication';
-  if (it.lease_owner) return `Claimed by ${it.lease_owner === S.user?.subject ? 'you' : it.lease_owner}`;
+  if (it.lease_owner) {
+    if (it.lease_owner === S.user?.subject) return 'Claimed by you';
+    // Double reading is blinded: who holds the case (maybe its first reader) is not shown to the others.
+    return it.reads_required > 1 ? 'Claimed by another reader' : `Claimed by ${it.lease_owner}`;
+  }
   const reads = it.reads_required > 1 ? ` · ${it.reads_done}/${it.reads_required} reads` : '';
+  // Double reading: a case the reader already read stays open for the second reader; say so (it read as unread).
+  if (it.read_by_me) return `Read by you · waiting for a 2nd reader${reads}`;
   return `Unread${reads}`;
 }
 
@@ -295,30 +307,39 @@ async function fillStudyDates() {
   });
 }
 
-async function fetchWorklist({ status = '', modality = '', cursor = null, limit = PAGE_SIZE } = {}) {
+async function fetchWorklist({ status = '', modality = '', priority = '', cursor = null, limit = PAGE_SIZE } = {}) {
   const q = new URLSearchParams({ limit: String(limit) });
   if (status) q.set('status', status);
   if (modality) q.set('modality', modality);
+  // Filtered on the server: a filter applied to one page in the browser showed "No cases match." while matching
+  // cases waited on later pages (found by a review, session 22).
+  if (priority) q.set('priority', priority);
   if (cursor) q.set('cursor', cursor);
   return get(`/verification/worklist?${q}`);
 }
 
 async function loadWorklist({ quiet = false } = {}) {
   const f = filters();
+  // Only the newest request's answer is shown: an older one (another filter) arriving late overwrote it (found by a
+  // review, session 22).
+  const seq = (S.list.seq = (S.list.seq || 0) + 1);
   let data = null;
   const early = window.radloopEarlyWorklist; // index.html's head asked for the default first page already
   window.radloopEarlyWorklist = null;
-  if (early && !f.status && !f.modality && S.list.page === 0 && PAGE_SIZE === 25) {
+  if (early && !f.status && !f.modality && !f.priority && S.list.page === 0 && PAGE_SIZE === 25) {
     data = await early.then((res) => (res.ok ? res.json() : null)).catch(() => null);
   }
   try {
-    if (!data) data = await fetchWorklist({ status: f.status, modality: f.modality, cursor: S.list.cursors[S.list.page] });
+    if (!data) {
+      data = await fetchWorklist({ status: f.status, modality: f.modality, priority: f.priority,
+        cursor: S.list.cursors[S.list.page] });
+    }
   } catch (e) {
-    if (!onApiError(e)) say(`The worklist could not be loaded: ${e.message}`, { error: true });
+    if (seq === S.list.seq && !onApiError(e)) say(`The worklist could not be loaded: ${e.message}`, { error: true });
     return;
   }
-  if (S.view !== 'worklist') return;
-  const items = data.items.filter((i) => !f.priority || (i.ai?.priority || 'routine') === f.priority);
+  if (S.view !== 'worklist' || seq !== S.list.seq) return;
+  const items = data.items;
   const urgentNew = items.filter((i) => i.ai?.priority === 'urgent' && !S.list.seenUrgent.has(i.case_id));
   if (quiet && urgentNew.length) say(`${urgentNew.length} new urgent case${urgentNew.length > 1 ? 's' : ''}.`);
   urgentNew.forEach((i) => S.list.seenUrgent.add(i.case_id));
@@ -425,6 +446,60 @@ function resetForm() {
   $('read-form').reset();
   $('confidence-out').textContent = `${$('confidence').value}%`;
 }
+
+/** The read form as the reader left it (raw values, to put back exactly). */
+function formState() {
+  return { label: $('read-form').querySelector('input[name=label]:checked')?.value || null,
+    confidence: $('confidence').value, comment: $('comment').value };
+}
+
+function formTouched() {
+  const f = formState();
+  return !!(f.label || f.comment || f.confidence !== $('confidence').defaultValue);
+}
+
+function fillForm(d) {
+  $('read-form').querySelectorAll('input[name=label]').forEach((r) => {
+    r.checked = r.value === d.label;
+  });
+  $('confidence').value = d.confidence;
+  $('comment').value = d.comment;
+  $('confidence-out').textContent = `${$('confidence').value}%`;
+}
+
+/** What went wrong with a read's save, in words: the server's status and reason, or the network. */
+function readFailure(e) {
+  const why = e instanceof ApiError ? `the server answered ${e.status}: ${e.message}`
+    : `the network request failed (${e.message || 'no connection'})`;
+  return `Your read was NOT saved: ${why}.`;
+}
+
+/** The persistent, assertive message of a read that could not be saved; only its save or Dismiss removes it. */
+function showReadError(caseId, text) {
+  S.readError = { caseId, text };
+  $('read-error-text').textContent = text;
+  $('read-error-open').setAttribute('href', `#/case/${caseId}`);
+  renderReadError();
+}
+
+function renderReadError() {
+  const r = S.readError;
+  $('read-error').hidden = !r;
+  if (!r) return;
+  const here = S.current?.id === r.caseId;
+  $('read-error-open').hidden = here;
+  $('read-error-text').textContent = here ? `${r.text} It is filled in again below: check it and submit it again.`
+    : `${r.text} Open the case again to submit it (your read is kept in this tab).`;
+}
+
+function clearReadError(caseId = null) {
+  if (!S.readError || (caseId && S.readError.caseId !== caseId)) return;
+  S.readError = null;
+  $('read-error-text').textContent = '';
+  renderReadError();
+}
+
+$('read-error-dismiss').addEventListener('click', () => clearReadError());
 
 /** Where the read form's labels and title come from: the case's workflow state and the caller's part in it. */
 function describeCase(view) {
@@ -545,20 +620,20 @@ function renderLease() {
   }
   const left = Math.max(0, Math.round(c.claim.lease_expires_at - Date.now() / 1000));
   p.textContent = `Claimed by you · lease until ${clock(c.claim.lease_expires_at)} (${left} s), renewed while open`;
+  if (c.renewNote) p.append(' · ', el('span', { class: 'renew-note', text: c.renewNote }));
 }
 
-async function claim(c, { renew = false, quiet = false } = {}) {
+/** Claim the case on opening it (renewals are renewClaim's). */
+async function claim(c) {
   try {
-    // A renewal only extends a lease we still hold: one still in flight when the reader leaves the case reaches the
-    // service after the release, and must not claim the case again for someone who has gone.
-    c.claim = await post(`/verification/cases/${c.id}/claim${renew ? '?renew=true' : ''}`);
+    c.claim = await post(`/verification/cases/${c.id}/claim`);
     c.claimError = null;
     renderLease();
     return true;
   } catch (e) {
     if (onApiError(e)) return false;
     // A case left meanwhile is not on screen: its failure must not touch the open case's alert or form.
-    if (quiet || S.current !== c) return false;
+    if (S.current !== c) return false;
     c.claim = null;
     c.claimError = e;
     const other = e.status === 409;
@@ -569,18 +644,84 @@ async function claim(c, { renew = false, quiet = false } = {}) {
   }
 }
 
+/**
+ * Renew the lease once: 'ok', or {lost, error}. A 409 on renewal means our lease ended (expired or released) or
+ * another reader holds the case: claim it again, and only a 409 then means another reader. A 5xx or a network error
+ * says nothing about the lease: the caller retries.
+ */
+async function renewClaim(c) {
+  const attempt = async (renew) => {
+    c.claim = await post(`/verification/cases/${c.id}/claim${renew ? '?renew=true' : ''}`);
+    c.claimError = null;
+    return 'ok';
+  };
+  const failed = (e) => {
+    if (onApiError(e)) return { lost: true, error: e };
+    return { lost: e instanceof ApiError && e.status < 500, error: e };
+  };
+  // The renewal (?renew=true) only extends a lease we still hold: one still in flight when the reader leaves the
+  // case reaches the service after the release, and must not claim the case again for someone who has gone.
+  try {
+    return await attempt(true);
+  } catch (e) {
+    if (!(e instanceof ApiError && e.status === 409)) return failed(e);
+    if (S.current !== c && !c.saving) return { lost: true, error: e }; // left: never claim it again
+    try {
+      return await attempt(false);
+    } catch (e2) {
+      return failed(e2);
+    }
+  }
+}
+
+/**
+ * Keep the claim while the case is open and unread, and while its read is being saved (until the save is settled).
+ * A failed renewal (5xx, network) is retried with backoff; the form stays usable while the lease has time left.
+ */
 function startRenew(c) {
   const every = Math.max(1000, ((c.claim?.lease_s || 900) * 1000) / 3);
-  c.renew = setInterval(async () => {
-    if (S.current !== c || c.submitted) return;
-    // Our lease ended without anyone else taking the case (the machine slept past it): claim it again.
-    const ok = (await claim(c, { renew: true, quiet: true })) || (S.current === c && !c.submitted && await claim(c));
-    if (S.current !== c) return; // left while renewing: leaveCase stopped the timer, the screen is another case's
-    if (!ok) {
-      clearInterval(c.renew);
-      setAlert('The lease was lost: another reader claimed this case. Your read cannot be submitted.');
+  let failures = 0;
+  const active = () => (S.current === c && !c.submitted) || c.saving;
+  const tick = async () => {
+    if (!active()) return;
+    const r = await renewClaim(c);
+    if (!active()) return; // left or saved while renewing: leaveCase / the save stopped the renewals
+    const here = S.current === c;
+    if (r === 'ok') {
+      failures = 0;
+      c.renewNote = '';
+      if (here && c.leaseLapsed) {
+        c.leaseLapsed = false;
+        setAlert('');
+        formEnabled(true);
+      }
+      if (here) renderLease();
+      c.renew = setTimeout(tick, every);
+      return;
     }
-  }, every);
+    if (r.lost) {
+      c.claim = null;
+      if (here) {
+        setAlert(r.error.status === 409 ? 'The lease was lost: another reader claimed this case. Your read cannot be '
+          + 'submitted.' : `The lease could not be renewed: ${r.error.message} Your read cannot be submitted.`);
+        formEnabled(false);
+        renderLease();
+      }
+      return;
+    }
+    failures += 1;
+    const left = c.claim ? c.claim.lease_expires_at - Date.now() / 1000 : 0;
+    c.renewNote = `renewing failed (${r.error.message}), retrying`;
+    if (here && left <= 0 && !c.leaseLapsed) {
+      c.leaseLapsed = true;
+      setAlert(`The lease has run out and could not be renewed (${r.error.message}); retrying. `
+        + 'Submit is back once the case is claimed again.');
+      formEnabled(false);
+    }
+    if (here) renderLease();
+    c.renew = setTimeout(tick, Math.min(every, 500 * 2 ** Math.min(failures - 1, 6)));
+  };
+  c.renew = setTimeout(tick, every);
   c.tick = setInterval(renderLease, 1000);
 }
 
@@ -589,7 +730,7 @@ async function leaveCase({ release = true, keepalive = false } = {}) {
   const c = S.current;
   if (!c) return;
   S.current = null;
-  clearInterval(c.renew);
+  if (!c.saving) clearTimeout(c.renew); // a read being saved keeps its claim until the save is settled
   clearInterval(c.tick);
   c.viewer?.destroy();
   $('heatmap').hidden = true;
@@ -615,12 +756,15 @@ function nextStatusFilter() {
 async function pickNext(excludeId) {
   let data;
   try {
-    data = await fetchWorklist({ status: nextStatusFilter(), modality: filters().modality, limit: 20 });
+    data = await fetchWorklist({ status: nextStatusFilter(), modality: filters().modality,
+      priority: filters().priority, limit: 20 });
   } catch {
     return null;
   }
+  // read_by_me comes from the server: a case read in another tab or on a phone is never offered again (the tab's own
+  // memory was the only check; found by a review, session 22).
   return data.items.find((i) => i.case_id !== excludeId && !S.skipped.has(i.case_id) && !S.readByMe.has(i.case_id)
-    && !i.lease_owner) || null;
+    && !i.read_by_me && !i.lease_owner) || null;
 }
 
 /** Fetch the next case's view, series metadata and first frame ahead of time, so it opens at once. */
@@ -653,22 +797,34 @@ async function openCase(id, { submitAt = null } = {}) {
   stopPolling();
   setAlert('');
   resetForm();
+  const draft = S.drafts.get(id);
+  if (draft) fillForm(draft); // a read that could not be saved (or one left for it): as the reader left it
   formEnabled(false);
   $('case-title').textContent = 'Case';
   $('ai-result').textContent = 'Loading…';
   $('reads-panel').hidden = true;
-  const c = { id, claim: null, submitted: false, viewer: null };
+  const c = { id, claim: null, submitted: false, saving: false, viewer: null };
   S.current = c;
   renderLease();
+  renderReadError();
 
   // A prefetched next case (metadata, first frame decoded, case view) opens without waiting for the network.
   let pre = null;
   if (S.prefetch) {
-    const p = await S.prefetch.promise;
+    const pf = S.prefetch;
+    const p = await pf.promise;
     if (p?.entry.case_id === id) pre = p;
-    S.prefetch = null;
+    if (S.prefetch === pf) S.prefetch = null;
   }
-  const claimed = claim(c);
+  if (S.current !== c) return; // another case was opened meanwhile: do not claim this one
+  const claimed = claim(c).then((ok) => {
+    if (ok && S.current !== c && S.current?.id !== c.id) {
+      // Left while the claim was on its way: leaveCase saw no claim to release, so release it here.
+      del(`/verification/cases/${c.id}/claim`).catch(() => {});
+      return false;
+    }
+    return ok;
+  });
   let view = pre?.view;
   if (!view) {
     try {
@@ -725,7 +881,7 @@ async function openCase(id, { submitAt = null } = {}) {
   }).catch((e) => {
     if (S.current === c) setAlert(`The images could not be loaded: ${e.message}`);
   });
-  if (await claimed) {
+  if (await claimed && S.current === c) {
     formEnabled(true);
     startRenew(c);
   }
@@ -739,9 +895,66 @@ function readBody() {
   return { label, confidence: Number($('confidence').value) / 100, comment: $('comment').value.trim() || null };
 }
 
+/** The Idempotency-Key of a read: the one of its failed try while the read is unchanged (a retry), else a new one. */
+function readKey(caseId, body) {
+  const sent = JSON.stringify(body);
+  const prev = S.drafts.get(caseId);
+  if (prev?.key && prev.sent === sent) return prev.key;
+  return crypto.randomUUID ? crypto.randomUUID() : `${Date.now()}-${Math.random()}`;
+}
+
+/**
+ * A read's save failed: it is never lost. Back on its case (or still there), the form is filled in as the reader
+ * left it and usable again, and the persistent alert says what happened. The claim was kept renewed meanwhile.
+ */
+async function backToRead(c) {
+  if (S.current === c) {
+    // still on the case (the last of the queue, an amendment, or the next case had not opened yet)
+    if (c.claim) formEnabled(true);
+    renderReadError();
+    return;
+  }
+  clearTimeout(c.renew); // the case opened again claims and renews it itself
+  if (S.view !== 'reading' || !S.user) {
+    // The reader had left the reading view: let the claim go; the alert's link opens the case with the read.
+    del(`/verification/cases/${c.id}/claim`).catch(() => {});
+    renderReadError();
+    return;
+  }
+  // Going back leaves the case opened next: whatever was begun there is kept for when it opens again.
+  if (S.current && formTouched()) S.drafts.set(S.current.id, formState());
+  window.history.replaceState(null, '', `#/case/${c.id}`);
+  await openCase(c.id);
+}
+
+/** POST the read (in the background while the next case opens); a failure brings the read back (backToRead). */
+function saveRead(c, body, key) {
+  return post(`/verification/cases/${c.id}/reads`, body, { headers: { 'Idempotency-Key': key } })
+    .then((res) => {
+      c.saving = false;
+      clearTimeout(c.renew);
+      S.drafts.delete(c.id);
+      clearReadError(c.id);
+      hooks.submitted.push({ caseId: c.id, response: res });
+      say(res.final_label && res.label_version ? `Read saved: final label ${res.final_label} (version ${res.label_version}).`
+        : `Read saved (${res.status === 'adjudication' ? 'the readers disagree: adjudication' : res.status}).`);
+      return res;
+    }, (e) => {
+      c.saving = false;
+      c.submitted = false;
+      c.failed = true;
+      S.readByMe.delete(c.id);
+      hooks.submitted.push({ caseId: c.id, error: e.message, status: e instanceof ApiError ? e.status : null });
+      showReadError(c.id, readFailure(e));
+      if (onApiError(e)) clearTimeout(c.renew);
+      else backToRead(c);
+      return null;
+    });
+}
+
 async function submitAndNext() {
   const c = S.current;
-  if (!c || !c.claim || c.submitted) return;
+  if (!c || !c.claim || c.submitted || c.saving) return;
   const body = readBody();
   if (!body.label) {
     say('Choose a finding first (pneumonia, normal or indeterminate).', { error: true });
@@ -749,37 +962,31 @@ async function submitAndNext() {
     return;
   }
   const submitAt = performance.now();
+  const key = readKey(c.id, body);
+  // A copy of the read until it is saved: a failed save puts it back in the form, with the same key for the retry.
+  S.drafts.set(c.id, { ...formState(), key, sent: JSON.stringify(body) });
   c.submitted = true;
+  c.saving = true;
+  c.failed = false;
   formEnabled(false);
   S.readByMe.add(c.id);
-  const key = crypto.randomUUID ? crypto.randomUUID() : `${Date.now()}-${Math.random()}`;
-  const saved = post(`/verification/cases/${c.id}/reads`, body, { headers: { 'Idempotency-Key': key } })
-    .then((res) => {
-      hooks.submitted.push({ caseId: c.id, response: res });
-      say(res.final_label && res.label_version ? `Read saved: final label ${res.final_label} (version ${res.label_version}).`
-        : `Read saved (${res.status === 'adjudication' ? 'the readers disagree: adjudication' : res.status}).`);
-      return res;
-    })
-    .catch((e) => {
-      hooks.submitted.push({ caseId: c.id, error: e.message });
-      S.readByMe.delete(c.id);
-      if (!onApiError(e)) say(`Your read was NOT saved: ${e.message} Open the case again to retry.`, { error: true });
-      return null;
-    });
+  const saved = saveRead(c, body, key);
   // Amending a final read stays on the case; otherwise the next case (prefetched) opens while the read is saved.
   if (c.kind === 'amend' && c.view?.workflow_status === 'final') {
-    await saved;
+    if (!(await saved) || S.current !== c) return;
     await leaveCase({ release: false });
     await openCase(c.id);
     return;
   }
   const pre = S.prefetch ? await S.prefetch.promise : null;
   const next = pre?.entry || (await pickNext(c.id));
+  if (c.failed || S.current !== c) return; // the save failed meanwhile (the read is back in the form), or left
   if (next) {
     window.history.replaceState(null, '', `#/case/${next.case_id}`);
     await openCase(next.case_id, { submitAt });
   } else {
-    await saved;
+    // The last case of the queue: stay on it until the read is saved; a failure keeps it open with the read.
+    if (!(await saved) || S.current !== c) return;
     await leaveCase({ release: false });
     window.location.hash = '#/';
     say('No more cases in this queue.');
@@ -804,6 +1011,11 @@ $('read-form').addEventListener('submit', (e) => {
   e.preventDefault();
   submitAndNext();
 });
+// Only the submit button and Ctrl+Enter submit a read: plain Enter on a finding or the slider (the browser's implicit
+// submission) must not.
+$('read-form').addEventListener('keydown', (e) => {
+  if (e.key === 'Enter' && !e.ctrlKey && !e.metaKey && e.target instanceof HTMLInputElement) e.preventDefault();
+});
 $('skip-case').addEventListener('click', () => skipCase());
 $('release-case').addEventListener('click', () => {
   window.location.hash = '#/';
@@ -817,7 +1029,10 @@ $('tool-reset').addEventListener('click', () => S.current?.viewer?.reset());
   let start = null;
   const wrap = $('viewport-wrap');
   wrap.addEventListener('touchstart', (e) => {
-    start = e.touches.length === 1 ? { x: e.touches[0].clientX, y: e.touches[0].clientY, t: performance.now() } : null;
+    // A tap on a control in the image area (the series slider) is that control's, not the overlay's.
+    const onControl = e.target instanceof Element && e.target.closest('input, button, select, textarea, a, label');
+    start = e.touches.length === 1 && !onControl
+      ? { x: e.touches[0].clientX, y: e.touches[0].clientY, t: performance.now() } : null;
   }, { passive: true, capture: true });
   wrap.addEventListener('touchmove', (e) => {
     if (start && (e.touches.length > 1 || Math.hypot(e.touches[0].clientX - start.x, e.touches[0].clientY - start.y) > 10)) {
@@ -837,6 +1052,8 @@ window.addEventListener('keydown', (e) => {
   const t = e.target;
   const typing = t instanceof HTMLTextAreaElement || (t instanceof HTMLInputElement && !['radio', 'checkbox', 'range']
     .includes(t.type)) || t instanceof HTMLSelectElement;
+  const inField = t instanceof HTMLInputElement || t instanceof HTMLTextAreaElement || t instanceof HTMLSelectElement;
+  if (e.isComposing) return; // an input method is composing text: its keys are not commands
   if (S.view === 'reading') {
     if (e.key === 'Enter' && (e.ctrlKey || e.metaKey)) {
       e.preventDefault();
@@ -844,6 +1061,8 @@ window.addEventListener('keydown', (e) => {
       return;
     }
     if (e.key === 'Escape') {
+      // Esc in a form field (a comment being typed) does not release the case and lose the draft.
+      if (inField) return;
       e.preventDefault();
       window.location.hash = '#/';
       return;
