@@ -157,6 +157,8 @@ class Matcher:
             return (lo is None or v >= lo) and (hi is None or v <= hi)
         assert self.pattern is not None
         text = str(value)
+        if BY_KEYWORD[self.keyword].vr == "PN":
+            text = text.rstrip("^") or text  # stored with trailing empty components: the same name
         if self.pattern.fullmatch(text):
             return True
         if self.fuzzy:  # the pattern ends with "*": a prefix of any name component
@@ -258,6 +260,8 @@ def _matcher(keyword: str, value: str, fuzzy: bool) -> Matcher:
     if attr.vr == "CS" and ("," in value or "\\" in value):
         return Matcher(keyword, "exact", tuple(_split(value)))
     if attr.vr == "PN":
+        # Trailing empty components may be left out (PS3.5 §6.2): DOE^JOHN^^^ is DOE^JOHN (it matched nothing).
+        value = value.rstrip("^") or value
         return Matcher(keyword, "wildcard", pattern=_wildcard(value, case_insensitive=True, prefix=fuzzy), fuzzy=fuzzy)
     if "*" in value or "?" in value:
         return Matcher(keyword, "wildcard", pattern=_wildcard(value, case_insensitive=False))

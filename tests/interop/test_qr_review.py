@@ -2,7 +2,7 @@
 real pynetdicom client: a C-FIND cut at the result limit ended in Success; names outside ASCII went out without
 Specific Character Set; ``*`` did not match an empty value; a retrieval took wildcards and study-level retrievals by
 PatientID alone (the whole archive); one unreadable original ended the whole C-GET; the Study Root model answered at
-PATIENT level."""
+PATIENT level; an unsupported key with a value was answered 0xFF00; DOE^JOHN^^^ did not match DOE^JOHN."""
 
 from __future__ import annotations
 
@@ -117,6 +117,12 @@ async def test_c_find_matching_and_answers(adeployment: Settings) -> None:
         # "*" is universal matching: it also matches an empty accession number.
         empty = await asyncio.to_thread(_find, port, PatientID=f"PR-{tag}-0", AccessionNumber="*")
         assert [s.Status for s, _ in empty] == [0xFF00, 0x0000]
+        # A key the index cannot match, given a value: answered, but as "optional keys not supported" (0xFF01).
+        unsupported = await asyncio.to_thread(_find, port, PatientID=f"PR-{tag}-0", InstitutionName="NOPE")
+        assert [s.Status for s, _ in unsupported] == [0xFF01, 0x0000]
+        # Trailing empty name components may be left out.
+        (named, _) = await asyncio.to_thread(_find, port, PatientName=f"REVIEW^{tag}0^^^")
+        assert named[0].Status == 0xFF00 and str(named[1].PatientName) == f"REVIEW^{tag}0"
         # The Study Root model has no PATIENT level.
         wrong = await asyncio.to_thread(_find, port, QueryRetrieveLevel="PATIENT", PatientID=f"PR-{tag}-0")
         assert [s.Status for s, _ in wrong] == [0xA900]

@@ -81,6 +81,19 @@ def test_qido_parsing_and_matching() -> None:
         qido.parse_query("STUDY", [("StudyDate", "20240201-20240101")])
 
 
+def test_universal_matching_and_trailing_name_components() -> None:
+    """Found by a review (session 22): "*" did not match an empty value (PS3.4 C.2.2.2.4 makes it universal
+    matching), and DOE^JOHN^^^ (trailing empty components, which may be left out: PS3.5 §6.2) matched nothing."""
+    star = qido.parse_query("STUDY", [("AccessionNumber", "*"), ("PatientName", "**")])
+    assert not star.matchers and {"AccessionNumber", "PatientName"} <= star.include
+    assert qido.study_matches(star, {"accession_number": "", "patient_name": ""})
+    for query in ("DOE^JOHN^^^", "doe^john^", "DOE^JOHN"):
+        q = qido.parse_query("STUDY", [("PatientName", query)])
+        assert qido.study_matches(q, {"patient_name": "DOE^JOHN"}), query
+        assert qido.study_matches(q, {"patient_name": "DOE^JOHN^^"}), query
+        assert not qido.study_matches(q, {"patient_name": "DOE^JOHNNY"}), query
+
+
 def test_frame_cache_budget() -> None:
     frames = [Frame.of(encode(np.full((64, 64), k, np.uint16) + np.arange(64, dtype=np.uint16))) for k in range(20)]
     size = len(frames[0].data)

@@ -109,6 +109,14 @@ def identifier_params(ds: Dataset) -> tuple[str, list[tuple[str, str]], list[str
     return level, params, asked
 
 
+def unmatched_keys(ds: Dataset) -> list[str]:
+    """Keys given a value that the index cannot match on (they are returned, filled from the stored data, but do
+    not narrow the search): the pending status is then 0xFF01 (PS3.4 C.4.1.1.4; it was 0xFF00, as if they had been
+    matched: found by a review, session 22)."""
+    return [e.keyword for e in ds if e.keyword and e.keyword not in _SKIP and e.VR != "SQ"
+            and e.keyword not in _MATCHABLE_ANY and e.value not in (None, "", b"")]
+
+
 def _query(level: str, params: list[tuple[str, str]]) -> Any:
     try:
         return parse_query(LEVELS.get(level, "STUDY"), params)
@@ -243,11 +251,12 @@ class QueryRetrieveSCP:
         if not self._audit(event, "dicom.find", level, len(found)):
             yield _failure(0xA700, AUDIT_UNAVAILABLE), None
             return
+        pending = 0xFF01 if unmatched_keys(event.identifier) else 0xFF00
         for ds in found:
             if event.is_cancelled:
                 yield 0xFE00, None
                 return
-            yield 0xFF00, _response(asked, level, ds, self.settings.qr_ae_title)
+            yield pending, _response(asked, level, ds, self.settings.qr_ae_title)
         if truncated:
             # Never a cut answer as if it were complete (it ended in Success: found by a review, session 22).
             yield _failure(0xA700, f"More than {self.settings.qr_max_results} matches; narrow the query."), None
