@@ -27,6 +27,10 @@ def _app(settings: Settings) -> FastAPI:
     async def metadata(study: str, _user: ReadUser) -> list[str]:
         return []
 
+    @app.get("/dicomweb/studies/{study}/broken")
+    async def broken(study: str, _user: ReadUser) -> list[str]:
+        raise RuntimeError("a bug")
+
     instrument_fastapi(app)
     return app
 
@@ -82,3 +86,18 @@ def test_export_redaction_strips_query_strings_from_url_like_values() -> None:
     out = redacted_attributes({"http.url": "http://h/x?PatientID=1", "url.query": "PatientID=1", "note": "a?b",
                                "peer": "https://aws/bucket/key?X-Amz-Signature=s"})
     assert out == {"http.url": "http://h/x", "note": "a?b", "peer": "https://aws/bucket/key"}
+
+
+async def test_a_route_that_fails_with_an_unhandled_error_still_has_its_path_scrubbed(spans: object,
+                                                                                    tmp_path: Path) -> None:
+    """A review (session 22) suspected that an unhandled error's 500, sent outside the layer that scrubs the path,
+    left the concrete path in the span; it does not (this keeps it so)."""
+    settings = Settings(var_dir=tmp_path)
+    h = {"Authorization": f"Bearer {mint_token(settings, 'viewer')}"}
+    transport = httpx.ASGITransport(app=_app(settings), raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        assert (await client.get("/dicomweb/studies/CANARY-PID-77/broken", headers=h)).status_code == 500
+    finished = spans.get_finished_spans()  # type: ignore[attr-defined]
+    exported = json.dumps([span_to_dict(s) for s in finished] + [dict(s.attributes or {}) for s in finished])
+    assert "CANARY-PID-77" not in exported
+    assert "/dicomweb/studies/{redacted}/broken" in exported
