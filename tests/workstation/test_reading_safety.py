@@ -288,3 +288,33 @@ def test_a_failed_lease_renewal_is_retried_and_blames_another_reader_only_on_409
     page.unroute(claims)
     page.click("#release-case")
     page.wait_for_function("window.radloopWorkstation.state === 'worklist'")
+
+
+def test_a_draft_survives_an_expired_token_and_a_reload(plat: Platform, desktop: Any) -> None:
+    """Found by a review (session 22): a 401 while reading (the token expired) sent the tab to sign in, and the case
+    reopened after signing in with an empty form; a reload lost the draft too. Drafts are kept in this tab's
+    sessionStorage until the read is saved, and Sign out clears them."""
+    page, who = desktop, "dr-draft"
+    (case,) = plat.add_cases([0.999_900])
+    open_case(page, plat, who, case.sop)
+    fill_read(page)
+    page.route("**/verification/cases/*/claim*", lambda r: r.fulfill(
+        status=401, content_type="application/json", body='{"detail": "token expired"}')
+        if r.request.method == "POST" else r.continue_())
+    page.wait_for_function("window.radloopWorkstation.state === 'signin'", timeout=int((LEASE_S + 5) * 1000))
+    page.unroute("**/verification/cases/*/claim*")
+    page.fill("#signin-name", who)
+    page.select_option("#signin-role", "radiologist")
+    page.click("#signin-dev button[type=submit]")
+    wait_reading(page, case.sop)
+    assert form(page) == {"label": "pneumonia", "confidence": "95",
+                          "comment": "large RLL consolidation, call the ward", "enabled": True}
+    page.reload()
+    wait_reading(page, case.sop)
+    assert form(page)["comment"] == "large RLL consolidation, call the ward"
+    page.click("#submit-read")
+    page.wait_for_function("window.radloopWorkstation.submitted.some((s) => s.response)", timeout=20_000)
+    assert page.evaluate("sessionStorage.getItem('radloop.drafts')") is None  # saved: the draft is gone
+    page.click("#signout")
+    page.wait_for_function("window.radloopWorkstation.state === 'signin'")
+    assert plat.case_view(case.sop)["final_label"]["label"] == "pneumonia"

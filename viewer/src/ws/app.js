@@ -61,6 +61,50 @@ function clock(epochS) {
 }
 
 // -- state and test hooks ------------------------------------------------------------------------------------------
+// Drafts of reads survive a reload and a sign-in after an expired token (a 401 sends the tab to sign in; the draft
+// was lost then: found by a review, session 22). sessionStorage is this tab's only and goes when it closes, as the
+// token does; an explicit Sign out clears the drafts.
+const DRAFTS_KEY = 'radloop.drafts';
+const MAX_DRAFTS = 20;
+
+function storeDrafts(drafts) {
+  try {
+    const entries = [...drafts.entries()].slice(-MAX_DRAFTS);
+    if (entries.length) sessionStorage.setItem(DRAFTS_KEY, JSON.stringify(entries));
+    else sessionStorage.removeItem(DRAFTS_KEY);
+  } catch {
+    // storage full or disabled: the drafts stay in this page's memory
+  }
+}
+
+/** Case id -> draft; every change is written through to sessionStorage. */
+class Drafts extends Map {
+  set(k, v) {
+    super.set(k, v);
+    storeDrafts(this);
+    return this;
+  }
+
+  delete(k) {
+    const had = super.delete(k);
+    storeDrafts(this);
+    return had;
+  }
+
+  clear() {
+    super.clear();
+    storeDrafts(this);
+  }
+}
+
+function loadDrafts() {
+  try {
+    return new Drafts(JSON.parse(sessionStorage.getItem(DRAFTS_KEY) || '[]'));
+  } catch {
+    return new Drafts();
+  }
+}
+
 const S = {
   user: null,
   view: null,
@@ -70,7 +114,7 @@ const S = {
   prefetch: null, // {id, promise}
   skipped: new Set(),
   readByMe: new Set(),
-  drafts: new Map(), // case id -> the read form as the reader left it ({label, confidence, comment, key, sent}): a read
+  drafts: loadDrafts(), // case id -> the read form as the reader left it ({label, confidence, comment, key, sent}): a read
   // whose save failed is put back from here, with the same Idempotency-Key while it is unchanged
   readError: null, // {caseId, text}: the read that could not be saved, shown until it is saved or dismissed
   context: '', // the worklist status filter a case was opened from: where "next" comes from
@@ -209,6 +253,7 @@ $('signin-dev').addEventListener('submit', async (e) => {
 
 $('signout').addEventListener('click', async () => {
   await leaveCase();
+  S.drafts.clear(); // the reader chose to leave: nothing of theirs stays in this tab
   signOut();
   stopPolling();
   S.user = null;
@@ -1164,3 +1209,11 @@ window.addEventListener('resize', placeOverlay);
   }
   await route();
 })();
+
+// The read being written is kept as a draft while the reader types (a failed save keeps its own, with its key).
+$('read-form').addEventListener('input', () => {
+  const c = S.current;
+  if (!c || c.saving || c.submitted || !formTouched()) return;
+  const prev = S.drafts.get(c.id);
+  S.drafts.set(c.id, { ...formState(), key: prev?.key, sent: prev?.sent });
+});
