@@ -285,8 +285,9 @@ class QueryRetrieveSCP:
         return [_from_json(o) for o in found], truncated
 
     # -- C-GET / C-MOVE ----------------------------------------------------------------------------------------------
-    def _matches(self, identifier: Dataset) -> list[dict[str, Any]]:
-        level, params, _ = identifier_params(identifier)
+    def _matches(self, event: Any) -> list[dict[str, Any]]:
+        level, params, _ = identifier_params(event.identifier)
+        _check_model_level(event, level)
         keys = [(k, v) for k, v in params if k in UNIQUE[level] and v]
         # PS3.4 C.4.2.2.1 / C.4.3.2.1: the retrieve level's own unique key, matched by single value or UID list. A
         # wildcard, or a study-level retrieval by PatientID alone, pulled the whole archive (found by a review).
@@ -339,8 +340,7 @@ class QueryRetrieveSCP:
     def _on_get(self, event: Any) -> Iterator[Any]:
         self.stats["get"] += 1
         try:
-            _check_model_level(event, str(event.identifier.get("QueryRetrieveLevel", "") or "").strip().upper())
-            items = self._matches(event.identifier)
+            items = self._matches(event)
         except QueryRetrieveError as exc:
             self._audit(event, "dicom.get", "?", 0, outcome="refused")
             yield 1  # pynetdicom answers success at once for 0 sub-operations; a failure needs one to replace
@@ -364,8 +364,7 @@ class QueryRetrieveSCP:
             yield None, None  # pynetdicom answers 0xA801: move destination unknown
             return
         try:
-            _check_model_level(event, str(event.identifier.get("QueryRetrieveLevel", "") or "").strip().upper())
-            items = self._matches(event.identifier)
+            items = self._matches(event)
         except QueryRetrieveError as exc:
             self._audit(event, "dicom.move", "?", 0, outcome="refused")
             yield dest.host, dest.port, {"contexts": [build_context(sc.Verification)]}
